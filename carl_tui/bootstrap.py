@@ -1,0 +1,92 @@
+"""One-command set-up, standard library only: ``python3 -m carl_tui.bootstrap {install|run|test}``.
+
+- ``install``: create ``.venv`` (idempotent), install torch==2.13.0 (the CPU build) unless a torch is already
+  importable there, then ``pip install -e .[dev]``. Skips pip entirely when pyproject.toml has not changed since
+  the last successful install (a stamp file), so re-running is instant.
+  If the Python running this script already has a CUDA build of torch, the venv is created with
+  ``--system-site-packages`` and that torch is used instead of the CPU pin.
+- ``run``: install, then open ``carl`` (the workbench on the built-in tiny demo).
+- ``test``: install, then run the test suite (pytest); exits with pytest's code.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+VENV = Path(os.environ.get("CARL_VENV", ROOT / ".venv"))
+STAMP = VENV / ".carl-install-stamp"
+TORCH_PIN = "torch==2.13.0"
+
+
+def _bin(name: str) -> Path:
+    return VENV / ("Scripts" if os.name == "nt" else "bin") / name
+
+
+def _say(msg: str) -> None:
+    print(f"[carl bootstrap] {msg}", file=sys.stderr, flush=True)
+
+
+def _run(cmd: list[str]) -> None:
+    _say(" ".join(str(c) for c in cmd))
+    subprocess.run([str(c) for c in cmd], check=True)
+
+
+def _host_has_gpu_torch() -> bool:
+    try:
+        out = subprocess.run([sys.executable, "-c", "import torch,sys; sys.stdout.write(str(torch.version.cuda or ''))"],
+                             capture_output=True, text=True, timeout=120)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return out.returncode == 0 and bool(out.stdout.strip())
+
+
+def _fingerprint() -> str:
+    return hashlib.sha256((ROOT / "pyproject.toml").read_bytes()).hexdigest()
+
+
+def install() -> Path:
+    if sys.version_info < (3, 11):
+        sys.exit("carl needs Python 3.11 or newer")
+    if not _bin("python").exists():
+        args = [sys.executable, "-m", "venv"]
+        if _host_has_gpu_torch():
+            _say("found a CUDA build of torch in this Python: the venv will use it")
+            args.append("--system-site-packages")
+        _run(args + [str(VENV)])
+    py = _bin("python")
+    if STAMP.exists() and STAMP.read_text().strip() == _fingerprint():
+        return py
+    have_torch = subprocess.run([str(py), "-c", "import torch"], capture_output=True).returncode == 0
+    _run([py, "-m", "pip", "install", "--quiet", "--upgrade", "pip"])
+    if not have_torch:
+        _run([py, "-m", "pip", "install", TORCH_PIN])
+    _run([py, "-m", "pip", "install", "-e", f"{ROOT}[dev]"])
+    STAMP.write_text(_fingerprint())
+    return py
+
+
+def main(argv: list[str]) -> int:
+    what = argv[0] if argv else "install"
+    if what not in ("install", "run", "test"):
+        print(__doc__, file=sys.stderr)
+        return 2
+    try:
+        py = install()
+    except subprocess.CalledProcessError as exc:
+        _say(f"install failed (exit {exc.returncode})")
+        return exc.returncode or 1
+    if what == "install":
+        _say(f"installed: {_bin('carl')}")
+        return 0
+    if what == "run":
+        os.execv(str(_bin("carl")), [str(_bin("carl")), *argv[1:]])
+    return subprocess.run([str(py), "-m", "pytest", *argv[1:]], cwd=ROOT).returncode
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))

@@ -1,0 +1,180 @@
+"""Typed errors with stable codes (see ../shared/CONTRACT.md).
+
+Every error carries a one-line ``message``, a ``hint`` that says what to do, and a ``context`` dict.
+``to_dict()`` is what batch mode prints on stderr; it redacts anything secret-shaped, so an error can
+never leak a token into a terminal, a log or the ledger.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+# Keys whose values are secrets whatever they hold.
+_SECRET_KEY = re.compile(r"(key|token|secret|password|passwd|authorization|bearer|credential|cookie)", re.I)
+# Values that look like secrets wherever they appear (also inside longer strings).
+_SECRET_VALUE = re.compile(
+    r"(hf_[A-Za-z0-9]{8,}"  # Hugging Face tokens
+    r"|sk-[A-Za-z0-9_\-]{8,}"  # Anthropic / OpenAI style keys
+    r"|rpa_[A-Za-z0-9]{8,}"  # RunPod API keys
+    r"|(?i:bearer)\s+[A-Za-z0-9._~+/\-]{8,}=*)"  # Authorization: Bearer …
+)
+REDACTED = "***"
+# Keys that match _SECRET_KEY but carry no secret (counts, names of env vars, hashes).
+_SAFE_KEYS = {"max_tokens", "input_tokens", "output_tokens", "cache_read_input_tokens",
+              "cache_creation_input_tokens", "key_path", "public_key", "token_ids", "tokens",
+              "n_tokens", "max_new_tokens", "tokenizer", "api_key_env", "signer", "keys",
+              "max_completion_length_tokens", "token_env", "secret_names"}
+
+
+def redact_text(text: str) -> str:
+    """Mask secret-shaped substrings of ``text``."""
+    return _SECRET_VALUE.sub(REDACTED, text)
+
+
+def redact(value: Any, _key: str | None = None) -> Any:
+    """Return a copy of ``value`` with secret-shaped keys and values masked (recursively).
+
+    Under a secret-shaped key, every non-empty scalar becomes ``***`` (booleans and numbers are kept:
+    ``has_token: true`` tells nothing); containers are searched further.
+    """
+    if isinstance(value, dict):
+        return {k: redact(v, str(k)) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [redact(v, _key) for v in value]
+    secret_key = _key is not None and _key.lower() not in _SAFE_KEYS and bool(_SECRET_KEY.search(_key))
+    if isinstance(value, str):
+        return REDACTED if (secret_key and value) else redact_text(value)
+    if secret_key and value is not None and not isinstance(value, (bool, int, float)):
+        return REDACTED
+    return value
+
+
+class CARLError(Exception):
+    """Base of every error carl raises on purpose. ``code`` is stable; ``exit_code`` per the contract."""
+
+    code = "carl.error"
+    exit_code = 1
+    default_hint = "Run `carl --batch doctor` to check the installation."
+
+    def __init__(self, message: str, *, hint: str | None = None, context: dict[str, Any] | None = None,
+                 code: str | None = None):
+        message = " ".join(str(message).split())  # one line
+        super().__init__(message)
+        self.message = message
+        self.hint = hint if hint is not None else self.default_hint
+        self.context = dict(context or {})
+        if code is not None:
+            self.code = code
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"error": {"code": self.code, "message": redact_text(self.message),
+                          "hint": redact_text(self.hint or ""), "context": redact(self.context)}}
+
+    def __str__(self) -> str:
+        return redact_text(self.message)
+
+
+class ConfigError(CARLError):
+    code = "carl.config"
+    exit_code = 2
+    default_hint = "Fix carl.yaml (see `carl --batch project validate`)."
+
+
+class ValidationError(CARLError):
+    code = "carl.validation"
+    exit_code = 2
+    default_hint = "Check the arguments with `carl --batch VERB --help`."
+
+
+class CredentialError(CARLError):
+    code = "carl.credential"
+    exit_code = 3
+    default_hint = "Set the credential in the environment (it is never stored by carl)."
+
+
+class NetworkError(CARLError):
+    code = "carl.network"
+    exit_code = 4
+    default_hint = "Check the network and the endpoint URL, then retry."
+
+
+class BudgetError(CARLError):
+    code = "carl.budget"
+    exit_code = 5
+    default_hint = "Raise the budget cap in carl.yaml or lower the estimated cost."
+
+
+class PermissionDenied(CARLError):
+    code = "carl.permission"
+    exit_code = 5
+    default_hint = "Check file permissions and the ledger policy."
+
+
+class ApprovalRequired(CARLError):
+    code = "carl.approval.required"
+    exit_code = 5
+    default_hint = "Re-run with --approve (or approve in the workbench) if you accept the cost."
+
+
+class TimeoutError_(CARLError):
+    code = "carl.timeout"
+    exit_code = 1
+    default_hint = "Retry, or raise the timeout."
+
+
+class ProbeShapeError(ValidationError):
+    code = "carl.probe.shape"
+    default_hint = "Logits must be [T, V] or [B, T, V]; tokens [T] or [B, T] matching them."
+
+
+class ProbeNonFiniteError(ValidationError):
+    code = "carl.probe.nonfinite"
+    default_hint = "Pass --allow-masked if -inf marks masked vocabulary entries."
+
+
+class RunNotFound(CARLError):
+    code = "carl.run.not_found"
+    exit_code = 2
+    default_hint = "List runs with `carl --batch run list`."
+
+
+class LedgerBrokenChain(CARLError):
+    code = "carl.ledger.broken_chain"
+    exit_code = 1
+    default_hint = "Run `carl --batch ledger verify` to find the first bad block."
+
+
+class LedgerSignatureInvalid(LedgerBrokenChain):
+    code = "carl.ledger.signature_invalid"
+
+
+class LedgerLocked(CARLError):
+    code = "carl.ledger.locked"
+    exit_code = 1
+    default_hint = "Another process holds the ledger lock; retry in a moment."
+
+
+class RemoteSubmitFailed(CARLError):
+    code = "carl.remote.submit_failed"
+    exit_code = 1
+    default_hint = "Check the backend's status page and the job plan, then retry."
+
+
+class HFTokenLeak(CARLError):
+    code = "carl.remote.hf_token_leak"
+    exit_code = 2
+    default_hint = "Pass Hugging Face tokens only through the job's secrets, never in the payload."
+
+
+class Interrupted(CARLError):
+    code = "carl.interrupted"
+    exit_code = 130
+    default_hint = "State was flushed; resume where supported (e.g. `carl --batch run resume RUN`)."
+
+
+ALL_ERRORS: tuple[type[CARLError], ...] = (
+    CARLError, ConfigError, ValidationError, CredentialError, NetworkError, BudgetError, PermissionDenied,
+    ApprovalRequired, TimeoutError_, ProbeShapeError, ProbeNonFiniteError, RunNotFound, LedgerBrokenChain,
+    LedgerSignatureInvalid, LedgerLocked, RemoteSubmitFailed, HFTokenLeak, Interrupted,
+)

@@ -1,0 +1,51 @@
+"""Shared fixtures: an isolated CARL_HOME per test, determinism for snapshots, anyio on asyncio."""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(autouse=True)
+def _isolated_home(tmp_path, monkeypatch):
+    """Every test gets its own CARL_HOME and never sees the developer's ~/.carl or secrets."""
+    home = tmp_path / "carl-home"
+    monkeypatch.setenv("CARL_HOME", str(home))
+    for var in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "ANTHROPIC_API_KEY", "RUNPOD_API_KEY", "CARL_MANAGED_TOKEN"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    yield home
+
+
+@pytest.fixture
+def anyio_backend():
+    return "asyncio"
+
+
+@pytest.fixture
+def snap_home(request, monkeypatch):
+    """A fixed CARL_HOME path per snapshot test (it shows in the header), fresh for each run."""
+    root = Path("/tmp/carl-snapshots") / request.node.name.split("[")[0]
+    shutil.rmtree(root, ignore_errors=True)
+    root.mkdir(parents=True)
+    monkeypatch.setenv("CARL_HOME", str(root / "home"))
+    monkeypatch.chdir(root)
+    random.seed(0)
+    yield root
+    shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def snap_env(monkeypatch):
+    """Environment for deterministic Textual snapshots."""
+    monkeypatch.setenv("TEXTUAL_ANIMATIONS", "none")
+    monkeypatch.delenv("NO_COLOR", raising=False)
+    os.environ.pop("NO_COLOR", None)

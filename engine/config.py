@@ -7,6 +7,8 @@ offending value (``carl.config``, exit 2).
 from __future__ import annotations
 
 import copy
+import difflib
+import os
 from pathlib import Path
 from typing import Any, Literal
 
@@ -23,31 +25,46 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+class FieldValueError(ValueError):
+    """A cross-field check that names the field at fault, so the error reads ``grpo.batch_size: … (got 30)``."""
+
+    def __init__(self, field: str, value: Any, message: str):
+        super().__init__(message)
+        self.field = field
+        self.value = value
+        self.message = message
+
+
 class ProjectSection(_Model):
-    name: str = Field("carl-demo", min_length=1, description="Project name (also the trackio project).")
-    description: str = ""
+    name: str = Field("carl-demo", min_length=1, max_length=100,
+                      description="Project name: shown in the header, names runs and the trackio project.")
+    description: str = Field("", description="One line about the project (free text).")
 
 
 class ModelSection(_Model):
-    name_or_path: str = Field("builtin:tiny", description="Hub id, local path, or builtin:tiny (the demo model).")
+    name_or_path: str = Field("builtin:tiny", min_length=1,
+                              description="Hub id, local path, or builtin:tiny (the demo model, no download).")
     tokenizer: str | None = Field(None, description="Tokenizer id/path when it differs from the model.")
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
-    trust_remote_code: bool = False
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="Weights dtype; auto = float32 on CPU, bfloat16 on GPUs that support it.")
+    trust_remote_code: bool = Field(False, description="Allow the model repo's own Python code (off by default).")
 
 
 class DatasetSection(_Model):
-    source: str = Field("builtin:addition", description="builtin:addition, a Hub dataset id, or a .jsonl/.parquet path.")
-    split: str = "train"
-    eval_split: str | None = None
-    prompt_field: str = "prompt"
-    answer_field: str = "answer"
-    max_samples: int | None = Field(None, ge=1)
-    eval_fraction: float = Field(0.1, gt=0, lt=1)
+    source: str = Field("builtin:addition", min_length=1,
+                        description="builtin:addition, a Hub dataset id, or a .jsonl/.parquet path.")
+    split: str = Field("train", description="Split to train on.")
+    eval_split: str | None = Field(None, description="Split to evaluate on (default: eval_fraction of split).")
+    prompt_field: str = Field("prompt", description="Column holding the prompt.")
+    answer_field: str = Field("answer", description="Column holding the reference answer.")
+    max_samples: int | None = Field(None, ge=1, description="Use at most this many rows (None = all).")
+    eval_fraction: float = Field(0.1, gt=0, lt=1, description="Held-out fraction when there is no eval_split.")
 
 
 class TaskReward(_Model):
-    kind: Literal["exact", "numeric", "regex", "tool_json", "concise", "python"] = "exact"
-    weight: float = 1.0
+    kind: Literal["exact", "numeric", "regex", "tool_json", "concise", "python"] = Field(
+        "exact", description="exact match, numeric within tolerance, regex, valid tool JSON, concise, or python.")
+    weight: float = Field(1.0, description="Weight of this reward in the task reward sum.")
     pattern: str | None = Field(None, description="regex for kind=regex")
     tolerance: float = Field(1e-6, ge=0, description="absolute tolerance for kind=numeric")
     target_length: int = Field(32, ge=1, description="token budget for kind=concise")
@@ -56,55 +73,65 @@ class TaskReward(_Model):
     @model_validator(mode="after")
     def _needs(self) -> "TaskReward":
         if self.kind == "regex" and not self.pattern:
-            raise ValueError("kind=regex needs a pattern")
+            raise FieldValueError("pattern", self.pattern, "kind=regex needs a pattern")
         if self.kind == "python" and (not self.function or ":" not in self.function):
-            raise ValueError("kind=python needs function: 'module:function'")
+            raise FieldValueError("function", self.function, "kind=python needs function: 'module:function'")
         return self
 
 
 class TaskSection(_Model):
-    rewards: list[TaskReward] = Field(default_factory=lambda: [TaskReward(kind="exact")], min_length=1)
+    rewards: list[TaskReward] = Field(default_factory=lambda: [TaskReward(kind="exact")], min_length=1,
+                                      description="Task reward functions (stage A trains on these alone).")
     metric: str | None = Field(None, description="the task reward the cascade gate watches (default: the first)")
 
 
 class GRPOSection(_Model):
-    max_steps: int = Field(60, ge=1)
-    learning_rate: float = Field(2e-4, gt=0)
-    batch_size: int = Field(32, ge=1, description="completions per step; must divide by num_generations")
-    num_generations: int = Field(8, ge=2)
-    max_prompt_length: int = Field(32, ge=1)
-    max_completion_length: int = Field(8, ge=1)
-    temperature: float = Field(1.0, gt=0)
-    beta: float = Field(0.0, ge=0, description="KL coefficient")
-    logging_steps: int = Field(1, ge=1)
-    save_steps: int = Field(20, ge=1)
-    seed: int = 0
+    max_steps: int = Field(60, ge=1, description="Optimizer steps.")
+    learning_rate: float = Field(2e-4, gt=0, lt=1, description="Peak learning rate.")
+    batch_size: int = Field(32, ge=1, description="completions per step; a multiple of num_generations")
+    num_generations: int = Field(8, ge=2, description="Completions sampled per prompt (the GRPO group).")
+    max_prompt_length: int = Field(32, ge=1, description="Prompt tokens kept (left-truncated).")
+    max_completion_length: int = Field(8, ge=1, description="Tokens generated per completion.")
+    temperature: float = Field(1.0, gt=0, description="Sampling temperature for generations.")
+    beta: float = Field(0.0, ge=0, description="KL coefficient (0 = no reference model).")
+    logging_steps: int = Field(1, ge=1, description="Write a frame every N steps.")
+    save_steps: int = Field(20, ge=1, description="Checkpoint every N steps.")
+    seed: int = Field(0, description="Random seed (sampling, data order, init).")
 
     @model_validator(mode="after")
     def _divisible(self) -> "GRPOSection":
         if self.batch_size % self.num_generations:
-            raise ValueError(f"batch_size ({self.batch_size}) must divide by num_generations ({self.num_generations})")
+            raise FieldValueError("batch_size", self.batch_size,
+                                  f"must be a multiple of num_generations ({self.num_generations})")
         return self
 
 
 class LoraSection(_Model):
-    enabled: bool = False
-    r: int = Field(16, ge=1)
-    alpha: int = Field(32, ge=1)
-    dropout: float = Field(0.05, ge=0, lt=1)
-    target_modules: list[str] | Literal["all-linear"] = "all-linear"
+    enabled: bool = Field(False, description="Train LoRA adapters instead of all weights.")
+    r: int = Field(16, ge=1, description="LoRA rank.")
+    alpha: int = Field(32, ge=1, description="LoRA alpha (scale = alpha / r).")
+    dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on the LoRA path.")
+    target_modules: list[str] | Literal["all-linear"] = Field(
+        "all-linear", description="Module names to adapt, or all-linear.")
 
 
 class CarlWeights(_Model):
-    coherence: float = Field(0.5, ge=0)
-    cloud: float = Field(0.3, ge=0)
-    discontinuity: float = Field(0.2, ge=0)
+    coherence: float = Field(0.5, ge=0, description="Weight of multiscale coherence in the CARL reward.")
+    cloud: float = Field(0.3, ge=0, description="Weight of the cloud term mean(selected_prob · Phi).")
+    discontinuity: float = Field(0.2, ge=0, description="Weight of the discontinuity score.")
+
+    @model_validator(mode="after")
+    def _positive(self) -> "CarlWeights":
+        if self.coherence + self.cloud + self.discontinuity <= 0:
+            raise FieldValueError("coherence", self.coherence, "at least one CARL weight must be positive")
+        return self
 
 
 class CarlRewardSection(_Model):
-    enabled: bool = True
+    enabled: bool = Field(True, description="Add the CARL reward (after the cascade gate opens).")
     weight: float = Field(1.0, ge=0, description="weight of the CARL reward next to the task rewards (stage B)")
-    weights: CarlWeights = Field(default_factory=CarlWeights)
+    weights: CarlWeights = Field(default_factory=CarlWeights,
+                                 description="CARL = 0.5·coherence + 0.3·cloud + 0.2·discontinuity by default.")
 
 
 class RewardsSection(_Model):
@@ -112,47 +139,56 @@ class RewardsSection(_Model):
 
 
 class CascadeSection(_Model):
-    mode: Literal["metric", "fixed", "crystallization", "evidence", "percentile", "off"] = "metric"
-    fixed_step: int = Field(10, ge=0)
-    percentile: float = Field(0.6, gt=0, lt=1)
-    min_steps: int = Field(5, ge=1)
-    window: int = Field(5, ge=1)
-    min_above: int = Field(3, ge=1)
-    warmup_steps: int = Field(10, ge=0)
-    crystallization_threshold: float = Field(1.0, ge=0)
+    mode: Literal["metric", "fixed", "crystallization", "evidence", "percentile", "off"] = Field(
+        "metric", description="When gate A→B opens: on the task metric, at a fixed step, at crystallization, "
+                              "on evidence, at a percentile, or off (CARL from step 0).")
+    fixed_step: int = Field(10, ge=0, description="mode=fixed: the step the gate opens.")
+    percentile: float = Field(0.6, gt=0, lt=1, description="mode=percentile: the task-reward percentile to beat.")
+    min_steps: int = Field(5, ge=1, description="The gate never opens before this step.")
+    window: int = Field(5, ge=1, description="Steps in the sliding window the gate looks at.")
+    min_above: int = Field(3, ge=1, description="Steps in the window that must pass (≤ window).")
+    warmup_steps: int = Field(10, ge=0, description="Steps used to calibrate the gate's threshold.")
+    crystallization_threshold: float = Field(1.0, ge=0, description="mode=crystallization: events per step.")
 
     @model_validator(mode="after")
     def _window(self) -> "CascadeSection":
         if self.min_above > self.window:
-            raise ValueError(f"min_above ({self.min_above}) cannot exceed window ({self.window})")
+            raise FieldValueError("min_above", self.min_above, f"cannot exceed window ({self.window})")
         return self
 
 
 class ComputeSection(_Model):
-    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
-    gpus: int = Field(1, ge=0)
-    vllm: Literal["off", "colocate", "server"] = "off"
-    gradient_checkpointing: bool = False
+    device: Literal["auto", "cpu", "cuda", "mps"] = Field("auto", description="auto picks cuda, then mps, then cpu.")
+    gpus: int = Field(1, ge=0, description="GPUs to use (more than 1 launches with accelerate).")
+    vllm: Literal["off", "colocate", "server"] = Field("off", description="Use vLLM for generation.")
+    gradient_checkpointing: bool = Field(False, description="Trade compute for memory.")
 
 
 class EvalSection(_Model):
     threshold: float = Field(0.5, ge=0, le=1, description="task metric needed to pass")
-    n_samples: int = Field(64, ge=1)
+    n_samples: int = Field(64, ge=1, description="Eval prompts.")
     phi_min: float = Field(3 / 16, ge=0, le=1, description="phi_mean needed to pass (SIGMA)")
-    discontinuity_min: float = Field(0.3, ge=0, le=1)
-    discontinuity_max: float = Field(0.7, ge=0, le=1)
+    discontinuity_min: float = Field(0.3, ge=0, le=1, description="Lowest acceptable discontinuity score.")
+    discontinuity_max: float = Field(0.7, ge=0, le=1, description="Highest acceptable discontinuity score.")
     push_to: str | None = Field(None, description="Hub repo id to push to after a pass (--push)")
+
+    @model_validator(mode="after")
+    def _range(self) -> "EvalSection":
+        if self.discontinuity_min > self.discontinuity_max:
+            raise FieldValueError("discontinuity_min", self.discontinuity_min,
+                                  f"cannot exceed discontinuity_max ({self.discontinuity_max})")
+        return self
 
 
 class TrackingSection(_Model):
-    trackio: bool = True
+    trackio: bool = Field(True, description="Log metrics to a local trackio project too.")
     project: str | None = Field(None, description="trackio project (default: project.name)")
 
 
 class BudgetSection(_Model):
-    max_usd_per_job: float = Field(10.0, ge=0)
-    max_usd_per_day: float = Field(25.0, ge=0)
-    max_hours: float = Field(2.0, gt=0)
+    max_usd_per_job: float = Field(10.0, ge=0, description="Refuse remote jobs estimated above this (USD).")
+    max_usd_per_day: float = Field(25.0, ge=0, description="Refuse when today's spend would pass this (USD).")
+    max_hours: float = Field(2.0, gt=0, description="Wall-clock cap per job (hours).")
 
 
 class Config(_Model):
@@ -187,10 +223,13 @@ class Config(_Model):
 
 
 # --------------------------------------------------------------------------------------------- presets
+PRESET_DESCRIPTIONS: dict[str, str] = {
+    "tiny-cpu": "The built-in demo: tiny local model, 2-digit addition, CPU, no downloads (minutes).",
+    "lora-7b": "LoRA GRPO on Qwen2.5-7B-Instruct with GSM8K (one 24-80 GB GPU).",
+    "full-gpu": "Full fine-tune of Qwen2.5-1.5B-Instruct with GSM8K on 4 GPUs.",
+}
 PRESETS: dict[str, dict[str, Any]] = {
-    "tiny-cpu": {
-        "project": {"name": "carl-demo", "description": "Built-in demo: tiny local model, 2-digit addition, CPU."},
-    },
+    "tiny-cpu": {},  # exactly Config(): the built-in demo
     "lora-7b": {
         "project": {"name": "carl-lora-7b", "description": "LoRA GRPO on a 7B instruct model (one 24-80 GB GPU)."},
         "model": {"name_or_path": "Qwen/Qwen2.5-7B-Instruct", "dtype": "bfloat16"},
@@ -213,6 +252,17 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
+def preset_summaries() -> list[dict[str, Any]]:
+    """One line per preset for listings (batch ``project presets`` and the project screen)."""
+    out = []
+    for name in PRESETS:
+        cfg = preset(name)
+        out.append({"name": name, "description": PRESET_DESCRIPTIONS.get(name, cfg.project.description), "model": cfg.model.name_or_path,
+                    "dataset": cfg.dataset.source, "lora": cfg.lora.enabled, "device": cfg.compute.device,
+                    "gpus": cfg.compute.gpus, "max_steps": cfg.grpo.max_steps})
+    return out
+
+
 def preset(name: str) -> Config:
     if name not in PRESETS:
         raise ConfigError(f"unknown preset {name!r}", hint=f"Presets: {', '.join(PRESETS)}.",
@@ -228,68 +278,200 @@ def _format_loc(loc: tuple[Any, ...]) -> str:
     return out
 
 
+def _is_type_tag(part: Any) -> bool:
+    """pydantic puts validator/union-member tags in ``loc`` (``function-after[_needs()]``, ``list[str]``)."""
+    return isinstance(part, str) and any(c in part for c in "[(")
+
+
+def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
+    """The pydantic model class that owns the field at ``loc`` (for listing allowed keys)."""
+    model: Any = Config
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        field = getattr(model, "model_fields", {}).get(part)
+        if field is None:
+            return None
+        ann = field.annotation
+        nxt = None
+        for cand in (ann, *getattr(ann, "__args__", ())):
+            if isinstance(cand, type) and issubclass(cand, BaseModel):
+                nxt = cand
+        if nxt is None:
+            return None
+        model = nxt
+    return model if isinstance(model, type) and issubclass(model, BaseModel) else None
+
+
+def _short(value: Any) -> Any:
+    """Offending values as shown in messages/context: scalars as they are, containers summarised."""
+    if isinstance(value, dict):
+        return None
+    if isinstance(value, str) and len(value) > 200:
+        return value[:200] + "…"
+    return value
+
+
 def field_errors(exc: PydanticValidationError) -> list[dict[str, Any]]:
-    """pydantic errors as ``[{"field": "grpo.batch_size", "value": …, "message": …}]``."""
-    errs = []
+    """pydantic errors as ``[{"field": "grpo.batch_size", "value": …, "message": …}]``.
+
+    One entry per field (alternatives of a union are merged); unknown keys say which keys are allowed;
+    cross-field checks (:class:`FieldValueError`) name the field they blame. Cross-field checks of a section
+    run only once its fields are individually valid (pydantic's order), so a second pass may find more.
+    """
+    errs: list[dict[str, Any]] = []
+    by_field: dict[str, dict[str, Any]] = {}
     for e in exc.errors():
-        loc = tuple(p for p in e.get("loc", ()) if p not in ("function-after[_needs()]",))
-        msg = e.get("msg", "invalid")
+        loc = tuple(p for p in e.get("loc", ()) if not _is_type_tag(p))
+        msg = str(e.get("msg", "invalid"))
         if msg.startswith("Value error, "):
             msg = msg[len("Value error, "):]
         value = e.get("input")
-        if isinstance(value, dict):
-            value = None if e.get("type") != "extra_forbidden" else value
-        errs.append({"field": _format_loc(loc) or "(root)", "value": value, "message": msg})
+        cause = (e.get("ctx") or {}).get("error")
+        if isinstance(cause, FieldValueError):
+            loc = (*loc, cause.field)
+            msg, value = cause.message, cause.value
+        elif e.get("type") == "extra_forbidden" and loc:
+            parent = _model_at(loc[:-1])
+            allowed = list(parent.model_fields) if parent else []
+            close = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
+            msg = f"unknown key {loc[-1]!r}" + (f" (did you mean {close[0]!r}?)" if close else "")
+        field = _format_loc(loc) or "(root)"
+        if field in by_field:  # another alternative of a union failed too: keep one entry
+            if msg not in by_field[field]["message"]:
+                by_field[field]["message"] += f"; or {msg}"
+            continue
+        entry = {"field": field, "value": _short(value), "message": msg}
+        if e.get("type") == "extra_forbidden" and loc and not isinstance(cause, FieldValueError):
+            entry["allowed"] = allowed
+        by_field[field] = entry
+        errs.append(entry)
     return errs
 
 
-def validate_dict(data: Any, *, source: str = "carl.yaml") -> Config:
+def describe_error(err: dict[str, Any]) -> str:
+    """``grpo.batch_size: must be a multiple of num_generations (8) (got 30)``."""
+    shown = "" if err.get("value") is None else f" (got {err['value']!r})"
+    return f"{err['field']}: {err['message']}{shown}"
+
+
+def check_dict(data: Any) -> tuple[Config | None, list[dict[str, Any]]]:
+    """Validate without raising: ``(config, [])`` or ``(None, field errors)`` — used for live validation."""
     if data is None:
         data = {}
     if not isinstance(data, dict):
-        raise ConfigError(f"{source}: the top level must be a mapping, got {type(data).__name__}",
-                          context={"source": source})
+        return None, [{"field": "(root)", "value": None,
+                       "message": f"the top level must be a mapping, got {type(data).__name__}"}]
     try:
-        return Config.model_validate(data)
+        return Config.model_validate(data), []
     except PydanticValidationError as exc:
-        errs = field_errors(exc)
-        first = errs[0]
-        shown = "" if first["value"] is None else f" (got {first['value']!r})"
-        more = f" (+{len(errs) - 1} more)" if len(errs) > 1 else ""
-        raise ConfigError(f"{source}: {first['field']}: {first['message']}{shown}{more}",
-                          hint="Fix the named field(s); `carl --batch project validate` lists them all.",
-                          context={"source": source, "errors": errs}) from None
+        return None, field_errors(exc)
 
 
-def parse_set(expr: str) -> tuple[list[str], Any]:
-    """``"grpo.max_steps=5"`` → (["grpo", "max_steps"], 5). Values are parsed as YAML scalars/lists."""
+def validate_dict(data: Any, *, source: str = "carl.yaml") -> Config:
+    """Validate a parsed carl.yaml; raise ``carl.config`` naming the first field (all of them in context)."""
+    cfg, errs = check_dict(data)
+    if cfg is not None:
+        return cfg
+    more = f" (+{len(errs) - 1} more)" if len(errs) > 1 else ""
+    raise ConfigError(f"{source}: {describe_error(errs[0])}{more}",
+                      hint="Fix the named field(s); `carl --batch project validate` lists them all.",
+                      context={"source": source, "errors": errs})
+
+
+def _split_key(key: str) -> list[str | int]:
+    """``task.rewards[0].kind`` or ``task.rewards.0.kind`` → ["task", "rewards", 0, "kind"]."""
+    parts: list[str | int] = []
+    for raw in key.replace("[", ".").replace("]", "").split("."):
+        raw = raw.strip()
+        if raw:
+            parts.append(int(raw) if raw.isdigit() else raw)
+    return parts
+
+
+def parse_set(expr: str) -> tuple[list[Any], Any]:
+    """``"grpo.max_steps=5"`` → (["grpo", "max_steps"], 5). Values are parsed as YAML scalars/lists
+    (``5`` int, ``1e-5`` float, ``true`` bool, ``null``, ``[a, b]``); anything else stays a string."""
     if "=" not in expr:
         raise ConfigError(f"--set {expr!r}: expected key.path=value", hint="Example: --set grpo.max_steps=20",
                           context={"set": expr})
     key, raw = expr.split("=", 1)
-    path = [p for p in key.strip().split(".") if p]
-    if not path:
+    path = _split_key(key)
+    if not path or not isinstance(path[0], str):
         raise ConfigError(f"--set {expr!r}: empty key", hint="Example: --set grpo.max_steps=20", context={"set": expr})
     try:
         value = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError:
         value = raw
+    if isinstance(value, str) and value != raw.strip() and not raw.strip().startswith(("'", '"')):
+        value = raw.strip()
+    # YAML 1.1 reads 1e-5 as a string; a float is what everyone means
+    if isinstance(value, str):
+        try:
+            if any(c in value for c in "eE.") and value.lower() not in ("nan", "inf", "-inf", ".nan", ".inf"):
+                value = float(value)
+        except ValueError:
+            pass
     return path, value
 
 
 def apply_overrides(data: dict[str, Any], sets: list[str] | None) -> dict[str, Any]:
+    """Apply ``--set key.path=value`` overrides to a parsed carl.yaml (a copy). Missing sections are created;
+    list items are addressed by index (``task.rewards.0.weight=2``)."""
     data = copy.deepcopy(data)
     for expr in sets or []:
         path, value = parse_set(expr)
-        node = data
-        for part in path[:-1]:
-            nxt = node.get(part)
-            if nxt is None:
-                nxt = node[part] = {}
-            if not isinstance(nxt, dict):
-                raise ConfigError(f"--set {expr!r}: {part} is not a section", context={"set": expr})
-            node = nxt
-        node[path[-1]] = value
+        node: Any = data
+        for i, part in enumerate(path[:-1]):
+            where = _format_loc(tuple(path[: i + 1]))
+            if isinstance(node, dict):
+                if isinstance(part, int):
+                    raise ConfigError(f"--set {expr!r}: {_format_loc(tuple(path[:i]))} is not a list",
+                                      context={"set": expr, "field": where})
+                nxt = node.get(part)
+                if nxt is None:
+                    nxt = node[part] = {}
+                node = nxt
+            elif isinstance(node, list):
+                if not isinstance(part, int) or not 0 <= part < len(node):
+                    raise ConfigError(f"--set {expr!r}: no item {where}",
+                                      context={"set": expr, "field": where, "length": len(node)})
+                node = node[part]
+            if not isinstance(node, (dict, list)):
+                raise ConfigError(f"--set {expr!r}: {where} is not a section (got {node!r})",
+                                  context={"set": expr, "field": where})
+        last = path[-1]
+        if isinstance(node, list):
+            if not isinstance(last, int) or not 0 <= last < len(node):
+                raise ConfigError(f"--set {expr!r}: no item {_format_loc(tuple(path))}",
+                                  context={"set": expr, "field": _format_loc(tuple(path))})
+        elif isinstance(last, int):
+            raise ConfigError(f"--set {expr!r}: {_format_loc(tuple(path[:-1]))} is not a list",
+                              context={"set": expr})
+        node[last] = value
+    return data
+
+
+def parse_yaml_text(text: str, *, source: str = "carl.yaml") -> dict[str, Any]:
+    """Parse carl.yaml text; syntax errors name line and column (``carl.config``)."""
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        problem = getattr(exc, "problem", None) or "syntax error"
+        ctx: dict[str, Any] = {"source": source}
+        where = ""
+        if mark is not None:
+            ctx.update(line=mark.line + 1, column=mark.column + 1)
+            where = f" at line {mark.line + 1}, column {mark.column + 1}"
+        raise ConfigError(f"{source}: not valid YAML{where}: {problem}", hint="Fix the YAML syntax.",
+                          context=ctx) from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: the top level must be a mapping, got {type(data).__name__}",
+                          hint="carl.yaml holds sections like `project:` and `grpo:` at the top level.",
+                          context={"source": source})
     return data
 
 
@@ -299,20 +481,13 @@ def read_yaml(path: Path) -> dict[str, Any]:
     except FileNotFoundError:
         raise ConfigError(f"config file not found: {path}", hint="Create one with `carl --batch project init`.",
                           context={"path": str(path)}) from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path} is a directory, not a carl.yaml", context={"path": str(path)}) from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path} is not UTF-8 text", context={"path": str(path)}) from None
     except OSError as exc:
         raise ConfigError(f"cannot read {path}: {exc.strerror}", context={"path": str(path)}) from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise ConfigError(f"{path}: not valid YAML{where}", hint="Fix the YAML syntax.",
-                          context={"path": str(path)}) from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: the top level must be a mapping", context={"path": str(path)})
-    return data
+    return parse_yaml_text(text, source=str(path))
 
 
 def find_config(explicit: str | Path | None = None, cwd: Path | None = None) -> Path | None:
@@ -332,10 +507,27 @@ def load_config(path: str | Path | None = None, sets: list[str] | None = None, *
     return validate_dict(data, source=str(found) if found else "tiny-cpu preset"), found
 
 
+def add_config_arguments(parser: Any) -> None:
+    """``--config FILE`` and repeatable ``--set KEY.PATH=VALUE`` — every verb that reads carl.yaml adds these
+    (then calls ``load_config(args.config, args.sets)``)."""
+    parser.add_argument("--config", metavar="FILE", help="carl.yaml to use (default ./carl.yaml, else the tiny demo)")
+    parser.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY.PATH=VALUE",
+                        help="override a config field, e.g. --set grpo.max_steps=20 (repeatable)")
+
+
 def save_config(cfg: Config, path: str | Path) -> Path:
-    """Write atomically (temp file + rename), so a crash never leaves half a carl.yaml."""
+    """Write atomically (temp file in the same directory + fsync + rename), so a crash never leaves half a
+    carl.yaml."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(cfg.to_yaml(), encoding="utf-8")
-    tmp.replace(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "w", encoding="utf-8") as fh:
+            fh.write(cfg.to_yaml())
+            fh.flush()
+            os.fsync(fh.fileno())
+        tmp.replace(path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise ConfigError(f"cannot write {path}: {exc.strerror}", hint="Check the directory is writable.",
+                          context={"path": str(path)}) from None
     return path

@@ -15,39 +15,71 @@ _SECRET_KEY = re.compile(r"(key|token|secret|password|passwd|authorization|beare
 # Values that look like secrets wherever they appear (also inside longer strings).
 _SECRET_VALUE = re.compile(
     r"(hf_[A-Za-z0-9]{8,}"  # Hugging Face tokens
-    r"|sk-[A-Za-z0-9_\-]{8,}"  # Anthropic / OpenAI style keys
+    r"|sk-[A-Za-z0-9_\-]{8,}"  # Anthropic / OpenAI style keys (sk-ant-…, sk-proj-…)
     r"|rpa_[A-Za-z0-9]{8,}"  # RunPod API keys
-    r"|(?i:bearer)\s+[A-Za-z0-9._~+/\-]{8,}=*)"  # Authorization: Bearer …
+    r"|(?i:bearer)\s+[A-Za-z0-9._~+/\-]{4,}=*)"  # Authorization: Bearer …
+)
+# ``password=hunter2`` / ``"api_key": "abc"`` / ``TOKEN: xyz`` inside free text: keep the name, mask the value.
+_SECRET_ASSIGNMENT = re.compile(
+    r"(?i)(?<![A-Za-z0-9])((?:[A-Za-z0-9]+[_-])*(?:api[_-]?key|token|secret|password|passwd|authorization)"
+    r"[\"']?\s*[:=]\s*[\"']?)([^\s\"',;&}\]]+)"
 )
 REDACTED = "***"
 # Keys that match _SECRET_KEY but carry no secret (counts, names of env vars, hashes).
 _SAFE_KEYS = {"max_tokens", "input_tokens", "output_tokens", "cache_read_input_tokens",
               "cache_creation_input_tokens", "key_path", "public_key", "token_ids", "tokens",
               "n_tokens", "max_new_tokens", "tokenizer", "api_key_env", "signer", "keys",
-              "max_completion_length_tokens", "token_env", "secret_names"}
+              "max_completion_length_tokens", "token_env", "secret_names", "total_tokens",
+              "has_token", "token_present"}
+# Numbers under a secret-shaped key are kept only when the key names a count.
+_COUNT_KEY = re.compile(r"(^(n|num|max|min|total)_|_(count|tokens|len|length|chars)$)", re.I)
 
 
 def redact_text(text: str) -> str:
-    """Mask secret-shaped substrings of ``text``."""
-    return _SECRET_VALUE.sub(REDACTED, text)
+    """Mask secret-shaped substrings of ``text`` (token formats and ``name=value`` assignments)."""
+    text = _SECRET_VALUE.sub(REDACTED, text)
+    return _SECRET_ASSIGNMENT.sub(lambda m: m.group(1) + REDACTED if m.group(2) != REDACTED else m.group(0), text)
+
+
+def _is_secret_key(key: str | None) -> bool:
+    return key is not None and key.lower() not in _SAFE_KEYS and bool(_SECRET_KEY.search(key))
 
 
 def redact(value: Any, _key: str | None = None) -> Any:
     """Return a copy of ``value`` with secret-shaped keys and values masked (recursively).
 
-    Under a secret-shaped key, every non-empty scalar becomes ``***`` (booleans and numbers are kept:
-    ``has_token: true`` tells nothing); containers are searched further.
+    Under a secret-shaped key (``api_key``, ``hf_token``, ``Authorization`` …) every non-empty string becomes
+    ``***``; booleans and ``None`` are kept (``has_token: true`` tells nothing), numbers are kept only when the
+    key names a count (``n_tokens``); containers are searched further. Everywhere else, strings are scanned for
+    secret-shaped substrings (``hf_…``, ``sk-…``, ``Bearer …``, ``password=…``). Dict keys are scanned too.
     """
     if isinstance(value, dict):
-        return {k: redact(v, str(k)) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
+        return {redact_text(str(k)): redact(v, str(k)) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set, frozenset)):
         return [redact(v, _key) for v in value]
-    secret_key = _key is not None and _key.lower() not in _SAFE_KEYS and bool(_SECRET_KEY.search(_key))
+    secret_key = _is_secret_key(_key)
     if isinstance(value, str):
         return REDACTED if (secret_key and value) else redact_text(value)
-    if secret_key and value is not None and not isinstance(value, (bool, int, float)):
-        return REDACTED
-    return value
+    if value is None or isinstance(value, bool):
+        return value
+    if isinstance(value, (int, float)):
+        return REDACTED if (secret_key and not _COUNT_KEY.search(_key or "")) else value
+    if isinstance(value, bytes):
+        return REDACTED if secret_key else redact_text(value.decode("utf-8", "replace"))
+    # anything else (paths, numpy scalars, objects): judged by its text
+    return REDACTED if secret_key else redact_text(str(value))
+
+
+def mask_secret(value: str | None) -> str:
+    """How carl shows a secret it found: ``set (hf_…abcd, 37 chars)`` — at most a known prefix and the
+    last 4 characters (none of it for values shorter than 12), never the rest."""
+    if not value:
+        return "not set"
+    m = re.match(r"(hf_|sk-ant-|sk-|rpa_)", value)
+    prefix = m.group(1) if m else ""
+    tail = value[-4:] if len(value) >= 12 else ""
+    shown = f"{prefix}…{tail}" if (prefix or tail) else "…"
+    return f"set ({shown}, {len(value)} chars)"
 
 
 class CARLError(Exception):

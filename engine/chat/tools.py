@@ -1,0 +1,486 @@
+"""The bounded, typed tool set the chat agent (and the MCP server) may use.
+
+Each :class:`ToolSpec` names the tool, describes it for the model, gives a pydantic input model (its JSON
+schema is the tool's ``input_schema``), the engine entry points it needs (``"module:attr"``), a handler, whether
+it has effects, and the ledger action it maps to. :func:`build_registry` imports the entry points and keeps the
+tools whose engine part exists; the rest are reported as unavailable with the reason. There is no shell, no file
+write and no free-form code among the tools: every effect is one of a few named engine actions.
+
+Calling a tool (:meth:`Registry.call`) validates the input, sends effectful tools through the ledger policy and
+the caller's approver, runs the handler, records one ledger block (``<surface>.tool_call``) and returns a
+:class:`ToolOutcome`; errors never escape, they become ``ok=False`` outcomes the model can read.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import ValidationError as PydanticValidationError
+
+from engine.errors import ApprovalRequired, CARLError, PermissionDenied, ValidationError, redact
+from engine.home import CarlHome
+
+MAX_RESULT_CHARS = 24_000  # a tool result is cut to this many characters (keeps the context bounded)
+
+
+# ============================================================================================ plumbing
+class ToolInput(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+@dataclass
+class ToolContext:
+    """What a tool may see: CARL_HOME, the project directory, the config in force and who approves effects.
+
+    ``approver(spec, input, decision) -> bool`` is asked before every effectful call (None: refuse them all).
+    ``surface`` prefixes the ledger action (``chat.tool_call``, ``mcp.tool_call``)."""
+
+    home: CarlHome
+    cwd: Path
+    config_path: Path | None = None
+    sets: list[str] = field(default_factory=list)
+    approver: Callable[["ToolSpec", dict[str, Any], dict[str, Any]], bool] | None = None
+    surface: str = "chat"
+    session: str | None = None
+
+    def load_config(self):
+        from engine.config import load_config
+
+        cfg, _ = load_config(self.config_path, self.sets, cwd=self.cwd)
+        return cfg
+
+    def resolve_path(self, raw: str) -> Path:
+        p = Path(raw).expanduser()
+        return p if p.is_absolute() else (self.cwd / p)
+
+
+@dataclass(frozen=True)
+class ToolSpec:
+    name: str
+    description: str
+    input_model: type[ToolInput]
+    requires: tuple[str, ...]  # "module:attr" entry points that must import
+    handler: Callable[[Any, ToolContext, dict[str, Any]], Any]  # (input, ctx, deps by attr name) -> JSON-able
+    effectful: bool = False
+    ledger_action: str = ""  # the engine action this tool performs (policy + ledger payload)
+
+    def input_schema(self) -> dict[str, Any]:
+        schema = self.input_model.model_json_schema()
+        schema.pop("title", None)
+        schema.setdefault("properties", {})
+        return schema
+
+    def anthropic_tool(self) -> dict[str, Any]:
+        return {"name": self.name, "description": self.description, "input_schema": self.input_schema()}
+
+
+@dataclass
+class ToolOutcome:
+    name: str
+    input: dict[str, Any]
+    ok: bool
+    result: Any = None
+    error: dict[str, Any] | None = None  # {"code", "message", "hint"}
+    effectful: bool = False
+    approved: bool | None = None
+    ledger: str = ""  # "recorded", or why not
+
+    @property
+    def refused(self) -> bool:
+        return bool(self.error) and self.error.get("code") in (ApprovalRequired.code, PermissionDenied.code)
+
+    def content_text(self) -> str:
+        body = self.result if self.ok else {"error": self.error}
+        text = json.dumps(body, ensure_ascii=False, default=str, separators=(",", ":"))
+        if len(text) > MAX_RESULT_CHARS:
+            text = text[:MAX_RESULT_CHARS] + f"… [truncated, {len(text)} characters in all]"
+        return text
+
+    def summary(self) -> str:
+        if not self.ok:
+            return f"{self.error.get('code')}: {self.error.get('message')}"
+        text = self.content_text()
+        return text if len(text) <= 160 else text[:157] + "…"
+
+
+def _resolve(entry: str) -> Any:
+    module, _, attr = entry.partition(":")
+    obj = importlib.import_module(module)
+    for part in attr.split(".") if attr else ():
+        obj = getattr(obj, part)
+    return obj
+
+
+class Registry:
+    def __init__(self, available: dict[str, tuple[ToolSpec, dict[str, Any]]], unavailable: dict[str, str]):
+        self._tools = available
+        self.unavailable = unavailable
+
+    @property
+    def specs(self) -> list[ToolSpec]:
+        return [spec for spec, _ in self._tools.values()]
+
+    def names(self) -> list[str]:
+        return list(self._tools)
+
+    def get(self, name: str) -> ToolSpec | None:
+        entry = self._tools.get(name)
+        return entry[0] if entry else None
+
+    def anthropic_tools(self) -> list[dict[str, Any]]:
+        return [spec.anthropic_tool() for spec in self.specs]
+
+    def call(self, name: str, raw_input: Any, ctx: ToolContext) -> ToolOutcome:
+        """Validate, gate (policy + approval for effects), run, record. Never raises for tool failures."""
+        entry = self._tools.get(name)
+        given = raw_input if isinstance(raw_input, dict) else {"_raw": raw_input}
+        if entry is None:
+            why = self.unavailable.get(name)
+            err = ValidationError(f"unknown tool {name!r}" + (f" (unavailable: {why})" if why else ""),
+                                  hint=f"Tools: {', '.join(self._tools) or 'none'}.")
+            return self._finish(ToolOutcome(name, given, False, error=_err(err)), None, ctx)
+        spec, deps = entry
+        outcome = ToolOutcome(name, given, False, effectful=spec.effectful)
+        try:
+            args = spec.input_model.model_validate(raw_input if isinstance(raw_input, dict) else {})
+            outcome.input = args.model_dump(mode="json", exclude_none=True)
+            if spec.effectful:
+                decision = policy_decision(spec, outcome.input, ctx)
+                if decision["decision"] == "deny":
+                    raise PermissionDenied(f"the ledger policy denies {spec.ledger_action}: "
+                                           f"{decision.get('reason') or 'no reason given'}",
+                                           context={"decision": decision})
+                approved = bool(ctx.approver and ctx.approver(spec, outcome.input, decision))
+                outcome.approved = approved
+                if not approved:
+                    raise ApprovalRequired(f"{name} has effects ({spec.ledger_action}) and was not approved",
+                                           hint="The user must approve it: in the workbench's approval dialog, "
+                                                "or with --approve in batch mode.",
+                                           context={"decision": decision})
+            outcome.result = _jsonable(spec.handler(args, ctx, deps))
+            outcome.ok = True
+        except PydanticValidationError as exc:
+            fields = [{"field": ".".join(str(p) for p in e.get("loc", ())) or "(input)", "message": e.get("msg")}
+                      for e in exc.errors()]
+            outcome.error = {"code": ValidationError.code, "message": f"invalid input for {name}: "
+                             + "; ".join(f"{f['field']}: {f['message']}" for f in fields),
+                             "hint": "Follow the tool's input schema.", "fields": fields}
+        except CARLError as exc:
+            outcome.error = _err(exc)
+        except Exception as exc:  # a tool bug must not crash the loop; the model sees what happened
+            outcome.error = {"code": "carl.error", "message": f"{type(exc).__name__}: {exc}",
+                             "hint": "This looks like a bug in carl's engine; the chat goes on."}
+        return self._finish(outcome, spec, ctx)
+
+    def _finish(self, outcome: ToolOutcome, spec: ToolSpec | None, ctx: ToolContext) -> ToolOutcome:
+        payload = {"tool": outcome.name, "action": spec.ledger_action if spec else None,
+                   "input": redact(outcome.input), "ok": outcome.ok, "effectful": outcome.effectful,
+                   "approved": outcome.approved, "error": outcome.error.get("code") if outcome.error else None,
+                   "session": ctx.session}
+        outcome.ledger = ledger_record(f"{ctx.surface}.tool_call", payload, ctx)
+        return outcome
+
+
+def _err(exc: CARLError) -> dict[str, Any]:
+    d = exc.to_dict()["error"]
+    return {"code": d["code"], "message": d["message"], "hint": d["hint"]}
+
+
+def _jsonable(value: Any) -> Any:
+    if hasattr(value, "to_dict"):
+        return _jsonable(value.to_dict())
+    if hasattr(value, "model_dump"):
+        return value.model_dump(mode="json")
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, float) and value != value:
+        return None
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    if hasattr(value, "tolist"):
+        return _jsonable(value.tolist())
+    if hasattr(value, "__dataclass_fields__"):
+        from dataclasses import asdict
+
+        return _jsonable(asdict(value))
+    return str(value)
+
+
+# ============================================================================================ ledger glue
+def policy_decision(spec: ToolSpec, tool_input: dict[str, Any], ctx: ToolContext) -> dict[str, Any]:
+    """``engine.ledger.evaluate`` for the tool's action → ``{"decision": allow|deny|needs_approval, …}``.
+
+    Without a ledger module the decision is ``needs_approval`` (effects are never allowed silently)."""
+    try:
+        evaluate = _resolve("engine.ledger:evaluate")
+    except (ImportError, AttributeError):
+        return {"decision": "needs_approval", "reason": "no ledger policy available", "action": spec.ledger_action}
+    action = {"action": spec.ledger_action, "payload": tool_input, "via": f"{ctx.surface}.tool_call"}
+    try:
+        cfg = ctx.load_config()
+    except CARLError:
+        cfg = None
+    result = evaluate(action, cfg)
+    decision = _jsonable(result)
+    if isinstance(decision, str):
+        decision = {"decision": decision}
+    decision.setdefault("action", spec.ledger_action)
+    return decision
+
+
+def ledger_record(action: str, payload: dict[str, Any], ctx: ToolContext) -> str:
+    """Append one ledger block; returns "recorded" or why it was not (the call itself is never blocked)."""
+    try:
+        record = _resolve("engine.ledger:record")
+    except (ImportError, AttributeError):
+        return "unavailable: engine.ledger.record does not exist"
+    try:
+        record(action, payload)
+        return "recorded"
+    except CARLError as exc:
+        return f"not recorded: {exc.code}: {exc.message}"
+    except Exception as exc:  # noqa: BLE001 - report, never crash the loop
+        return f"not recorded: {type(exc).__name__}: {exc}"
+
+
+# ============================================================================================ inputs
+_RUN = Field(..., min_length=1, max_length=200, description="run id or an unambiguous prefix of one")
+_SET_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)+=[^\n]{0,200}$")
+
+
+class NoInput(ToolInput):
+    pass
+
+
+class RunRef(ToolInput):
+    run: str = _RUN
+
+
+class ProbeInput(ToolInput):
+    logits: str = Field(..., min_length=1, description="path to a .npy ([T,V] or [B,T,V]), .npz or .safetensors file")
+    tokens: str | None = Field(None, description="optional token-id file (.npy); default: the argmax")
+    allow_masked: bool = Field(False, description="treat -inf logits as masked vocabulary entries")
+
+    @field_validator("logits", "tokens")
+    @classmethod
+    def _suffix(cls, v: str | None) -> str | None:
+        if v is not None and not v.endswith((".npy", ".npz", ".safetensors")):
+            raise ValueError("must be a .npy, .npz or .safetensors file")
+        return v
+
+
+class ObserveInput(ToolInput):
+    run: str | None = Field(None, max_length=200, description="run id (or prefix) in CARL_HOME/runs")
+    file: str | None = Field(None, max_length=1000,
+                             description="or a metrics file: frames.jsonl, a JSONL of metric dicts, trainer_state.json")
+
+    @field_validator("file")
+    @classmethod
+    def _suffix(cls, v: str | None) -> str | None:
+        if v is not None and not v.endswith((".jsonl", ".json")):
+            raise ValueError("must be a .jsonl or .json file")
+        return v
+
+
+class DiffInput(ToolInput):
+    run_a: str = _RUN
+    run_b: str = _RUN
+
+
+class ListRunsInput(ToolInput):
+    limit: int = Field(20, ge=1, le=200, description="most recent runs to list")
+
+
+class ValidateConfigInput(ToolInput):
+    path: str | None = Field(None, max_length=1000, description="a carl.yaml (default: the project's)")
+
+    @field_validator("path")
+    @classmethod
+    def _suffix(cls, v: str | None) -> str | None:
+        if v is not None and not v.endswith((".yaml", ".yml")):
+            raise ValueError("must be a .yaml or .yml file")
+        return v
+
+
+class LedgerShowInput(ToolInput):
+    last: int = Field(10, ge=1, le=100, description="how many of the newest blocks")
+
+
+class StartTrainingInput(ToolInput):
+    preset: Literal["tiny-cpu", "lora-7b", "full-gpu"] | None = Field(
+        None, description="start from a preset instead of the project's carl.yaml")
+    lora: bool | None = Field(None, description="turn LoRA on or off")
+    max_steps: int | None = Field(None, ge=1, le=100_000)
+    sets: list[str] = Field(default_factory=list, max_length=16,
+                            description="extra config overrides, each 'section.field=value' (e.g. grpo.seed=3)")
+
+    @field_validator("sets")
+    @classmethod
+    def _sets(cls, v: list[str]) -> list[str]:
+        for s in v:
+            if not _SET_RE.match(s):
+                raise ValueError(f"{s!r} is not section.field=value")
+        return v
+
+    def overrides(self) -> list[str]:
+        out = list(self.sets)
+        if self.lora is not None:
+            out.append(f"lora.enabled={'true' if self.lora else 'false'}")
+        if self.max_steps is not None:
+            out.append(f"grpo.max_steps={self.max_steps}")
+        return out
+
+
+class SubmitJobInput(ToolInput):
+    backend: Literal["hf", "runpod", "managed"]
+    budget_usd: float | None = Field(None, gt=0, le=10_000, description="spend cap for the job (USD)")
+
+
+# ============================================================================================ handlers
+def _show_config(args: NoInput, ctx: ToolContext, deps: dict[str, Any]) -> dict[str, Any]:
+    from engine.config import find_config
+
+    cfg, path = deps["load_config"](ctx.config_path, ctx.sets, cwd=ctx.cwd)
+    found = path or find_config(ctx.config_path, ctx.cwd)
+    return {"path": str(found) if found else None, "source": str(found) if found else "built-in tiny demo",
+            "config": cfg.model_dump(mode="json")}
+
+
+def _validate_config(args: ValidateConfigInput, ctx: ToolContext, deps: dict[str, Any]) -> dict[str, Any]:
+    path = ctx.resolve_path(args.path) if args.path else ctx.config_path
+    try:
+        _, found = deps["load_config"](path, cwd=ctx.cwd)
+    except CARLError as exc:
+        if exc.code != "carl.config":
+            raise
+        return {"ok": False, "path": str(path) if path else None, "message": exc.message,
+                "errors": exc.context.get("errors", [])}
+    return {"ok": True, "path": str(found) if found else None, "errors": []}
+
+
+def _store(ctx: ToolContext, deps: dict[str, Any]):
+    return deps["RunStore"](ctx.home)
+
+
+def _list_runs(args: ListRunsInput, ctx: ToolContext, deps: dict[str, Any]) -> Any:
+    runs = _jsonable(_store(ctx, deps).list())
+    runs = runs.get("runs", runs) if isinstance(runs, dict) else runs
+    return {"runs": runs[: args.limit], "total": len(runs)}
+
+
+def _show_run(args: RunRef, ctx: ToolContext, deps: dict[str, Any]) -> Any:
+    return _store(ctx, deps).show(args.run)
+
+
+def _diff_runs(args: DiffInput, ctx: ToolContext, deps: dict[str, Any]) -> Any:
+    store = _store(ctx, deps)
+    return deps["diff_runs"](store.run_dir(args.run_a), store.run_dir(args.run_b))
+
+
+def _observe(args: ObserveInput, ctx: ToolContext, deps: dict[str, Any]) -> Any:
+    if bool(args.run) == bool(args.file):
+        raise ValidationError("observe_run needs exactly one of run or file")
+    if args.run:
+        path = _store(ctx, deps).run_dir(args.run) / "frames.jsonl"
+    else:
+        path = ctx.resolve_path(args.file or "")
+    return deps["summarize_file"](path)
+
+
+def _probe(args: ProbeInput, ctx: ToolContext, deps: dict[str, Any]) -> Any:
+    result = deps["probe_file"](ctx.resolve_path(args.logits),
+                                ctx.resolve_path(args.tokens) if args.tokens else None,
+                                allow_masked=args.allow_masked)
+    result = _jsonable(result)
+    if isinstance(result, dict) and isinstance(result.get("phi"), list) and len(result["phi"]) > 64:
+        phi = result["phi"]
+        result = {**result, "phi": phi[:64], "phi_truncated": f"first 64 of {len(phi)} tokens shown"}
+    return result
+
+
+def _ledger_status(args: NoInput, ctx: ToolContext, deps: dict[str, Any]) -> Any:
+    return deps["status"]()
+
+
+def _ledger_verify(args: NoInput, ctx: ToolContext, deps: dict[str, Any]) -> Any:
+    return deps["verify"]()
+
+
+def _ledger_show(args: LedgerShowInput, ctx: ToolContext, deps: dict[str, Any]) -> Any:
+    return {"blocks": _jsonable(deps["show"](last=args.last))}
+
+
+def _start_training(args: StartTrainingInput, ctx: ToolContext, deps: dict[str, Any]) -> Any:
+    return _store(ctx, deps).start(config_path=None if args.preset else ctx.config_path, preset=args.preset,
+                                   sets=[*ctx.sets, *args.overrides()], cwd=ctx.cwd, detach=True)
+
+
+def _stop_run(args: RunRef, ctx: ToolContext, deps: dict[str, Any]) -> Any:
+    return _store(ctx, deps).stop(args.run)
+
+
+def _submit_job(args: SubmitJobInput, ctx: ToolContext, deps: dict[str, Any]) -> Any:
+    return deps["submit"](backend=args.backend, config=ctx.load_config(), budget_usd=args.budget_usd, approved=True)
+
+
+# ============================================================================================ the set
+TOOL_SPECS: tuple[ToolSpec, ...] = (
+    ToolSpec("probe_logits", "Measure the coherence field Phi over a saved logits file: per-token phi, its mean/std/"
+             "min/max, entropy, kappa, sigma, the crystallized fraction and the CARL reward components.",
+             ProbeInput, ("engine.probe:probe_file",), _probe, ledger_action="probe.run"),
+    ToolSpec("observe_run", "Summarize a training run's metrics: steps, Phi statistics, the phase (guessing, "
+             "crystallizing, knowing), the crystallization step and health findings (e.g. collapse, flat reward).",
+             ObserveInput, ("engine.observe:summarize_file", "engine.runs:RunStore"), _observe,
+             ledger_action="observe.summary"),
+    ToolSpec("list_runs", "List training runs (local and remote) with status, backend, start time and last step.",
+             ListRunsInput, ("engine.runs:RunStore",), _list_runs, ledger_action="run.list"),
+    ToolSpec("show_run", "Show one run: status, backend, pid, directory, start/end, last step and its config.",
+             RunRef, ("engine.runs:RunStore",), _show_run, ledger_action="run.show"),
+    ToolSpec("diff_runs", "Compare two runs: config differences and metric deltas (Phi, rewards, phase).",
+             DiffInput, ("engine.runs:RunStore", "engine.observe.diff:diff_runs"), _diff_runs,
+             ledger_action="run.diff"),
+    ToolSpec("show_config", "Show the project's carl.yaml in force (or the built-in tiny demo) with every default "
+             "filled in.", NoInput, ("engine.config:load_config",), _show_config, ledger_action="project.show"),
+    ToolSpec("validate_config", "Validate a carl.yaml and list the field errors (path, value, message).",
+             ValidateConfigInput, ("engine.config:load_config",), _validate_config,
+             ledger_action="project.validate"),
+    ToolSpec("ledger_status", "The ledger's state: number of blocks, head hash, signer key.", NoInput,
+             ("engine.ledger:status",), _ledger_status, ledger_action="ledger.status"),
+    ToolSpec("ledger_verify", "Verify the whole ledger chain (hashes and signatures); names the first bad block.",
+             NoInput, ("engine.ledger:verify",), _ledger_verify, ledger_action="ledger.verify"),
+    ToolSpec("ledger_show", "Show the newest ledger blocks (action, time, payload).", LedgerShowInput,
+             ("engine.ledger:show",), _ledger_show, ledger_action="ledger.show"),
+    ToolSpec("start_training", "Start a local cascade GRPO training run in the background (needs the user's "
+             "approval). Uses the project's carl.yaml or a preset, with optional LoRA / max_steps / overrides.",
+             StartTrainingInput, ("engine.runs:RunStore",), _start_training, effectful=True,
+             ledger_action="run.start"),
+    ToolSpec("stop_run", "Stop a running training run gracefully (checkpoint flushed; needs the user's approval).",
+             RunRef, ("engine.runs:RunStore",), _stop_run, effectful=True, ledger_action="run.stop"),
+    ToolSpec("submit_remote_job", "Submit the project's training as a remote job on hf, runpod or managed "
+             "compute (costs money; needs the user's approval and respects the budget caps).", SubmitJobInput,
+             ("engine.remote:submit",), _submit_job, effectful=True, ledger_action="jobs.submit"),
+)
+
+
+def build_registry(specs: tuple[ToolSpec, ...] = TOOL_SPECS) -> Registry:
+    """Import each tool's entry points; keep the tools whose engine part exists, report the others."""
+    available: dict[str, tuple[ToolSpec, dict[str, Any]]] = {}
+    unavailable: dict[str, str] = {}
+    for spec in specs:
+        deps: dict[str, Any] = {}
+        try:
+            for entry in spec.requires:
+                deps[entry.rpartition(":")[2].rpartition(".")[2]] = _resolve(entry)
+        except (ImportError, AttributeError) as exc:
+            unavailable[spec.name] = f"{entry} is not available ({type(exc).__name__}: {exc})"
+            continue
+        available[spec.name] = (spec, deps)
+    return Registry(available, unavailable)

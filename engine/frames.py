@@ -1,7 +1,12 @@
 """Frames: one typed record per logged training step, shared by the trainer (writer) and observe (reader).
 
 A run's ``frames.jsonl`` holds one JSON object per line, flushed per frame. Readers tolerate a torn last
-line (a writer killed mid-line), blank and malformed lines (skipped and counted).
+line (a writer killed mid-line), blank and malformed lines (skipped and counted), files that grow while
+read, and (in :class:`JsonlTail`, used by ``--follow``) truncation and rotation.
+
+Parsing uses orjson (the fast path); a line orjson rejects is retried with the standard library, which
+also accepts the ``NaN`` / ``Infinity`` tokens :class:`FrameWriter` writes for non-finite values (so a NaN
+loss survives the round trip and observe can flag it).
 """
 
 from __future__ import annotations
@@ -12,6 +17,8 @@ import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Iterator
+
+import orjson
 
 
 @dataclass(slots=True)
@@ -43,27 +50,86 @@ class Frame:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Frame":
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in known})
+        """A Frame from a dict with Frame field names. Unknown keys with numeric values go to ``extra``;
+        other unknown keys (``type``, ``run_id`` …) are dropped. Raises TypeError/ValueError when ``step``
+        is missing or not an integer."""
+        try:
+            f = cls(**d)  # the fast path: carl's own frames
+        except TypeError:
+            known = {k: v for k, v in d.items() if k in _FIELD_SET}
+            extra = dict(known.get("extra") or {})
+            for k, v in d.items():
+                if k not in _FIELD_SET and isinstance(v, (int, float)) and not isinstance(v, bool):
+                    extra[k] = float(v)
+            if extra:
+                known["extra"] = extra
+            f = cls(**known)
+        step = f.step
+        if type(step) is not int:
+            if isinstance(step, float) and step.is_integer():
+                f.step = int(step)
+            elif isinstance(step, str) and step.strip().lstrip("-").isdigit():
+                f.step = int(step)
+            else:
+                raise ValueError(f"frame step must be an integer, got {step!r}")
+        return f
+
+    def get(self, name: str) -> float | None:
+        """A metric by name: a Frame field, ``rewards/<fn>``, ``carl/<component>`` or an ``extra`` key."""
+        if name in _SCALAR_SET:
+            return getattr(self, name)
+        if name.startswith("rewards/"):
+            return self.rewards.get(name[8:])
+        if name.startswith("carl/"):
+            return self.carl_components.get(name[5:])
+        return self.extra.get(name)
 
 
 FRAME_FIELDS = tuple(f.name for f in fields(Frame))
+_FIELD_SET = frozenset(FRAME_FIELDS)
+# numeric per-step scalars (what charts, CSV and analysis use)
+SCALAR_FIELDS = ("phi", "entropy", "reward_mean", "task_reward", "carl_reward", "carl_weight", "loss", "lr",
+                 "kl", "completion_length", "clipped_ratio", "frac_reward_zero_std", "step_time", "timestamp")
+_SCALAR_SET = frozenset(SCALAR_FIELDS) | {"step"}
+
+
+def _dumps(d: dict[str, Any]) -> bytes:
+    try:
+        return orjson.dumps(d)
+    except (TypeError, orjson.JSONEncodeError):
+        return json.dumps(d, separators=(",", ":"), allow_nan=True, default=str).encode()
+
+
+def _has_nonfinite(d: dict[str, Any]) -> bool:
+    for v in d.values():
+        if isinstance(v, float) and (v != v or v in (float("inf"), float("-inf"))):
+            return True
+        if isinstance(v, dict) and _has_nonfinite(v):
+            return True
+    return False
 
 
 class FrameWriter:
-    """Append frames to a JSONL file, one flushed line each (``fsync=True`` for crash safety)."""
+    """Append frames to a JSONL file, one flushed line each (``fsync=True`` for crash safety).
+
+    Each frame is written with a single ``write`` of the whole line, so a concurrent reader sees either
+    nothing or a (possibly torn) prefix of the last line, never interleaved lines. Non-finite floats are
+    written as ``NaN`` / ``Infinity`` (the reader maps them back)."""
 
     def __init__(self, path: str | Path, *, fsync: bool = False):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._fh = open(self.path, "a", encoding="utf-8")
+        self._fh = open(self.path, "ab", buffering=0)
         self._fsync = fsync
 
     def write(self, frame: Frame | dict[str, Any]) -> None:
         d = frame.to_dict() if isinstance(frame, Frame) else dict(frame)
         d.setdefault("timestamp", time.time())
-        self._fh.write(json.dumps(d, separators=(",", ":"), allow_nan=True) + "\n")
-        self._fh.flush()
+        if _has_nonfinite(d):  # orjson would write null; keep the NaN visible
+            line = json.dumps(d, separators=(",", ":"), allow_nan=True, default=str).encode()
+        else:
+            line = _dumps(d)
+        self._fh.write(line + b"\n")
         if self._fsync:
             os.fsync(self._fh.fileno())
 
@@ -77,20 +143,113 @@ class FrameWriter:
         self.close()
 
 
-def read_frames(path: str | Path) -> tuple[list[Frame], int]:
-    """All complete frames of a file and the number of lines skipped (blank, malformed or torn)."""
+def parse_line(line: bytes | str) -> Any:
+    """One JSON value from one line: orjson first, the standard library for NaN/Infinity. Raises ValueError."""
+    try:
+        return orjson.loads(line)
+    except orjson.JSONDecodeError:
+        return json.loads(line)
+
+
+def parse_frame_lines(lines: list[bytes]) -> tuple[list[Frame], int]:
+    """Frames from complete lines; blank lines are ignored, malformed ones counted. Lines that are JSON
+    objects but not frames (``{"type": "event", …}``) are neither frames nor errors."""
     frames: list[Frame] = []
+    append = frames.append
     skipped = 0
-    for line in Path(path).read_text(encoding="utf-8", errors="replace").splitlines():
-        if not line.strip():
-            continue
+    loads = orjson.loads
+    from_dict = Frame.from_dict
+    for line in lines:
         try:
-            d = json.loads(line)
-            frames.append(Frame.from_dict(d))
-        except (ValueError, TypeError):
+            d = loads(line)
+        except orjson.JSONDecodeError:
+            if not line.strip():
+                continue
+            try:
+                d = json.loads(line)
+            except ValueError:
+                skipped += 1
+                continue
+        if type(d) is not dict:
+            skipped += 1
+            continue
+        t = d.get("type")
+        if t is not None:
+            if t != "frame":
+                continue
+            d = {k: v for k, v in d.items() if k != "type"}
+        try:
+            append(from_dict(d))
+        except (TypeError, ValueError):
             skipped += 1
     return frames, skipped
 
 
+def read_frames(path: str | Path) -> tuple[list[Frame], int]:
+    """All complete frames of a file and the number of lines skipped (malformed, or a torn last line)."""
+    data = Path(path).read_bytes()
+    return parse_frame_lines(data.split(b"\n"))
+
+
 def iter_frames(path: str | Path) -> Iterator[Frame]:
     yield from read_frames(path)[0]
+
+
+class JsonlTail:
+    """Incremental reader of a JSONL file that grows while it is read (``--follow``).
+
+    ``poll()`` returns the complete lines appended since the last call (a partial last line is held back
+    until its newline arrives). Truncation (the file got shorter) and rotation (a new file at the path:
+    another inode) restart from the top of the new file and set ``reset`` so a consumer can drop what it
+    had. A missing file is not an error while following: it reads as no new lines.
+    """
+
+    def __init__(self, path: str | Path, *, chunk: int = 1 << 20):
+        self.path = Path(path)
+        self.offset = 0
+        self._ino: int | None = None
+        self._partial = b""
+        self._chunk = chunk
+        self.resets = 0
+
+    def poll(self) -> tuple[list[bytes], bool]:
+        """(new complete lines, reset) — reset is True when the file was truncated or replaced."""
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            return [], False
+        reset = False
+        if (self._ino is not None and st.st_ino != self._ino) or st.st_size < self.offset:
+            self.offset, self._partial, reset = 0, b"", True
+            self.resets += 1
+        self._ino = st.st_ino
+        if st.st_size == self.offset:
+            return [], reset
+        with open(self.path, "rb") as fh:
+            fh.seek(self.offset)
+            data = fh.read()
+        self.offset += len(data)
+        data = self._partial + data
+        cut = data.rfind(b"\n")
+        if cut < 0:
+            self._partial = data
+            return [], reset
+        self._partial = data[cut + 1:]
+        return data[:cut].split(b"\n"), reset
+
+    @property
+    def pending(self) -> bytes:
+        """The partial last line held back (a writer mid-line, or one killed mid-line)."""
+        return self._partial
+
+
+class FrameTail:
+    """:class:`JsonlTail` that yields Frames: ``poll() -> (frames, skipped, reset)``."""
+
+    def __init__(self, path: str | Path):
+        self.tail = JsonlTail(path)
+
+    def poll(self) -> tuple[list[Frame], int, bool]:
+        lines, reset = self.tail.poll()
+        frames, skipped = parse_frame_lines(lines)
+        return frames, skipped, reset

@@ -1,0 +1,735 @@
+"""The coherence probe: the per-token Phi field of a model's logits and the CARL reward built on it.
+
+Definitions (each formula lives once, in the function that computes it):
+
+* per token ``p = softmax(logits)``, ``H = -Σ p·log p`` (nats, ``0·log 0 = 0``), **Phi = 1 - H / log V** with
+  ``V`` the full last dimension, ``selected_prob = p[token]`` (the given token, else the argmax).
+* constants :data:`KAPPA` = 64/3, :data:`SIGMA` = 3/16, :data:`DEFECT_THRESHOLD` = 0.03, horizon T* = KAPPA·d.
+* :func:`cloud`, :func:`coherence` (multiscale), :func:`discontinuity`, :func:`carl_reward`,
+  :func:`crystallizations` / :func:`meltings`, :func:`surprisal`, :func:`kuramoto_r`.
+
+The logits kernel works on row chunks of about a MiB, in float32 for 16/32-bit inputs (float64 for float64
+inputs): one read of the input, two cache-resident scratch rows, never a float64 (or any) copy of ``[T, V]``.
+Torch tensors stay on their device; only the per-token vectors ``[B, T]`` come back to the host.
+numpy is the only import at module level; torch and safetensors are imported where they are needed.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from engine.errors import ProbeNonFiniteError, ProbeShapeError, ValidationError
+
+KAPPA: float = 64.0 / 3.0
+"""Conservation constant κ = 64/3; the coherence horizon of a width-``d`` model is T* = κ·d."""
+SIGMA: float = 3.0 / 16.0
+"""Crystallization threshold σ = 3/16: a token with Phi ≥ σ counts as crystallized."""
+DEFECT_THRESHOLD: float = 0.03
+"""|ΔPhi| above this between neighbouring tokens is a defect (crystallization if up, melting if down)."""
+MAX_SCALES: int = 16
+"""Multiscale coherence looks at block sizes 2^0 … 2^15 at most."""
+DEFAULT_WEIGHTS: dict[str, float] = {"coherence": 0.5, "cloud": 0.3, "discontinuity": 0.2}
+"""CARL = 0.5·coherence + 0.3·cloud + 0.2·discontinuity unless configured otherwise."""
+
+# Masked mode: -inf logits become this far below the row max; exp() of it is exactly 0 in float32 and
+# float64, and 0·(-1e4) = 0, so masked entries contribute nothing to H and need no separate pass.
+_MASK_FLOOR = -1.0e4
+# Elements per row chunk: 2^18 float32 = 1 MiB per scratch buffer (fits L2/L3 with the input chunk).
+_CHUNK_ELEMS_CPU = 1 << 18
+_CHUNK_ELEMS_CUDA = 1 << 26
+
+
+def horizon(d: int | float) -> float:
+    """The coherence horizon T* = KAPPA·d for a model of width ``d``."""
+    return KAPPA * float(d)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The per-token kernel: logits → (phi, entropy, selected_prob, selected token)
+# ----------------------------------------------------------------------------------------------------------
+
+def _is_torch(x: Any) -> bool:
+    return type(x).__module__.split(".")[0] == "torch"
+
+
+def _check_logits_shape(shape: Sequence[int]) -> None:
+    if len(shape) not in (2, 3):
+        raise ProbeShapeError(f"logits must be [T, V] or [B, T, V], got rank {len(shape)} {list(shape)}",
+                              context={"shape": list(shape)})
+    if shape[-1] < 2:
+        raise ProbeShapeError(f"the vocabulary dimension must be at least 2, got V={shape[-1]}",
+                              hint="Phi = 1 - H/log V needs V ≥ 2.", context={"shape": list(shape)})
+
+
+def _check_tokens(tokens_shape: Sequence[int], logits_shape: Sequence[int]) -> None:
+    if tuple(tokens_shape) != tuple(logits_shape[:-1]):
+        raise ProbeShapeError(
+            f"tokens {list(tokens_shape)} do not match logits {list(logits_shape)} "
+            f"(expected {list(logits_shape[:-1])})",
+            context={"ids_shape": list(tokens_shape), "logits_shape": list(logits_shape)})
+
+
+def _nonfinite_error(row: int, lead_shape: Sequence[int], what: str) -> ProbeNonFiniteError:
+    where = [int(i) for i in np.unravel_index(row, tuple(lead_shape))] if lead_shape else [row]
+    return ProbeNonFiniteError(f"non-finite logits ({what}) at position {where}",
+                               context={"position": where, "value": what})
+
+
+def _describe_row(row: Any) -> str:
+    """Name the worst non-finite value in one logits row (used only on the error path)."""
+    r = np.asarray(row, dtype=np.float64) if not _is_torch(row) else row.double().cpu().numpy()
+    if np.isnan(r).any():
+        return "nan"
+    if np.isposinf(r).any():
+        return "+inf"
+    if np.isneginf(r).all():
+        return "all -inf"
+    return "-inf"
+
+
+def _token_stats_numpy(x: np.ndarray, tokens: np.ndarray | None, allow_masked: bool) -> tuple[np.ndarray, ...]:
+    """Kernel on a 2-D numpy ``x`` [N, V]: returns float64 (entropy, selected_prob) and int64 token ids, [N]."""
+    n, v = x.shape
+    work = np.float64 if x.dtype == np.float64 else np.float32
+    rows = max(1, min(n, _CHUNK_ELEMS_CPU // v)) if n else 1
+    z_buf = np.empty((rows, v), dtype=work)
+    e_buf = np.empty((rows, v), dtype=work)
+    entropy = np.empty(n, dtype=np.float64)
+    selected = np.empty(n, dtype=np.float64)
+    token_out = np.empty(n, dtype=np.int64)
+    for a in range(0, n, rows):
+        r = min(rows, n - a)
+        c = x[a:a + r]
+        z, e = z_buf[:r], e_buf[:r]
+        if c.dtype != work:  # float16 / bfloat16 / ints: cast the chunk into the scratch row, then work in place
+            np.copyto(z, c, casting="unsafe")
+            c = z
+        idx = np.arange(r)
+        if tokens is None:
+            tok = c.argmax(axis=1)  # first maximum; a NaN row yields the NaN's index
+            m = c[idx, tok]
+        else:
+            tok = tokens[a:a + r]
+            m = c.max(axis=1)  # propagates NaN
+        bad = ~np.isfinite(m)  # NaN or +inf anywhere in the row, or a row that is all -inf
+        if bad.any():
+            i = int(np.argmax(bad))
+            raise _nonfinite_error(a + i, (), _describe_row(x[a + i]))
+        np.subtract(c, m[:, None], out=z)  # z = x - max ≤ 0
+        if allow_masked:
+            np.maximum(z, _MASK_FLOOR, out=z)
+        np.exp(z, out=e)
+        s = e.sum(axis=1, dtype=work)  # pairwise summation
+        sel = e[idx, tok]
+        with np.errstate(invalid="ignore"):
+            np.multiply(e, z, out=z)  # e·z (0·(-inf) = NaN flags an unmasked -inf)
+        ez = z.sum(axis=1, dtype=work)
+        s64 = s.astype(np.float64)
+        h = np.log(s64) - ez.astype(np.float64) / s64  # H = log Σe - Σ e·z / Σe
+        if not np.isfinite(h).all():
+            i = int(np.argmax(~np.isfinite(h)))
+            raise _nonfinite_error(a + i, (), _describe_row(x[a + i]))
+        entropy[a:a + r] = h
+        selected[a:a + r] = sel.astype(np.float64) / s64
+        token_out[a:a + r] = tok
+    np.clip(entropy, 0.0, math.log(v), out=entropy)  # rounding can leave ±1 ulp outside [0, log V]
+    return entropy, selected, token_out
+
+
+def _token_stats_torch(x: Any, tokens: Any, allow_masked: bool) -> tuple[Any, ...]:
+    """Kernel on a 2-D torch ``x`` [N, V] on its own device: (entropy, selected_prob, token ids) tensors [N]."""
+    import torch
+
+    n, v = x.shape
+    work = torch.float64 if x.dtype == torch.float64 else torch.float32
+    chunk = _CHUNK_ELEMS_CUDA if x.device.type != "cpu" else _CHUNK_ELEMS_CPU * 4
+    rows = max(1, min(n, chunk // v)) if n else 1
+    entropy = torch.empty(n, dtype=work, device=x.device)
+    selected = torch.empty(n, dtype=work, device=x.device)
+    token_out = torch.empty(n, dtype=torch.int64, device=x.device)
+    with torch.no_grad():
+        for a in range(0, n, rows):
+            c = x[a:a + rows]
+            owned = c.dtype != work  # a fresh float copy we may overwrite; else never touch the caller's tensor
+            c = c.to(work)
+            if tokens is None:
+                tok = torch.argmax(c, dim=1)
+                m = c.gather(1, tok[:, None])
+            else:
+                tok = tokens[a:a + rows].to(device=x.device, dtype=torch.int64)
+                m = c.amax(dim=1, keepdim=True)
+            z = c.sub_(m) if owned else c - m
+            if allow_masked:
+                z.clamp_(min=_MASK_FLOOR)
+            e = torch.exp(z)
+            s = e.sum(dim=1)
+            sel = e.gather(1, tok[:, None])[:, 0] / s
+            ez = e.mul_(z).sum(dim=1)
+            # a non-finite max (NaN, +inf, all -inf) or an unmasked -inf (0·-inf) leaves H non-finite
+            h = torch.log(s) - ez / s
+            entropy[a:a + rows] = torch.where(torch.isfinite(m[:, 0]), h, torch.full_like(h, math.nan))
+            selected[a:a + rows] = sel
+            token_out[a:a + rows] = tok
+        finite = torch.isfinite(entropy)
+        if not bool(finite.all()):  # the one host sync
+            i = int(torch.argmin(finite.to(torch.int8)))
+            raise _nonfinite_error(i, (), _describe_row(x[i]))
+        entropy.clamp_(0.0, math.log(v))
+    return entropy, selected, token_out
+
+
+def token_stats(logits: Any, token_ids: Any = None, *, allow_masked: bool = False) -> tuple[Any, Any, Any, Any]:
+    """Per-token ``(phi, entropy, selected_prob, token_ids)`` of ``logits`` [T, V] or [B, T, V].
+
+    numpy input → float64 numpy arrays of shape ``logits.shape[:-1]``; torch input → tensors on the logits'
+    device (float32, or float64 for float64 logits). ``token_ids`` default to the argmax (first maximum).
+    Non-finite logits raise ``carl.probe.nonfinite`` unless ``allow_masked`` (then -inf is probability 0 and
+    V stays the full last dimension; NaN and +inf are still errors).
+    """
+    shape = tuple(int(s) for s in logits.shape)
+    _check_logits_shape(shape)
+    v = shape[-1]
+    lead = shape[:-1]
+    torch_in = _is_torch(logits)
+    if token_ids is not None:
+        if not _is_torch(token_ids):
+            token_ids = np.asarray(token_ids)
+        tshape = tuple(int(s) for s in token_ids.shape)
+        _check_tokens(tshape, shape)
+        tok = token_ids.reshape(-1) if torch_in or _is_torch(token_ids) else np.asarray(token_ids).reshape(-1)
+        if torch_in and not _is_torch(tok):
+            import torch
+
+            tok = torch.as_tensor(np.asarray(tok), device=logits.device)
+        if not torch_in and _is_torch(tok):
+            tok = tok.detach().cpu().numpy()
+        _check_token_range(tok, v)
+    else:
+        tok = None
+    try:
+        if torch_in:
+            flat = logits.detach().reshape(-1, v)  # a view for contiguous input
+            ent, sel, ids = _token_stats_torch(flat, tok, allow_masked)
+        else:
+            x = logits if isinstance(logits, np.ndarray) else np.asarray(logits)
+            if x.ndim == 3 and not x.flags.c_contiguous:
+                parts = []
+                for b in range(x.shape[0]):
+                    try:
+                        parts.append(_token_stats_numpy(x[b], None if tok is None else tok.reshape(lead)[b],
+                                                        allow_masked))
+                    except ProbeNonFiniteError as exc:
+                        exc.context["position"] = [b * lead[1] + exc.context["position"][0]]
+                        raise
+                ent, sel, ids = (np.concatenate([p[k] for p in parts]) for k in range(3))
+            else:
+                ent, sel, ids = _token_stats_numpy(x.reshape(-1, v), tok, allow_masked)
+    except ProbeNonFiniteError as exc:  # re-address the flat row as [t] or [b, t]
+        flat_row = exc.context["position"][0]
+        raise _nonfinite_error(flat_row, lead, exc.context["value"]) from None
+    phi = 1.0 - ent / math.log(v)
+    return phi.reshape(lead), ent.reshape(lead), sel.reshape(lead), ids.reshape(lead)
+
+
+def _check_token_range(tok: Any, v: int) -> None:
+    if _is_torch(tok):
+        if tok.is_floating_point() or tok.dtype == __import__("torch").bool:
+            raise ProbeShapeError(f"token ids must be integers, got {tok.dtype}")
+        lo, hi = (int(tok.min()), int(tok.max())) if tok.numel() else (0, 0)
+    else:
+        if not np.issubdtype(tok.dtype, np.integer):
+            raise ProbeShapeError(f"token ids must be integers, got {tok.dtype}",
+                                  context={"dtype": str(tok.dtype)})
+        lo, hi = (int(tok.min()), int(tok.max())) if tok.size else (0, 0)
+    if lo < 0 or hi >= v:
+        raise ProbeShapeError(f"token id out of range [0, {v}): min {lo}, max {hi}",
+                              context={"vocab_size": v, "min": lo, "max": hi})
+
+
+def phi_from_logits(logits: Any, *, allow_masked: bool = False) -> tuple[Any, Any]:
+    """``(phi, entropy)`` per token: Phi = 1 - H / log V, H = -Σ softmax·log softmax in nats (numpy or torch)."""
+    phi, ent, _, _ = token_stats(logits, allow_masked=allow_masked)
+    return phi, ent
+
+
+def phi_from_entropy(entropy: Any, vocab_size: int) -> Any:
+    """Phi = 1 - H / log V from pre-computed entropies (nats); works on numpy arrays and torch tensors."""
+    return 1.0 - entropy / math.log(vocab_size)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Metrics: small pure functions of one sequence's field (1-D numpy arrays)
+# ----------------------------------------------------------------------------------------------------------
+
+def _vec(a: Any) -> np.ndarray:
+    if _is_torch(a):
+        a = a.detach().double().cpu().numpy()
+    return np.asarray(a, dtype=np.float64).reshape(-1)
+
+
+def delta_phi(phi: Any) -> np.ndarray:
+    """ΔPhi_k = Phi[k+1] - Phi[k], length T-1."""
+    return np.diff(_vec(phi))
+
+
+def cloud(phi: Any, selected_prob: Any) -> float:
+    """cloud = mean(selected_prob · Phi); 0.0 for an empty sequence."""
+    p, s = _vec(phi), _vec(selected_prob)
+    return float(np.mean(p * s)) if p.size else 0.0
+
+
+def coherence(phi: Any) -> float:
+    """Multiscale coherence of the Phi field.
+
+    For j = 0, 1, … while 2^j ≤ T (at most :data:`MAX_SCALES` scales): split Phi[:n·2^j] into n = T // 2^j
+    blocks of 2^j tokens, c_j = clamp(1 - mean over blocks of the block's population std, 0, 1). The result is
+    the mean of c_j weighted by 2^(j/2). T = 0 gives 0.5.
+    """
+    p = _vec(phi)
+    t = p.size
+    if t == 0:
+        return 0.5
+    num = den = 0.0
+    j = 0
+    while (1 << j) <= t and j < MAX_SCALES:
+        b = 1 << j
+        n = t // b
+        c_j = min(1.0, max(0.0, 1.0 - float(p[:n * b].reshape(n, b).std(axis=1).mean())))
+        w = 2.0 ** (j / 2.0)
+        num += w * c_j
+        den += w
+        j += 1
+    return num / den
+
+
+def _defect_scores(phi: np.ndarray) -> np.ndarray:
+    d = np.diff(phi)
+    prev = phi[:-1]
+    hit = np.abs(d) > DEFECT_THRESHOLD
+    rise = np.where(prev < 0.5, 0.8, 0.3)
+    fall = np.where(prev > 0.7, 0.2, 0.5)
+    return np.where(d > 0, rise, fall)[hit]
+
+
+def discontinuity(phi: Any) -> float:
+    """Discontinuity score: for every |ΔPhi_k| > DEFECT_THRESHOLD, a rise scores 0.8 if Phi[k] < 0.5 else 0.3
+    and a fall scores 0.2 if Phi[k] > 0.7 else 0.5; the mean of those scores, or 0.5 when there is none."""
+    scores = _defect_scores(_vec(phi))
+    return float(scores.mean()) if scores.size else 0.5
+
+
+def carl_reward(phi: Any, selected_prob: Any, weights: Mapping[str, float] | None = None) -> dict[str, float]:
+    """``{coherence, cloud, discontinuity, carl}`` with carl = w_coh·coherence + w_cloud·cloud + w_disc·discontinuity
+    (default 0.5 / 0.3 / 0.2; the weights are used as given, not renormalised)."""
+    w = _weights(weights)
+    parts = {"coherence": coherence(phi), "cloud": cloud(phi, selected_prob), "discontinuity": discontinuity(phi)}
+    parts["carl"] = sum(w[k] * parts[k] for k in ("coherence", "cloud", "discontinuity"))
+    return parts
+
+
+def _weights(weights: Mapping[str, float] | Any | None) -> dict[str, float]:
+    if weights is None:
+        return dict(DEFAULT_WEIGHTS)
+    if not isinstance(weights, Mapping):  # e.g. engine.config.CarlWeights
+        weights = {k: getattr(weights, k) for k in DEFAULT_WEIGHTS}
+    unknown = set(weights) - set(DEFAULT_WEIGHTS)
+    if unknown:
+        raise ValidationError(f"unknown CARL weight(s) {sorted(unknown)}",
+                              hint="Weights are coherence, cloud and discontinuity.")
+    return {**DEFAULT_WEIGHTS, **{k: float(v) for k, v in weights.items()}}
+
+
+def crystallizations(phi: Any) -> np.ndarray:
+    """Positions k+1 (the token after the jump) where ΔPhi_k > +DEFECT_THRESHOLD."""
+    return np.flatnonzero(delta_phi(phi) > DEFECT_THRESHOLD) + 1
+
+
+def meltings(phi: Any) -> np.ndarray:
+    """Positions k+1 (the token after the drop) where ΔPhi_k < -DEFECT_THRESHOLD."""
+    return np.flatnonzero(delta_phi(phi) < -DEFECT_THRESHOLD) + 1
+
+
+def surprisal(selected_prob: Any) -> np.ndarray:
+    """Surprisal -log selected_prob in nats (+inf for a masked selected token)."""
+    with np.errstate(divide="ignore"):
+        return -np.log(_vec(selected_prob))
+
+
+def kuramoto_r(phi: Any) -> float:
+    """Kuramoto order parameter R = |mean(exp(iπ·Phi))|; 1 when all tokens share one Phi. Empty → 0."""
+    p = _vec(phi)
+    return float(abs(np.mean(np.exp(1j * math.pi * p)))) if p.size else 0.0
+
+
+def crystallized_fraction(phi: Any) -> float:
+    """Fraction of tokens with Phi ≥ SIGMA (0.0 when empty)."""
+    p = _vec(phi)
+    return float(np.mean(p >= SIGMA)) if p.size else 0.0
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Torch batched rewards (what the trainer vectorises)
+# ----------------------------------------------------------------------------------------------------------
+
+def carl_components_torch(phi: Any, selected_prob: Any, mask: Any = None,
+                          weights: Mapping[str, float] | None = None) -> dict[str, Any]:
+    """Batched CARL components: ``{coherence, cloud, discontinuity, carl}``, each a [B] tensor.
+
+    ``phi``, ``selected_prob``: [B, T]; ``mask``: [B, T] bool (True = real token; default all). Row b equals
+    :func:`carl_reward` on that row's unmasked tokens taken in order (right padding is the usual case).
+    """
+    import torch
+
+    w = _weights(weights)
+    phi = phi.detach()
+    sp = selected_prob.detach().to(phi.dtype)
+    bsz, t = phi.shape
+    dev, dt = phi.device, phi.dtype if phi.is_floating_point() else torch.float32
+    phi = phi.to(dt)
+    if mask is None:
+        mask = torch.ones(bsz, t, dtype=torch.bool, device=dev)
+    mask = mask.to(device=dev, dtype=torch.bool)
+    if t and not bool((mask[:, 1:] <= mask[:, :-1]).all()):  # not right-padded: move real tokens to the front
+        order = torch.argsort((~mask).to(torch.int8), dim=1, stable=True)
+        phi, sp, mask = phi.gather(1, order), sp.gather(1, order), mask.gather(1, order)
+    lengths = mask.sum(dim=1)
+    lf = lengths.to(dt)
+    pos = torch.arange(t, device=dev)
+    valid = pos[None, :] < lengths[:, None]
+    phi = torch.where(valid, phi, torch.zeros((), dtype=dt, device=dev))
+    sp = torch.where(valid, sp, torch.zeros((), dtype=dt, device=dev))
+
+    # cloud
+    cloud_t = torch.where(lengths > 0, (phi * sp).sum(dim=1) / lf.clamp(min=1), torch.zeros((), dtype=dt, device=dev))
+
+    # multiscale coherence
+    num = torch.zeros(bsz, dtype=dt, device=dev)
+    den = torch.zeros(bsz, dtype=dt, device=dev)
+    j = 0
+    while (1 << j) <= t and j < MAX_SCALES:
+        b = 1 << j
+        nb = t // b
+        blocks = phi[:, :nb * b].reshape(bsz, nb, b)
+        mean = blocks.mean(dim=2, keepdim=True)
+        std = ((blocks - mean) ** 2).mean(dim=2).sqrt()  # population std per block
+        n_valid = lengths // b  # blocks fully inside the row
+        bvalid = torch.arange(nb, device=dev)[None, :] < n_valid[:, None]
+        mean_std = (std * bvalid).sum(dim=1) / n_valid.clamp(min=1).to(dt)
+        c_j = (1.0 - mean_std).clamp(0.0, 1.0)
+        on = (lengths >= b).to(dt)
+        wj = 2.0 ** (j / 2.0)
+        num = num + on * wj * c_j
+        den = den + on * wj
+        j += 1
+    coh = torch.where(lengths > 0, num / den.clamp(min=1e-30), torch.full((), 0.5, dtype=dt, device=dev))
+
+    # discontinuity
+    if t >= 2:
+        d = phi[:, 1:] - phi[:, :-1]
+        prev = phi[:, :-1]
+        pvalid = pos[None, 1:] < lengths[:, None]
+        hit = (d.abs() > DEFECT_THRESHOLD) & pvalid
+        def k(v: float) -> Any:
+            return torch.tensor(v, dtype=dt, device=dev)
+
+        score = torch.where(d > 0, torch.where(prev < 0.5, k(0.8), k(0.3)), torch.where(prev > 0.7, k(0.2), k(0.5)))
+        nhit = hit.sum(dim=1)
+        disc = torch.where(nhit > 0, (score * hit).sum(dim=1) / nhit.clamp(min=1).to(dt),
+                           torch.full((), 0.5, dtype=dt, device=dev))
+    else:
+        disc = torch.full((bsz,), 0.5, dtype=dt, device=dev)
+    carl = w["coherence"] * coh + w["cloud"] * cloud_t + w["discontinuity"] * disc
+    return {"coherence": coh, "cloud": cloud_t, "discontinuity": disc, "carl": carl}
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The field object and the snapshot
+# ----------------------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class PhiField:
+    """The per-token field, always [B, T] (B = 1 for a single sequence): every metric is a reduction of it."""
+
+    phi: np.ndarray
+    entropy: np.ndarray
+    selected_prob: np.ndarray
+    token_ids: np.ndarray | None
+    vocab_size: int
+
+    @property
+    def surprisal(self) -> np.ndarray:
+        """-log selected_prob per token."""
+        return surprisal(self.selected_prob).reshape(self.selected_prob.shape)
+
+    @property
+    def delta_phi(self) -> np.ndarray:
+        """ΔPhi along each sequence, [B, T-1]."""
+        return np.diff(self.phi, axis=1)
+
+    @classmethod
+    def from_logits(cls, logits: Any, token_ids: Any = None, *, allow_masked: bool = False) -> "PhiField":
+        phi, ent, sel, ids = token_stats(logits, token_ids, allow_masked=allow_masked)
+        arrs = [_host(a) for a in (phi, ent, sel)]
+        ids_np = _host(ids, np.int64)
+        if arrs[0].ndim == 1:
+            arrs = [a[None, :] for a in arrs]
+            ids_np = ids_np[None, :]
+        return cls(*arrs, token_ids=ids_np, vocab_size=int(logits.shape[-1]))
+
+    @classmethod
+    def from_entropy(cls, entropy: Any, selected_logprob: Any, vocab_size: int) -> "PhiField":
+        """The path without logits: pre-computed entropies (nats) and log-probs of the selected tokens."""
+        ent, lp = _host(entropy), _host(selected_logprob)
+        if ent.ndim not in (1, 2) or ent.shape != lp.shape:
+            raise ProbeShapeError(f"entropy {list(ent.shape)} and selected log-probs {list(lp.shape)} must be "
+                                  "the same [T] or [B, T] shape")
+        if vocab_size < 2:
+            raise ProbeShapeError(f"the vocabulary size must be at least 2, got {vocab_size}")
+        if not (np.isfinite(ent).all() and not np.isnan(lp).any()):
+            raise ProbeNonFiniteError("non-finite entropies or NaN log-probs")
+        if ent.ndim == 1:
+            ent, lp = ent[None, :], lp[None, :]
+        phi = phi_from_entropy(ent, vocab_size)
+        return cls(phi=phi, entropy=ent, selected_prob=np.exp(lp), token_ids=None, vocab_size=int(vocab_size))
+
+
+def _host(a: Any, dtype: Any = np.float64) -> np.ndarray:
+    if _is_torch(a):
+        a = a.detach().cpu()
+        a = a.double() if dtype == np.float64 else a
+        a = a.numpy()
+    return np.asarray(a, dtype=dtype)
+
+
+@dataclass(frozen=True)
+class Rewards:
+    coherence: float
+    cloud: float
+    discontinuity: float
+    carl: float
+
+    def as_dict(self) -> dict[str, float]:
+        return {"coherence": self.coherence, "cloud": self.cloud, "discontinuity": self.discontinuity,
+                "carl": self.carl}
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """What :meth:`CoherenceProbe.measure` returns: the field plus its reductions.
+
+    Token statistics are over all tokens (flattened over the batch); rewards are per sequence
+    (:attr:`per_sequence`) and their batch mean (:attr:`rewards`).
+    """
+
+    field: PhiField
+    batched: bool
+    per_sequence: tuple[Rewards, ...]
+    rewards: Rewards
+    shape: tuple[int, ...] = ()
+    dtype: str = ""
+
+    @property
+    def phi(self) -> np.ndarray:
+        """Per-token Phi flattened over the batch."""
+        return self.field.phi.reshape(-1)
+
+    @property
+    def n_tokens(self) -> int:
+        return int(self.field.phi.size)
+
+    @property
+    def vocab_size(self) -> int:
+        return self.field.vocab_size
+
+    def _stat(self, fn: Any, a: np.ndarray) -> float:
+        return float(fn(a)) if a.size else float("nan")
+
+    @property
+    def phi_mean(self) -> float:
+        return self._stat(np.mean, self.phi)
+
+    @property
+    def phi_std(self) -> float:
+        """Population std of Phi over all tokens."""
+        return self._stat(np.std, self.phi)
+
+    @property
+    def phi_min(self) -> float:
+        return self._stat(np.min, self.phi)
+
+    @property
+    def phi_max(self) -> float:
+        return self._stat(np.max, self.phi)
+
+    @property
+    def entropy_mean(self) -> float:
+        """Mean entropy in nats over all tokens."""
+        return self._stat(np.mean, self.field.entropy)
+
+    @property
+    def crystallized_fraction(self) -> float:
+        return crystallized_fraction(self.phi)
+
+    @property
+    def surprisal_mean(self) -> float:
+        return self._stat(np.mean, self.field.surprisal)
+
+    @property
+    def kuramoto_r(self) -> float:
+        return kuramoto_r(self.phi)
+
+    def crystallization_positions(self) -> list[list[int]]:
+        return [crystallizations(row).tolist() for row in self.field.phi]
+
+    def melting_positions(self) -> list[list[int]]:
+        return [meltings(row).tolist() for row in self.field.phi]
+
+    def to_dict(self) -> dict[str, Any]:
+        """The contract's probe fields (CONTRACT.md §probe) plus carl's documented extras (docs/probe.md)."""
+        cryst, melt = self.crystallization_positions(), self.melting_positions()
+        return {
+            "n_tokens": self.n_tokens,
+            "vocab_size": self.vocab_size,
+            "phi_mean": self.phi_mean,
+            "phi_std": self.phi_std,
+            "phi_min": self.phi_min,
+            "phi_max": self.phi_max,
+            "entropy_mean": self.entropy_mean,
+            "phi": self.phi.tolist(),
+            "kappa": KAPPA,
+            "sigma": SIGMA,
+            "crystallized_fraction": self.crystallized_fraction,
+            "rewards": self.rewards.as_dict(),
+            # extras
+            "shape": list(self.shape),
+            "dtype": self.dtype,
+            "batch_size": int(self.field.phi.shape[0]) if self.batched else None,
+            "surprisal_mean": self.surprisal_mean,
+            "kuramoto_r": self.kuramoto_r,
+            "crystallizations": sum(len(c) for c in cryst),
+            "meltings": sum(len(m) for m in melt),
+            "per_sequence": [{**r.as_dict(), "n_tokens": int(self.field.phi.shape[1]),
+                              "crystallization_positions": c, "melting_positions": m}
+                             for r, c, m in zip(self.per_sequence, cryst, melt)],
+        }
+
+
+class CoherenceProbe:
+    """Measure the Phi field of logits and the CARL reward on it.
+
+    >>> snap = CoherenceProbe(vocab_size=32000).measure(logits)            # [T, V] or [B, T, V]
+    >>> snap.rewards.carl, snap.phi_mean, snap.field.phi
+    """
+
+    def __init__(self, vocab_size: int | None = None, weights: Mapping[str, float] | None = None,
+                 allow_masked: bool = False):
+        self.vocab_size = vocab_size
+        self.weights = _weights(weights)
+        self.allow_masked = allow_masked
+
+    def measure(self, logits: Any, token_ids: Any = None, *, allow_masked: bool | None = None) -> Snapshot:
+        shape = tuple(int(s) for s in logits.shape)
+        _check_logits_shape(shape)
+        if self.vocab_size is not None and shape[-1] != self.vocab_size:
+            raise ProbeShapeError(f"logits have V={shape[-1]}, the probe expects vocab_size={self.vocab_size}",
+                                  context={"shape": list(shape), "vocab_size": self.vocab_size})
+        masked = self.allow_masked if allow_masked is None else allow_masked
+        fld = PhiField.from_logits(logits, token_ids, allow_masked=masked)
+        return self._snapshot(fld, batched=len(shape) == 3, shape=shape, dtype=str(logits.dtype))
+
+    def measure_entropy(self, entropy: Any, selected_logprob: Any) -> Snapshot:
+        """The same snapshot from pre-computed entropies and selected log-probs (no logits)."""
+        if self.vocab_size is None:
+            raise ValidationError("the entropy path needs vocab_size", hint="CoherenceProbe(vocab_size=V)")
+        fld = PhiField.from_entropy(entropy, selected_logprob, self.vocab_size)
+        return self._snapshot(fld, batched=np.ndim(_host(entropy)) == 2, shape=tuple(fld.phi.shape), dtype="")
+
+    def _snapshot(self, fld: PhiField, *, batched: bool, shape: tuple[int, ...], dtype: str) -> Snapshot:
+        per = tuple(Rewards(**carl_reward(p, s, self.weights)) for p, s in zip(fld.phi, fld.selected_prob))
+        mean = {k: float(np.mean([getattr(r, k) for r in per])) for k in ("coherence", "cloud", "discontinuity",
+                                                                          "carl")}
+        return Snapshot(field=fld, batched=batched, per_sequence=per, rewards=Rewards(**mean), shape=shape,
+                        dtype=dtype)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Files: .npy / .npz / .safetensors (used by `carl --batch probe` and the probe panel)
+# ----------------------------------------------------------------------------------------------------------
+
+LOGITS_SUFFIXES = (".npy", ".npz", ".safetensors")
+
+
+def load_logits_file(path: str | Path, tokens_path: str | Path | None = None) -> tuple[Any, Any]:
+    """Read ``(logits, tokens)`` from a .npy ([T, V] / [B, T, V], memory-mapped), .npz or .safetensors file
+    (keys ``logits`` and optional ``tokens``). ``tokens_path`` (.npy/.npz/.safetensors/.json) overrides the
+    file's own tokens. bfloat16 safetensors come back as a torch tensor. Errors: ``carl.validation``."""
+    p = Path(path).expanduser()
+    arrays = _read_arrays(p, role="logits")
+    if "logits" not in arrays:
+        raise ValidationError(f"{p.name} has no 'logits' array (keys: {sorted(arrays)})",
+                              hint="Save the logits under the key 'logits' (and token ids under 'tokens').",
+                              context={"path": str(p), "keys": sorted(arrays)})
+    logits, tokens = arrays["logits"], arrays.get("tokens")
+    if tokens_path is not None:
+        tp = Path(tokens_path).expanduser()
+        tarr = _read_arrays(tp, role="tokens")
+        if "tokens" in tarr:
+            tokens = tarr["tokens"]
+        elif len(tarr) == 1:
+            tokens = next(iter(tarr.values()))
+        else:
+            raise ValidationError(f"{tp.name} holds several arrays and none is named 'tokens'",
+                                  hint="Name the token-id array 'tokens'.", context={"keys": sorted(tarr)})
+    return logits, tokens
+
+
+def _read_arrays(p: Path, *, role: str) -> dict[str, Any]:
+    suffix = p.suffix.lower()
+    hint = "Give a .npy ([T, V] or [B, T, V]), .npz or .safetensors file with a 'logits' array."
+    if role == "tokens":
+        hint = "Give token ids as .npy, .npz / .safetensors (key 'tokens') or a JSON list."
+    if not p.exists():
+        raise ValidationError(f"{role} file not found: {p}", hint=hint, context={"path": str(p)})
+    if not p.is_file():
+        raise ValidationError(f"{role} path is not a file: {p}", hint=hint, context={"path": str(p)})
+    allowed = LOGITS_SUFFIXES + ((".json",) if role == "tokens" else ())
+    if suffix not in allowed:
+        raise ValidationError(f"unsupported {role} file type {suffix or '(none)'!r}: {p.name}", hint=hint,
+                              context={"path": str(p)})
+    try:
+        if suffix == ".npy":
+            return {role: np.load(p, mmap_mode="r", allow_pickle=False)}
+        if suffix == ".npz":
+            with np.load(p, allow_pickle=False) as z:
+                return {k: z[k] for k in z.files}
+        if suffix == ".json":
+            import json
+
+            return {role: np.asarray(json.loads(p.read_text()), dtype=np.int64)}
+        return _read_safetensors(p)
+    except ValidationError:
+        raise
+    except Exception as exc:  # unreadable / corrupt / wrong format: never a traceback
+        raise ValidationError(f"cannot read {role} file {p.name}: {type(exc).__name__}: {exc}", hint=hint,
+                              context={"path": str(p)}) from None
+
+
+def _read_safetensors(p: Path) -> dict[str, Any]:
+    from safetensors import safe_open
+
+    out: dict[str, Any] = {}
+    with safe_open(str(p), framework="np") as f:
+        keys = list(f.keys())
+    for k in keys:
+        try:
+            with safe_open(str(p), framework="np") as f:
+                out[k] = f.get_tensor(k)
+        except Exception:  # e.g. bfloat16, which numpy cannot hold: read that one through torch
+            with safe_open(str(p), framework="pt") as f:
+                out[k] = f.get_tensor(k)
+    return out

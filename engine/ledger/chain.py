@@ -211,8 +211,12 @@ def verify_segments(segments: Sequence[Path], public_keys: Iterable[str]) -> Ver
             elif signer != active:
                 return bad("unknown_signer", f"signer {str(signer)[:16]}… is not the active key "
                            f"{active[:16]}…", seg)
+            sig_hex = b["signature"]
             try:
-                sign_open(fromhex(b["signature"]) + h.encode("ascii"), active_pk)
+                sig = fromhex(sig_hex)
+                if len(sig) != 64 or sig.hex() != sig_hex:  # exactly 128 lower-case hex characters
+                    raise ValueError
+                sign_open(sig + h.encode("ascii"), active_pk)
             except Exception:
                 return bad("bad_signature", "signature does not verify with the signer's key", seg)
             if b["action"] == ROTATE_ACTION:

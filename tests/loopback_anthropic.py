@@ -63,7 +63,7 @@ class LoopbackAnthropic:
                 except ValueError:
                     body = {}
                 with server._lock:
-                    server.requests.append({"path": self.path, "headers": dict(self.headers), "body": body})
+                    server.requests.append({"path": self.path, "headers": {k.lower(): v for k, v in self.headers.items()}, "body": body})
                     turn = server.script.pop(0) if server.script else {"status": 500, "message": "script exhausted"}
                     server._n += 1
                     n = server._n

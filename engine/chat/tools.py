@@ -68,7 +68,9 @@ class ToolSpec:
     requires: tuple[str, ...]  # "module:attr" entry points that must import
     handler: Callable[[Any, ToolContext, dict[str, Any]], Any]  # (input, ctx, deps by attr name) -> JSON-able
     effectful: bool = False
-    ledger_action: str = ""  # the engine action this tool performs (policy + ledger payload)
+    ledger_action: str = ""  # the engine action this tool performs (policy kind + ledger payload)
+    # extra fields for the policy check of an effectful call (e.g. backend, estimated_usd for remote.submit)
+    policy_fields: Callable[[dict[str, Any], "ToolContext"], dict[str, Any]] | None = None
 
     def input_schema(self) -> dict[str, Any]:
         schema = self.input_model.model_json_schema()
@@ -150,16 +152,17 @@ class Registry:
         try:
             args = spec.input_model.model_validate(raw_input if isinstance(raw_input, dict) else {})
             outcome.input = args.model_dump(mode="json", exclude_none=True)
-            if spec.effectful:
-                decision = policy_decision(spec, outcome.input, ctx)
-                if decision["decision"] == "deny":
-                    raise PermissionDenied(f"the ledger policy denies {spec.ledger_action}: "
-                                           f"{decision.get('reason') or 'no reason given'}",
-                                           context={"decision": decision})
+            decision = policy_decision(spec, outcome.input, ctx)
+            if decision.get("decision") == "deny":
+                raise PermissionDenied(f"the ledger policy denies {name}: {decision.get('reason') or 'no reason'}",
+                                       hint="Change policy: in carl.yaml if this tool should be allowed.",
+                                       context={"decision": decision})
+            if spec.effectful or decision.get("decision") == "needs_approval":
                 approved = bool(ctx.approver and ctx.approver(spec, outcome.input, decision))
                 outcome.approved = approved
                 if not approved:
-                    raise ApprovalRequired(f"{name} has effects ({spec.ledger_action}) and was not approved",
+                    raise ApprovalRequired(f"{name} ({spec.ledger_action}) needs the user's approval and did not "
+                                           "get it",
                                            hint="The user must approve it: in the workbench's approval dialog, "
                                                 "or with --approve in batch mode.",
                                            context={"decision": decision})
@@ -215,25 +218,40 @@ def _jsonable(value: Any) -> Any:
 
 
 # ============================================================================================ ledger glue
-def policy_decision(spec: ToolSpec, tool_input: dict[str, Any], ctx: ToolContext) -> dict[str, Any]:
-    """``engine.ledger.evaluate`` for the tool's action → ``{"decision": allow|deny|needs_approval, …}``.
-
-    Without a ledger module the decision is ``needs_approval`` (effects are never allowed silently)."""
+def _evaluate(action: dict[str, Any], ctx: ToolContext) -> dict[str, Any] | None:
+    """``engine.ledger.evaluate`` → its decision as a dict; None when there is no ledger policy engine."""
     try:
         evaluate = _resolve("engine.ledger:evaluate")
     except (ImportError, AttributeError):
-        return {"decision": "needs_approval", "reason": "no ledger policy available", "action": spec.ledger_action}
-    action = {"action": spec.ledger_action, "payload": tool_input, "via": f"{ctx.surface}.tool_call"}
+        return None
     try:
         cfg = ctx.load_config()
     except CARLError:
         cfg = None
-    result = evaluate(action, cfg)
-    decision = _jsonable(result)
-    if isinstance(decision, str):
-        decision = {"decision": decision}
-    decision.setdefault("action", spec.ledger_action)
-    return decision
+    decision = _jsonable(evaluate(action, cfg, home=ctx.home))
+    return decision if isinstance(decision, dict) else {"decision": str(decision)}
+
+
+def policy_decision(spec: ToolSpec, tool_input: dict[str, Any], ctx: ToolContext) -> dict[str, Any]:
+    """The ledger policy on this call → ``{"decision": allow|deny|needs_approval, "rule", "reason", …}``.
+
+    Every call is checked as ``{"kind": "chat.tool_call", "tool": name}`` (``policy.blocked_tools`` /
+    ``tools_need_approval``); an effectful tool is also checked as its own action (``run.start``,
+    ``remote.submit`` …, with the fields ``spec.policy_fields`` gives) and always needs approval. Without a
+    ledger module, effects need approval and reads are allowed."""
+    call = _evaluate({"kind": "chat.tool_call", "tool": spec.name, "approved": False}, ctx)
+    if call is None:
+        return {"decision": "needs_approval" if spec.effectful else "allow", "rule": "no_ledger",
+                "reason": "no ledger policy engine available", "kind": spec.ledger_action}
+    if call.get("decision") == "deny" or not spec.effectful:
+        return call
+    fields = spec.policy_fields(tool_input, ctx) if spec.policy_fields else {}
+    own = _evaluate({"kind": spec.ledger_action, "tool": spec.name, "approved": False, **fields}, ctx) or {}
+    if own.get("decision") == "deny":
+        return own
+    return {**own, "decision": "needs_approval",
+            "reason": own.get("reason") if own.get("decision") == "needs_approval"
+            else f"{spec.name} has effects ({spec.ledger_action}); the user approves each call"}
 
 
 def ledger_record(action: str, payload: dict[str, Any], ctx: ToolContext) -> str:
@@ -243,7 +261,7 @@ def ledger_record(action: str, payload: dict[str, Any], ctx: ToolContext) -> str
     except (ImportError, AttributeError):
         return "unavailable: engine.ledger.record does not exist"
     try:
-        record(action, payload)
+        record(action, payload, home=ctx.home)
         return "recorded"
     except CARLError as exc:
         return f"not recorded: {exc.code}: {exc.message}"
@@ -407,15 +425,15 @@ def _probe(args: ProbeInput, ctx: ToolContext, deps: dict[str, Any]) -> Any:
 
 
 def _ledger_status(args: NoInput, ctx: ToolContext, deps: dict[str, Any]) -> Any:
-    return deps["status"]()
+    return deps["Ledger"](ctx.home).status()
 
 
 def _ledger_verify(args: NoInput, ctx: ToolContext, deps: dict[str, Any]) -> Any:
-    return deps["verify"]()
+    return deps["verify"](ctx.home)
 
 
 def _ledger_show(args: LedgerShowInput, ctx: ToolContext, deps: dict[str, Any]) -> Any:
-    return {"blocks": _jsonable(deps["show"](last=args.last))}
+    return {"blocks": _jsonable(deps["Ledger"](ctx.home).blocks(last=args.last))}
 
 
 def _start_training(args: StartTrainingInput, ctx: ToolContext, deps: dict[str, Any]) -> Any:
@@ -453,11 +471,11 @@ TOOL_SPECS: tuple[ToolSpec, ...] = (
              ValidateConfigInput, ("engine.config:load_config",), _validate_config,
              ledger_action="project.validate"),
     ToolSpec("ledger_status", "The ledger's state: number of blocks, head hash, signer key.", NoInput,
-             ("engine.ledger:status",), _ledger_status, ledger_action="ledger.status"),
+             ("engine.ledger:Ledger",), _ledger_status, ledger_action="ledger.status"),
     ToolSpec("ledger_verify", "Verify the whole ledger chain (hashes and signatures); names the first bad block.",
              NoInput, ("engine.ledger:verify",), _ledger_verify, ledger_action="ledger.verify"),
     ToolSpec("ledger_show", "Show the newest ledger blocks (action, time, payload).", LedgerShowInput,
-             ("engine.ledger:show",), _ledger_show, ledger_action="ledger.show"),
+             ("engine.ledger:Ledger",), _ledger_show, ledger_action="ledger.show"),
     ToolSpec("start_training", "Start a local cascade GRPO training run in the background (needs the user's "
              "approval). Uses the project's carl.yaml or a preset, with optional LoRA / max_steps / overrides.",
              StartTrainingInput, ("engine.runs:RunStore",), _start_training, effectful=True,
@@ -466,7 +484,7 @@ TOOL_SPECS: tuple[ToolSpec, ...] = (
              RunRef, ("engine.runs:RunStore",), _stop_run, effectful=True, ledger_action="run.stop"),
     ToolSpec("submit_remote_job", "Submit the project's training as a remote job on hf, runpod or managed "
              "compute (costs money; needs the user's approval and respects the budget caps).", SubmitJobInput,
-             ("engine.remote:submit",), _submit_job, effectful=True, ledger_action="jobs.submit"),
+             ("engine.remote:submit",), _submit_job, effectful=True, ledger_action="remote.submit"),
 )
 
 

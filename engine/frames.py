@@ -16,7 +16,7 @@ import os
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import orjson
 
@@ -79,9 +79,13 @@ class Frame:
         if name in _SCALAR_SET:
             return getattr(self, name)
         if name.startswith("rewards/"):
-            return self.rewards.get(name[8:])
-        if name.startswith("carl/"):
-            return self.carl_components.get(name[5:])
+            v = self.rewards.get(name[8:])
+            if v is not None:
+                return v
+        elif name.startswith("carl/"):
+            v = self.carl_components.get(name[5:])
+            if v is not None:
+                return v
         return self.extra.get(name)
 
 
@@ -151,14 +155,22 @@ def parse_line(line: bytes | str) -> Any:
         return json.loads(line)
 
 
-def parse_frame_lines(lines: list[bytes]) -> tuple[list[Frame], int]:
-    """Frames from complete lines; blank lines are ignored, malformed ones counted. Lines that are JSON
-    objects but not frames (``{"type": "event", …}``) are neither frames nor errors."""
+def parse_lines(lines: list[bytes], convert: Callable[[dict[str, Any]], Frame] | None = None
+                ) -> tuple[list[Frame], int, bool]:
+    """Frames from complete lines: ``(frames, skipped, done)``.
+
+    Blank lines are ignored; malformed ones (not JSON, not an object, no integer ``step``) are counted in
+    ``skipped``. Objects with a ``type`` other than ``"frame"`` are events, neither frames nor errors;
+    ``{"type": "done"}`` sets ``done``. A dict whose keys are all Frame fields takes the fast path
+    (``Frame(**d)``); any other goes through ``convert`` (default :meth:`Frame.from_dict`; observe passes a
+    normaliser that understands TRL / trackio metric names).
+    """
     frames: list[Frame] = []
     append = frames.append
     skipped = 0
+    done = False
     loads = orjson.loads
-    from_dict = Frame.from_dict
+    convert = convert or Frame.from_dict
     for line in lines:
         try:
             d = loads(line)
@@ -176,12 +188,32 @@ def parse_frame_lines(lines: list[bytes]) -> tuple[list[Frame], int]:
         t = d.get("type")
         if t is not None:
             if t != "frame":
+                done = done or t == "done"
                 continue
             d = {k: v for k, v in d.items() if k != "type"}
         try:
-            append(from_dict(d))
-        except (TypeError, ValueError):
+            f = Frame(**d)
+            if type(f.step) is not int:
+                f = convert(d)
+        except TypeError:
+            try:
+                f = convert(d)
+            except (TypeError, ValueError):
+                skipped += 1
+                continue
+        except ValueError:
             skipped += 1
+            continue
+        if f is None:
+            skipped += 1
+            continue
+        append(f)
+    return frames, skipped, done
+
+
+def parse_frame_lines(lines: list[bytes]) -> tuple[list[Frame], int]:
+    """Frames from complete lines and the number skipped (see :func:`parse_lines`)."""
+    frames, skipped, _ = parse_lines(lines)
     return frames, skipped
 
 

@@ -1,0 +1,88 @@
+"""`carl --batch observe`: summarise any run (carl frames, TRL trainer_state.json, trackio local or remote),
+optionally follow it live (JSON lines) and export CSV + PNG charts. See docs/observe.md."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser(
+        "observe", help="summarise or follow a run: Phi, phase, crystallization step, health",
+        description="Summarise a run as one JSON object (contract §observe), or stream its frames as JSON lines "
+                    "with --follow. Sources: --file (frames.jsonl, JSONL of metrics, trainer_state.json or a "
+                    "checkpoint dir), --trackio PROJECT [--run NAME], --url URL [--project P] --run NAME, or "
+                    "--run RUN_ID alone for a run in CARL_HOME.")
+    p.add_argument("--file", metavar="PATH", help="frames.jsonl, a JSONL of metric dicts, trainer_state.json or a "
+                                                  "directory holding one")
+    p.add_argument("--trackio", metavar="PROJECT", help="a project in the local trackio store")
+    p.add_argument("--trackio-dir", metavar="DIR", help="the trackio store (default $TRACKIO_DIR, else $HF_HOME/trackio)")
+    p.add_argument("--url", metavar="URL", help="a trackio dashboard URL or Space id (user/space)")
+    p.add_argument("--project", metavar="P", help="project on the dashboard (default: the only one)")
+    p.add_argument("--run", metavar="RUN", help="run name (trackio) or, alone, a carl run id or prefix")
+    p.add_argument("--follow", action="store_true", help="stream frames as JSON lines until the run ends or SIGINT")
+    p.add_argument("--poll", type=float, default=0.5, metavar="S", help="seconds between polls when following")
+    p.add_argument("--idle-timeout", type=float, default=None, metavar="S",
+                   help="with --follow: stop after S seconds without a new frame")
+    p.add_argument("--new-only", action="store_true", help="with --follow: skip the frames already there")
+    p.add_argument("--export", metavar="DIR", help="write frames.csv and PNG charts (phi, reward, entropy, loss) to DIR")
+    p.set_defaults(func=run)
+
+
+def _frame_line(frame: Any, src: Any) -> dict[str, Any]:
+    d = {"type": "frame", "source": src.label, "run": src.run}
+    d.update(frame.to_dict())
+    return d
+
+
+def run(args: argparse.Namespace) -> int:
+    from carl_tui.batch._io import emit, progress
+    from engine.errors import ValidationError
+    from engine.observe.analysis import summarize
+    from engine.observe.sources import open_source
+
+    if args.poll <= 0:
+        raise ValidationError("--poll must be > 0", hint="e.g. --poll 0.5")
+    src = open_source(file=args.file, trackio=args.trackio, url=args.url, project=args.project, run=args.run,
+                      trackio_dir=args.trackio_dir)
+    frames, skipped = src.load()
+    if args.follow:
+        from engine.observe.follow import follow
+
+        if not args.new_only:
+            for f in frames:
+                emit(_frame_line(f, src))
+        progress(f"following {src.label} ({len(frames)} frames so far; Ctrl-C to stop)")
+        for batch in follow(src, poll_interval=args.poll, idle_timeout=args.idle_timeout):
+            if batch.reset:
+                progress(f"{src.label}: source restarted (truncated or rotated); reading it from the top")
+                frames = []
+            skipped += batch.skipped
+            frames += batch.frames
+            for f in batch.frames:
+                emit(_frame_line(f, src))
+        out = summarize(frames, source=src.label, run=src.run, skipped=skipped, **_extras(src))
+        out["type"] = "summary"
+        out["ended"] = src.ended()
+        if args.export:
+            from engine.observe.export import export
+
+            out["export"] = export(frames, args.export)
+        emit(out)
+        return 0
+    out = summarize(frames, source=src.label, run=src.run, skipped=skipped, **_extras(src))
+    if args.export:
+        from engine.observe.export import export
+
+        out["export"] = export(frames, args.export)
+        progress(f"exported {len(frames)} frames to {out['export']['dir']}")
+    emit(out)
+    return 0
+
+
+def _extras(src: Any) -> dict[str, Any]:
+    d: dict[str, Any] = {"kind": src.kind}
+    if src.via:
+        d["via"] = src.via
+    return d

@@ -1,0 +1,350 @@
+"""What a run's frames say: phase state, crystallization step, health findings, and the observe summary.
+
+Every window and threshold is defined once here (and documented in docs/observe.md). Windows count
+*frames* (logged steps), not optimizer steps, so they mean the same for a run logged every step and one
+logged every 10 steps.
+
+Phase, from the Φ trajectory against SIGMA = 3/16:
+
+- Φ̄ is the trailing rolling mean of Φ over ``SMOOTH_WINDOW`` frames.
+- **knowing**: Φ̄ ≥ SIGMA on each of the last ``SUSTAIN_WINDOW`` frames.
+- **crystallizing**: not knowing, and either the mean of the last ``TREND_WINDOW`` raw Φ values is ≥ SIGMA
+  (above the line but not yet sustained), or Φ is rising (least-squares slope over the last
+  ``TREND_WINDOW`` frames > 0) and the latest Φ̄ is within ``RISE_BAND`` below SIGMA.
+- **guessing**: otherwise. No Φ at all: phase ``None``.
+- **crystallization step**: the step of the first frame of the first run of ``SUSTAIN_WINDOW``
+  consecutive frames with Φ̄ ≥ SIGMA (the sustained crossing); ``None`` if there is none yet.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from statistics import median
+from typing import Any, Iterable, Sequence
+
+from engine.frames import SCALAR_FIELDS, Frame
+
+SIGMA = 3 / 16  # the crystallization threshold of the CARL probe (engine.probe.SIGMA)
+SMOOTH_WINDOW = 5
+SUSTAIN_WINDOW = 10
+TREND_WINDOW = 10
+RISE_BAND = SIGMA / 4
+
+# health thresholds
+ENTROPY_COLLAPSE_FRAC = 0.10  # entropy below 10 % of its starting level …
+ENTROPY_FLOOR = 0.05  # … or below 0.05 nats
+ENTROPY_COLLAPSE_MIN_FRAMES = 3  # for at least this many consecutive frames
+EARLY_FRACTION = 0.5  # a collapse that starts in the first half of the run is "early" (bad)
+ZERO_STD_WARN, ZERO_STD_BAD = 0.5, 0.9  # rolling mean of frac_reward_zero_std
+CLIPPED_WARN, CLIPPED_BAD = 0.2, 0.5  # rolling mean of the clipped-completion ratio
+ROLL_WINDOW = 5  # rolling window for the two ratios above
+LENGTH_WINDOW = 20  # frames compared for length-driven reward hacking
+LENGTH_CORR = 0.7  # reward ~ length correlation that counts as "driven by length"
+LENGTH_GROWTH = 1.5  # completion length grew by ≥ 50 % …
+LENGTH_CLIPPED = 0.3  # … or ≥ 30 % of completions hit the cap
+STALL_WINDOW = 20  # frames over which Φ must move
+STALL_RANGE = 0.01  # max − min of Φ below this over STALL_WINDOW frames: stalled
+KL_WARN, KL_BAD = 1.0, 10.0  # absolute KL levels
+KL_JUMP = 10.0  # or KL above 10× its early median (and above 0.1)
+
+PHASES = ("guessing", "crystallizing", "knowing")
+
+
+# ── small pure helpers ────────────────────────────────────────────────────────────────────────────────
+
+
+def finite(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def series(frames: Sequence[Frame], name: str) -> tuple[list[int], list[float]]:
+    """(steps, values) of a metric over the frames where it is finite."""
+    steps: list[int] = []
+    vals: list[float] = []
+    for f in frames:
+        v = f.get(name)
+        if v is not None and finite(v):
+            steps.append(f.step)
+            vals.append(float(v))
+    return steps, vals
+
+
+def rolling_mean(xs: Sequence[float], window: int) -> list[float]:
+    """Trailing rolling mean (the first values average what exists so far)."""
+    out: list[float] = []
+    acc = 0.0
+    for i, x in enumerate(xs):
+        acc += x
+        if i >= window:
+            acc -= xs[i - window]
+        out.append(acc / min(i + 1, window))
+    return out
+
+
+def slope(xs: Sequence[float]) -> float:
+    """Least-squares slope of xs against 0..n-1 (0 for fewer than 2 values)."""
+    n = len(xs)
+    if n < 2:
+        return 0.0
+    mx = (n - 1) / 2
+    my = sum(xs) / n
+    num = sum((i - mx) * (x - my) for i, x in enumerate(xs))
+    den = sum((i - mx) ** 2 for i in range(n))
+    return num / den
+
+
+def correlation(xs: Sequence[float], ys: Sequence[float]) -> float:
+    n = len(xs)
+    if n < 3:
+        return 0.0
+    mx, my = sum(xs) / n, sum(ys) / n
+    sxy = sum((x - mx) * (y - my) for x, y in zip(xs, ys))
+    sxx = sum((x - mx) ** 2 for x in xs)
+    syy = sum((y - my) ** 2 for y in ys)
+    if sxx <= 0 or syy <= 0:
+        return 0.0
+    return sxy / math.sqrt(sxx * syy)
+
+
+# ── phase ─────────────────────────────────────────────────────────────────────────────────────────────
+
+
+def phase_of(phis: Sequence[float]) -> str | None:
+    """The current phase of a Φ trajectory (see the module docstring)."""
+    if not phis:
+        return None
+    sm = rolling_mean(phis, SMOOTH_WINDOW)
+    if len(sm) >= SUSTAIN_WINDOW and all(v >= SIGMA for v in sm[-SUSTAIN_WINDOW:]):
+        return "knowing"
+    recent = list(phis[-TREND_WINDOW:])
+    if sum(recent) / len(recent) >= SIGMA:
+        return "crystallizing"
+    if slope(recent) > 0 and sm[-1] >= SIGMA - RISE_BAND:
+        return "crystallizing"
+    return "guessing"
+
+
+def crystallization_index(phis: Sequence[float]) -> int | None:
+    """Index of the first frame of the first run of SUSTAIN_WINDOW frames with smoothed Φ ≥ SIGMA."""
+    sm = rolling_mean(phis, SMOOTH_WINDOW)
+    run = 0
+    for i, v in enumerate(sm):
+        run = run + 1 if v >= SIGMA else 0
+        if run >= SUSTAIN_WINDOW:
+            return i - SUSTAIN_WINDOW + 1
+    return None
+
+
+def crystallization_step(frames: Sequence[Frame]) -> int | None:
+    steps, phis = series(frames, "phi")
+    i = crystallization_index(phis)
+    return None if i is None else steps[i]
+
+
+def phase(frames: Sequence[Frame]) -> str | None:
+    return phase_of(series(frames, "phi")[1])
+
+
+# ── health ────────────────────────────────────────────────────────────────────────────────────────────
+
+
+@dataclass(frozen=True)
+class Finding:
+    code: str  # stable, e.g. "entropy_collapse"
+    severity: str  # "warn" | "bad"
+    first_step: int
+    last_step: int
+    message: str  # one line: what happened
+    hint: str  # one line: what to do
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _spans(flags: Sequence[bool], min_len: int = 1) -> list[tuple[int, int]]:
+    """Index ranges [a, b] of consecutive True values at least min_len long."""
+    out, start = [], None
+    for i, fl in enumerate(list(flags) + [False]):
+        if fl and start is None:
+            start = i
+        elif not fl and start is not None:
+            if i - start >= min_len:
+                out.append((start, i - 1))
+            start = None
+    return out
+
+
+def detect_nonfinite(frames: Sequence[Frame]) -> list[Finding]:
+    bad = [f.step for f in frames if f.loss is not None and not finite(f.loss)]
+    if not bad:
+        return []
+    return [Finding("nonfinite_loss", "bad", bad[0], bad[-1],
+                    f"loss is NaN/inf on {len(bad)} frame(s), first at step {bad[0]}",
+                    "Lower the learning rate, enable gradient clipping (max_grad_norm) or check for fp16 overflow.")]
+
+
+def detect_entropy_collapse(frames: Sequence[Frame]) -> list[Finding]:
+    steps, ent = series(frames, "entropy")
+    if len(ent) < ENTROPY_COLLAPSE_MIN_FRAMES + 1:
+        return []
+    base = median(ent[:SMOOTH_WINDOW])
+    level = ENTROPY_COLLAPSE_FRAC * base
+    flags = [e < level or e < ENTROPY_FLOOR for e in ent]
+    spans = _spans(flags, ENTROPY_COLLAPSE_MIN_FRAMES)
+    if not spans:
+        return []
+    a, b = spans[0][0], spans[-1][1]
+    span_steps = steps[-1] - steps[0] or 1
+    early = (steps[a] - steps[0]) / span_steps < EARLY_FRACTION
+    return [Finding("entropy_collapse", "bad" if early else "warn", steps[a], steps[b],
+                    f"policy entropy fell from {base:.3g} to {min(ent[a:b + 1]):.3g} nats"
+                    + (" early in the run" if early else ""),
+                    "The policy stopped exploring: raise temperature, add an entropy bonus or lower the learning rate.")]
+
+
+def _ratio_finding(frames: Sequence[Frame], name: str, warn: float, bad: float, code: str, what: str,
+                   hint: str) -> list[Finding]:
+    steps, vals = series(frames, name)
+    if not vals:
+        return []
+    roll = rolling_mean(vals, ROLL_WINDOW)
+    spans = _spans([v >= warn for v in roll])
+    if not spans:
+        return []
+    a, b = spans[0][0], spans[-1][1]
+    peak = max(roll[a:b + 1])
+    sev = "bad" if peak >= bad else "warn"
+    return [Finding(code, sev, steps[a], steps[b], f"{what} reached {peak:.0%} (rolling mean of {ROLL_WINDOW})",
+                    hint)]
+
+
+def detect_zero_std(frames: Sequence[Frame]) -> list[Finding]:
+    return _ratio_finding(frames, "frac_reward_zero_std", ZERO_STD_WARN, ZERO_STD_BAD, "zero_std_rewards",
+                          "groups whose rewards all tie (no GRPO gradient)",
+                          "Make the reward finer-grained, raise num_generations or the sampling temperature.")
+
+
+def detect_clipped(frames: Sequence[Frame]) -> list[Finding]:
+    return _ratio_finding(frames, "clipped_ratio", CLIPPED_WARN, CLIPPED_BAD, "clipped_completions",
+                          "completions cut at max_completion_length",
+                          "Raise max_completion_length or penalise length; clipped completions bias the reward.")
+
+
+def detect_length_hacking(frames: Sequence[Frame]) -> list[Finding]:
+    """Reward rising together with completion length running to the cap."""
+    rows = [(f.step, f.reward_mean, f.completion_length, f.clipped_ratio) for f in frames
+            if finite(f.reward_mean) and finite(f.completion_length)]
+    if len(rows) < 2 * SMOOTH_WINDOW:
+        return []
+    win = rows[-LENGTH_WINDOW:]
+    rew = [r[1] for r in win]
+    ln = [r[2] for r in win]
+    first_len = sum(r[2] for r in rows[:SMOOTH_WINDOW]) / SMOOTH_WINDOW
+    last_len = sum(ln[-SMOOTH_WINDOW:]) / SMOOTH_WINDOW
+    clipped = [r[3] for r in win[-SMOOTH_WINDOW:] if finite(r[3])]
+    clipped_mean = sum(clipped) / len(clipped) if clipped else 0.0
+    grew = first_len > 0 and last_len / first_len >= LENGTH_GROWTH
+    to_cap = clipped_mean >= LENGTH_CLIPPED
+    corr = correlation(rew, ln)
+    if slope(rew) > 0 and slope(ln) > 0 and corr >= LENGTH_CORR and (grew or to_cap):
+        detail = f"length {first_len:.0f}→{last_len:.0f}" + (f", {clipped_mean:.0%} clipped" if clipped else "")
+        return [Finding("length_hacking", "bad", win[0][0], win[-1][0],
+                        f"reward rises with completion length (r={corr:.2f}; {detail})",
+                        "The policy may be paid for length: add a length penalty or check the reward on short answers.")]
+    return []
+
+
+def detect_stalled_phi(frames: Sequence[Frame]) -> list[Finding]:
+    steps, phis = series(frames, "phi")
+    if len(phis) < STALL_WINDOW:
+        return []
+    win = phis[-STALL_WINDOW:]
+    if max(win) - min(win) >= STALL_RANGE or phase_of(phis) == "knowing":
+        return []
+    return [Finding("stalled_phi", "warn", steps[-STALL_WINDOW], steps[-1],
+                    f"Φ has not moved over the last {STALL_WINDOW} frames (range {max(win) - min(win):.4f}, "
+                    f"mean {sum(win) / len(win):.3f} < σ {SIGMA:.4f})",
+                    "Training is not changing coherence: check the learning rate, the gate and the CARL weight.")]
+
+
+def detect_kl_blowup(frames: Sequence[Frame]) -> list[Finding]:
+    steps, kl = series(frames, "kl")
+    if not kl:
+        return []
+    early = median(kl[:SMOOTH_WINDOW])
+    limit = KL_WARN
+    if early > 0:
+        limit = min(limit, max(KL_JUMP * early, 0.1))
+    spans = _spans([v > limit for v in kl])
+    if not spans:
+        return []
+    a, b = spans[0][0], spans[-1][1]
+    peak = max(kl[a:b + 1])
+    return [Finding("kl_blowup", "bad" if peak >= KL_BAD else "warn", steps[a], steps[b],
+                    f"KL to the reference reached {peak:.3g} (early median {early:.3g})",
+                    "The policy is drifting fast: raise beta, lower the learning rate or clip harder.")]
+
+
+DETECTORS = (detect_nonfinite, detect_entropy_collapse, detect_length_hacking, detect_zero_std, detect_clipped,
+             detect_kl_blowup, detect_stalled_phi)
+
+
+def health(frames: Sequence[Frame]) -> dict[str, Any]:
+    """``{"status": "ok"|"warn"|"bad", "findings": [Finding.to_dict(), …]}``."""
+    findings = [f for det in DETECTORS for f in det(frames)]
+    status = "bad" if any(f.severity == "bad" for f in findings) else "warn" if findings else "ok"
+    return {"status": status, "findings": [f.to_dict() for f in findings]}
+
+
+# ── summary ───────────────────────────────────────────────────────────────────────────────────────────
+
+
+def metric_names(frames: Iterable[Frame]) -> list[str]:
+    """Names of every metric present in the frames: Frame scalars in Frame order, then rewards/<fn>,
+    carl/<component> and extra keys, each group sorted."""
+    present: set[str] = set()
+    rewards: set[str] = set()
+    comps: set[str] = set()
+    extra: set[str] = set()
+    for f in frames:
+        for name in SCALAR_FIELDS:
+            if name not in present and getattr(f, name) is not None:
+                present.add(name)
+        if f.rewards:
+            rewards.update(f.rewards)
+        if f.carl_components:
+            comps.update(f.carl_components)
+        if f.extra:
+            extra.update(f.extra)
+    return ([n for n in SCALAR_FIELDS if n in present and n != "timestamp"]
+            + [f"rewards/{n}" for n in sorted(rewards)] + [f"carl/{n}" for n in sorted(comps)] + sorted(extra))
+
+
+def phi_stats(frames: Sequence[Frame]) -> dict[str, float] | None:
+    _, phis = series(frames, "phi")
+    if not phis:
+        return None
+    return {"first": phis[0], "last": phis[-1], "min": min(phis), "max": max(phis), "mean": sum(phis) / len(phis)}
+
+
+def summarize(frames: Sequence[Frame], *, source: str, run: str | None, skipped: int = 0,
+              **extra: Any) -> dict[str, Any]:
+    """The `carl --batch observe` object (../shared/CONTRACT.md §observe)."""
+    frames = sorted(frames, key=lambda f: f.step) if any(
+        a.step > b.step for a, b in zip(frames, frames[1:])) else frames
+    out: dict[str, Any] = {
+        "source": source,
+        "run": run,
+        "n_frames": len(frames),
+        "first_step": frames[0].step if frames else None,
+        "last_step": frames[-1].step if frames else None,
+        "metrics": metric_names(frames),
+        "phi": phi_stats(frames),
+        "phase": phase(frames),
+        "crystallization_step": crystallization_step(frames),
+        "health": health(frames),
+        "skipped_lines": skipped,
+    }
+    out.update(extra)
+    return out

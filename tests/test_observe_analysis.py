@@ -1,0 +1,142 @@
+"""Phase, crystallization step, health detectors and diff on synthetic trajectories with known answers."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from engine.frames import Frame
+from engine.observe import analysis as A
+from engine.observe.diff import diff_runs
+
+
+def run(n: int, **series) -> list[Frame]:
+    """Frames 0..n-1; each keyword is a function step -> value (or a constant)."""
+    out = []
+    for s in range(n):
+        kw = {k: (v(s) if callable(v) else v) for k, v in series.items()}
+        out.append(Frame(step=s, **kw))
+    return out
+
+
+def codes(frames):
+    return {f["code"]: f for f in A.health(frames)["findings"]}
+
+
+def test_sigma_is_three_sixteenths():
+    assert A.SIGMA == 3 / 16
+    try:
+        from engine.probe import SIGMA
+    except ImportError:
+        return
+    assert SIGMA == pytest.approx(A.SIGMA)
+
+
+def test_phases_on_known_trajectories():
+    assert A.phase([]) is None
+    assert A.phase(run(30, phi=0.05)) == "guessing"
+    assert A.phase(run(30, phi=0.40)) == "knowing"
+    # rising through sigma, not yet sustained above it
+    assert A.phase(run(30, phi=lambda s: 0.01 * s)) == "crystallizing"
+    # rising but far below sigma: still guessing
+    assert A.phase(run(30, phi=lambda s: 0.001 * s)) == "guessing"
+    # was knowing, fell back below sigma and flat
+    assert A.phase(run(60, phi=lambda s: 0.4 if s < 30 else 0.05)) == "guessing"
+    # short run above sigma: not sustained yet
+    assert A.phase(run(5, phi=0.3)) == "crystallizing"
+
+
+def test_crystallization_step_is_where_the_sustained_crossing_begins():
+    # phi steps from 0.05 to 0.35 at step 40; smoothed (window 5) crosses sigma when 3 of 5 are high: step 42
+    frames = run(100, phi=lambda s: 0.35 if s >= 40 else 0.05)
+    assert A.crystallization_step(frames) == 42
+    # a brief spike above sigma (3 frames) does not count
+    spiky = run(100, phi=lambda s: 0.5 if 10 <= s < 13 else (0.35 if s >= 60 else 0.05))
+    assert A.crystallization_step(spiky) == 62
+    assert A.crystallization_step(run(50, phi=0.05)) is None
+    # steps need not be contiguous: the answer is a step, not an index
+    sparse = [Frame(step=10 * i, phi=f.phi) for i, f in enumerate(frames)]
+    assert A.crystallization_step(sparse) == 420
+
+
+def test_healthy_run_has_no_findings():
+    frames = run(60, phi=lambda s: min(0.4, 0.01 * s), entropy=lambda s: 2.0 - 0.01 * s, loss=0.5,
+                 reward_mean=lambda s: 0.01 * s, completion_length=lambda s: 100 + (s % 3), clipped_ratio=0.02,
+                 frac_reward_zero_std=0.1, kl=lambda s: 0.01 + 0.001 * s)
+    h = A.health(frames)
+    assert h == {"status": "ok", "findings": []}
+
+
+def test_entropy_collapse_early_is_bad_late_is_warn():
+    early = codes(run(50, entropy=lambda s: 2.0 if s < 10 else 0.01))
+    f = early["entropy_collapse"]
+    assert f["severity"] == "bad" and f["first_step"] == 10 and f["last_step"] == 49
+    late = codes(run(50, entropy=lambda s: 2.0 if s < 40 else 0.01))["entropy_collapse"]
+    assert late["severity"] == "warn" and late["first_step"] == 40
+    # two frames of low entropy are noise, not a collapse
+    assert "entropy_collapse" not in codes(run(50, entropy=lambda s: 0.01 if s in (20, 21) else 2.0))
+
+
+def test_length_hacking():
+    hacked = codes(run(40, reward_mean=lambda s: 0.02 * s, completion_length=lambda s: 50 + 10 * s,
+                       clipped_ratio=lambda s: min(1.0, s / 30)))
+    f = hacked["length_hacking"]
+    assert f["severity"] == "bad" and f["first_step"] == 20 and f["last_step"] == 39 and f["hint"]
+    # reward up, length flat: fine
+    assert "length_hacking" not in codes(run(40, reward_mean=lambda s: 0.02 * s,
+                                             completion_length=lambda s: 100 + (s % 2)))
+    # length up, reward down: not hacking
+    assert "length_hacking" not in codes(run(40, reward_mean=lambda s: -0.02 * s,
+                                             completion_length=lambda s: 50 + 10 * s))
+
+
+def test_zero_std_and_clipped_ratios():
+    z = codes(run(30, frac_reward_zero_std=lambda s: 1.0 if s >= 10 else 0.0))["zero_std_rewards"]
+    # the rolling mean (window 5) reaches 0.5 at step 12 (3 of 5)
+    assert z["first_step"] == 12 and z["last_step"] == 29 and z["severity"] == "bad"
+    warn = codes(run(30, frac_reward_zero_std=0.6))["zero_std_rewards"]
+    assert warn["severity"] == "warn" and warn["first_step"] == 0
+    c = codes(run(30, clipped_ratio=0.3))["clipped_completions"]
+    assert c["severity"] == "warn"
+    assert codes(run(30, clipped_ratio=0.9))["clipped_completions"]["severity"] == "bad"
+
+
+def test_nonfinite_loss_stalled_phi_kl_blowup():
+    nan = codes(run(20, loss=lambda s: math.nan if s in (7, 9) else 1.0))["nonfinite_loss"]
+    assert (nan["severity"], nan["first_step"], nan["last_step"]) == ("bad", 7, 9)
+    assert codes(run(20, loss=lambda s: math.inf if s == 3 else 1.0))["nonfinite_loss"]["first_step"] == 3
+    stalled = codes(run(40, phi=0.1))["stalled_phi"]
+    assert (stalled["first_step"], stalled["last_step"], stalled["severity"]) == (20, 39, "warn")
+    assert "stalled_phi" not in codes(run(40, phi=0.4))  # flat but knowing: that is the goal, not a stall
+    kl = codes(run(30, kl=lambda s: 0.01 if s < 20 else 0.5))["kl_blowup"]
+    assert kl["first_step"] == 20 and kl["severity"] == "warn"
+    assert codes(run(30, kl=lambda s: 0.01 if s < 20 else 50.0))["kl_blowup"]["severity"] == "bad"
+
+
+def test_summary_fields_and_status():
+    frames = run(30, phi=lambda s: 0.35 if s >= 10 else 0.05, loss=lambda s: math.nan if s == 29 else 0.3,
+                 rewards=lambda s: {"acc": 0.1}, extra=lambda s: {"grad_norm": 1.0})
+    out = A.summarize(frames, source="x.jsonl", run="x", skipped=2)
+    assert out["n_frames"] == 30 and out["first_step"] == 0 and out["last_step"] == 29
+    assert out["phi"] == {"first": 0.05, "last": 0.35, "min": 0.05, "max": 0.35,
+                          "mean": pytest.approx((10 * 0.05 + 20 * 0.35) / 30)}
+    assert out["phase"] == "knowing" and out["crystallization_step"] == 12
+    assert out["health"]["status"] == "bad" and out["skipped_lines"] == 2
+    assert out["metrics"] == ["phi", "loss", "rewards/acc", "grad_norm"]
+    assert A.summarize([], source="e", run=None)["phase"] is None
+
+
+def test_diff_runs_aligned_by_step():
+    a = run(50, phi=lambda s: 0.35 if s >= 20 else 0.05, reward_mean=lambda s: 0.1, rewards=lambda s: {"acc": 0.2})
+    b = run(60, phi=lambda s: 0.35 if s >= 10 else 0.05, reward_mean=lambda s: 0.3, rewards=lambda s: {"acc": 0.5})
+    d = diff_runs(a, b)
+    assert d["aligned_steps"] == 50 and d["only_a"] == 0 and d["only_b"] == 10
+    assert d["crystallization_step"] == {"a": 22, "b": 12, "delta": -10}
+    assert d["phi"]["mean_delta"] == pytest.approx(10 * 0.3 / 50)
+    assert d["phi"]["last_delta"] == 0 and d["phi"]["max_abs_delta"] == pytest.approx(0.3)
+    assert d["rewards"]["reward_mean"]["mean_delta"] == pytest.approx(0.2)
+    assert d["rewards"]["rewards/acc"]["mean_delta"] == pytest.approx(0.3)
+    assert d["phase"] == {"a": "knowing", "b": "knowing"}
+    assert len(d["series"]) == 50 and d["series"][15] == {"step": 15, "phi_a": 0.05, "phi_b": 0.35,
+                                                         "reward_a": 0.1, "reward_b": 0.3}

@@ -15,7 +15,6 @@ import threading
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from email.utils import formatdate
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
@@ -68,7 +67,7 @@ class FakeServer:
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.httpd.daemon_threads = True
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
         self.thread.start()
 
     @property
@@ -121,7 +120,7 @@ class FakeServer:
     @staticmethod
     def _send(h: BaseHTTPRequestHandler, status: int, data: bytes, headers: dict[str, str] | None = None) -> None:
         h.send_response(status)
-        headers = {"Content-Type": "application/json", "Date": formatdate(usegmt=True), **(headers or {})}
+        headers = {"Content-Type": "application/json", **(headers or {})}  # send_response adds Date
         for k, v in headers.items():
             h.send_header(k, v)
         h.send_header("Content-Length", str(len(data)))

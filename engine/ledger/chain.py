@@ -192,12 +192,24 @@ def verify_segments(segments: Sequence[Path], public_keys: Iterable[str]) -> Ver
                 return bad("broken_link", f"prev_hash does not match the hash of block {expected - 1}"
                            if expected else "genesis prev_hash is not 64 zeros", seg)
             payload = b["payload"]
-            if type(payload) is not dict or type(b["action"]) is not str or type(b["ts"]) is not str:
-                return bad("malformed_block", "payload must be an object, action and ts strings", seg)
-            if sha(canon(payload)).hexdigest() != b["payload_hash"]:
+            h, sig_hex = b["hash"], b["signature"]
+            if (type(payload) is not dict or type(b["action"]) is not str or type(b["ts"]) is not str
+                    or type(h) is not str or type(sig_hex) is not str):
+                return bad("malformed_block", "payload must be an object; action, ts, hash, signature strings",
+                           seg)
+            # `line` is now known to be canonical(b), so the canonical encodings of the payload and of the body
+            # (b without hash/signature) are byte slices of it: keys are sorted (action, hash, index, payload,
+            # payload_hash, prev_hash, signature, signer, ts) and no unescaped quote can occur inside a string,
+            # so the first ',"payload":' and the last ',"payload_hash":"' / ',"signature":"' are the top-level ones.
+            p0 = line.index(b',"payload":') + 11
+            p1 = line.rindex(b',"payload_hash":"')
+            if sha(line[p0:p1]).hexdigest() != b["payload_hash"]:
                 return bad("payload_hash_mismatch", "payload does not match payload_hash", seg)
-            h = sha(canon({k: b[k] for k in BODY_FIELDS})).hexdigest()
-            if h != b["hash"]:
+            hash_field = b'"hash":"' + h.encode() + b'",'
+            s0 = line.rindex(b',"signature":"')
+            body = line[:s0] + line[s0 + 14 + len(sig_hex.encode()) + 1:]
+            body = body.replace(hash_field, b"", 1)
+            if sha(body).hexdigest() != h:
                 return bad("hash_mismatch", "block content does not match its hash", seg)
             signer = b["signer"]
             if active is None:
@@ -211,7 +223,6 @@ def verify_segments(segments: Sequence[Path], public_keys: Iterable[str]) -> Ver
             elif signer != active:
                 return bad("unknown_signer", f"signer {str(signer)[:16]}… is not the active key "
                            f"{active[:16]}…", seg)
-            sig_hex = b["signature"]
             try:
                 sig = fromhex(sig_hex)
                 if len(sig) != 64 or sig.hex() != sig_hex:  # exactly 128 lower-case hex characters

@@ -17,6 +17,7 @@ numpy is the only import at module level; torch and safetensors are imported whe
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -42,6 +43,9 @@ _MASK_FLOOR = -1.0e4
 # Elements per row chunk: 2^18 float32 = 1 MiB per scratch buffer (fits L2/L3 with the input chunk).
 _CHUNK_ELEMS_CPU = 1 << 18
 _CHUNK_ELEMS_CUDA = 1 << 26
+# Inputs at least this large (elements) run on up to _MAX_THREADS threads.
+_THREAD_MIN_ELEMS = 1 << 22
+_MAX_THREADS = 8
 
 
 def horizon(d: int | float) -> float:
@@ -92,18 +96,20 @@ def _describe_row(row: Any) -> str:
     return "-inf"
 
 
-def _token_stats_numpy(x: np.ndarray, tokens: np.ndarray | None, allow_masked: bool) -> tuple[np.ndarray, ...]:
-    """Kernel on a 2-D numpy ``x`` [N, V]: returns float64 (entropy, selected_prob) and int64 token ids, [N]."""
-    n, v = x.shape
+def _numpy_rows(x: np.ndarray, tokens: np.ndarray | None, allow_masked: bool, lo: int, hi: int,
+                entropy: np.ndarray, selected: np.ndarray, token_out: np.ndarray) -> None:
+    """Fill rows [lo, hi) of the outputs from 2-D ``x`` [N, V], one cache-sized row chunk at a time.
+
+    Per chunk: max (argmax without tokens) → z = x - max (in a scratch row) → e = exp(z) (second scratch row)
+    → Σe → e·z in place → Σe·z; H = log Σe - Σe·z / Σe. Sums are numpy's pairwise sums in the work dtype.
+    """
+    v = x.shape[1]
     work = np.float64 if x.dtype == np.float64 else np.float32
-    rows = max(1, min(n, _CHUNK_ELEMS_CPU // v)) if n else 1
+    rows = max(1, min(hi - lo, _CHUNK_ELEMS_CPU // v))
     z_buf = np.empty((rows, v), dtype=work)
     e_buf = np.empty((rows, v), dtype=work)
-    entropy = np.empty(n, dtype=np.float64)
-    selected = np.empty(n, dtype=np.float64)
-    token_out = np.empty(n, dtype=np.int64)
-    for a in range(0, n, rows):
-        r = min(rows, n - a)
+    for a in range(lo, hi, rows):
+        r = min(rows, hi - a)
         c = x[a:a + r]
         z, e = z_buf[:r], e_buf[:r]
         if c.dtype != work:  # float16 / bfloat16 / ints: cast the chunk into the scratch row, then work in place
@@ -130,15 +136,62 @@ def _token_stats_numpy(x: np.ndarray, tokens: np.ndarray | None, allow_masked: b
             np.multiply(e, z, out=z)  # e·z (0·(-inf) = NaN flags an unmasked -inf)
         ez = z.sum(axis=1, dtype=work)
         s64 = s.astype(np.float64)
-        h = np.log(s64) - ez.astype(np.float64) / s64  # H = log Σe - Σ e·z / Σe
+        h = np.log(s64) - ez.astype(np.float64) / s64  # H = log Σe - Σe·z / Σe
         if not np.isfinite(h).all():
             i = int(np.argmax(~np.isfinite(h)))
             raise _nonfinite_error(a + i, (), _describe_row(x[a + i]))
         entropy[a:a + r] = h
         selected[a:a + r] = sel.astype(np.float64) / s64
         token_out[a:a + r] = tok
+
+
+def _cpu_threads() -> int:
+    try:
+        n = len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS
+        n = os.cpu_count() or 1
+    return max(1, min(n, _MAX_THREADS))
+
+
+def _token_stats_numpy(x: np.ndarray, tokens: np.ndarray | None, allow_masked: bool) -> tuple[np.ndarray, ...]:
+    """Kernel on a 2-D numpy ``x`` [N, V]: float64 (entropy, selected_prob) and int64 token ids, each [N].
+
+    numpy ufuncs release the GIL, so large inputs are split into row blocks that run on a few threads (one
+    pair of scratch rows each); the result does not depend on the split.
+    """
+    n, v = x.shape
+    entropy = np.empty(n, dtype=np.float64)
+    selected = np.empty(n, dtype=np.float64)
+    token_out = np.empty(n, dtype=np.int64)
+    threads = _cpu_threads() if n * v >= _THREAD_MIN_ELEMS else 1
+    if threads == 1 or n < 2:
+        _numpy_rows(x, tokens, allow_masked, 0, n, entropy, selected, token_out)
+    else:
+        from concurrent.futures import ThreadPoolExecutor
+
+        n_tasks = min(n, threads * 4)
+        bounds = [n * k // n_tasks for k in range(n_tasks + 1)]
+        with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="carl-probe") as pool:
+            futures = [pool.submit(_numpy_rows, x, tokens, allow_masked, lo, hi, entropy, selected, token_out)
+                       for lo, hi in zip(bounds[:-1], bounds[1:]) if hi > lo]
+            for f in futures:  # in row order: the first error raised is the lowest row's
+                f.result()
     np.clip(entropy, 0.0, math.log(v), out=entropy)  # rounding can leave ±1 ulp outside [0, log V]
     return entropy, selected, token_out
+
+
+def _numpy_via_torch(x: np.ndarray, tokens: np.ndarray | None, allow_masked: bool) -> tuple[np.ndarray, ...]:
+    """The torch CPU kernel on a numpy array (zero-copy view; the array is never written)."""
+    import warnings
+
+    import torch
+
+    with warnings.catch_warnings():  # read-only (memory-mapped) arrays: torch warns, we only read
+        warnings.simplefilter("ignore", UserWarning)
+        tx = torch.from_numpy(x)
+    tt = None if tokens is None else torch.from_numpy(np.ascontiguousarray(tokens, dtype=np.int64))
+    ent, sel, ids = _token_stats_torch(tx, tt, allow_masked)
+    return ent.double().numpy(), sel.double().numpy(), ids.numpy()
 
 
 def _token_stats_torch(x: Any, tokens: Any, allow_masked: bool) -> tuple[Any, ...]:
@@ -147,7 +200,7 @@ def _token_stats_torch(x: Any, tokens: Any, allow_masked: bool) -> tuple[Any, ..
 
     n, v = x.shape
     work = torch.float64 if x.dtype == torch.float64 else torch.float32
-    chunk = _CHUNK_ELEMS_CUDA if x.device.type != "cpu" else _CHUNK_ELEMS_CPU * 4
+    chunk = _CHUNK_ELEMS_CUDA if x.device.type != "cpu" else _CHUNK_ELEMS_CPU
     rows = max(1, min(n, chunk // v)) if n else 1
     entropy = torch.empty(n, dtype=work, device=x.device)
     selected = torch.empty(n, dtype=work, device=x.device)
@@ -183,13 +236,18 @@ def _token_stats_torch(x: Any, tokens: Any, allow_masked: bool) -> tuple[Any, ..
     return entropy, selected, token_out
 
 
-def token_stats(logits: Any, token_ids: Any = None, *, allow_masked: bool = False) -> tuple[Any, Any, Any, Any]:
+def token_stats(logits: Any, token_ids: Any = None, *, allow_masked: bool = False,
+                backend: str = "auto") -> tuple[Any, Any, Any, Any]:
     """Per-token ``(phi, entropy, selected_prob, token_ids)`` of ``logits`` [T, V] or [B, T, V].
 
     numpy input → float64 numpy arrays of shape ``logits.shape[:-1]``; torch input → tensors on the logits'
     device (float32, or float64 for float64 logits). ``token_ids`` default to the argmax (first maximum).
     Non-finite logits raise ``carl.probe.nonfinite`` unless ``allow_masked`` (then -inf is probability 0 and
     V stays the full last dimension; NaN and +inf are still errors).
+
+    ``backend`` for numpy input: ``"numpy"`` = ``"auto"`` (chunked numpy on a few threads) or ``"torch"`` (the
+    torch CPU kernel on zero-copy views; see docs/probe.md for when it pays). Torch input always runs on torch,
+    on its own device.
     """
     shape = tuple(int(s) for s in logits.shape)
     _check_logits_shape(shape)
@@ -211,27 +269,34 @@ def token_stats(logits: Any, token_ids: Any = None, *, allow_masked: bool = Fals
         _check_token_range(tok, v)
     else:
         tok = None
-    try:
-        if torch_in:
-            flat = logits.detach().reshape(-1, v)  # a view for contiguous input
-            ent, sel, ids = _token_stats_torch(flat, tok, allow_masked)
-        else:
-            x = logits if isinstance(logits, np.ndarray) else np.asarray(logits)
-            if x.ndim == 3 and not x.flags.c_contiguous:
-                parts = []
-                for b in range(x.shape[0]):
-                    try:
-                        parts.append(_token_stats_numpy(x[b], None if tok is None else tok.reshape(lead)[b],
-                                                        allow_masked))
-                    except ProbeNonFiniteError as exc:
-                        exc.context["position"] = [b * lead[1] + exc.context["position"][0]]
-                        raise
-                ent, sel, ids = (np.concatenate([p[k] for p in parts]) for k in range(3))
+    if backend not in ("auto", "numpy", "torch"):
+        raise ValidationError(f"unknown probe backend {backend!r}", hint="Use 'auto', 'numpy' or 'torch'.")
+    x = logits.detach() if torch_in else (logits if isinstance(logits, np.ndarray) else np.asarray(logits))
+    use_torch = torch_in or backend == "torch"
+    contiguous = x.is_contiguous() if torch_in else x.flags.c_contiguous
+    # 2-D slabs the kernels walk row by row: one flat view when contiguous, else one per sequence (no copy)
+    slabs = [x.reshape(-1, v)] if (x.ndim == 2 or contiguous) else [x[b] for b in range(x.shape[0])]
+    rows_per = slabs[0].shape[0]
+    parts = []
+    for k, slab in enumerate(slabs):
+        stok = None if tok is None else tok[k * rows_per:(k + 1) * rows_per]
+        try:
+            if use_torch and not torch_in:
+                parts.append(_numpy_via_torch(slab, stok, allow_masked))
+            elif use_torch:
+                parts.append(_token_stats_torch(slab, stok, allow_masked))
             else:
-                ent, sel, ids = _token_stats_numpy(x.reshape(-1, v), tok, allow_masked)
-    except ProbeNonFiniteError as exc:  # re-address the flat row as [t] or [b, t]
-        flat_row = exc.context["position"][0]
-        raise _nonfinite_error(flat_row, lead, exc.context["value"]) from None
+                parts.append(_token_stats_numpy(slab, stok, allow_masked))
+        except ProbeNonFiniteError as exc:  # re-address the flat row as [t] or [b, t]
+            raise _nonfinite_error(k * rows_per + exc.context["position"][0], lead, exc.context["value"]) from None
+    if len(parts) == 1:
+        ent, sel, ids = parts[0]
+    elif torch_in:
+        import torch
+
+        ent, sel, ids = (torch.cat([p[i] for p in parts]) for i in range(3))
+    else:
+        ent, sel, ids = (np.concatenate([p[i] for p in parts]) for i in range(3))
     phi = 1.0 - ent / math.log(v)
     return phi.reshape(lead), ent.reshape(lead), sel.reshape(lead), ids.reshape(lead)
 
@@ -251,9 +316,9 @@ def _check_token_range(tok: Any, v: int) -> None:
                               context={"vocab_size": v, "min": lo, "max": hi})
 
 
-def phi_from_logits(logits: Any, *, allow_masked: bool = False) -> tuple[Any, Any]:
+def phi_from_logits(logits: Any, *, allow_masked: bool = False, backend: str = "auto") -> tuple[Any, Any]:
     """``(phi, entropy)`` per token: Phi = 1 - H / log V, H = -Σ softmax·log softmax in nats (numpy or torch)."""
-    phi, ent, _, _ = token_stats(logits, allow_masked=allow_masked)
+    phi, ent, _, _ = token_stats(logits, allow_masked=allow_masked, backend=backend)
     return phi, ent
 
 
@@ -472,8 +537,9 @@ class PhiField:
         return np.diff(self.phi, axis=1)
 
     @classmethod
-    def from_logits(cls, logits: Any, token_ids: Any = None, *, allow_masked: bool = False) -> "PhiField":
-        phi, ent, sel, ids = token_stats(logits, token_ids, allow_masked=allow_masked)
+    def from_logits(cls, logits: Any, token_ids: Any = None, *, allow_masked: bool = False,
+                    backend: str = "auto") -> "PhiField":
+        phi, ent, sel, ids = token_stats(logits, token_ids, allow_masked=allow_masked, backend=backend)
         arrs = [_host(a) for a in (phi, ent, sel)]
         ids_np = _host(ids, np.int64)
         if arrs[0].ndim == 1:
@@ -627,8 +693,9 @@ class CoherenceProbe:
     """
 
     def __init__(self, vocab_size: int | None = None, weights: Mapping[str, float] | None = None,
-                 allow_masked: bool = False):
+                 allow_masked: bool = False, backend: str = "auto"):
         self.vocab_size = vocab_size
+        self.backend = backend
         self.weights = _weights(weights)
         self.allow_masked = allow_masked
 
@@ -639,7 +706,7 @@ class CoherenceProbe:
             raise ProbeShapeError(f"logits have V={shape[-1]}, the probe expects vocab_size={self.vocab_size}",
                                   context={"shape": list(shape), "vocab_size": self.vocab_size})
         masked = self.allow_masked if allow_masked is None else allow_masked
-        fld = PhiField.from_logits(logits, token_ids, allow_masked=masked)
+        fld = PhiField.from_logits(logits, token_ids, allow_masked=masked, backend=self.backend)
         return self._snapshot(fld, batched=len(shape) == 3, shape=shape, dtype=str(logits.dtype))
 
     def measure_entropy(self, entropy: Any, selected_logprob: Any) -> Snapshot:

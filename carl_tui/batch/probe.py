@@ -37,3 +37,26 @@ def run(args: argparse.Namespace) -> int:
     out["tokens_given"] = tokens is not None
     emit(out)
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m carl_tui.batch.probe --logits F …`: the same verb without loading the other verbs' parsers
+    (what `carl --batch probe` costs once the router imports only the verb it runs)."""
+    import sys
+
+    from carl_tui.batch import _Parser
+    from carl_tui.batch._io import emit_error
+    from engine.errors import CARLError
+
+    parser = _Parser(prog="carl --batch")
+    register(parser.add_subparsers(dest="verb", parser_class=_Parser))
+    try:
+        args = parser.parse_args(["probe", *(sys.argv[1:] if argv is None else argv)])
+        return run(args)
+    except CARLError as exc:
+        emit_error(exc)
+        return exc.exit_code
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

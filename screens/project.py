@@ -214,6 +214,7 @@ class ProjectScreen(Screen):
     def _show_presets(self, on: bool) -> None:
         self.query_one("#presets-view").display = on
         self.query_one("#body").display = not on
+        self.refresh_bindings()
         if on:
             intro = (f"No {CONFIG_FILENAME} in {self.path.parent}.\nStart a project from a preset; you can "
                      "edit every field afterwards (here or in the file).")
@@ -377,6 +378,15 @@ class ProjectScreen(Screen):
         self._message = "written"
         self._refresh_status()
         self._update_subtitle()
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        """Save and leave-field mean nothing on the preset list: hide them there (the footer follows)."""
+        if action in ("save", "leave_field") and self.is_mounted:
+            try:
+                return not self.query_one("#presets-view").display
+            except Exception:
+                return True
+        return True
 
     def action_leave_field(self) -> None:
         """Move focus off the field to its scroll container, so single-key screen switching works again."""

@@ -7,9 +7,9 @@ in the Messages-API shape (``{"role", "content"}``) so a session can be resumed 
 from __future__ import annotations
 
 import json
+import random
 import sqlite3
 import time
-import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -90,12 +90,17 @@ class SessionStore:
 
     # ---------------------------------------------------------------- sessions
     def create(self, model: str = "", title: str = "") -> str:
-        sid = uuid.uuid4().hex[:12]
+        """A new session; its id is 12 hex digits (not secret: ``random``, so seeded tests are reproducible)."""
         now = self.clock()
         with self._db() as con:
-            con.execute("INSERT INTO sessions (id, title, model, created_at, updated_at) VALUES (?,?,?,?,?)",
-                        (sid, title[:120], model, now, now))
-        return sid
+            while True:
+                sid = f"{random.getrandbits(48):012x}"
+                try:
+                    con.execute("INSERT INTO sessions (id, title, model, created_at, updated_at) VALUES (?,?,?,?,?)",
+                                (sid, title[:120], model, now, now))
+                    return sid
+                except sqlite3.IntegrityError:
+                    continue
 
     def resolve(self, ref: str) -> str:
         """A session id or an unambiguous prefix of one."""

@@ -1,0 +1,166 @@
+"""CARL reward on the policy's own next-token distributions for the completion tokens, conditioned on the prompt.
+
+The per-token field is the probe's: ``phi_t = 1 - H(p_t) / log V`` (p_t the policy's next-token distribution at
+completion position t, given the prompt and the completion so far; V the vocabulary size) and ``s_t`` the
+probability the policy gave the token it actually produced. The sequence components (coherence, cloud,
+discontinuity) are reductions of that field computed by :func:`engine.probe.carl_components_torch`; the CARL
+reward is ``w_c·coherence + w_k·cloud + w_d·discontinuity`` (default weights 0.5 / 0.3 / 0.2).
+
+Two ways to get the field, both vectorised on torch over the whole batch:
+
+* :class:`GenerationCapture` — a logits processor attached to the policy's ``generate`` call: it keeps the
+  field of the very distributions the completions were sampled from (no extra forward). Used when sampling is
+  untempered (temperature 1, no top-k/top-p/min-p, no repetition penalty), where those scores are the
+  policy's own distribution.
+* :func:`field_from_forward` — one batched no-grad forward of the policy over prompt + completion.
+
+Never a re-tokenised completion without its prompt.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+DEFAULT_WEIGHTS = {"coherence": 0.5, "cloud": 0.3, "discontinuity": 0.2}
+COMPONENTS = ("coherence", "cloud", "discontinuity")
+
+
+def phi_and_selected(logits, tokens):
+    """``logits`` [..., V] and ``tokens`` [...] → (phi [...], selected_prob [...]) as float32 tensors.
+
+    ``-inf`` logits count as probability 0 (masked vocabulary); V stays the full last dimension.
+    """
+    import torch
+
+    logits = logits.float()
+    logp = torch.log_softmax(logits, dim=-1)
+    p = logp.exp()
+    ent = -(p * torch.where(torch.isfinite(logp), logp, torch.zeros_like(logp))).sum(-1)
+    from engine.probe import phi_from_entropy
+
+    v = logits.shape[-1]
+    phi = phi_from_entropy(ent, v) if v > 1 else torch.ones_like(ent)
+    sel = p.gather(-1, tokens.long().clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    return phi.clamp(0.0, 1.0), sel
+
+
+def carl_from_field(phi, selected, mask, weights: dict[str, float] | None = None) -> dict[str, Any]:
+    """Per-sequence CARL components and reward, each a [B] tensor, from the probe's torch formulas, plus
+    ``phi_mean`` (mean Phi over the completion tokens) and ``crystallizations`` (count of ΔPhi > the probe's
+    DEFECT_THRESHOLD between neighbouring completion tokens)."""
+    from engine.probe import DEFECT_THRESHOLD, carl_components_torch
+
+    comps = carl_components_torch(phi, selected, mask, weights=weights)
+    out = {k: comps[k].float() for k in (*COMPONENTS, "carl")}
+    m = mask.float()
+    out["phi_mean"] = (phi * m).sum(-1) / m.sum(-1).clamp(min=1)
+    if phi.shape[1] >= 2:
+        pair = mask[:, 1:] & mask[:, :-1]
+        out["crystallizations"] = (((phi[:, 1:] - phi[:, :-1]) > DEFECT_THRESHOLD) & pair).sum(-1).float()
+    else:
+        out["crystallizations"] = phi.new_zeros(phi.shape[0])
+    return out
+
+
+def pad_field(rows: Sequence[Sequence[float]], fill: float = 0.0):
+    import torch
+
+    width = max([len(r) for r in rows] + [1])
+    t = torch.full((len(rows), width), fill, dtype=torch.float32)
+    mask = torch.zeros((len(rows), width), dtype=torch.bool)
+    for i, r in enumerate(rows):
+        if len(r):
+            t[i, : len(r)] = torch.as_tensor(r, dtype=torch.float32)
+            mask[i, : len(r)] = True
+    return t, mask
+
+
+def field_from_forward(model, prompt_ids: Sequence[Sequence[int]], completion_ids: Sequence[Sequence[int]],
+                       pad_id: int = 0):
+    """One batched no-grad forward over prompt+completion → (phi [B,T], selected [B,T], mask [B,T]) for the
+    completion tokens, T = the longest completion. Rows are right-padded; logits at position ``len(prompt)+t-1``
+    give the distribution of completion token t."""
+    import torch
+
+    b = len(completion_ids)
+    plens = torch.tensor([len(p) for p in prompt_ids])
+    clens = torch.tensor([len(c) for c in completion_ids])
+    width = int((plens + clens).max())
+    tcomp = max(1, int(clens.max()) if b else 1)
+    ids = torch.full((b, width), pad_id, dtype=torch.long)
+    attn = torch.zeros((b, width), dtype=torch.long)
+    comp = torch.full((b, tcomp), pad_id, dtype=torch.long)
+    for i, (p, c) in enumerate(zip(prompt_ids, completion_ids)):
+        seq = list(p) + list(c)
+        ids[i, : len(seq)] = torch.tensor(seq, dtype=torch.long)
+        attn[i, : len(seq)] = 1
+        if len(c):
+            comp[i, : len(c)] = torch.tensor(list(c), dtype=torch.long)
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        logits = model(input_ids=ids.to(device), attention_mask=attn.to(device)).logits.float()
+    if was_training:
+        model.train()
+    # position of the logit predicting completion token t of row i: plen_i - 1 + t
+    t_idx = torch.arange(tcomp)
+    pos = (plens.unsqueeze(1) - 1 + t_idx.unsqueeze(0)).clamp(max=width - 1).to(device)
+    sel_logits = logits.gather(1, pos.unsqueeze(-1).expand(-1, -1, logits.shape[-1]))
+    phi, sel = phi_and_selected(sel_logits, comp.to(device))
+    mask = (t_idx.unsqueeze(0) < clens.unsqueeze(1)).to(device)
+    return phi.cpu(), sel.cpu(), mask.cpu()
+
+
+class GenerationCapture:
+    """A logits processor that records the per-token field of the distributions ``generate`` samples from.
+
+    At each decoding step it receives the scores for the next token; the token chosen at step t is known at
+    step t+1 (the last column of ``input_ids``) or, for the final step, from the completion ids. Memory is one
+    [B, V] distribution at a time plus [B, T] floats.
+    """
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self.phi: list[Any] = []  # per step, [B]
+        self.sel: list[Any] = []  # per step, [B] (resolved one step late)
+        self._pending = None  # probabilities of the last step, [B, V]
+        self.rows = 0
+        self.active = False
+
+    def __call__(self, input_ids, scores):
+        import torch
+
+        if not self.active:
+            return scores
+        with torch.no_grad():
+            if self._pending is not None:
+                tok = input_ids[:, -1].long()
+                self.sel.append(self._pending.gather(-1, tok.unsqueeze(-1)).squeeze(-1).float().cpu())
+            phi, _ = phi_and_selected(scores, torch.zeros(scores.shape[0], dtype=torch.long, device=scores.device))
+            self.phi.append(phi.float().cpu())
+            self._pending = torch.softmax(scores.float(), dim=-1)
+            self.rows = scores.shape[0]
+        return scores
+
+    def field(self, completion_ids: Sequence[Sequence[int]]):
+        """(phi, selected, mask) [B, T] for the captured generation, or None when it does not match the batch."""
+        import torch
+
+        b = len(completion_ids)
+        if not self.phi or self.rows != b:
+            return None
+        sel = list(self.sel)
+        if self._pending is not None:  # the last step's chosen token is in the completion ids
+            last = len(self.phi) - 1
+            tok = torch.tensor([c[last] if len(c) > last else 0 for c in completion_ids], dtype=torch.long)
+            sel.append(self._pending.gather(-1, tok.unsqueeze(-1).to(self._pending.device)).squeeze(-1).float().cpu())
+        phi = torch.stack(self.phi, dim=1)
+        sel_t = torch.stack(sel, dim=1)
+        clens = torch.tensor([len(c) for c in completion_ids])
+        if int(clens.max()) > phi.shape[1]:
+            return None
+        mask = torch.arange(phi.shape[1]).unsqueeze(0) < clens.unsqueeze(1)
+        return phi, sel_t, mask

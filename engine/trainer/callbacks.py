@@ -1,0 +1,128 @@
+"""The trainer callback: one Frame per logging step to ``frames.jsonl`` (and trackio), checkpoints with the
+cascade state, graceful stop on request."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from engine.frames import Frame, FrameWriter
+
+CASCADE_FILE = "carl_cascade.json"
+
+
+def _f(logs: dict[str, Any], key: str) -> float | None:
+    v = logs.get(key)
+    return float(v) if isinstance(v, (int, float)) else None
+
+
+def frame_from_logs(step: int, logs: dict[str, Any], state, step_time: float | None) -> Frame:
+    """Map TRL's logged metrics (+ carl's own ``carl/*``) onto a Frame."""
+    rewards = {k.split("/")[1]: float(v) for k, v in logs.items()
+               if k.startswith("rewards/") and k.endswith("/mean") and isinstance(v, (int, float))}
+    carl_raw = _f(logs, "carl/reward")
+    task = rewards.get(state.metric) if state is not None else None
+    known = {"loss", "learning_rate", "reward", "reward_std", "kl", "entropy", "frac_reward_zero_std",
+             "completions/mean_length", "completions/clipped_ratio", "epoch", "grad_norm"}
+    extra = {k: float(v) for k, v in logs.items()
+             if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in known
+             and not k.startswith("rewards/") and not k.startswith("carl/")}
+    for k in ("grad_norm", "reward_std", "epoch", "carl/crystallization", "carl/weight"):
+        if isinstance(logs.get(k), (int, float)):
+            extra[k] = float(logs[k])
+    stage_b = _f(logs, "carl/stage_b")
+    if stage_b is not None:
+        gate = "B" if stage_b > 0 else "A"
+    else:
+        gate = state.cascade.stage if state is not None and state.cascade is not None else "A"
+    return Frame(
+        step=step, phi=_f(logs, "carl/phi"), entropy=_f(logs, "entropy"), reward_mean=_f(logs, "reward"),
+        task_reward=task, carl_reward=carl_raw, rewards=rewards,
+        carl_components={k: float(logs[f"carl/{k}"]) for k in ("coherence", "cloud", "discontinuity")
+                         if isinstance(logs.get(f"carl/{k}"), (int, float))},
+        gate=gate, carl_weight=_f(logs, "carl/weight"), loss=_f(logs, "loss"), lr=_f(logs, "learning_rate"),
+        kl=_f(logs, "kl"), completion_length=_f(logs, "completions/mean_length"),
+        clipped_ratio=_f(logs, "completions/clipped_ratio"), frac_reward_zero_std=_f(logs, "frac_reward_zero_std"),
+        step_time=step_time, timestamp=time.time(), sample=state.sample if state is not None else None,
+        extra=extra)
+
+
+def make_callback(run_dir: Path, *, state_ref: Callable[[], Any], should_stop: Callable[[], bool],
+                  on_event: Callable[[dict[str, Any]], None], on_frame: Callable[[Frame], None] | None = None,
+                  trackio_project: str | None = None, run_name: str | None = None, config: dict | None = None,
+                  skip_until: int = 0):
+    """Build the TrainerCallback (transformers is imported here, not at module import)."""
+    from transformers import TrainerCallback
+
+    run_dir = Path(run_dir)
+
+    class CarlCallback(TrainerCallback):
+        def __init__(self) -> None:
+            self.writer = FrameWriter(run_dir / "frames.jsonl")
+            self.step_started: float | None = None
+            self.step_times: list[float] = []
+            self.trackio = None
+
+        def on_train_begin(self, args, state, control, **kw):
+            if trackio_project:
+                try:
+                    import trackio
+
+                    trackio.init(project=trackio_project, name=run_name, config=config or {}, resume="allow",
+                                 embed=False)
+                    self.trackio = trackio
+                except Exception as exc:  # tracking must never kill a run
+                    print(f"carl: trackio disabled: {type(exc).__name__}: {exc}", flush=True)
+
+        def on_step_begin(self, args, state, control, **kw):
+            self.step_started = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kw):
+            if self.step_started is not None:
+                self.step_times.append(time.perf_counter() - self.step_started)
+            if should_stop():
+                control.should_save = True
+                control.should_training_stop = True
+
+        def on_log(self, args, state, control, logs=None, **kw):
+            logs = logs or {}
+            if "loss" not in logs and "reward" not in logs:  # the final train summary, not a step
+                return
+            step = int(state.global_step)
+            if step <= skip_until:
+                return
+            times = self.step_times[-max(1, args.logging_steps):]
+            frame = frame_from_logs(step, logs, state_ref(), sum(times) / len(times) if times else None)
+            self.writer.write(frame)
+            if on_frame is not None:
+                on_frame(frame)
+            if self.trackio is not None:
+                d = frame.to_dict()
+                flat = {k: v for k, v in d.items() if isinstance(v, (int, float)) and k not in ("step", "timestamp")}
+                flat.update({f"rewards/{k}": v for k, v in frame.rewards.items()})
+                flat.update({f"carl/{k}": v for k, v in frame.carl_components.items()})
+                flat["gate_b"] = 1.0 if frame.gate == "B" else 0.0
+                try:
+                    self.trackio.log(flat, step=step)
+                except Exception as exc:
+                    print(f"carl: trackio log failed: {exc}", flush=True)
+
+        def on_save(self, args, state, control, **kw):
+            step = int(state.global_step)
+            ck = run_dir / "checkpoints" / f"checkpoint-{step}"
+            st = state_ref()
+            if ck.is_dir() and st is not None and st.cascade is not None:
+                (ck / CASCADE_FILE).write_text(json.dumps(st.cascade.state_dict()), encoding="utf-8")
+            on_event({"name": "checkpoint", "step": step, "path": str(ck)})
+
+        def on_train_end(self, args, state, control, **kw):
+            self.writer.close()
+            if self.trackio is not None:
+                try:
+                    self.trackio.finish()
+                except Exception:
+                    pass
+
+    return CarlCallback()

@@ -1,0 +1,169 @@
+"""The eval gate: greedy completions on a held-out set, scored by the task metric and the coherence field.
+
+``pass`` iff ``task_metric >= threshold`` AND ``phi_mean >= eval.phi_min`` (SIGMA = 3/16) AND
+``eval.discontinuity_min <= discontinuity <= eval.discontinuity_max`` (0.3 / 0.7). It **fails closed**: when
+the coherence metrics cannot be computed (no completions, non-finite values) the gate fails with a reason.
+``phi_mean`` is the mean Phi over all completion tokens; ``discontinuity`` the mean per-completion score; both
+come from the policy's own next-token distributions conditioned on the prompt.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Any, Callable
+
+
+def greedy_completions(model, tok, prompts: list[str], max_new_tokens: int, batch: int = 64):
+    """(completion texts, prompt id lists, completion id lists) by greedy decoding."""
+    import torch
+
+    texts, p_ids, c_ids = [], [], []
+    model.eval()
+    device = next(model.parameters()).device
+    eos = tok.eos_token_id
+    for i in range(0, len(prompts), batch):
+        chunk = prompts[i: i + batch]
+        ids = tok(text=chunk)["input_ids"]
+        width = max(len(x) for x in ids)
+        pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+        inp = torch.full((len(ids), width), pad, dtype=torch.long)
+        attn = torch.zeros((len(ids), width), dtype=torch.long)
+        for j, x in enumerate(ids):  # left padding for generation
+            inp[j, width - len(x):] = torch.tensor(x)
+            attn[j, width - len(x):] = 1
+        with torch.no_grad():
+            out = model.generate(input_ids=inp.to(device), attention_mask=attn.to(device), do_sample=False,
+                                 max_new_tokens=max_new_tokens, pad_token_id=pad, eos_token_id=eos)
+        for j, row in enumerate(out[:, width:].tolist()):
+            comp = []
+            for t in row:
+                comp.append(t)
+                if t == eos:
+                    break
+            if comp and comp[-1] == pad and pad != eos:
+                comp = [t for t in comp if t != pad]
+            p_ids.append(list(ids[j]))
+            c_ids.append(comp)
+            texts.append(tok.decode(comp, skip_special_tokens=True))
+    return texts, p_ids, c_ids
+
+
+def evaluate(model, tok, rows: list[dict[str, Any]], cfg, *, n: int | None = None) -> dict[str, Any]:
+    """Task metric and coherence metrics of greedy completions on ``rows``."""
+    import torch
+
+    from engine.rewards import carl_from_field, field_from_forward
+    from engine.trainer.grpo import task_metric_name
+    from engine.trainer.task_rewards import build_all
+
+    rows = rows[: n] if n else rows
+    prompts = [r["prompt"] for r in rows]
+    texts, p_ids, c_ids = greedy_completions(model, tok, prompts, cfg.grpo.max_completion_length)
+    metric = task_metric_name(cfg)
+    fn = {name: f for name, _, f in build_all(cfg.task)}[metric]
+    extra = {k: [r.get(k) for r in rows] for k in rows[0] if k != "prompt"} if rows else {}
+    scores = fn(prompts, texts, completion_ids=c_ids, **extra) if rows else []
+    scores = [float(s) for s in scores if s is not None]
+    out: dict[str, Any] = {"n": len(rows), "task_metric_name": metric,
+                           "task_metric": sum(scores) / len(scores) if scores else None}
+    nonempty = [i for i, c in enumerate(c_ids) if c]
+    if nonempty:
+        pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+        phi, sel, mask = field_from_forward(model, [p_ids[i] for i in nonempty], [c_ids[i] for i in nonempty], pad)
+        comps = carl_from_field(phi, sel, mask, cfg.rewards.carl.weights.model_dump())
+        m = mask.float()
+        out["phi_mean"] = float((phi * m).sum() / m.sum().clamp(min=1))
+        for k in ("coherence", "cloud", "discontinuity", "carl"):
+            out[k] = float(comps[k].mean())
+        out["crystallized_fraction"] = float(((phi >= 3 / 16) & mask).sum() / m.sum().clamp(min=1))
+    else:
+        out.update(phi_mean=None, coherence=None, cloud=None, discontinuity=None, carl=None)
+    out["completion_length"] = sum(len(c) for c in c_ids) / max(1, len(c_ids))
+    out["samples"] = [{"prompt": p, "completion": t} for p, t in list(zip(prompts, texts))[:3]]
+    return out
+
+
+def decide(metrics: dict[str, Any], ecfg, threshold: float | None = None) -> tuple[bool, str]:
+    """(pass, reason). Fails closed on missing task or coherence data."""
+    thr = ecfg.threshold if threshold is None else threshold
+
+    def ok(v):
+        return isinstance(v, (int, float)) and math.isfinite(v)
+
+    if not ok(metrics.get("task_metric")):
+        return False, "task metric missing: no scored completions"
+    if not ok(metrics.get("phi_mean")) or not ok(metrics.get("discontinuity")):
+        return False, "coherence data missing: phi/discontinuity could not be computed (fails closed)"
+    fails = []
+    if metrics["task_metric"] < thr:
+        fails.append(f"task metric {metrics['task_metric']:.3f} < threshold {thr:.3f}")
+    if metrics["phi_mean"] < ecfg.phi_min:
+        fails.append(f"phi_mean {metrics['phi_mean']:.3f} < SIGMA {ecfg.phi_min:.4f}")
+    d = metrics["discontinuity"]
+    if not (ecfg.discontinuity_min <= d <= ecfg.discontinuity_max):
+        fails.append(f"discontinuity {d:.3f} outside [{ecfg.discontinuity_min}, {ecfg.discontinuity_max}]")
+    if fails:
+        return False, "; ".join(fails)
+    return True, (f"task metric {metrics['task_metric']:.3f} >= {thr:.3f}, phi_mean {metrics['phi_mean']:.3f} >= "
+                  f"SIGMA, discontinuity {d:.3f} in range")
+
+
+def load_for_eval(path: Path, cfg):
+    """A model (full or LoRA adapter) and tokenizer from a run's final/ or checkpoint dir, or an adapter path."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = Path(path)
+    if (path / "adapter_config.json").is_file():
+        import json
+
+        from peft import PeftModel
+
+        base = json.loads((path / "adapter_config.json").read_text()).get("base_model_name_or_path") \
+            or cfg.model.name_or_path
+        if base == "builtin:tiny" or not base:
+            from engine.trainer.tiny import ensure_tiny
+
+            base = str(ensure_tiny())
+        model = AutoModelForCausalLM.from_pretrained(base)
+        model = PeftModel.from_pretrained(model, str(path))
+        tok_src = path if (path / "tokenizer_config.json").is_file() else base
+    else:
+        model = AutoModelForCausalLM.from_pretrained(str(path))
+        tok_src = path
+    tok = AutoTokenizer.from_pretrained(str(tok_src))
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    tok.padding_side = "left"
+    return model, tok
+
+
+def push(path: Path, repo_id: str, *, log: Callable[[str], None] = lambda m: None) -> dict[str, Any]:
+    """Upload a model folder to the Hub (``HF_ENDPOINT`` respected). Needs a token."""
+    from engine.errors import CredentialError, NetworkError
+
+    from huggingface_hub import HfApi, get_token
+
+    token = get_token()
+    if not token:
+        raise CredentialError("pushing to the Hub needs a Hugging Face token",
+                              hint="Set HF_TOKEN (or run `hf auth login`); carl never stores it.",
+                              context={"repo_id": repo_id})
+    endpoint = os.environ.get("HF_ENDPOINT") or None
+    api = HfApi(endpoint=endpoint, token=token)
+    try:
+        api.create_repo(repo_id, exist_ok=True, private=True)
+        info = api.upload_folder(folder_path=str(path), repo_id=repo_id, commit_message="carl: eval gate passed")
+    except Exception as exc:
+        from huggingface_hub.errors import HfHubHTTPError
+
+        status = getattr(getattr(exc, "response", None), "status_code", None)
+        if isinstance(exc, HfHubHTTPError) and status in (401, 403):
+            raise CredentialError(f"the Hub refused the token for {repo_id} (HTTP {status})",
+                                  context={"repo_id": repo_id}) from None
+        raise NetworkError(f"push to {repo_id} failed: {type(exc).__name__}: {exc}".split("\n")[0],
+                           context={"repo_id": repo_id, "endpoint": endpoint}) from None
+    url = getattr(info, "commit_url", None) or str(info)
+    log(f"pushed {path} to {repo_id}")
+    return {"repo_id": repo_id, "endpoint": endpoint or "https://huggingface.co", "commit_url": url}

@@ -1,0 +1,298 @@
+"""TRL wiring: the resolved plan, GRPOConfig, the reward functions (task + cascaded CARL) and the trainer.
+
+TRL's ``GRPOTrainer`` does the RL. carl adds:
+
+* the task reward functions (engine.trainer.task_rewards), each logged by TRL as ``rewards/<name>/mean``;
+* one ``carl`` reward function whose value is ``cascade.combine(CARL)`` — 0 in stage A, the warmed-up CARL
+  weight times the CARL reward in stage B. It feeds the gate with the mean of the watched task reward of the
+  same batch (the value TRL logs), and logs ``carl/*`` metrics (raw reward, components, phi, weight, stage);
+* :class:`CarlGRPOTrainer`, a thin subclass that records the exact prompt token ids TRL generated from and
+  attaches :class:`engine.rewards.GenerationCapture` to the policy's ``generate`` when sampling is untempered,
+  so CARL is computed on the very distributions the completions were sampled from (else one no-grad forward).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+from engine.errors import ConfigError
+
+SAMPLE_CHARS = 160
+
+
+def resolve_device(cfg) -> str:
+    dev = cfg.compute.device
+    if dev != "auto":
+        return dev
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            return "cuda"
+    except ImportError:  # pragma: no cover
+        pass
+    return "cpu"
+
+
+def check_compute(cfg) -> None:
+    if cfg.compute.vllm != "off" and importlib.util.find_spec("vllm") is None:
+        raise ConfigError(f"compute.vllm={cfg.compute.vllm} needs vllm, which is not installed",
+                          hint="pip install vllm on a GPU machine, or set compute.vllm: off.",
+                          context={"vllm": cfg.compute.vllm})
+    if cfg.compute.gpus > 1 and importlib.util.find_spec("accelerate") is None:  # pragma: no cover
+        raise ConfigError("compute.gpus > 1 needs accelerate", context={"gpus": cfg.compute.gpus})
+
+
+def task_metric_name(cfg) -> str:
+    from engine.trainer.task_rewards import build_all
+
+    names = [n for n, _, _ in build_all(cfg.task)]
+    metric = cfg.task.metric or names[0]
+    if metric not in names:
+        raise ConfigError(f"task.metric {metric!r} is not one of the task rewards {names}",
+                          context={"metric": metric, "rewards": names})
+    return metric
+
+
+def grpo_args(cfg, output_dir: str | Path, device: str) -> dict[str, Any]:
+    """The GRPOConfig keyword arguments carl sets (also shown by --dry-run)."""
+    g = cfg.grpo
+    args: dict[str, Any] = {
+        "output_dir": str(output_dir), "max_steps": g.max_steps, "learning_rate": g.learning_rate,
+        "per_device_train_batch_size": g.batch_size, "num_generations": g.num_generations,
+        "max_completion_length": g.max_completion_length, "temperature": g.temperature, "beta": g.beta,
+        "logging_steps": g.logging_steps, "save_steps": g.save_steps, "save_strategy": "steps", "seed": g.seed,
+        "bf16": device == "cuda" and cfg.model.dtype in ("auto", "bfloat16"), "fp16": False,
+        "gradient_checkpointing": cfg.compute.gradient_checkpointing, "use_cpu": device == "cpu",
+        "report_to": "none", "disable_tqdm": True, "save_only_model": False, "logging_first_step": False,
+        "dataloader_num_workers": 0, "remove_unused_columns": False,
+    }
+    if cfg.compute.vllm != "off":
+        args.update(use_vllm=True, vllm_mode=cfg.compute.vllm)
+    return args
+
+
+def plan(cfg, config_path: Path | None, *, run_dir: str = "<run_dir>") -> dict[str, Any]:
+    """The resolved plan (--dry-run): everything the worker would do, touching nothing."""
+    from engine.cascade import make_gate
+    from engine.trainer.task_rewards import build_all
+
+    check_compute(cfg)
+    metric = task_metric_name(cfg)
+    make_gate(cfg.cascade, metric)  # refuses unavailable modes now rather than in the worker
+    device = resolve_device(cfg)
+    cmd = [sys.executable, "-m", "engine.trainer.worker", run_dir]
+    launch = "python -m engine.trainer.worker " + run_dir
+    if cfg.compute.gpus > 1:
+        cmd = ["accelerate", "launch", "--multi_gpu", "--num_processes", str(cfg.compute.gpus),
+               "-m", "engine.trainer.worker", run_dir]
+        launch = " ".join(cmd)
+    model = cfg.model.name_or_path
+    return {
+        "config": str(config_path) if config_path else None,
+        "preset": None if config_path else "tiny-cpu",
+        "project": cfg.project.name,
+        "model": model, "builtin_model": model == "builtin:tiny",
+        "dataset": cfg.dataset.source,
+        "task_rewards": [{"name": n, "weight": w} for n, w, _ in build_all(cfg.task)],
+        "task_metric": metric,
+        "carl": {"enabled": cfg.rewards.carl.enabled, "weight": cfg.rewards.carl.weight,
+                 "weights": cfg.rewards.carl.weights.model_dump()},
+        "cascade": cfg.cascade.model_dump(),
+        "lora": cfg.lora.model_dump() if cfg.lora.enabled else None,
+        "device": device, "gpus": cfg.compute.gpus, "vllm": cfg.compute.vllm,
+        "grpo": {k: v for k, v in grpo_args(cfg, "<run_dir>/checkpoints", device).items() if k != "output_dir"},
+        "tracking": {"trackio": cfg.tracking.trackio, "project": cfg.tracking.project or cfg.project.name},
+        "launch": launch, "command": cmd,
+    }
+
+
+def _untempered(cfg) -> bool:
+    return cfg.grpo.temperature == 1.0 and cfg.compute.vllm == "off"
+
+
+class RewardState:
+    """Shared between the reward functions, the trainer and the frame callback (one process)."""
+
+    def __init__(self, cfg, cascade, tokenizer, on_event: Callable[[dict[str, Any]], None]):
+        self.cfg, self.cascade, self.tokenizer, self.on_event = cfg, cascade, tokenizer, on_event
+        self.metric = task_metric_name(cfg)
+        self.trainer = None  # set once the trainer exists
+        self.capture = None
+        self.prompt_ids: list[list[int]] | None = None
+        self.task_means: dict[str, float] = {}
+        self.sample: str | None = None
+        self.capture_hits = 0
+        self.forward_hits = 0
+
+    def task_fn(self, name: str, fn: Callable[..., list[float]]) -> Callable[..., list[float]]:
+        def reward(prompts, completions, **kwargs):
+            values = [float(v) if v is not None else float("nan") for v in fn(prompts, completions, **kwargs)]
+            finite = [v for v in values if v == v]
+            self.task_means[name] = sum(finite) / len(finite) if finite else float("nan")
+            if name == self.metric and completions:
+                p, c = prompts[0], completions[0]
+                self.sample = (f"{_as_text(p)}{_as_text(c)}")[-SAMPLE_CHARS:]
+            return values
+
+        reward.__name__ = name
+        return reward
+
+    def field(self, completion_ids):
+        """(phi, selected, mask) for this batch: the generation capture when it matches, else one forward."""
+        from engine.rewards import field_from_forward
+
+        if self.capture is not None:
+            got = self.capture.field(completion_ids)
+            self.capture.reset()
+            self.capture.active = True
+            if got is not None:
+                self.capture_hits += 1
+                return got
+        if self.prompt_ids is None or len(self.prompt_ids) != len(completion_ids):
+            raise RuntimeError("CARL reward: prompt token ids of this batch are unknown")
+        self.forward_hits += 1
+        model = self.trainer.model
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        return field_from_forward(model, self.prompt_ids, completion_ids, pad)
+
+    def carl_fn(self) -> Callable[..., list[float]]:
+        from engine.rewards import carl_from_field
+
+        weights = self.cfg.rewards.carl.weights.model_dump()
+
+        def carl(prompts, completions, completion_ids=None, trainer_state=None, log_metric=None, **kwargs):
+            step = int(getattr(trainer_state, "global_step", 0) or 0) + 1  # the step these rewards train
+            metric_value = self.task_means.get(self.metric, float("nan"))
+            phi, sel, mask = self.field(completion_ids)
+            comps = carl_from_field(phi, sel, mask, weights)
+            cryst = float(comps["crystallizations"].mean())
+            event = self.cascade.observe(step, {self.metric: metric_value, "crystallization": cryst})
+            if event is not None:
+                self.on_event(event.to_dict())
+            raw = comps["carl"].tolist()
+            out = self.cascade.combine(raw, step)
+            if log_metric is not None:
+                log_metric("carl/reward", float(comps["carl"].mean()))
+                for k in ("coherence", "cloud", "discontinuity"):
+                    log_metric(f"carl/{k}", float(comps[k].mean()))
+                log_metric("carl/phi", float(comps["phi_mean"].mean()))
+                log_metric("carl/crystallization", cryst)
+                log_metric("carl/weight", self.cascade.carl_weight(step))
+                log_metric("carl/stage_b", 1.0 if self.cascade.stage == "B" else 0.0)
+            return out
+
+        carl.__name__ = "carl"
+        return carl
+
+
+def _as_text(x: Any) -> str:
+    if isinstance(x, list):
+        return "".join(str(m.get("content", "")) for m in x if isinstance(m, dict))
+    return str(x)
+
+
+def make_trainer_class():
+    from trl import GRPOTrainer
+
+    class CarlGRPOTrainer(GRPOTrainer):
+        carl_state: RewardState | None = None
+
+        def _tokenize_prompts(self, prompts):
+            out = super()._tokenize_prompts(prompts)
+            if self.carl_state is not None:
+                self.carl_state.prompt_ids = [list(p) for p in out[0]]
+            return out
+
+    return CarlGRPOTrainer
+
+
+def attach_capture(model, capture) -> None:
+    """Make every ``model.generate`` call also feed ``capture`` (a logits processor appended last)."""
+    from transformers import LogitsProcessorList
+
+    original = model.generate
+
+    def generate(*args, **kwargs):
+        capture.reset()
+        capture.active = True
+        procs = LogitsProcessorList(list(kwargs.pop("logits_processor", None) or []) + [capture])
+        return original(*args, logits_processor=procs, **kwargs)
+
+    model.generate = generate
+
+
+def load_model_and_tokenizer(cfg, device: str, log: Callable[[str], None] = lambda m: None):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    name = cfg.model.name_or_path
+    if name == "builtin:tiny":
+        from engine.trainer.tiny import ensure_tiny
+
+        path = str(ensure_tiny(log=log))
+        tok_path = path
+    else:
+        path = name
+        tok_path = cfg.model.tokenizer or name
+    dtype = {"auto": "auto" if device == "cuda" else torch.float32, "float32": torch.float32,
+             "bfloat16": torch.bfloat16, "float16": torch.float16}[cfg.model.dtype]
+    try:
+        tok = AutoTokenizer.from_pretrained(tok_path, trust_remote_code=cfg.model.trust_remote_code)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, trust_remote_code=cfg.model.trust_remote_code)
+    except OSError as exc:
+        raise ConfigError(f"cannot load model {name!r}: {exc}".split("\n")[0],
+                          hint="Use a local path, a Hub id reachable from here, or builtin:tiny.",
+                          context={"model": name}) from None
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    tok.padding_side = "left"
+    return model, tok
+
+
+def peft_config(cfg):
+    if not cfg.lora.enabled:
+        return None
+    from peft import LoraConfig
+
+    return LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
+                      target_modules=cfg.lora.target_modules, task_type="CAUSAL_LM")
+
+
+def build_trainer(cfg, run_dir: Path, model, tokenizer, train_rows, cascade, *, callbacks=(),
+                  on_event: Callable[[dict[str, Any]], None] = lambda e: None):
+    """A ready CarlGRPOTrainer and its RewardState."""
+    from trl import GRPOConfig
+
+    from engine.rewards import GenerationCapture
+    from engine.trainer.data import to_dataset
+    from engine.trainer.task_rewards import build_all
+
+    device = resolve_device(cfg)
+    args = GRPOConfig(**grpo_args(cfg, Path(run_dir) / "checkpoints", device))
+    state = RewardState(cfg, cascade, tokenizer, on_event)
+    funcs, weights = [], []
+    for name, weight, fn in build_all(cfg.task):
+        funcs.append(state.task_fn(name, fn))
+        weights.append(weight)
+    if cfg.rewards.carl.enabled:
+        funcs.append(state.carl_fn())
+        weights.append(1.0)  # the cascade applies the CARL weight and its warm-up
+    args.reward_weights = weights
+    cls = make_trainer_class()
+    trainer = cls(model=model, reward_funcs=funcs, args=args, train_dataset=to_dataset(train_rows),
+                  processing_class=tokenizer, peft_config=peft_config(cfg), callbacks=list(callbacks))
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+    for cb in (PrinterCallback, ProgressCallback):  # frames and stdout.log lines are carl's own
+        trainer.remove_callback(cb)
+    trainer.carl_state = state
+    state.trainer = trainer
+    if cfg.rewards.carl.enabled and _untempered(cfg) and os.environ.get("CARL_REWARD_FORWARD") != "1":
+        state.capture = GenerationCapture()
+        attach_capture(trainer.model, state.capture)
+    return trainer, state

@@ -124,3 +124,24 @@ def test_remote_config_defaults_and_field_paths():
     with pytest.raises(ConfigError) as ei3:
         remote_settings({"default_backend": "aws"})
     assert ei3.value.context["errors"][0]["field"] == "remote.default_backend"
+
+
+def test_credential_status_is_masked(monkeypatch):
+    from engine.remote.jobs import credential_status
+
+    monkeypatch.setenv("RUNPOD_API_KEY", "rpa_ABCDEFGHIJKLMNOP1234")
+    rows = {r["backend"]: r for r in credential_status(remote_settings({}))}
+    assert rows["runpod"]["present"] and rows["runpod"]["env_var"] == "RUNPOD_API_KEY"
+    assert "ABCDEFGH" not in rows["runpod"]["shown"] and rows["runpod"]["shown"].endswith("22 chars)")
+    assert rows["hf"] == {"backend": "hf", "env_var": "HF_TOKEN", "present": False, "shown": "not set"}
+
+
+@pytest.mark.parametrize("backend,remote", [("runpod", {}), ("managed", {"managed": {"url": "https://m.invalid"},
+                                                                           "prices": {"gpu-1x": 1.0}})])
+def test_dry_run_needs_no_credentials_and_sends_nothing(backend, remote):
+    from engine.remote.jobs import submit_job
+
+    out = submit_job(validate_dict({"remote": remote}), backend, dry_run=True)
+    assert out["dry_run"] and out["request"]["method"] == "POST"
+    assert out["request"]["headers"]["Authorization"] == "Bearer ***"
+    assert store.list_jobs() == []

@@ -132,7 +132,7 @@ def test_credential_status_is_masked(monkeypatch):
     monkeypatch.setenv("RUNPOD_API_KEY", "rpa_ABCDEFGHIJKLMNOP1234")
     rows = {r["backend"]: r for r in credential_status(remote_settings({}))}
     assert rows["runpod"]["present"] and rows["runpod"]["env_var"] == "RUNPOD_API_KEY"
-    assert "ABCDEFGH" not in rows["runpod"]["shown"] and rows["runpod"]["shown"].endswith("22 chars)")
+    assert "ABCDEFGH" not in rows["runpod"]["shown"] and rows["runpod"]["shown"] == "set (rpa_…1234, 24 chars)"
     assert rows["hf"] == {"backend": "hf", "env_var": "HF_TOKEN", "present": False, "shown": "not set"}
 
 

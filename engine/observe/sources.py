@@ -671,7 +671,7 @@ def file_source(path: str | Path) -> Source:
                               context={"path": str(p)})
     if p.name == "trainer_state.json" or p.suffix == ".json":
         return TrainerStateSource(p)
-    if p.name == "frames.jsonl" and (p.parent / "meta.json").exists():
+    if p.name == "frames.jsonl":  # carl's own run layout: the directory is the run
         return JsonlSource(p, run=p.parent.name, run_dir=p.parent)
     return JsonlSource(p, run=p.stem)
 

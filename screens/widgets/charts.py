@@ -1,0 +1,124 @@
+"""MetricChart: a terminal line chart (textual-plotext) with an optional horizontal SIGMA line.
+
+Feed it as fast as frames arrive — ``set_series`` / ``append`` only store data and mark the chart dirty; a
+timer redraws at most ``fps`` times a second (default 10), so a burst of a thousand frames costs one redraw.
+Long series are thinned (every k-th point, the last one always kept) to about two points per column:
+plotext's "hd" marker draws 2×2 dots per cell, so nothing visible is lost.
+
+    chart = MetricChart("Φ", sigma=3 / 16)
+    chart.set_series("phi", steps, values)
+    chart.append("phi", [101], [0.21])
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Sequence
+
+from textual_plotext import PlotextPlot
+
+DEFAULT_MARKER = os.environ.get("CARL_CHART_MARKER", "hd")  # "hd" (quadrant blocks), "braille", "dot", "sd"
+COLORS = ("cyan", "magenta", "yellow", "green", "blue", "red")
+
+
+class MetricChart(PlotextPlot):
+    DEFAULT_CSS = """
+    MetricChart { height: 1fr; width: 1fr; min-height: 6; }
+    """
+
+    def __init__(self, title: str, *, sigma: float | None = None, sigma_label: str = "σ", fps: float = 10.0,
+                 marker: str | None = None, y_label: str = "", name: str | None = None, id: str | None = None,
+                 classes: str | None = None):
+        super().__init__(name=name, id=id, classes=classes)
+        self.title = title
+        self.sigma = sigma
+        self.sigma_label = sigma_label
+        self.fps = min(float(fps), 10.0)
+        self.marker = marker or DEFAULT_MARKER
+        self.y_label = y_label
+        self._series: dict[str, tuple[list[float], list[float]]] = {}
+        self._dirty = True
+        self.redraws = 0  # how many times the plot was rebuilt (tests check the rate bound)
+
+    # ── data API ──────────────────────────────────────────────────────────────────────────────────────
+    def set_series(self, name: str, xs: Sequence[float], ys: Sequence[float]) -> None:
+        """Replace one named line."""
+        self._series[name] = (list(xs), list(ys))
+        self._dirty = True
+
+    def append(self, name: str, xs: Sequence[float], ys: Sequence[float]) -> None:
+        """Extend one named line (creating it if needed)."""
+        cur = self._series.setdefault(name, ([], []))
+        cur[0].extend(xs)
+        cur[1].extend(ys)
+        self._dirty = True
+
+    def clear(self) -> None:
+        self._series.clear()
+        self._dirty = True
+
+    def set_title(self, title: str) -> None:
+        if title != self.title:
+            self.title = title
+            self._dirty = True
+
+    def series_names(self) -> list[str]:
+        return list(self._series)
+
+    def __len__(self) -> int:
+        return sum(len(xs) for xs, _ in self._series.values())
+
+    # ── drawing ───────────────────────────────────────────────────────────────────────────────────────
+    def on_mount(self) -> None:
+        super().on_mount()
+        self.set_interval(1.0 / self.fps, self.flush)
+
+    def on_resize(self) -> None:
+        self._dirty = True
+
+    def flush(self) -> None:
+        """Redraw now if anything changed (the timer calls this; tests may too)."""
+        if not self._dirty or not self.is_mounted:
+            return
+        self._dirty = False
+        self._replot()
+        self.redraws += 1
+        self.refresh()
+
+    def _thin(self, xs: list[float], ys: list[float]) -> tuple[list[float], list[float]]:
+        limit = max(2 * max(self.size.width, 20), 100)
+        if len(xs) <= limit:
+            return xs, ys
+        k = -(-len(xs) // limit)
+        txs, tys = xs[::k], ys[::k]
+        if txs[-1] != xs[-1]:
+            txs.append(xs[-1])
+            tys.append(ys[-1])
+        return txs, tys
+
+    def _replot(self) -> None:
+        plt = self.plt
+        plt.clear_data()
+        plt.clear_color() if hasattr(plt, "clear_color") else None
+        plt.title(self.title)
+        if self.y_label:
+            plt.ylabel(self.y_label)
+        drawn = 0
+        lo = hi = None
+        for i, (name, (xs, ys)) in enumerate(self._series.items()):
+            if not xs:
+                continue
+            txs, tys = self._thin(xs, ys)
+            plt.plot(txs, tys, marker=self.marker, color=COLORS[i % len(COLORS)],
+                     label=name if len(self._series) > 1 else None)
+            drawn += 1
+            lo = min(tys) if lo is None else min(lo, min(tys))
+            hi = max(tys) if hi is None else max(hi, max(tys))
+        if self.sigma is not None and drawn:
+            plt.hline(self.sigma, "red")
+            lo, hi = min(lo, self.sigma), max(hi, self.sigma)
+        if drawn and lo is not None and hi is not None:
+            pad = (hi - lo) * 0.08 or abs(hi) * 0.1 or 0.1
+            plt.ylim(lo - pad, hi + pad)
+        if not drawn:
+            plt.title(f"{self.title} — no data")

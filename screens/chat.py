@@ -360,7 +360,16 @@ class ChatScreen(Screen):
                 answer["ok"] = bool(ok)
                 done.set()
 
-            self.app.push_screen(ApprovalModal(spec.name, spec.ledger_action, tool_input, decision), decided)
+            estimate = (decision.get("details") or {}).get("estimate")
+            modal: ModalScreen[bool] = ApprovalModal(spec.name, spec.ledger_action, tool_input, decision)
+            if estimate:  # paid compute: the remote jobs' modal shows backend, flavor, cost and budget
+                try:
+                    from screens.approval import ApprovalScreen
+
+                    modal = ApprovalScreen(estimate)
+                except ImportError:
+                    pass
+            self.app.push_screen(modal, decided)
 
         self.app.call_from_thread(show)
         while not done.wait(0.1):

@@ -236,3 +236,125 @@ def test_cancel_mid_stream_keeps_the_partial_reply(project, server):
     assert res.stop_reason == "cancelled" and res.reply == seen[0] and len(srv.requests) == 1
     assert SessionStore(carl_home().sessions_db).messages(res.session)[-1] == {
         "role": "assistant", "content": [{"type": "text", "text": seen[0]}]}
+
+
+# ------------------------------------------------------------------------------------------------ real engine tools
+def _make_run(phis, store=None):
+    """A real run directory (RunStore.create) with a frames.jsonl written by engine.frames.FrameWriter."""
+    from engine.config import Config
+    from engine.frames import Frame, FrameWriter
+    from engine.runs import RunStore
+
+    store = store or RunStore(carl_home())
+    run_id = store.create(Config().to_yaml(), {"preset": "tiny-cpu"})
+    with FrameWriter(store.run_dir(run_id) / "frames.jsonl") as w:
+        for i, phi in enumerate(phis):
+            w.write(Frame(step=i + 1, phi=phi, entropy=1.0 - phi, reward_mean=0.1 + phi, task_reward=phi,
+                          gate="A" if i < len(phis) // 2 else "B", loss=0.5 - phi / 2, lr=1e-4, timestamp=1.0 + i))
+    return run_id
+
+
+def _tool_results(srv, i):
+    return srv.requests[i]["body"]["messages"][-1]["content"]
+
+
+def test_observe_list_show_diff_on_real_runs(project, server, capsys):
+    pytest.importorskip("engine.runs")
+    from engine.observe.analysis import summarize
+    from engine.observe.diff import diff_runs
+    from engine.observe.sources import open_source
+
+    rising = [0.02 + 0.5 * i / 39 for i in range(40)]
+    flat = [0.05] * 40
+    run_a, run_b = _make_run(rising), _make_run(flat)
+    srv = server([tool_use("list_runs", {}, tid="l"), tool_use("observe_run", {"run": run_a}, tid="o"),
+                  tool_use("show_run", {"run": run_b}, tid="s"),
+                  tool_use("diff_runs", {"run_a": run_a, "run_b": run_b}, tid="d"),
+                  text("Run A crystallized; run B is stuck guessing.")])
+    code, (out,), err = ask(capsys, "is run A collapsing? compare it with B")
+    assert code == 0, err
+    assert [(c["name"], c["ok"]) for c in out["tool_calls"]] == [
+        ("list_runs", True), ("observe_run", True), ("show_run", True), ("diff_runs", True)]
+    listed = json.loads(_tool_results(srv, 1)[0]["content"])
+    assert {r["run_id"] for r in listed["runs"]} == {run_a, run_b}
+    observed = json.loads(_tool_results(srv, 2)[0]["content"])
+    src = open_source(run=run_a, home=carl_home())
+    frames, skipped = src.load()
+    expect = json.loads(json.dumps(summarize(frames, source=src.label, run=src.run, skipped=skipped)))
+    assert observed == expect and observed["n_frames"] == 40 and observed["phase"] is not None
+    shown = json.loads(_tool_results(srv, 3)[0]["content"])
+    assert shown["run_id"] == run_b and shown["last_step"] == 40
+    diffed = json.loads(_tool_results(srv, 4)[0]["content"])
+    fb, _ = open_source(run=run_b, home=carl_home()).load()
+    assert diffed["run_a"] == run_a and diffed["run_b"] == run_b
+    assert {k: v for k, v in diffed.items() if k not in ("run_a", "run_b")} == json.loads(
+        json.dumps(diff_runs(frames, fb)))
+
+
+def test_probe_tool_on_a_real_logits_file(project, server, capsys):
+    np = pytest.importorskip("numpy")
+    from engine.probe import CoherenceProbe
+
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(2, 12, 50)).astype(np.float32)
+    logits[:, 6:, 3] += 12.0  # the second half is confident: high phi
+    np.save(project / "logits.npy", logits)
+    srv = server([tool_use("probe_logits", {"logits": "logits.npy"}), text("Phi rises in the second half.")])
+    code, (out,), err = ask(capsys, "probe logits.npy")
+    assert code == 0, err and out["tool_calls"][0]["ok"] is True
+    got = json.loads(_tool_results(srv, 1)[0]["content"])
+    want = json.loads(json.dumps(CoherenceProbe().measure(logits).to_dict()))
+    assert got["n_tokens"] == 24 and got["vocab_size"] == 50
+    for k in ("phi_mean", "phi_std", "phi_min", "phi_max", "entropy_mean", "crystallized_fraction", "rewards"):
+        assert got[k] == pytest.approx(want[k]), k
+    assert got["phi"] == pytest.approx(want["phi"])
+
+
+def test_effectful_tools_refused_in_batch_without_approve(project, server, capsys):
+    pytest.importorskip("engine.runs")
+    from engine.ledger import Ledger
+    from engine.runs import RunStore
+
+    srv = server([tool_use("start_training", {"preset": "tiny-cpu", "lora": True}, tid="st"),
+                  text("I could not start it: it needs your approval.")])
+    code, (out,), err = ask(capsys, "start the tiny demo with LoRA")
+    assert code == 5
+    assert json.loads(err.strip().splitlines()[-1])["error"]["code"] == "carl.approval.required"
+    assert out["tool_calls"] == [{"name": "start_training", "input": {"preset": "tiny-cpu", "lora": True,
+                                                                     "sets": []},
+                                  "ok": False, "error": "carl.approval.required"}]
+    assert out["reply"] == "I could not start it: it needs your approval."
+    res = _tool_results(srv, 1)[0]
+    assert res["is_error"] is True and "carl.approval.required" in res["content"]
+    assert RunStore(carl_home()).ids() == []  # nothing started
+    (block,) = Ledger(carl_home()).blocks(action="chat.tool_call")
+    assert block["payload"]["tool"] == "start_training" and block["payload"]["approved"] is False
+    assert block["payload"]["error"] == "carl.approval.required"
+
+
+def test_effectful_tool_with_approve_runs(project, server, capsys):
+    pytest.importorskip("engine.runs")
+    from engine.ledger import Ledger
+
+    run_id = _make_run([0.1, 0.2])
+    srv = server([tool_use("stop_run", {"run": run_id}), text("It was never started, nothing to stop.")])
+    code, (out,), err = ask(capsys, "stop that run", "--approve")
+    assert code == 0, err
+    assert out["tool_calls"][0]["ok"] is True
+    got = json.loads(_tool_results(srv, 1)[0]["content"])
+    assert got == {"run_id": run_id, "status": "created", "stopped": False}
+    (block,) = Ledger(carl_home()).blocks(action="chat.tool_call")
+    assert block["payload"]["approved"] is True and block["payload"]["action"] == "run.stop"
+
+
+def test_remote_submit_goes_through_the_estimate_and_policy(project, server, capsys, monkeypatch):
+    """Approved, but no HF token: the engine's own credential error reaches the model as a tool error."""
+    pytest.importorskip("engine.remote.jobs")
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.setenv("HF_HOME", str(project / "hf-home"))
+    srv = server([tool_use("submit_remote_job", {"backend": "hf"}), text("No token.")])
+    code, (out,), err = ask(capsys, "run it on HF", "--approve")
+    assert code == 0, err
+    call = out["tool_calls"][0]
+    assert call["ok"] is False and call["error"] == "carl.credential"
+    assert _tool_results(srv, 1)[0]["is_error"] is True

@@ -245,8 +245,10 @@ def policy_decision(spec: ToolSpec, tool_input: dict[str, Any], ctx: ToolContext
                 "reason": "no ledger policy engine available", "kind": spec.ledger_action}
     if call.get("decision") == "deny" or not spec.effectful:
         return call
-    fields = spec.policy_fields(tool_input, ctx) if spec.policy_fields else {}
+    details = spec.policy_fields(tool_input, ctx) if spec.policy_fields else {}
+    fields = {k: v for k, v in details.items() if k != "estimate"}
     own = _evaluate({"kind": spec.ledger_action, "tool": spec.name, "approved": False, **fields}, ctx) or {}
+    own = {**own, "details": details} if details else own
     if own.get("decision") == "deny":
         return own
     return {**own, "decision": "needs_approval",
@@ -390,7 +392,6 @@ def _store(ctx: ToolContext, deps: dict[str, Any]):
 
 def _list_runs(args: ListRunsInput, ctx: ToolContext, deps: dict[str, Any]) -> Any:
     runs = _jsonable(_store(ctx, deps).list())
-    runs = runs.get("runs", runs) if isinstance(runs, dict) else runs
     return {"runs": runs[: args.limit], "total": len(runs)}
 
 
@@ -398,26 +399,33 @@ def _show_run(args: RunRef, ctx: ToolContext, deps: dict[str, Any]) -> Any:
     return _store(ctx, deps).show(args.run)
 
 
+def _frames(ref: str, ctx: ToolContext, deps: dict[str, Any]):
+    src = deps["open_source"](run=ref, home=ctx.home)
+    frames, skipped = src.load()
+    return src, frames, skipped
+
+
 def _diff_runs(args: DiffInput, ctx: ToolContext, deps: dict[str, Any]) -> Any:
-    store = _store(ctx, deps)
-    return deps["diff_runs"](store.run_dir(args.run_a), store.run_dir(args.run_b))
+    src_a, frames_a, _ = _frames(args.run_a, ctx, deps)
+    src_b, frames_b, _ = _frames(args.run_b, ctx, deps)
+    return {"run_a": src_a.run, "run_b": src_b.run, **_jsonable(deps["diff_runs"](frames_a, frames_b))}
 
 
 def _observe(args: ObserveInput, ctx: ToolContext, deps: dict[str, Any]) -> Any:
     if bool(args.run) == bool(args.file):
         raise ValidationError("observe_run needs exactly one of run or file")
     if args.run:
-        path = _store(ctx, deps).run_dir(args.run) / "frames.jsonl"
+        src, frames, skipped = _frames(args.run, ctx, deps)
     else:
-        path = ctx.resolve_path(args.file or "")
-    return deps["summarize_file"](path)
+        src = deps["open_source"](file=ctx.resolve_path(args.file or ""), home=ctx.home)
+        frames, skipped = src.load()
+    return deps["summarize"](frames, source=src.label, run=src.run, skipped=skipped)
 
 
 def _probe(args: ProbeInput, ctx: ToolContext, deps: dict[str, Any]) -> Any:
-    result = deps["probe_file"](ctx.resolve_path(args.logits),
-                                ctx.resolve_path(args.tokens) if args.tokens else None,
-                                allow_masked=args.allow_masked)
-    result = _jsonable(result)
+    logits, tokens = deps["load_logits_file"](ctx.resolve_path(args.logits),
+                                              ctx.resolve_path(args.tokens) if args.tokens else None)
+    result = _jsonable(deps["CoherenceProbe"]().measure(logits, tokens, allow_masked=args.allow_masked))
     if isinstance(result, dict) and isinstance(result.get("phi"), list) and len(result["phi"]) > 64:
         phi = result["phi"]
         result = {**result, "phi": phi[:64], "phi_truncated": f"first 64 of {len(phi)} tokens shown"}
@@ -436,34 +444,59 @@ def _ledger_show(args: LedgerShowInput, ctx: ToolContext, deps: dict[str, Any]) 
     return {"blocks": _jsonable(deps["Ledger"](ctx.home).blocks(last=args.last))}
 
 
+def _training_config(args: StartTrainingInput, ctx: ToolContext):
+    from engine.config import PRESETS, apply_overrides, find_config, load_config, validate_dict
+
+    sets = [*ctx.sets, *args.overrides()]
+    if args.preset:
+        return validate_dict(apply_overrides(PRESETS[args.preset], sets), source=f"preset {args.preset}"), None
+    return load_config(ctx.config_path, sets, cwd=ctx.cwd)[0], find_config(ctx.config_path, ctx.cwd)
+
+
 def _start_training(args: StartTrainingInput, ctx: ToolContext, deps: dict[str, Any]) -> Any:
-    return _store(ctx, deps).start(config_path=None if args.preset else ctx.config_path, preset=args.preset,
-                                   sets=[*ctx.sets, *args.overrides()], cwd=ctx.cwd, detach=True)
+    cfg, path = _training_config(args, ctx)
+    plan = deps["plan"](cfg, path)
+    store = _store(ctx, deps)
+    run_id = store.create(cfg.to_yaml(), plan, config_path=str(path) if path else None)
+    pid = store.spawn(run_id, gpus=max(1, cfg.compute.gpus))
+    return {"run_id": run_id, "pid": pid, "run_dir": str(store.run_dir(run_id)), "project": cfg.project.name,
+            "max_steps": cfg.grpo.max_steps, "lora": cfg.lora.enabled}
 
 
 def _stop_run(args: RunRef, ctx: ToolContext, deps: dict[str, Any]) -> Any:
     return _store(ctx, deps).stop(args.run)
 
 
+def _job_estimate(tool_input: dict[str, Any], ctx: ToolContext) -> dict[str, Any]:
+    from engine.remote.jobs import estimate_job
+
+    est = estimate_job(ctx.load_config(), tool_input.get("backend"), budget=tool_input.get("budget_usd"),
+                       home=ctx.home)
+    return {"backend": est.get("backend"), "flavor": est.get("flavor"), "estimated_usd": est.get("estimated_usd"),
+            "estimate": est}
+
+
 def _submit_job(args: SubmitJobInput, ctx: ToolContext, deps: dict[str, Any]) -> Any:
-    return deps["submit"](backend=args.backend, config=ctx.load_config(), budget_usd=args.budget_usd, approved=True)
+    via = "chat --approve" if ctx.surface == "chat" and ctx.approver is not None else f"{ctx.surface} approval"
+    return deps["submit_job"](ctx.load_config(), args.backend, approve=True, via=via, budget=args.budget_usd,
+                              config_path=ctx.config_path, home=ctx.home)
 
 
 # ============================================================================================ the set
 TOOL_SPECS: tuple[ToolSpec, ...] = (
     ToolSpec("probe_logits", "Measure the coherence field Phi over a saved logits file: per-token phi, its mean/std/"
              "min/max, entropy, kappa, sigma, the crystallized fraction and the CARL reward components.",
-             ProbeInput, ("engine.probe:probe_file",), _probe, ledger_action="probe.run"),
+             ProbeInput, ("engine.probe:CoherenceProbe", "engine.probe:load_logits_file"), _probe, ledger_action="probe.run"),
     ToolSpec("observe_run", "Summarize a training run's metrics: steps, Phi statistics, the phase (guessing, "
              "crystallizing, knowing), the crystallization step and health findings (e.g. collapse, flat reward).",
-             ObserveInput, ("engine.observe:summarize_file", "engine.runs:RunStore"), _observe,
+             ObserveInput, ("engine.observe.sources:open_source", "engine.observe.analysis:summarize"), _observe,
              ledger_action="observe.summary"),
     ToolSpec("list_runs", "List training runs (local and remote) with status, backend, start time and last step.",
              ListRunsInput, ("engine.runs:RunStore",), _list_runs, ledger_action="run.list"),
     ToolSpec("show_run", "Show one run: status, backend, pid, directory, start/end, last step and its config.",
              RunRef, ("engine.runs:RunStore",), _show_run, ledger_action="run.show"),
     ToolSpec("diff_runs", "Compare two runs: config differences and metric deltas (Phi, rewards, phase).",
-             DiffInput, ("engine.runs:RunStore", "engine.observe.diff:diff_runs"), _diff_runs,
+             DiffInput, ("engine.observe.sources:open_source", "engine.observe.diff:diff_runs"), _diff_runs,
              ledger_action="run.diff"),
     ToolSpec("show_config", "Show the project's carl.yaml in force (or the built-in tiny demo) with every default "
              "filled in.", NoInput, ("engine.config:load_config",), _show_config, ledger_action="project.show"),
@@ -478,13 +511,14 @@ TOOL_SPECS: tuple[ToolSpec, ...] = (
              ("engine.ledger:Ledger",), _ledger_show, ledger_action="ledger.show"),
     ToolSpec("start_training", "Start a local cascade GRPO training run in the background (needs the user's "
              "approval). Uses the project's carl.yaml or a preset, with optional LoRA / max_steps / overrides.",
-             StartTrainingInput, ("engine.runs:RunStore",), _start_training, effectful=True,
+             StartTrainingInput, ("engine.runs:RunStore", "engine.trainer.grpo:plan"), _start_training, effectful=True,
              ledger_action="run.start"),
     ToolSpec("stop_run", "Stop a running training run gracefully (checkpoint flushed; needs the user's approval).",
              RunRef, ("engine.runs:RunStore",), _stop_run, effectful=True, ledger_action="run.stop"),
     ToolSpec("submit_remote_job", "Submit the project's training as a remote job on hf, runpod or managed "
              "compute (costs money; needs the user's approval and respects the budget caps).", SubmitJobInput,
-             ("engine.remote:submit",), _submit_job, effectful=True, ledger_action="remote.submit"),
+             ("engine.remote.jobs:submit_job", "engine.remote.jobs:estimate_job"), _submit_job, effectful=True,
+             ledger_action="remote.submit", policy_fields=_job_estimate),
 )
 
 

@@ -171,3 +171,23 @@ async def test_escape_cancels_a_reply_in_flight(tmp_path, loop, monkeypatch):
         release.set()
         await _until(pilot, lambda: not chat.busy)
         assert chat.state == "cancelled"
+
+
+@pytest.mark.anyio
+async def test_paid_remote_submit_uses_the_remote_approval_modal(tmp_path, loop, monkeypatch):
+    """submit_remote_job carries the engine's cost estimate: the remote jobs' ApprovalScreen shows it; n refuses."""
+    pytest.importorskip("screens.approval")
+    monkeypatch.chdir(tmp_path)
+    srv = loop([tool_use("submit_remote_job", {"backend": "hf"}), text("Not submitted.")])
+    app = make_app(tmp_path)
+    async with app.run_test(size=(100, 30)) as pilot:
+        from screens.approval import ApprovalScreen
+
+        chat = _chat(app)
+        await pilot.press(*_type("train on hf"), "enter")
+        await _until(pilot, lambda: isinstance(app.screen, ApprovalScreen))
+        assert app.screen.estimate["backend"] == "hf" and app.screen.estimate["estimated_usd"] > 0
+        await pilot.press("n")
+        await _until(pilot, lambda: not chat.busy)
+    res = srv.requests[1]["body"]["messages"][-1]["content"][0]
+    assert res["is_error"] is True and "carl.approval.required" in res["content"]

@@ -46,10 +46,8 @@ def stale_after() -> float:
 
 def ledger_record(action: str, payload: dict[str, Any]) -> None:
     """Record an action in the ledger. Never lets bookkeeping kill a run: failures are reported on stderr."""
-    try:
-        from engine.ledger import record
-    except ImportError:  # the ledger is not installed in this tree yet
-        return
+    from engine.ledger import record
+
     try:
         record(action, payload)
     except CARLError as exc:
@@ -176,6 +174,17 @@ class JsonlTail:
         return out
 
 
+def worker_command(run_dir: str, *, gpus: int = 1, resume: bool = False) -> list[str]:
+    """The exact worker command: ``python -m engine.trainer.worker RUN_DIR``, or through ``accelerate launch``
+    (TRL's multi-GPU path) when ``gpus > 1``."""
+    tail = ["-m", "engine.trainer.worker", run_dir] + (["--resume"] if resume else [])
+    if gpus > 1:
+        acc = Path(sys.executable).parent / "accelerate"
+        return [str(acc) if acc.exists() else "accelerate", "launch", "--multi_gpu", "--num_processes",
+                str(gpus)] + tail
+    return [sys.executable] + tail
+
+
 # ------------------------------------------------------------------------------------------ store
 class RunStore:
     def __init__(self, home: CarlHome | None = None):
@@ -295,12 +304,7 @@ class RunStore:
 
     # ---- processes
     def worker_command(self, run_id: str, *, gpus: int = 1, resume: bool = False) -> list[str]:
-        d = str(self.run_dir(run_id))
-        tail = ["-m", "engine.trainer.worker", d] + (["--resume"] if resume else [])
-        if gpus > 1:
-            return [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes",
-                    str(gpus)] + tail
-        return [sys.executable] + tail
+        return worker_command(str(self.run_dir(run_id)), gpus=gpus, resume=resume)
 
     def spawn(self, run_id: str, *, gpus: int = 1, resume: bool = False) -> int:
         d = self.run_dir(run_id)

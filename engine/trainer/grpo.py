@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import sys
 from pathlib import Path
 from typing import Any, Callable
 
@@ -85,12 +84,12 @@ def plan(cfg, config_path: Path | None, *, run_dir: str = "<run_dir>") -> dict[s
     metric = task_metric_name(cfg)
     make_gate(cfg.cascade, metric)  # refuses unavailable modes now rather than in the worker
     device = resolve_device(cfg)
-    cmd = [sys.executable, "-m", "engine.trainer.worker", run_dir]
-    launch = "python -m engine.trainer.worker " + run_dir
-    if cfg.compute.gpus > 1:
-        cmd = ["accelerate", "launch", "--multi_gpu", "--num_processes", str(cfg.compute.gpus),
-               "-m", "engine.trainer.worker", run_dir]
-        launch = " ".join(cmd)
+    import shlex
+
+    from engine.runs import worker_command
+
+    cmd = worker_command(run_dir, gpus=cfg.compute.gpus)
+    launch = shlex.join(cmd)
     model = cfg.model.name_or_path
     return {
         "config": str(config_path) if config_path else None,

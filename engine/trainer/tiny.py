@@ -58,8 +58,14 @@ def cache_root() -> Path:
     return carl_home().cache
 
 
-def tiny_dir(root: Path | None = None, sft_steps: int = SFT_STEPS) -> Path:
-    return (root or cache_root()) / f"tiny-v{VERSION}-sft{sft_steps}"
+def sft_steps_default() -> int:
+    """Warm-start steps: ``CARL_TINY_SFT_STEPS`` (tests and ablations use short ones), else SFT_STEPS."""
+    raw = os.environ.get("CARL_TINY_SFT_STEPS")
+    return int(raw) if raw and raw.isdigit() else SFT_STEPS
+
+
+def tiny_dir(root: Path | None = None, sft_steps: int | None = None) -> Path:
+    return (root or cache_root()) / f"tiny-v{VERSION}-sft{sft_steps if sft_steps is not None else sft_steps_default()}"
 
 
 def build_tokenizer():
@@ -128,10 +134,11 @@ def greedy_accuracy(model, tok, pairs, *, max_new_tokens: int = 5, batch: int = 
     return correct / max(1, len(pairs))
 
 
-def ensure_tiny(root: Path | None = None, *, sft_steps: int = SFT_STEPS, log=None) -> Path:
+def ensure_tiny(root: Path | None = None, *, sft_steps: int | None = None, log=None) -> Path:
     """Build (once) and return the directory holding the warm-started tiny model and its tokenizer."""
     from filelock import FileLock
 
+    sft_steps = sft_steps if sft_steps is not None else sft_steps_default()
     out = tiny_dir(root, sft_steps)
     if (out / "carl_tiny.json").is_file():
         return out

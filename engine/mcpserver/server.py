@@ -1,0 +1,226 @@
+"""carl as an MCP server, on the SDK's low-level :class:`mcp.server.lowlevel.Server`.
+
+Why the low-level server and not ``MCPServer`` (the high-level one, formerly FastMCP): ``MCPServer`` derives a
+tool's input schema from a Python function signature, so carl's tools would need wrapper functions whose
+signatures re-declare every field — a second copy of the chat tools that could drift. The low-level server
+takes the schema as data, so the list below is the chat registry's ``ToolSpec.input_schema()`` verbatim and
+each call goes through ``Registry.call`` (validation, ledger policy, approval, handler, one ledger block) —
+exactly the path the chat agent takes. Resources are four JSON documents, which the low-level handlers serve
+just as directly.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import anyio
+import mcp.types as types
+from mcp.server.lowlevel import Server
+from mcp.shared.exceptions import MCPError
+
+from engine.chat.tools import Registry, ToolContext, ToolOutcome, build_registry
+from engine.errors import CARLError, RunNotFound, ValidationError
+from engine.home import CarlHome
+from engine.mcpserver import resources as res
+from engine.mcpserver.gate import make_approver, parse_allow, refusal
+
+SERVER_NAME = "carl"
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+RESOURCE_NOT_FOUND = -32602  # INVALID_PARAMS, what the SDK's own MCPServer answers for an unknown resource
+
+INSTRUCTIONS = """carl is a workbench for Coherence-Aware Reinforcement Learning (CARL): GRPO training runs \
+whose reward includes the coherence field Phi. Read state through the resources (carl://runs, \
+carl://runs/<run_id>, carl://config, carl://ledger/tail) or the read-only tools (list_runs, show_run, \
+observe_run, diff_runs, probe_logits, show_config, validate_config, ledger_*). Tools with effects \
+(start_training, stop_run, submit_remote_job) need an approval given when the server was started \
+(`carl mcp --allow ACTION`); without it they return an error naming the approval needed. Every tool call is \
+recorded in carl's signed ledger."""
+
+
+@dataclass
+class ServerOptions:
+    home: CarlHome = field(default_factory=CarlHome.from_env)
+    cwd: Path = field(default_factory=Path.cwd)
+    config_path: Path | None = None
+    sets: list[str] = field(default_factory=list)
+    allow: Iterable[str] = ()
+    version: str = ""
+    session: str | None = None  # goes into each ledger block's payload (default: mcp-<pid>-<start time>)
+
+
+class CarlMCP:
+    """The registry's tools + carl's resources behind one low-level MCP server."""
+
+    def __init__(self, options: ServerOptions, registry: Registry | None = None):
+        self.options = options
+        self.registry = registry or build_registry()
+        self.allow = parse_allow(options.allow, self.registry)
+        session = options.session or f"mcp-{os.getpid()}-{time.strftime('%Y%m%dT%H%M%S')}"
+        self.ctx = ToolContext(home=options.home, cwd=options.cwd, config_path=options.config_path,
+                               sets=list(options.sets), approver=make_approver(self.allow), surface="mcp",
+                               session=session)
+        instructions = INSTRUCTIONS
+        if self.registry.unavailable:
+            instructions += "\nUnavailable here: " + "; ".join(f"{k} ({v})" for k, v in
+                                                              self.registry.unavailable.items())
+        if self.allow:
+            instructions += "\nApproved at start: " + ", ".join(sorted(self.allow)) + "."
+        self.server: Server[Any] = Server(
+            SERVER_NAME, version=options.version, title="carl", instructions=instructions,
+            description="Coherence-Aware RL workbench: runs, Phi probe, observe, ledger",
+            get_tool_input_schema=self._schema_of,
+            on_list_tools=self._list_tools, on_call_tool=self._call_tool,
+            on_list_resources=self._list_resources, on_list_resource_templates=self._list_templates,
+            on_read_resource=self._read_resource)
+
+    # ---------------------------------------------------------------------------------------- tools
+    def tools(self) -> list[types.Tool]:
+        out = []
+        for spec in self.registry.specs:
+            annotations = types.ToolAnnotations(
+                title=spec.name.replace("_", " "), read_only_hint=not spec.effectful,
+                destructive_hint=spec.effectful and spec.ledger_action.endswith(".stop"),
+                open_world_hint=spec.ledger_action == "remote.submit")
+            out.append(types.Tool(name=spec.name, description=spec.description, input_schema=spec.input_schema(),
+                                  annotations=annotations,
+                                  _meta={"carl/ledger_action": spec.ledger_action, "carl/effectful": spec.effectful}))
+        return out
+
+    def _schema_of(self, name: str) -> dict[str, Any] | None:
+        spec = self.registry.get(name)
+        return spec.input_schema() if spec else None
+
+    async def _list_tools(self, ctx: Any, params: Any) -> types.ListToolsResult:
+        return types.ListToolsResult(tools=self.tools())
+
+    def call(self, name: str, arguments: dict[str, Any] | None) -> ToolOutcome:
+        """One tool call through the chat registry (validate, policy, approval, handler, ledger block)."""
+        return self.registry.call(name, arguments or {}, self.ctx)
+
+    @staticmethod
+    def result_of(outcome: ToolOutcome, registry: Registry) -> types.CallToolResult:
+        if not outcome.ok and outcome.error:
+            outcome.error = refusal(registry.get(outcome.name), outcome.error)
+        text = outcome.content_text()
+        structured = outcome.result if outcome.ok and isinstance(outcome.result, dict) else None
+        if not outcome.ok:
+            structured = {"error": outcome.error}
+        return types.CallToolResult(content=[types.TextContent(type="text", text=text)],
+                                    structured_content=structured, is_error=not outcome.ok)
+
+    async def _call_tool(self, ctx: Any, params: types.CallToolRequestParams) -> types.CallToolResult:
+        # handlers block (file I/O, process signals, a probe over a big logits file): keep the event loop free
+        outcome = await anyio.to_thread.run_sync(self.call, params.name, params.arguments)
+        return self.result_of(outcome, self.registry)
+
+    # ---------------------------------------------------------------------------------------- resources
+    async def _list_resources(self, ctx: Any, params: Any) -> types.ListResourcesResult:
+        infos = await anyio.to_thread.run_sync(res.list_resources, self.ctx)
+        return types.ListResourcesResult(resources=[
+            types.Resource(uri=i.uri, name=i.name, title=i.title, description=i.description, mime_type=i.mime_type)
+            for i in infos])
+
+    async def _list_templates(self, ctx: Any, params: Any) -> types.ListResourceTemplatesResult:
+        t = res.RUN_TEMPLATE
+        return types.ListResourceTemplatesResult(resource_templates=[
+            types.ResourceTemplate(uri_template=t.uri, name=t.name, title=t.title, description=t.description,
+                                   mime_type=t.mime_type)])
+
+    async def _read_resource(self, ctx: Any, params: types.ReadResourceRequestParams) -> types.ReadResourceResult:
+        uri = str(params.uri)
+        try:
+            text = await anyio.to_thread.run_sync(res.read, uri, self.ctx)
+        except (RunNotFound, res.ResourceNotFound, ValidationError) as exc:
+            raise MCPError(code=RESOURCE_NOT_FOUND, message=exc.message,
+                           data={"uri": uri, "code": exc.code, "hint": exc.hint}) from None
+        except CARLError as exc:
+            raise MCPError(code=types.jsonrpc.INTERNAL_ERROR, message=exc.message,
+                           data={"uri": uri, "code": exc.code, "hint": exc.hint}) from None
+        return types.ReadResourceResult(contents=[types.TextResourceContents(uri=uri, text=text,
+                                                                             mime_type=res.MIME)])
+
+    # ---------------------------------------------------------------------------------------- transports
+    def record_start(self, transport: str) -> str:
+        """One ``mcp.serve`` ledger block when the server starts with approvals (who allowed what, when)."""
+        from engine.chat.tools import ledger_record
+
+        if not self.allow:
+            return "not needed"
+        return ledger_record("mcp.serve", {"transport": transport, "allow": sorted(self.allow),
+                                           "session": self.ctx.session, "pid": os.getpid()}, self.ctx)
+
+    async def serve_stdio(self) -> None:
+        from mcp.server.stdio import stdio_server
+
+        async with stdio_server() as (read_stream, write_stream):
+            await self.server.run(read_stream, write_stream, self.server.create_initialization_options())
+
+    def http_app(self, host: str):
+        return self.server.streamable_http_app(host=host)
+
+    async def serve_http(self, host: str, port: int, on_ready: Callable[[str], None] | None = None) -> None:
+        """Streamable HTTP at ``http://HOST:PORT/mcp`` (``port`` 0: a free one; ``on_ready(url)`` once bound)."""
+        import uvicorn
+
+        sock = bind(host, port)
+        bound = sock.getsockname()[1]
+        config = uvicorn.Config(self.http_app(host), log_level="warning", lifespan="on")
+        server = uvicorn.Server(config)
+        shown = f"[{host}]" if ":" in host else host
+        url = f"http://{shown}:{bound}/mcp"
+
+        async def announce() -> None:
+            while not server.started:
+                await anyio.sleep(0.02)
+            if on_ready:
+                on_ready(url)
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(announce)
+            try:
+                await server.serve(sockets=[sock])
+            finally:
+                tg.cancel_scope.cancel()
+                sock.close()
+
+
+def parse_http(spec: str) -> tuple[str, int]:
+    """``[HOST:]PORT`` → (host, port); the host defaults to 127.0.0.1 (``[::1]:PORT`` for IPv6)."""
+    text = spec.strip()
+    host = "127.0.0.1"
+    port_s = text
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        port_s = rest.lstrip(":")
+    elif ":" in text:
+        host, _, port_s = text.rpartition(":")
+    try:
+        port = int(port_s)
+    except ValueError:
+        raise ValidationError(f"--http {spec}: the port must be a number", hint="Use --http 8765 or "
+                              "--http 127.0.0.1:8765 (0 picks a free port).", context={"http": spec}) from None
+    if not 0 <= port <= 65535 or not host:
+        raise ValidationError(f"--http {spec}: not HOST:PORT", hint="Use --http 8765 or --http 127.0.0.1:8765.",
+                              context={"http": spec})
+    return host, port
+
+
+def bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise ValidationError(f"cannot listen on {host}:{port}: {exc.strerror or exc}",
+                              hint="Pick another port (or 0 for a free one).",
+                              context={"host": host, "port": port}) from None
+    sock.listen(128)
+    sock.setblocking(False)
+    return sock

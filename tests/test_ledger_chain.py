@@ -126,7 +126,7 @@ def test_no_secret_reaches_disk():
 # ------------------------------------------------------------------------------------------- canonical
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers(min_value=-(2 ** 70), max_value=2 ** 70)
-    | st.floats(allow_nan=True, allow_infinity=True) | st.text(max_size=12),
+    | st.floats(allow_nan=True, allow_infinity=True) | st.floats(-1e-3, 1e-3) | st.text(max_size=12),
     lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=6), children, max_size=4),
     max_leaves=12)
 
@@ -138,6 +138,20 @@ def test_canonical_is_byte_identical_to_the_documented_json_dumps_form(value):
     expected = json.dumps(v, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
     assert canonical(v) == expected
     assert canonical(normalise(json.loads(expected))) == expected  # round trip is stable
+
+
+def test_canonical_floats_at_every_magnitude():
+    for e in range(-325, 309):
+        for m in (1.0, 1.5, 2.5e-3, 7.1850441006303285, 9.999999999999998):
+            try:
+                f = m * 10.0 ** e
+            except OverflowError:
+                continue
+            if f != f or f in (float("inf"), float("-inf")):
+                continue
+            v = {"f": [f, -f]}
+            assert canonical(v) == json.dumps(v, sort_keys=True, separators=(",", ":")).encode(), f
+    assert canonical(normalise([float("nan"), float("inf"), 1e-05])) == b"[null,null,1e-05]"
 
 
 # ------------------------------------------------------------------------------------------- tampering

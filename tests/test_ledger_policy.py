@@ -110,3 +110,15 @@ def test_spend_today_is_read_from_the_ledger(monkeypatch):
     assert ledger.evaluate({**SUBMIT, "estimated_usd": 4, "approved": True}, cfg).decision == "allow"
     # evaluating appends nothing
     assert ledger.Ledger().status()["blocks"] == 6
+
+
+def test_spend_reads_only_recent_segments():
+    led = ledger.Ledger(segment_bytes=900)
+    for d in range(4):
+        for i in range(3):
+            led.append("job.submit", {"job_id": f"d{d}-{i}", "estimated_usd": 1.0}, ts=T0 - 86400 * (3 - d) + i)
+    assert len(led.segments()) > 4
+    recent = list(led.iter_blocks(since_ts="2025-06-15"))
+    assert {b["payload"]["job_id"] for b in recent if b["ts"] >= "2025-06-15"} == {"d3-0", "d3-1", "d3-2"}
+    assert len(recent) < 13
+    assert ledger.evaluate({**SUBMIT, "approved": True}, None, now=T0 + 10).context["spent_today_usd"] == 3.0

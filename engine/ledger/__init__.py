@@ -94,9 +94,12 @@ def evaluate(action: dict[str, Any], config: Any = None, *, home: CarlHome | Non
     from engine.ledger import chain, policy
 
     if spent_today is None:
+        from datetime import datetime, timezone
+
         led = Ledger(home)
-        blocks = led.iter_blocks() if led.segments() else iter(())
         if now is None:
             now = chain.clock()
+        day = datetime.fromtimestamp(now, timezone.utc).strftime("%Y-%m-%d")
+        blocks = led.iter_blocks(since_ts=day)
         return policy.evaluate(action, config, blocks=blocks, now=now)
     return policy.evaluate(action, config, spent_today=spent_today, now=now)

@@ -11,8 +11,8 @@ strings are raw UTF-8 with only ``"``, ``\\`` and control characters (U+0000–U
 ``\\t``, ``\\u001f`` …); keys are sorted by code point.
 
 For speed the bytes are produced by orjson (``OPT_SORT_KEYS``), which is byte-identical to the form above
-except for floats with a one-digit negative exponent (orjson writes ``1e-7`` where Python writes ``1e-07``)
-and integers beyond 64 bits (orjson refuses them). Those cases are detected and fall back to ``json.dumps``,
+except for floats between 1e-9 and 1e-4 in magnitude (orjson writes ``1e-7`` / ``0.000015`` where Python
+writes ``1e-07`` / ``1.5e-05``) and integers beyond 64 bits (orjson refuses them). Those cases are detected and fall back to ``json.dumps``,
 so the output is always exactly the documented form (a hypothesis test checks the two agree).
 """
 
@@ -27,13 +27,20 @@ from typing import Any
 import orjson
 
 _OPTS = orjson.OPT_SORT_KEYS
-# orjson's float form differs from Python's only for exponents -1 … -9 ("1e-7" vs "1e-07").
-_SHORT_NEG_EXP = re.compile(rb"\de-[1-9](?![0-9])")
+# orjson's float form differs from Python's only for magnitudes 1e-9 … <1e-4: it writes "1e-7" where Python
+# writes "1e-07" (one-digit negative exponents) and "0.000015" where Python writes "1.5e-05". Either pattern in
+# orjson's output (it may also come from a string value: harmless) sends the value to json.dumps.
+_DIFFERS = re.compile(rb"\de-[1-9](?![0-9])|(?<![0-9])0\.0000")
 
 
 def _slow(value: Any) -> bytes:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
                       allow_nan=False).encode("utf-8")
+
+
+def fast_ok(out: bytes) -> bool:
+    """Cheap pre-check of orjson output: False when it might differ from the documented form."""
+    return b"e-" not in out and b"0.0000" not in out
 
 
 def canonical(value: Any) -> bytes:
@@ -42,7 +49,7 @@ def canonical(value: Any) -> bytes:
         out = orjson.dumps(value, option=_OPTS)
     except (orjson.JSONEncodeError, TypeError):
         return _slow(value)
-    if _SHORT_NEG_EXP.search(out):
+    if _DIFFERS.search(out):
         return _slow(value)
     return out
 

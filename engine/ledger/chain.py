@@ -39,7 +39,7 @@ from nacl import bindings
 from engine.errors import (CredentialError, LedgerBrokenChain, LedgerLocked, ValidationError, redact)
 from engine.home import CarlHome
 from engine.ledger import keys as _keys
-from engine.ledger.canonical import canonical, normalise, sha256_hex
+from engine.ledger.canonical import canonical, fast_ok, normalise, sha256_hex
 
 GENESIS_PREV = "0" * 64
 BLOCK_FIELDS = ("index", "ts", "prev_hash", "action", "payload", "payload_hash", "hash", "signer", "signature")
@@ -159,7 +159,7 @@ def verify_segments(segments: Sequence[Path], public_keys: Iterable[str]) -> Ver
 
     def canon(v: Any) -> bytes:
         out = dumps(v, option=opt)
-        return out if b"e-" not in out else canonical(v)
+        return out if fast_ok(out) else canonical(v)
 
     def bad(kind: str, detail: str, seg: Path) -> VerifyResult:
         return VerifyResult(False, seen, expected, f"{kind.replace('_', ' ')}: {detail}", kind, seg.name,
@@ -375,9 +375,24 @@ class Ledger:
                 return orjson.loads(line)
         return None
 
-    def iter_blocks(self) -> Iterator[dict[str, Any]]:
-        """Every parseable block in order (malformed/torn lines are skipped; `verify` reports them)."""
-        for seg in self.segments():
+    def iter_blocks(self, *, since_ts: str | None = None) -> Iterator[dict[str, Any]]:
+        """Every parseable block in order (malformed/torn lines are skipped; `verify` reports them). With
+        ``since_ts`` (a block-format timestamp or a prefix such as ``2025-06-15``) only the segments that can
+        hold blocks at or after it are read (callers still filter by ``ts``)."""
+        segs = self.segments()
+        if since_ts is not None:
+            keep: list[Path] = []
+            for seg in reversed(segs):
+                keep.append(seg)
+                try:
+                    with open(seg, "rb") as f:
+                        first_ts = orjson.loads(f.readline()).get("ts", "")
+                except (orjson.JSONDecodeError, AttributeError, OSError):
+                    continue
+                if isinstance(first_ts, str) and first_ts < since_ts:
+                    break
+            segs = keep[::-1]
+        for seg in segs:
             with open(seg, "rb") as f:
                 for line in f:
                     if not line.endswith(b"\n"):

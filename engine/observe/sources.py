@@ -381,6 +381,8 @@ class TrackioLocalSource(Source):
         conn = sqlite3.connect(uri, uri=True, timeout=5.0)
         try:
             cols = {r[1] for r in conn.execute("PRAGMA table_info(metrics)")}
+            if not cols:  # a store trackio is still creating: no metrics table yet
+                self._pick_run([])
             if "run_id" in cols:
                 rows = conn.execute("SELECT run_id, run_name, MIN(timestamp) FROM metrics GROUP BY run_id "
                                     "ORDER BY MIN(timestamp), MIN(id)").fetchall()
@@ -462,7 +464,10 @@ class TrackioLocalSource(Source):
         return frames, skipped
 
     def poll(self) -> tuple[list[Frame], int, bool]:
-        frames, skipped = self._frames()
+        try:
+            frames, skipped = self._frames()
+        except ValidationError:  # caught the store mid-write (e.g. being created): try again next poll
+            return [], 0, False
         last = self._last_step
         new = frames if last is None else [f for f in frames if f.step > last]
         if frames:

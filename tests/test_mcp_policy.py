@@ -118,3 +118,42 @@ def test_batch_help_does_not_import_the_sdk():
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["[]", "True"]
+
+
+async def test_ask_puts_effects_to_the_user_by_elicitation(tmp_path):
+    """`--ask`: an effect --allow does not cover becomes an approval form on the client; the answer decides the
+    call and is itself a ledger block. Without the client capability it is a plain refusal."""
+    import mcp.types as types
+
+    from engine.runs import RunStore
+
+    home = CarlHome.from_env()
+    project = tmp_path / "project"
+    project.mkdir()
+    store = RunStore(home)
+    run_id = store.create("project: {name: demo}\n", {})  # a created (never started) run: stop is a no-op
+    asked: list[types.ElicitRequestParams] = []
+    answers = iter([{"approve": False}, {"approve": True}])
+
+    async def on_elicit(context, params):
+        asked.append(params)
+        return types.ElicitResult(action="accept", content=next(answers))
+
+    carl = CarlMCP(ServerOptions(home=home, cwd=project, ask=True, session="ask-session"))
+    async with Client(carl.server, mode="legacy", elicitation_callback=on_elicit) as client:
+        no = error_of(await client.call_tool("stop_run", {"run": run_id}))
+        assert no["code"] == "carl.approval.required"
+        yes = await client.call_tool("stop_run", {"run": run_id})
+        assert yes.is_error is False
+        assert yes.structured_content == {"run_id": run_id, "status": "created", "stopped": False}
+        assert (await client.call_tool("list_runs", {})).is_error is False  # reads never ask
+    assert len(asked) == 2 and "stop_run (run.stop)" in asked[0].message and run_id in asked[0].message
+    assert asked[0].requested_schema["required"] == ["approve"]
+    led = Ledger(home)
+    assert [(b["payload"]["approved"], b["payload"]["response"]) for b in led.blocks(action="mcp.approval")] == [
+        (False, "accept"), (True, "accept")]
+    assert [b["payload"]["approved"] for b in led.blocks(action="mcp.tool_call")] == [False, True, None]
+
+    async with Client(carl.server, mode="legacy") as client:  # no elicitation capability: refused, nothing asked
+        assert error_of(await client.call_tool("stop_run", {"run": run_id}))["code"] == "carl.approval.required"
+    assert len(led.blocks(action="mcp.approval")) == 2

@@ -1,4 +1,4 @@
-"""`carl --batch mcp [--http [HOST:]PORT] [--allow ACTION …] [--config FILE] [--set K=V …]` — carl as an MCP server.
+"""`carl --batch mcp [--http [HOST:]PORT] [--allow ACTION …] [--ask] [--config FILE] [--set K=V …]` — carl as an MCP server.
 
 Default transport: stdio (stdout carries the MCP JSON-RPC stream, one JSON message per line; human notes go to
 stderr). ``--http [HOST:]PORT``: the streamable HTTP transport at ``http://HOST:PORT/mcp``, bound to 127.0.0.1
@@ -25,6 +25,9 @@ def register(sub: Any) -> None:
     p.add_argument("--allow", action="append", nargs="+", default=[], metavar="ACTION",
                    help="approve tools with effects for this server: ledger actions (run.start, run.stop, "
                         "remote.submit) or tool names; policy denials and budget caps still apply")
+    p.add_argument("--ask", action="store_true",
+                   help="for effects --allow does not cover, ask the user through the client's approval form "
+                        "(MCP elicitation), when the client supports it; each answer is a ledger block")
     p.add_argument("--config", help="carl.yaml (default ./carl.yaml, else the tiny demo)")
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY.PATH=VALUE",
                    help="override a config field (repeatable)")
@@ -41,7 +44,8 @@ def run(args: Any) -> int:
     allow = [a for group in args.allow for a in group]
     http = parse_http(args.http) if args.http else None
     options = ServerOptions(home=carl_home(), cwd=Path.cwd(), config_path=Path(args.config) if args.config else None,
-                            sets=list(args.sets), allow=allow, version=__version__)
+                            sets=list(args.sets), allow=allow, ask=bool(args.ask),
+                            version=__version__)
     carl = CarlMCP(options)
     for name, why in carl.registry.unavailable.items():
         progress(f"carl mcp: tool {name} unavailable: {why}")

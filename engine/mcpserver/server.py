@@ -11,6 +11,8 @@ just as directly.
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
 import socket
 import time
@@ -49,6 +51,7 @@ class ServerOptions:
     config_path: Path | None = None
     sets: list[str] = field(default_factory=list)
     allow: Iterable[str] = ()
+    ask: bool = False  # ask the user through MCP elicitation for effects --allow does not cover
     version: str = ""
     session: str | None = None  # goes into each ledger block's payload (default: mcp-<pid>-<start time>)
 
@@ -60,6 +63,7 @@ class CarlMCP:
         self.options = options
         self.registry = registry or build_registry()
         self.allow = parse_allow(options.allow, self.registry)
+        self.ask = options.ask
         session = options.session or f"mcp-{os.getpid()}-{time.strftime('%Y%m%dT%H%M%S')}"
         self.ctx = ToolContext(home=options.home, cwd=options.cwd, config_path=options.config_path,
                                sets=list(options.sets), approver=make_approver(self.allow), surface="mcp",
@@ -70,6 +74,9 @@ class CarlMCP:
                                                               self.registry.unavailable.items())
         if self.allow:
             instructions += "\nApproved at start: " + ", ".join(sorted(self.allow)) + "."
+        if self.ask:
+            instructions += ("\nOther effects are put to the user as an approval form (elicitation) when the client "
+                             "supports it.")
         self.server: Server[Any] = Server(
             SERVER_NAME, version=options.version, title="carl", instructions=instructions,
             description="Coherence-Aware RL workbench: runs, Phi probe, observe, ledger",
@@ -98,9 +105,55 @@ class CarlMCP:
     async def _list_tools(self, ctx: Any, params: Any) -> types.ListToolsResult:
         return types.ListToolsResult(tools=self.tools())
 
-    def call(self, name: str, arguments: dict[str, Any] | None) -> ToolOutcome:
+    def call(self, name: str, arguments: dict[str, Any] | None, ctx: ToolContext | None = None) -> ToolOutcome:
         """One tool call through the chat registry (validate, policy, approval, handler, ledger block)."""
-        return self.registry.call(name, arguments or {}, self.ctx)
+        return self.registry.call(name, arguments or {}, ctx or self.ctx)
+
+    def _asking_ctx(self, rctx: Any) -> ToolContext:
+        """With ``--ask``: a context whose approver, for an effect ``--allow`` does not cover, puts the call to the
+        user as an elicitation form and records the answer (``mcp.approval``). Runs in the worker thread; the
+        form is sent from the event loop."""
+        session = getattr(rctx, "session", None)
+        can_ask = False
+        try:
+            can_ask = bool(session and session.check_client_capability(
+                types.ClientCapabilities(elicitation=types.ElicitationCapability())))
+        except Exception:  # noqa: BLE001 - a client that cannot say: do not ask
+            can_ask = False
+        if not can_ask:
+            return self.ctx
+        allowed = self.ctx.approver
+
+        def approver(spec: Any, tool_input: dict[str, Any], decision: dict[str, Any]) -> bool:
+            if allowed and allowed(spec, tool_input, decision):
+                return True
+            return anyio.from_thread.run(self._elicit, rctx, spec, tool_input, decision)
+
+        return dataclasses.replace(self.ctx, approver=approver)
+
+    async def _elicit(self, rctx: Any, spec: Any, tool_input: dict[str, Any], decision: dict[str, Any]) -> bool:
+        from engine.chat.tools import ledger_record
+        from engine.errors import redact
+
+        shown = json.dumps(redact(tool_input), ensure_ascii=False, sort_keys=True)
+        details = decision.get("details") or {}
+        cost = f" Estimated cost: ${details['estimated_usd']:.2f}." if isinstance(
+            details.get("estimated_usd"), (int, float)) else ""
+        message = (f"carl: allow {spec.name} ({spec.ledger_action}) with {shown}? {spec.description}{cost} "
+                   "The answer is recorded in carl's ledger.")
+        schema = {"type": "object", "required": ["approve"], "properties": {
+            "approve": {"type": "boolean", "title": f"Approve {spec.ledger_action}",
+                        "description": f"Let the agent run {spec.name} once"}}}
+        try:
+            answer = await rctx.session.elicit_form(message, schema, related_request_id=rctx.request_id)
+            response = answer.action
+            approved = answer.action == "accept" and (answer.content or {}).get("approve") is True
+        except Exception as exc:  # noqa: BLE001 - no back channel, client error: not approved
+            response, approved = f"error: {type(exc).__name__}", False
+        ledger_record("mcp.approval", {"tool": spec.name, "action": spec.ledger_action, "input": redact(tool_input),
+                                       "approved": approved, "via": "elicitation", "response": response,
+                                       "session": self.ctx.session}, self.ctx)
+        return approved
 
     @staticmethod
     def result_of(outcome: ToolOutcome, registry: Registry) -> types.CallToolResult:
@@ -115,7 +168,8 @@ class CarlMCP:
 
     async def _call_tool(self, ctx: Any, params: types.CallToolRequestParams) -> types.CallToolResult:
         # handlers block (file I/O, process signals, a probe over a big logits file): keep the event loop free
-        outcome = await anyio.to_thread.run_sync(self.call, params.name, params.arguments)
+        call_ctx = self._asking_ctx(ctx) if self.ask else self.ctx
+        outcome = await anyio.to_thread.run_sync(self.call, params.name, params.arguments, call_ctx)
         return self.result_of(outcome, self.registry)
 
     # ---------------------------------------------------------------------------------------- resources

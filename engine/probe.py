@@ -43,6 +43,8 @@ _MASK_FLOOR = -1.0e4
 # Elements per row chunk: 2^18 float32 = 1 MiB per scratch buffer (fits L2/L3 with the input chunk).
 _CHUNK_ELEMS_CPU = 1 << 18
 _CHUNK_ELEMS_CUDA = 1 << 26
+# torch on CPU: bigger chunks (16 MiB), so its thread pool is entered a few dozen times, not once per row.
+_CHUNK_ELEMS_TORCH_CPU = 1 << 22
 # Inputs at least this large (elements) run on up to _MAX_THREADS threads.
 _THREAD_MIN_ELEMS = 1 << 22
 _MAX_THREADS = 8
@@ -200,7 +202,7 @@ def _token_stats_torch(x: Any, tokens: Any, allow_masked: bool) -> tuple[Any, ..
 
     n, v = x.shape
     work = torch.float64 if x.dtype == torch.float64 else torch.float32
-    chunk = _CHUNK_ELEMS_CUDA if x.device.type != "cpu" else _CHUNK_ELEMS_CPU
+    chunk = _CHUNK_ELEMS_CUDA if x.device.type != "cpu" else _CHUNK_ELEMS_TORCH_CPU
     rows = max(1, min(n, chunk // v)) if n else 1
     entropy = torch.empty(n, dtype=work, device=x.device)
     selected = torch.empty(n, dtype=work, device=x.device)

@@ -28,18 +28,20 @@ environment: CARL_HOME (default ~/.carl), NO_COLOR
 
 
 def _screen_parser(screen: str) -> argparse.ArgumentParser:
+    from engine.config import add_config_arguments  # pydantic + yaml only: still no torch/textual
+
     p = argparse.ArgumentParser(prog=f"carl {screen}", description=f"Open the workbench on the {screen} screen.")
-    p.add_argument("--config", help="carl.yaml to use (default ./carl.yaml, else the tiny demo)")
-    p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY.PATH=VALUE",
-                   help="override a config field (repeatable)")
+    add_config_arguments(p)
     if screen == "observe":
         p.add_argument("--file", help="frames.jsonl, a JSONL of metrics, or trainer_state.json")
         p.add_argument("--trackio", help="trackio project")
+        p.add_argument("--trackio-dir", help="trackio store directory (default TRACKIO_DIR)")
         p.add_argument("--url", help="trackio dashboard URL")
         p.add_argument("--project", help="project on the dashboard")
         p.add_argument("--run", help="run id or name")
-        p.add_argument("--follow", action="store_true", help="follow the source live")
-    if screen in ("train", "ledger", "chat"):
+        p.add_argument("--no-follow", action="store_true", help="load once; do not follow the source live")
+        p.add_argument("--poll", type=float, metavar="S", help="poll interval in seconds while following")
+    if screen in ("train", "ledger"):
         p.add_argument("--run", help="run id (train: attach to it)")
     if screen == "probe":
         p.add_argument("--logits", help=".npy/.npz/.safetensors logits file")

@@ -49,7 +49,7 @@ def canonical(value: Any) -> bytes:
         out = orjson.dumps(value, option=_OPTS)
     except (orjson.JSONEncodeError, TypeError):
         return _slow(value)
-    if _DIFFERS.search(out):
+    if not fast_ok(out) and _DIFFERS.search(out):
         return _slow(value)
     return out
 

@@ -120,7 +120,8 @@ def test_batch_help_does_not_import_the_sdk():
     assert out.stdout.split() == ["[]", "True"]
 
 
-async def test_ask_puts_effects_to_the_user_by_elicitation(tmp_path):
+@pytest.mark.parametrize("mode", ["legacy", "auto"])  # handshake era: elicitation request; 2026-07-28: input_required
+async def test_ask_puts_effects_to_the_user_by_elicitation(tmp_path, mode):
     """`--ask`: an effect --allow does not cover becomes an approval form on the client; the answer decides the
     call and is itself a ledger block. Without the client capability it is a plain refusal."""
     import mcp.types as types
@@ -140,7 +141,8 @@ async def test_ask_puts_effects_to_the_user_by_elicitation(tmp_path):
         return types.ElicitResult(action="accept", content=next(answers))
 
     carl = CarlMCP(ServerOptions(home=home, cwd=project, ask=True, session="ask-session"))
-    async with Client(carl.server, mode="legacy", elicitation_callback=on_elicit) as client:
+    async with Client(carl.server, mode=mode, elicitation_callback=on_elicit) as client:
+        assert (client.protocol_version == "2026-07-28") is (mode == "auto")
         no = error_of(await client.call_tool("stop_run", {"run": run_id}))
         assert no["code"] == "carl.approval.required"
         yes = await client.call_tool("stop_run", {"run": run_id})
@@ -154,6 +156,6 @@ async def test_ask_puts_effects_to_the_user_by_elicitation(tmp_path):
         (False, "accept"), (True, "accept")]
     assert [b["payload"]["approved"] for b in led.blocks(action="mcp.tool_call")] == [False, True, None]
 
-    async with Client(carl.server, mode="legacy") as client:  # no elicitation capability: refused, nothing asked
+    async with Client(carl.server, mode=mode) as client:  # no elicitation capability: refused, nothing asked
         assert error_of(await client.call_tool("stop_run", {"run": run_id}))["code"] == "carl.approval.required"
     assert len(led.blocks(action="mcp.approval")) == 2

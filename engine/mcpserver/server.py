@@ -24,6 +24,7 @@ import anyio
 import mcp.types as types
 from mcp.server.lowlevel import Server
 from mcp.shared.exceptions import MCPError
+from mcp.types.version import MODERN_PROTOCOL_VERSIONS
 
 from engine.chat.tools import Registry, ToolContext, ToolOutcome, build_registry
 from engine.errors import CARLError, RunNotFound, ValidationError
@@ -33,6 +34,7 @@ from engine.mcpserver.gate import make_approver, parse_allow, refusal
 
 SERVER_NAME = "carl"
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
+APPROVAL_KEY = "carl_approval"
 RESOURCE_NOT_FOUND = -32602  # INVALID_PARAMS, what the SDK's own MCPServer answers for an unknown resource
 
 INSTRUCTIONS = """carl is a workbench for Coherence-Aware Reinforcement Learning (CARL): GRPO training runs \
@@ -109,30 +111,28 @@ class CarlMCP:
         """One tool call through the chat registry (validate, policy, approval, handler, ledger block)."""
         return self.registry.call(name, arguments or {}, ctx or self.ctx)
 
-    def _asking_ctx(self, rctx: Any) -> ToolContext:
-        """With ``--ask``: a context whose approver, for an effect ``--allow`` does not cover, puts the call to the
-        user as an elicitation form and records the answer (``mcp.approval``). Runs in the worker thread; the
-        form is sent from the event loop."""
-        session = getattr(rctx, "session", None)
-        can_ask = False
+    # ---------------------------------------------------------------------------------------- --ask
+    def _needs_asking(self, name: str, arguments: dict[str, Any]) -> tuple[Any, dict[str, Any], dict[str, Any]] | None:
+        """(spec, input, decision) when this call would need an approval that ``--allow`` does not give; None when
+        it needs none, is denied, or its input is invalid (the registry then answers as usual)."""
+        from engine.chat.tools import policy_decision
+
+        spec = self.registry.get(name)
+        if spec is None:
+            return None
         try:
-            can_ask = bool(session and session.check_client_capability(
-                types.ClientCapabilities(elicitation=types.ElicitationCapability())))
-        except Exception:  # noqa: BLE001 - a client that cannot say: do not ask
-            can_ask = False
-        if not can_ask:
-            return self.ctx
-        allowed = self.ctx.approver
+            tool_input = spec.input_model.model_validate(arguments).model_dump(mode="json", exclude_none=True)
+            decision = policy_decision(spec, tool_input, self.ctx)
+        except Exception:  # noqa: BLE001 - invalid input / policy error: Registry.call reports it
+            return None
+        if decision.get("decision") == "deny" or spec.ledger_action in self.allow:
+            return None
+        if spec.effectful or decision.get("decision") == "needs_approval":
+            return spec, tool_input, decision
+        return None
 
-        def approver(spec: Any, tool_input: dict[str, Any], decision: dict[str, Any]) -> bool:
-            if allowed and allowed(spec, tool_input, decision):
-                return True
-            return anyio.from_thread.run(self._elicit, rctx, spec, tool_input, decision)
-
-        return dataclasses.replace(self.ctx, approver=approver)
-
-    async def _elicit(self, rctx: Any, spec: Any, tool_input: dict[str, Any], decision: dict[str, Any]) -> bool:
-        from engine.chat.tools import ledger_record
+    @staticmethod
+    def _form(spec: Any, tool_input: dict[str, Any], decision: dict[str, Any]) -> tuple[str, dict[str, Any]]:
         from engine.errors import redact
 
         shown = json.dumps(redact(tool_input), ensure_ascii=False, sort_keys=True)
@@ -144,16 +144,51 @@ class CarlMCP:
         schema = {"type": "object", "required": ["approve"], "properties": {
             "approve": {"type": "boolean", "title": f"Approve {spec.ledger_action}",
                         "description": f"Let the agent run {spec.name} once"}}}
-        try:
-            answer = await rctx.session.elicit_form(message, schema, related_request_id=rctx.request_id)
-            response = answer.action
-            approved = answer.action == "accept" and (answer.content or {}).get("approve") is True
-        except Exception as exc:  # noqa: BLE001 - no back channel, client error: not approved
-            response, approved = f"error: {type(exc).__name__}", False
+        return message, schema
+
+    def _record_answer(self, spec: Any, tool_input: dict[str, Any], answer: Any, error: str | None = None) -> bool:
+        from engine.chat.tools import ledger_record
+        from engine.errors import redact
+
+        approved = error is None and answer is not None and getattr(answer, "action", None) == "accept" and \
+            (getattr(answer, "content", None) or {}).get("approve") is True
+        response = error or getattr(answer, "action", None) or "none"
         ledger_record("mcp.approval", {"tool": spec.name, "action": spec.ledger_action, "input": redact(tool_input),
                                        "approved": approved, "via": "elicitation", "response": response,
                                        "session": self.ctx.session}, self.ctx)
         return approved
+
+    async def _ask(self, rctx: Any, params: types.CallToolRequestParams
+                   ) -> ToolContext | types.InputRequiredResult:
+        """With ``--ask``: the context to call with (its approver carries the user's answer), or, on the
+        2026-07-28 protocol, the ``input_required`` result that makes the client show the form and retry."""
+        session = getattr(rctx, "session", None)
+        try:
+            can_ask = bool(session and session.check_client_capability(
+                types.ClientCapabilities(elicitation=types.ElicitationCapability())))
+        except Exception:  # noqa: BLE001 - a client that cannot say: do not ask
+            can_ask = False
+        if not can_ask:
+            return self.ctx
+        pending = await anyio.to_thread.run_sync(self._needs_asking, params.name, params.arguments or {})
+        if pending is None:
+            return self.ctx
+        spec, tool_input, decision = pending
+        message, schema = self._form(spec, tool_input, decision)
+        if getattr(rctx, "protocol_version", None) in MODERN_PROTOCOL_VERSIONS:
+            answer = (params.input_responses or {}).get(APPROVAL_KEY)
+            if answer is None:  # first round: ask; the client retries with the answer
+                form = types.ElicitRequest(params=types.ElicitRequestFormParams(message=message,
+                                                                               requested_schema=schema))
+                return types.InputRequiredResult(input_requests={APPROVAL_KEY: form}, request_state=spec.name)
+            approved = self._record_answer(spec, tool_input, answer)
+        else:
+            try:
+                answer = await session.elicit_form(message, schema, related_request_id=rctx.request_id)
+                approved = self._record_answer(spec, tool_input, answer)
+            except Exception as exc:  # noqa: BLE001 - no back channel, client error: not approved
+                approved = self._record_answer(spec, tool_input, None, error=f"error: {type(exc).__name__}")
+        return dataclasses.replace(self.ctx, approver=lambda *_: approved)
 
     @staticmethod
     def result_of(outcome: ToolOutcome, registry: Registry) -> types.CallToolResult:
@@ -166,9 +201,15 @@ class CarlMCP:
         return types.CallToolResult(content=[types.TextContent(type="text", text=text)],
                                     structured_content=structured, is_error=not outcome.ok)
 
-    async def _call_tool(self, ctx: Any, params: types.CallToolRequestParams) -> types.CallToolResult:
+    async def _call_tool(self, ctx: Any, params: types.CallToolRequestParams
+                         ) -> types.CallToolResult | types.InputRequiredResult:
+        call_ctx = self.ctx
+        if self.ask:
+            asked = await self._ask(ctx, params)
+            if isinstance(asked, types.InputRequiredResult):
+                return asked
+            call_ctx = asked
         # handlers block (file I/O, process signals, a probe over a big logits file): keep the event loop free
-        call_ctx = self._asking_ctx(ctx) if self.ask else self.ctx
         outcome = await anyio.to_thread.run_sync(self.call, params.name, params.arguments, call_ctx)
         return self.result_of(outcome, self.registry)
 

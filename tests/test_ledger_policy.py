@@ -100,6 +100,7 @@ def test_spend_today_is_read_from_the_ledger(monkeypatch):
     ledger.record("job.submit", {"job_id": "old", "estimated_usd": 20.0}, ts=yesterday)
     ledger.record("approval", {"job_id": "j1", "estimated_usd": 6.0}, ts=T0)
     ledger.record("job.submit", {"job_id": "j1", "estimated_usd": 6.0, "backend": "hf"}, ts=T0 + 1)
+    ledger.record("job.submit", {"job_id": "j1", "estimated_usd": 6.0, "deduplicated": True}, ts=T0 + 1.5)
     ledger.record("approval", {"estimated_usd": 2.0}, ts=T0 + 2)  # approved, not (yet) submitted
     ledger.record("run.start", {"estimated_usd": 100.0}, ts=T0 + 3)  # not a spend action
     assert policy.spend_today(ledger.Ledger().iter_blocks(), now=T0 + 10) == 8.0
@@ -109,7 +110,7 @@ def test_spend_today_is_read_from_the_ledger(monkeypatch):
     assert (d.decision, d.rule) == ("deny", "budget.max_usd_per_day") and d.context["spent_today_usd"] == 8.0
     assert ledger.evaluate({**SUBMIT, "estimated_usd": 4, "approved": True}, cfg).decision == "allow"
     # evaluating appends nothing
-    assert ledger.Ledger().status()["blocks"] == 6
+    assert ledger.Ledger().status()["blocks"] == 7
 
 
 def test_spend_reads_only_recent_segments():

@@ -129,8 +129,8 @@ def _num(action: dict[str, Any], key: str) -> float | None:
 
 def spend_today(blocks: Iterable[dict[str, Any]], *, now: float | None = None) -> float:
     """USD committed today (UTC) by the ledger's own blocks: the ``estimated_usd`` of each ``job.submit``
-    block, plus that of each ``approval`` block whose ``job_id`` no ``job.submit`` of today names (an approval
-    and the submit it allowed count once)."""
+    block (once per ``job_id``: a deduplicated re-submit counts once), plus that of each ``approval`` block
+    whose ``job_id`` no ``job.submit`` of today names (an approval and the submit it allowed count once)."""
     import time as _time
 
     day = datetime.fromtimestamp(now if now is not None else _time.time(), timezone.utc).strftime("%Y-%m-%d")
@@ -147,7 +147,7 @@ def spend_today(blocks: Iterable[dict[str, Any]], *, now: float | None = None) -
         job = p.get("job_id")
         if b["action"] == "job.submit":
             if job:
-                submitted[str(job)] = submitted.get(str(job), 0.0) + float(usd)
+                submitted[str(job)] = max(submitted.get(str(job), 0.0), float(usd))  # re-submits: once
             else:
                 loose += float(usd)
         else:

@@ -367,3 +367,16 @@ def test_lock_timeout_is_ledger_locked():
             other.append("run.start", {})
     assert ei.value.code == "carl.ledger.locked"
     assert other.append("run.start", {})["index"] == 1
+
+
+def test_verify_while_another_process_appends_never_sees_a_torn_block():
+    home = CarlHome.from_env()
+    Ledger(home).init(seed="alice")
+    env = {**os.environ, "CARL_HOME": str(home.root), "CARL_LEDGER_LOCK_TIMEOUT": "60"}
+    proc = subprocess.Popen([sys.executable, "-c", WRITER, "300", "w"], cwd=REPO, env=env, stderr=subprocess.PIPE)
+    results = []
+    while proc.poll() is None:
+        results.append(Ledger(home).verify())
+    assert proc.returncode == 0, proc.stderr.read().decode()
+    assert results and all(r.ok for r in results), [r for r in results if not r.ok][:1]
+    assert Ledger(home).verify().blocks == 301

@@ -170,10 +170,11 @@ def _signature_checker() -> Callable[[bytes, bytes], bool]:
     return check
 
 
-def verify_segments(segments: Sequence[Path], public_keys: Iterable[str]) -> VerifyResult:
+def verify_segments(segments: Sequence[Path | tuple[Path, int]], public_keys: Iterable[str]) -> VerifyResult:
     """Recompute every hash, link and signature of the chain stored in ``segments`` (in order), trusting only
     ``public_keys`` for the genesis block; later keys are trusted through ``key.rotate`` blocks signed by the
-    key then active."""
+    key then active. A ``(path, size)`` item reads only the first ``size`` bytes (a snapshot taken under the
+    lock, so a concurrent append is not mistaken for a torn block)."""
     trusted = {k.lower() for k in public_keys}
     active: str | None = None
     active_pk = b""
@@ -194,8 +195,13 @@ def verify_segments(segments: Sequence[Path], public_keys: Iterable[str]) -> Ver
         return VerifyResult(False, seen, expected, f"{kind.replace('_', ' ')}: {detail}", kind, seg.name,
                             None if expected == 0 else prev)
 
-    for seg in segments:
-        data = seg.read_bytes()
+    for item in segments:
+        if isinstance(item, tuple):
+            seg, size = item
+            with open(seg, "rb") as fh:
+                data = fh.read(size)
+        else:
+            seg, data = item, item.read_bytes()
         if not data:
             continue
         lines = data.split(b"\n")
@@ -580,11 +586,20 @@ class Ledger:
     def public_keys(self) -> list[str]:
         return _keys.public_keys(self.home)
 
+    def snapshot(self) -> list[tuple[Path, int]]:
+        """(segment, size) of every segment, taken under the lock: a consistent, append-only prefix to read
+        without holding the lock. Without a writable ledger directory: the sizes as they are."""
+        try:
+            with self.locked():
+                return [(p, p.stat().st_size) for p in self.segments()]
+        except OSError:
+            return [(p, p.stat().st_size) for p in self.segments()]
+
     def verify(self, public_keys: Iterable[str] | None = None) -> VerifyResult:
-        segs = self.segments()
+        segs = self.snapshot()
         if public_keys is None:
             public_keys = self.public_keys()
-            if any(s.stat().st_size for s in segs) and not public_keys:
+            if any(size for _, size in segs) and not public_keys:
                 raise CredentialError(f"no ledger public key in {self.home.keys} to verify the chain with",
                                       hint="Restore CARL_HOME/keys/ (ledger.pub) from a backup, or verify an "
                                            "export with `ledger verify --dir DIR`.",

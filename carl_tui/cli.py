@@ -19,6 +19,8 @@ usage:
   carl                         open the workbench (on a terminal; prints this help otherwise)
   carl SCREEN [ARGS]           open the workbench on a screen: {", ".join(SCREENS)}
                                  e.g. carl observe --file run.jsonl · carl train --config carl.yaml
+  carl mcp [--allow ACTION…] [--http [HOST:]PORT]
+                               serve carl's tools to MCP clients (docs/mcp.md)
   carl --batch VERB [ARGS]     headless: JSON on stdout, JSON errors on stderr (see carl --batch --help)
   carl --version | --help
 
@@ -55,6 +57,10 @@ def main(argv: list[str] | None = None) -> int:
         from carl_tui.batch import main as batch_main
 
         return batch_main(argv[1:])
+    if argv[:1] == ["mcp"]:  # `carl mcp …` is `carl --batch mcp …`: a server, not a screen
+        from carl_tui.batch import main as batch_main
+
+        return batch_main(argv)
     if argv[:1] in (["--version"], ["-V"]):
         print(f"carl {__version__}")
         return 0

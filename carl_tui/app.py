@@ -22,7 +22,10 @@ SCREENS: dict[str, tuple[str, str, str, str]] = {
     "chat": ("screens.chat", "ChatScreen", "c", "ask the agent about your runs"),
     "ledger": ("screens.ledger", "LedgerScreen", "l", "the signed, hash-chained record of every action"),
     "probe": ("screens.probe", "ProbeScreen", "b", "measure Phi over a logits file"),
+    "jobs": ("screens.jobs", "JobsScreen", "j", "remote jobs: estimate, submit with approval, status, logs, stop"),
 }
+# Reached by key and palette but kept out of the footer (it stays readable at 80 columns).
+_QUIET = {"jobs"}
 
 
 def _factory(module: str, cls: str) -> Callable[[], Screen]:
@@ -37,7 +40,7 @@ class CarlApp(App):
     CSS_PATH = "styles/app.tcss"
     MODES = {name: _factory(mod, cls) for name, (mod, cls, _, _) in SCREENS.items()}
     BINDINGS = [
-        *[Binding(key, f"switch_mode('{name}')", name.capitalize(), show=True)
+        *[Binding(key, f"switch_mode('{name}')", name.capitalize(), show=name not in _QUIET)
           for name, (_, _, key, _) in SCREENS.items()],
         Binding("q", "quit", "Quit"),
     ]

@@ -11,7 +11,7 @@ import sys
 
 from carl_tui import __version__
 
-SCREENS = ("project", "train", "observe", "chat", "ledger", "probe")
+SCREENS = ("project", "train", "observe", "chat", "ledger", "probe", "jobs")
 
 HELP = f"""carl {__version__} — a terminal workbench for Coherence-Aware Reinforcement Learning
 
@@ -24,7 +24,7 @@ usage:
   carl --batch VERB [ARGS]     headless: JSON on stdout, JSON errors on stderr (see carl --batch --help)
   carl --version | --help
 
-keys in the workbench: p project · t train · o observe · c chat · l ledger · b probe · ctrl+p palette · q quit
+keys in the workbench: p project · t train · o observe · c chat · l ledger · b probe · j jobs · ctrl+p palette · q quit
 environment: CARL_HOME (default ~/.carl), NO_COLOR
 """
 

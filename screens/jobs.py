@@ -225,6 +225,19 @@ class JobsScreen(Screen):
 
         return list_jobs(self._ctx().home, now=self._now())
 
+    def _post(self, fn: Any, *args: Any) -> None:
+        """From a worker thread: run ``fn(*args)`` on the UI thread, unless the screen has gone meanwhile
+        (popped, or the app is closing) — a late answer from the network is then dropped, never applied."""
+
+        def apply() -> None:
+            if self.is_attached:
+                fn(*args)
+
+        try:
+            self.app.call_from_thread(apply)
+        except RuntimeError:  # the app is no longer running
+            pass
+
     # ------------------------------------------------------------------------------------------ loading
     @work(thread=True, exclusive=True, group="jobs-load")
     def reload(self) -> None:
@@ -258,7 +271,7 @@ class JobsScreen(Screen):
         except CARLError as exc:
             jobs = []
             load_error = load_error or exc
-        self.app.call_from_thread(self._loaded, rows, errors, load_error, default, jobs)
+        self._post(self._loaded, rows, errors, load_error, default, jobs)
 
     def _loaded(self, rows: dict[str, dict[str, Any]], errors: dict[str, CARLError], load_error: CARLError | None,
                 default: str | None, jobs: list[dict[str, Any]]) -> None:
@@ -377,8 +390,8 @@ class JobsScreen(Screen):
 
     # ------------------------------------------------------------------------------------------ live status
     def _poll_tick(self) -> None:
-        if self._polling or not self.loaded:
-            return
+        if self._polling or not self.loaded or self.app.screen is not self:
+            return  # one round at a time, and none while another screen (or a modal) is in front
         if not any(j.get("status") not in TERMINAL and j.get("remote_id") and j["run_id"] != self.following
                    for j in self.jobs):
             return
@@ -405,9 +418,9 @@ class JobsScreen(Screen):
                     errors[j["run_id"]] = exc
             jobs = self._list_jobs()
         except CARLError as exc:
-            self.app.call_from_thread(self._polled, None, {"*": exc})
+            self._post(self._polled, None, {"*": exc})
             return
-        self.app.call_from_thread(self._polled, jobs, errors)
+        self._post(self._polled, jobs, errors)
 
     def _polled(self, jobs: list[dict[str, Any]] | None, errors: dict[str, CARLError]) -> None:
         self._polling = False
@@ -457,9 +470,9 @@ class JobsScreen(Screen):
             make_client(backend, rs)  # carl.config (e.g. no managed url) likewise; builds nothing remote
             est = estimate_job(cfg, backend, home=self._ctx().home)
         except CARLError as exc:
-            self.app.call_from_thread(self._submit_failed, exc, backend, None)
+            self._post(self._submit_failed, exc, backend, None)
             return
-        self.app.call_from_thread(self._ask_approval, backend, est)
+        self._post(self._ask_approval, backend, est)
 
     def _ask_approval(self, backend: str, est: dict[str, Any]) -> None:
         paid = float(est.get("estimated_usd") or 0) > 0
@@ -488,9 +501,9 @@ class JobsScreen(Screen):
             jobs = self._list_jobs()
         except CARLError as exc:
             # a submit that failed after its approval leaves a record with status failed: show it
-            self.app.call_from_thread(self._submit_failed, exc, backend, self._list_jobs())
+            self._post(self._submit_failed, exc, backend, self._list_jobs())
             return
-        self.app.call_from_thread(self._submitted, out, jobs)
+        self._post(self._submitted, out, jobs)
 
     def _submit_failed(self, exc: CARLError, backend: str, jobs: list[dict[str, Any]] | None) -> None:
         self.busy = None
@@ -539,9 +552,9 @@ class JobsScreen(Screen):
             out = stop_job(run_id, cfg, home=self._ctx().home)
             jobs = self._list_jobs()
         except CARLError as exc:
-            self.app.call_from_thread(self._stop_failed, exc, run_id)
+            self._post(self._stop_failed, exc, run_id)
             return
-        self.app.call_from_thread(self._stopped, out, jobs)
+        self._post(self._stopped, out, jobs)
 
     def _stop_failed(self, exc: CARLError, run_id: str) -> None:
         self.busy = None
@@ -624,7 +637,7 @@ class JobsScreen(Screen):
             jobs = self._list_jobs()
         except CARLError as exc:
             err = exc
-        self.app.call_from_thread(self._follow_ended, run_id, err, cancel, jobs)
+        self._post(self._follow_ended, run_id, err, cancel, jobs)
 
     def _drain_logs(self) -> None:
         if not self._log_queue:

@@ -240,6 +240,33 @@ async def test_follow_ends_with_the_run(managed, tmp_path):
         assert js.jobs[0]["status"] == "completed"
 
 
+@pytest.mark.anyio
+async def test_leaving_the_screen_mid_follow_cancels_it_cleanly(managed, tmp_path):
+    cfg = managed_config(tmp_path, managed)
+    app = host(tmp_path, cfg, poll=0.2)
+    async with app.run_test(size=(80, 24)) as pilot:
+        js = jobs_screen(app)
+        await until(pilot, lambda: js.loaded, "load")
+        await pilot.press("s")
+        await until(pilot, lambda: isinstance(app.screen, ApprovalScreen), "approval")
+        await pilot.press("y")
+        await until(pilot, lambda: js.jobs, "job listed")
+        rid = js.jobs[0]["remote_id"]
+        managed.runs[rid]["status"] = "running"
+        managed.logs[rid].append("first")
+        await pilot.press("f")
+        await until(pilot, lambda: "first" in log_lines(js), "a line")
+        cancel = js._follow_cancel
+        app.pop_screen()
+        await pilot.pause(0.3)
+        assert cancel is not None and cancel.is_set() and not js.is_attached
+        await until(pilot, lambda: not [w for w in app.workers if w.group == "jobs-logs" and w.is_running],
+                    "the log worker to stop", timeout=5)
+        n = len(managed.requests)
+        await pilot.pause(0.5)
+        assert len(managed.requests) == n  # neither logs nor status are polled for a screen that is gone
+
+
 # ------------------------------------------------------------------------------------------- refusals and errors
 @pytest.mark.anyio
 async def test_no_credential_is_shown_and_blocks_submit_before_any_approval(tmp_path, monkeypatch):

@@ -24,6 +24,7 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 from textual import on, work
+from textual.worker import get_current_worker
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Vertical
@@ -271,7 +272,8 @@ class JobsScreen(Screen):
         except CARLError as exc:
             jobs = []
             load_error = load_error or exc
-        self._post(self._loaded, rows, errors, load_error, default, jobs)
+        if not get_current_worker().is_cancelled:  # a newer reload replaced this one
+            self._post(self._loaded, rows, errors, load_error, default, jobs)
 
     def _loaded(self, rows: dict[str, dict[str, Any]], errors: dict[str, CARLError], load_error: CARLError | None,
                 default: str | None, jobs: list[dict[str, Any]]) -> None:
@@ -427,8 +429,12 @@ class JobsScreen(Screen):
         if "*" in errors:
             self.say(error_text(errors["*"], "status refresh"), "error")
             return
+        new = {rid: e for rid, e in errors.items()
+               if rid not in self.poll_errors or self.poll_errors[rid].code != e.code}
         self.poll_errors = errors
         self._set_jobs(jobs or [])
+        for rid, exc in new.items():  # say each new status failure once, with its hint; the detail line keeps it
+            self.say(error_text(exc, f"status of {rid}"), "error")
 
     # ------------------------------------------------------------------------------------------ actions
     def action_backend(self, name: str) -> None:

@@ -180,6 +180,14 @@ async def test_submit_approve_list_status_logs_stop_on_managed(managed, tmp_path
         await until(pilot, lambda: js.jobs[0]["status"] == "running", "running via polling")
         assert js.jobs[0]["cost_so_far"] > 0.9  # ~0.5 h at $2/h
 
+        # a failing status poll is said once (code, message, hint), kept on the detail line, then clears
+        managed.fault("GET", rf"/api/runs/{rid}", status=401, times=1)
+        await until(pilot, lambda: job["run_id"] in js.poll_errors, "the status error")
+        assert "carl.credential" in message(js) and "hint:" in message(js)
+        assert "carl.credential" in text_of(js, "#jobs-detail")
+        await until(pilot, lambda: not js.poll_errors, "the next poll to succeed")
+        assert "carl.credential" not in text_of(js, "#jobs-detail")
+
         # logs: follow, plain lines and carl frames, then cancel with escape while the job still runs
         managed.logs[rid] += ["loading model", json.dumps({"type": "frame", "step": 3, "phi": 0.25})]
         await pilot.press("f")

@@ -531,3 +531,20 @@ def save_config(cfg: Config, path: str | Path) -> Path:
         raise ConfigError(f"cannot write {path}: {exc.strerror}", hint="Check the directory is writable.",
                           context={"path": str(path)}) from None
     return path
+
+
+def config_hash(cfg: Config) -> str:
+    """sha256 of the config's canonical YAML (what the ledger records for project.init / run.start)."""
+    import hashlib
+
+    return hashlib.sha256(cfg.to_yaml().encode("utf-8")).hexdigest()
+
+
+def changed_fields(before: Any, after: Any, prefix: str = "") -> list[str]:
+    """Dotted paths whose values differ between two config dicts (for the ledger's project.change)."""
+    if isinstance(before, dict) and isinstance(after, dict):
+        out: list[str] = []
+        for key in sorted(set(before) | set(after), key=str):
+            out += changed_fields(before.get(key), after.get(key), f"{prefix}.{key}" if prefix else str(key))
+        return out
+    return [] if before == after else [prefix or "(root)"]

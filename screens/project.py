@@ -26,8 +26,9 @@ from textual.widgets import Footer, Header, Input, Label, OptionList, Select, St
 from textual.widgets.option_list import Option
 
 from engine.config import (CONFIG_FILENAME, CascadeSection, Config, apply_overrides, check_dict, describe_error,
-                           parse_yaml_text, preset, preset_summaries, save_config)
+                           changed_fields, config_hash, parse_yaml_text, preset, preset_summaries, save_config)
 from engine.errors import CARLError
+from engine.ledger import record_nowait
 from screens.context import context_of
 
 
@@ -351,10 +352,13 @@ class ProjectScreen(Screen):
             return
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            save_config(preset(name), path)
+            cfg = preset(name)
+            save_config(cfg, path)
         except (CARLError, OSError) as exc:
             self.notify(str(exc), severity="error", title="cannot create carl.yaml")
             return
+        record_nowait("project.init", {"path": str(path.resolve()), "preset": name, "project": cfg.project.name,
+                                       "config_hash": config_hash(cfg), "via": "tui"})
         self.load()
         self._message = f"created from preset {name}"
         self._refresh_status()
@@ -374,6 +378,9 @@ class ProjectScreen(Screen):
             self.notify(exc.message, severity="error", title="not saved")
             return
         self._data = self._config.model_dump(mode="json")
+        record_nowait("project.change", {"path": str(self.path.resolve()), "project": self._config.project.name,
+                                         "changed": changed_fields(self._saved, self._data),
+                                         "config_hash": config_hash(self._config), "via": "tui"})
         self._saved = copy.deepcopy(self._data)
         self._message = "written"
         self._refresh_status()

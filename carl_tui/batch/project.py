@@ -18,7 +18,7 @@ from typing import Any
 
 from carl_tui.batch._io import emit, progress
 from engine.config import (CONFIG_FILENAME, PRESETS, add_config_arguments, apply_overrides, find_config,
-                           load_config, preset, preset_summaries, read_yaml, save_config, validate_dict)
+                           config_hash, load_config, preset, preset_summaries, read_yaml, save_config, validate_dict)
 from engine.errors import ConfigError, ValidationError
 
 
@@ -71,6 +71,10 @@ def run_init(args: argparse.Namespace) -> int:
     except OSError as exc:
         raise ConfigError(f"cannot create {directory}: {exc.strerror}", context={"dir": str(directory)}) from None
     save_config(cfg, path)
+    from engine.runs import ledger_record  # never fails the command over bookkeeping
+
+    ledger_record("project.init", {"path": str(path.resolve()), "preset": args.preset,
+                                   "project": cfg.project.name, "config_hash": config_hash(cfg)})
     progress(f"wrote {path} (preset {args.preset})")
     emit({"path": str(path.resolve()), "preset": args.preset, "config": cfg.model_dump(mode="json")})
     return 0

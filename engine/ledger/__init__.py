@@ -46,6 +46,9 @@ ACTIONS: dict[str, str] = {
     "job.submit": "a remote job was submitted (backend, flavor, estimated_usd, job_id)",
     "job.stop": "a remote job was stopped",
     "chat.tool_call": "the chat agent called a tool (name, input, ok)",
+    "mcp.serve": "an MCP server started (transport, pre-approved actions)",
+    "mcp.tool_call": "an MCP client called a tool (name, input, ok)",
+    "mcp.approval": "a person answered an MCP approval form",
 }
 
 

@@ -1,0 +1,100 @@
+"""`carl --batch train / run / eval` through the real CLI (subprocesses, JSON on stdout)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests._tiny_fixture import SMALL, tiny_cache, tiny_env  # noqa: F401
+
+
+def carl(*args, env=None, timeout=400):
+    p = subprocess.run([sys.executable, "-m", "carl_tui", "--batch", *args], capture_output=True, text=True,
+                       timeout=timeout, env={**os.environ, **(env or {})})
+    return p.returncode, p.stdout, p.stderr
+
+
+def test_dry_run_plan_and_accelerate_command():
+    rc, out, err = carl("train", "--dry-run", "--set", "compute.gpus=4", "--set", "compute.device=cpu")
+    assert rc == 0, err
+    plan = json.loads(out)
+    assert plan["dry_run"] is True and plan["model"] == "builtin:tiny" and plan["preset"] == "tiny-cpu"
+    assert plan["task_metric"] == "exact" and plan["cascade"]["mode"] == "metric"
+    assert plan["grpo"]["bf16"] is False and plan["grpo"]["use_cpu"] is True
+    assert plan["grpo"]["gradient_checkpointing"] is False
+    assert " launch --multi_gpu --num_processes 4 -m engine.trainer.worker " in plan["launch"]
+    assert plan["command"][-3:-1] == ["-m", "engine.trainer.worker"] and plan["command"][-1].endswith("<run_id>")
+    assert not os.path.exists(os.path.join(os.environ["CARL_HOME"], "runs"))  # touched nothing
+
+
+@pytest.mark.parametrize("args,code", [
+    (["--set", "grpo.batch_size=7"], "carl.config"),
+    (["--set", "compute.vllm=colocate"], "carl.config"),
+    (["--set", "task.metric=nope"], "carl.config"),
+])
+def test_train_config_errors(args, code):
+    rc, out, err = carl("train", "--dry-run", *args)
+    assert rc == 2 and out == ""
+    assert json.loads(err.strip().splitlines()[-1])["error"]["code"] == code
+
+
+@pytest.mark.slow
+def test_train_streams_frames_then_run_and_eval_verbs(tiny_env):
+    sets = [a for s in SMALL + ["grpo.max_steps=3", "grpo.save_steps=3", "tracking.trackio=false"]
+            for a in ("--set", s)]
+    rc, out, err = carl("train", *sets)
+    assert rc == 0, err
+    lines = [json.loads(x) for x in out.splitlines()]
+    frames = [x for x in lines if x["type"] == "frame"]
+    assert [f["step"] for f in frames] == [1, 2, 3]
+    for f in frames:
+        assert {"run_id", "step", "phi", "entropy", "reward_mean", "task_reward", "carl_reward", "gate", "loss",
+                "lr", "elapsed_s"} <= set(f)
+        assert f["gate"] in ("A", "B")
+    assert {x["name"] for x in lines if x["type"] == "event"} >= {"eval", "checkpoint"}
+    done = lines[-1]
+    assert done["type"] == "done" and done["status"] == "completed" and os.path.isdir(done["run_dir"])
+    assert "before" in err and "after" in err  # held-out accuracy printed for humans on stderr
+    run_id = done["run_id"]
+
+    rc, out, _ = carl("run", "list")
+    assert rc == 0 and json.loads(out)["runs"][0]["run_id"] == run_id
+    rc, out, _ = carl("run", "show", run_id[:15])
+    shown = json.loads(out)
+    assert shown["status"] == "completed" and shown["last_step"] == 3 and shown["config"]["grpo"]["max_steps"] == 3
+    rc, out, _ = carl("run", "attach", run_id)
+    assert rc == 0 and [json.loads(x)["type"] for x in out.splitlines()][-1] == "done"
+    rc, out, err = carl("run", "diff", run_id, run_id)
+    assert rc == 0, err
+    assert json.loads(out)["aligned_steps"] == 3
+
+    # eval gate: threshold 0 passes on the task metric; the verdict follows the rule and says why
+    rc, out, err = carl("eval", "--run", run_id, "--threshold", "0", "--n", "40")
+    res = json.loads(out)
+    m = res["metrics"]
+    expect = m["phi_mean"] >= 3 / 16 and 0.3 <= m["discontinuity"] <= 0.7
+    assert res["pass"] is expect and rc == (0 if expect else 1) and res["reason"]
+    rc, out, err = carl("eval", "--run", run_id, "--threshold", "1", "--n", "40")
+    assert rc == 1 and json.loads(out)["pass"] is False
+    # push without a token: a clear credential error before any work
+    rc, out, err = carl("eval", "--run", run_id, "--push", "--repo", "me/model",
+                        env={"HF_ENDPOINT": "http://127.0.0.1:9", "HF_HOME": os.environ["CARL_HOME"]})
+    assert rc == 3 and json.loads(err.strip().splitlines()[-1])["error"]["code"] == "carl.credential"
+
+
+def test_eval_fails_closed_without_coherence_data():
+    from engine.config import EvalSection
+    from engine.trainer.evalgate import decide
+
+    ok, why = decide({"task_metric": 1.0, "phi_mean": None, "discontinuity": 0.5}, EvalSection())
+    assert not ok and "coherence data missing" in why
+    ok, why = decide({"task_metric": 1.0, "phi_mean": 0.5, "discontinuity": float("nan")}, EvalSection())
+    assert not ok
+    ok, why = decide({"task_metric": 0.9, "phi_mean": 0.5, "discontinuity": 0.5}, EvalSection(threshold=0.5))
+    assert ok
+    ok, why = decide({"task_metric": 0.9, "phi_mean": 0.1, "discontinuity": 0.8}, EvalSection())
+    assert not ok and "phi_mean" in why and "discontinuity" in why

@@ -1,0 +1,82 @@
+"""A real short cascade GRPO run of the tiny model (TRL GRPOTrainer, in process): frames, gate, checkpoints."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests._tiny_fixture import SMALL, tiny_cache, tiny_env  # noqa: F401
+
+pytestmark = pytest.mark.slow
+
+
+def _run(sets):
+    from engine.config import load_config
+    from engine.runs import RunStore, read_json
+    from engine.trainer.grpo import plan
+    from engine.trainer.worker import Worker
+
+    cfg, path = load_config(None, SMALL + sets)
+    store = RunStore()
+    run_id = store.create(cfg.to_yaml(), plan(cfg, path))
+    d = store.run_dir(run_id)
+    status = Worker(d).run()
+    frames = [json.loads(x) for x in (d / "frames.jsonl").read_text().splitlines()]
+    events = [json.loads(x) for x in (d / "events.jsonl").read_text().splitlines()]
+    return status, d, frames, events, read_json(d / "meta.json")
+
+
+def test_short_cascade_run_fixed_gate(tiny_env):
+    status, d, frames, events, meta = _run(["grpo.max_steps=4", "grpo.save_steps=2", "cascade.mode=fixed",
+                                            "cascade.fixed_step=2", "cascade.warmup_steps=2"])
+    assert status == "completed"
+    assert [f["step"] for f in frames] == [1, 2, 3, 4]
+    assert [f["gate"] for f in frames] == ["A", "B", "B", "B"]
+    assert [f["carl_weight"] for f in frames] == [0.0, 0.5, 1.0, 1.0]
+    for f in frames:
+        assert 0.0 <= f["phi"] <= 1.0
+        assert set(f["rewards"]) == {"exact", "carl"}
+        assert set(f["carl_components"]) == {"coherence", "cloud", "discontinuity"}
+        for k in ("loss", "lr", "entropy", "completion_length", "frac_reward_zero_std", "step_time"):
+            assert isinstance(f[k], float), k
+    # stage A adds nothing; in B the logged carl reward is the weight times the raw CARL reward
+    assert frames[0]["rewards"]["carl"] == 0.0
+    assert frames[1]["rewards"]["carl"] == pytest.approx(0.5 * frames[1]["carl_reward"], rel=1e-4)
+    names = [(e["name"], e.get("step")) for e in events]
+    assert ("gate_open", 2) in names and ("checkpoint", 2) in names and ("checkpoint", 4) in names
+    assert [e.get("phase") for e in events if e["name"] == "eval"] == ["before", "after"]
+    assert json.loads((d / "checkpoints/checkpoint-2/carl_cascade.json").read_text())["gate"]["opened_at"] == 2
+    assert (d / "final" / "config.json").is_file()
+    assert set(meta["eval"]) == {"before", "after"}
+    # trackio got the same metrics locally
+    import os
+
+    assert any(p.suffix == ".db" for p in __import__("pathlib").Path(os.environ["TRACKIO_DIR"]).rglob("*"))
+
+
+def test_metric_gate_fires_on_the_logged_task_reward(tiny_env):
+    # concise rewards are always > 0 and vary with length: the self-calibrating gate must open once it has
+    # min_steps values, on exactly the values the frames log as task_reward.
+    status, d, frames, events, meta = _run([
+        "grpo.max_steps=4", "grpo.save_steps=10", "task.rewards=[{kind: concise, target_length: 2}]",
+        "cascade.mode=metric", "cascade.min_steps=2", "cascade.window=2", "cascade.min_above=1",
+        "cascade.warmup_steps=0", "tracking.trackio=false"])
+    assert status == "completed"
+    gate = [e for e in events if e["name"] == "gate_open"]
+    assert len(gate) == 1 and gate[0]["step"] == 2 and gate[0]["metric"] == "concise"
+    from engine.cascade import percentile
+
+    logged = [f["task_reward"] for f in frames[:2]]
+    assert gate[0]["threshold"] == pytest.approx(percentile(logged, 0.6), rel=1e-5)
+    assert [f["gate"] for f in frames] == ["A", "B", "B", "B"]
+    assert meta["gate_opened_at"] == 2
+
+
+def test_tempered_sampling_uses_the_forward_field(tiny_env, monkeypatch):
+    # a tempered sampler cannot reuse generation scores: the CARL field comes from one no-grad forward
+    status, d, frames, events, meta = _run(["grpo.max_steps=2", "grpo.temperature=0.7", 'cascade.mode="off"',
+                                            "cascade.warmup_steps=0", "tracking.trackio=false"])
+    assert status == "completed"
+    assert all(f["gate"] == "B" and f["carl_weight"] == 1.0 for f in frames)
+    assert all(0.0 <= f["phi"] <= 1.0 for f in frames)

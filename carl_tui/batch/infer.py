@@ -1,0 +1,131 @@
+"""`carl --batch infer`: generate (or score a given text) with a model and report its per-token Phi field.
+
+    carl --batch infer (--model M [--adapter A] | --run RUN [--model BASE]) (--prompt TEXT | --prompts FILE.jsonl)
+                       [--score TEXT] [--add-eos] [--max-new-tokens N] [--temperature T] [--top-p P] [--greedy]
+                       [--seed S] [--device D] [--dtype DT] [--stream]
+
+One prompt → one JSON object; ``--prompts`` → one JSON line per prompt (each line of the file is
+``{"prompt": …, "score": …?}`` or a JSON string; ``-`` reads stdin). ``--stream`` prints one
+``{"type": "token", …}`` line per token as it is produced, then the result with ``"type": "result"``.
+Fields are documented in docs/infer.md. torch/transformers are imported only when the verb runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+
+def register(subparsers: Any) -> None:
+    p = subparsers.add_parser(
+        "infer", help="generate or score text with a model and show its per-token Phi field",
+        description="Generate a completion (or teacher-force --score TEXT) with a local model, a Hub id, "
+                    "builtin:tiny, a PEFT adapter, or a run's latest checkpoint, and report text, tokens and per "
+                    "token phi, entropy and selected_prob, plus the sequence's CARL reward components.")
+    p.add_argument("--model", metavar="M", help="local directory, Hub id or builtin:tiny (with --run: the base)")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--adapter", metavar="A", help="PEFT adapter directory on top of --model")
+    src.add_argument("--run", metavar="RUN", help="run id or unambiguous prefix: its final model, else its "
+                                                  "latest checkpoint")
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument("--prompt", metavar="TEXT", help="one prompt")
+    what.add_argument("--prompts", metavar="FILE", help="JSON Lines of {\"prompt\": …, \"score\": …?} "
+                                                        "(or JSON strings); - reads stdin")
+    p.add_argument("--score", metavar="TEXT", help="score TEXT after the prompt (teacher forcing) instead of "
+                                                   "generating")
+    p.add_argument("--add-eos", action="store_true", help="with --score: append the end-of-sequence token")
+    p.add_argument("--max-new-tokens", type=int, default=64, metavar="N", help="default 64")
+    p.add_argument("--temperature", type=float, default=1.0, metavar="T", help="default 1.0; 0 = greedy")
+    p.add_argument("--top-p", type=float, default=1.0, metavar="P", help="nucleus sampling mass, default 1.0")
+    p.add_argument("--greedy", action="store_true", help="always take the most likely token")
+    p.add_argument("--seed", type=int, metavar="S", help="sampling seed (reproducible draws)")
+    p.add_argument("--device", metavar="D", help="cpu, cuda, cuda:1 … (default: cuda when available)")
+    p.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"),
+                   help="weights dtype (auto: float32 on CPU, the checkpoint's dtype on GPU)")
+    p.add_argument("--stream", action="store_true", help="one JSON line per token as it is produced, then the "
+                                                         "result")
+    p.set_defaults(func=run)
+
+
+def _read_prompts(path: str) -> list[dict[str, Any]]:
+    import json
+    import sys
+    from pathlib import Path
+
+    from engine.errors import ValidationError
+
+    if path == "-":
+        text, name = sys.stdin.read(), "stdin"
+    else:
+        p = Path(path).expanduser()
+        if not p.is_file():
+            raise ValidationError(f"prompts file not found: {path}", hint="Give a JSON Lines file, or - for stdin.",
+                                  context={"path": path})
+        try:
+            text, name = p.read_text(encoding="utf-8"), p.name
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ValidationError(f"cannot read prompts file {path}: {exc}", context={"path": path}) from None
+    rows: list[dict[str, Any]] = []
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except ValueError as exc:
+            raise ValidationError(f"{name} line {n} is not JSON: {exc}",
+                                  hint='Each line: {"prompt": "…"} (optionally "score": "…") or a JSON string.',
+                                  context={"line": n}) from None
+        if isinstance(obj, str):
+            obj = {"prompt": obj}
+        if not isinstance(obj, dict) or not isinstance(obj.get("prompt"), str):
+            raise ValidationError(f"{name} line {n} has no string \"prompt\"",
+                                  hint='Each line: {"prompt": "…"} (optionally "score": "…") or a JSON string.',
+                                  context={"line": n})
+        if obj.get("score") is not None and not isinstance(obj["score"], str):
+            raise ValidationError(f"{name} line {n}: \"score\" must be a string", context={"line": n})
+        rows.append(obj)
+    if not rows:
+        raise ValidationError(f"{name} holds no prompts", hint="Give at least one JSON line with a prompt.")
+    return rows
+
+
+def run(args: argparse.Namespace) -> int:
+    from carl_tui.batch._io import emit, progress
+    from engine import infer
+    from engine.errors import ValidationError
+
+    if not args.model and not args.run:
+        raise ValidationError("give --model or --run", hint="--model PATH|HUB_ID|builtin:tiny, or --run RUN_ID.")
+    if args.add_eos and args.score is None and not args.prompts:
+        raise ValidationError("--add-eos applies to --score", hint="Add --score TEXT.")
+    sampling = infer.Sampling(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
+                              greedy=bool(args.greedy), seed=args.seed).check()
+    rows = _read_prompts(args.prompts) if args.prompts else [{"prompt": args.prompt, "score": args.score}]
+    if args.prompts and args.score is not None:
+        rows = [{**r, "score": r.get("score") if r.get("score") is not None else args.score} for r in rows]
+    ref = infer.resolve(args.model, adapter=args.adapter, run=args.run, log=progress)
+    lm = infer.load(ref, device=args.device, dtype=args.dtype, log=progress)
+    many = bool(args.prompts)
+    for i, row in enumerate(rows):
+        if row.get("score") is not None:
+            result = lm.score(row["prompt"], row["score"], add_eos=bool(args.add_eos))
+            if args.stream:
+                for step in result.steps:
+                    emit(_token_line(step, i, many))
+        else:
+            gen = lm.stream(row["prompt"], sampling)
+            if args.stream:
+                for step in gen:
+                    emit(_token_line(step, i, many))
+            result = gen.run() if gen.result is None else gen.result
+        out = result.to_dict()
+        if args.stream or many:
+            out = {"type": "result", **({"index": i} if many else {}), **out}
+        emit(out)
+        if many:
+            progress(f"infer: {i + 1}/{len(rows)} · {len(result.token_ids)} tokens · {result.finish_reason}")
+    return 0
+
+
+def _token_line(step: Any, i: int, many: bool) -> dict[str, Any]:
+    return {"type": "token", **({"prompt_index": i} if many else {}), **step.as_dict()}

@@ -1,0 +1,684 @@
+"""Try a model and see its coherence token by token.
+
+* :func:`resolve` turns what the user named — a local path, a Hub id, ``builtin:tiny``, an optional PEFT adapter,
+  or a run id (prefix) — into a :class:`ModelRef`. A run resolves to its ``final/`` model when it completed, else
+  to its latest ``checkpoints/checkpoint-<step>/``; either may be a full model or a LoRA adapter (then the base is
+  the adapter's ``base_model_name_or_path``, or the run's own ``model.name_or_path`` when that path is gone).
+* :func:`load` loads it once and keeps it warm: an LRU of :class:`LoadedModel` keyed by (model, adapter, device,
+  dtype), ``CARL_INFER_CACHE`` entries (default 2, so two checkpoints can be compared without reloading).
+* :meth:`LoadedModel.stream` generates with a manual decoding loop over the model's KV cache and yields one
+  :class:`TokenStep` per token as it is produced (cancellable between tokens); :meth:`LoadedModel.generate` runs it
+  to the end; :meth:`LoadedModel.score` teacher-forces a given text after a prompt (one forward).
+
+The per-token field is measured on the **raw logits of the step that produced the token** (the model's own
+distribution at temperature 1, before temperature / top-p reshape the sampler) with :func:`engine.probe.token_stats`
+— the probe's kernel — so Phi = 1 - H / log V with V the full logit dimension, H in nats, selected_prob = p[token].
+The sequence's CARL components are :func:`engine.probe.carl_reward` over that field (default weights 0.5/0.3/0.2).
+
+Heavy imports (torch, transformers, peft) happen inside the functions that need them.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import math
+import os
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+from engine.errors import ValidationError
+
+DEFAULT_MAX_NEW_TOKENS = 64
+MAX_NEW_TOKENS_LIMIT = 8192
+DEFAULT_CACHE_SIZE = 2
+BUILTIN_TINY = "builtin:tiny"
+_DECODE_WINDOW = 8  # tokens of left context when decoding one token's text incrementally
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Naming a model
+# ----------------------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ModelRef:
+    """A resolved model: ``model`` (local path or Hub id; the base when ``adapter`` is set) and ``tokenizer``."""
+
+    model: str
+    adapter: str | None = None
+    tokenizer: str | None = None
+    label: str = ""
+    run_id: str | None = None
+    checkpoint: str | None = None  # "final" or "checkpoint-<step>" for runs
+
+    @property
+    def key(self) -> tuple[str, str | None]:
+        return (self.model, self.adapter)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"model": self.model, "adapter": self.adapter, "label": self.label or self.model,
+                "run_id": self.run_id, "checkpoint": self.checkpoint}
+
+
+def _looks_like_path(name: str) -> bool:
+    return (name.startswith((".", "/", "~")) or "\\" in name or name.count("/") > 1 or name.endswith("/")
+            or Path(name).suffix in (".safetensors", ".bin", ".pt"))
+
+
+def _has_model(d: Path) -> bool:
+    return (d / "config.json").is_file() or (d / "adapter_config.json").is_file()
+
+
+def _has_tokenizer(d: Path) -> bool:
+    return any((d / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model",
+                                            "vocab.json"))
+
+
+def _builtin_tiny(log: Callable[[str], None] | None) -> str:
+    from engine.trainer.tiny import ensure_tiny
+
+    return str(ensure_tiny(log=log))
+
+
+def _model_path(name: str, log: Callable[[str], None] | None) -> str:
+    """A local directory (absolute) or a Hub id; ``builtin:tiny`` builds/caches the demo model."""
+    if name == BUILTIN_TINY:
+        return _builtin_tiny(log)
+    p = Path(name).expanduser()
+    if p.exists():
+        if not p.is_dir():
+            raise ValidationError(f"model path is not a directory: {name}",
+                                  hint="Give a directory saved with save_pretrained, a Hub id or builtin:tiny.",
+                                  context={"model": name})
+        return str(p.resolve())
+    if _looks_like_path(name):
+        raise ValidationError(f"model path not found: {name}",
+                              hint="Give a directory saved with save_pretrained, a Hub id or builtin:tiny.",
+                              context={"model": name})
+    return name  # a Hub id
+
+
+def run_model_dir(run: str, home: Any = None) -> tuple[str, Path, str]:
+    """``(run_id, directory, which)`` of a run's newest model: ``final/`` when the run completed, else its latest
+    checkpoint (``which`` = ``"final"`` or ``"checkpoint-<step>"``). Unknown run: ``carl.run.not_found``."""
+    from engine.runs import RunStore
+
+    store = RunStore(home)
+    run_id = store.resolve(run)
+    d = store.run_dir(run_id)
+    final = d / "final"
+    if _has_model(final):
+        return run_id, final, "final"
+    ck = d / "checkpoints"
+    best: tuple[int, Path] | None = None
+    for c in ck.glob("checkpoint-*") if ck.is_dir() else []:
+        try:
+            step = int(c.name.split("-", 1)[1])
+        except (IndexError, ValueError):
+            continue
+        if _has_model(c) and (best is None or step > best[0]):
+            best = (step, c)
+    if best is None:
+        raise ValidationError(f"run {run_id} has no model yet (no final/ and no checkpoint)",
+                              hint="Wait for its first checkpoint (grpo.save_steps) or for the run to complete.",
+                              context={"run": run_id, "run_dir": str(d)})
+    return run_id, best[1], best[1].name
+
+
+def _run_base_model(run_dir: Path) -> str | None:
+    try:
+        import yaml
+
+        cfg = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8")) or {}
+        return (cfg.get("model") or {}).get("name_or_path")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def resolve(model: str | None = None, *, adapter: str | None = None, run: str | None = None, home: Any = None,
+            log: Callable[[str], None] | None = None) -> ModelRef:
+    """What to load. ``run`` and ``adapter`` are exclusive; ``model`` overrides a run's (or adapter's) base."""
+    if run and adapter:
+        raise ValidationError("give --adapter or --run, not both", hint="A run already names its own weights.")
+    if not model and not run:
+        raise ValidationError("no model given", hint="Pass --model PATH|HUB_ID|builtin:tiny, or --run RUN.")
+    if run:
+        run_id, d, which = run_model_dir(run, home)
+        run_dir = d.parent if which == "final" else d.parent.parent
+        label = f"{run_id}/{which}"
+        if (d / "adapter_config.json").is_file():
+            base = model or _adapter_base(d)
+            if not model and base and not Path(base).exists() and _looks_like_path(base):
+                base = _run_base_model(run_dir) or base  # e.g. builtin:tiny built under another cache
+            if not base:
+                raise ValidationError(f"adapter {d} names no base model", hint="Pass --model BASE as well.",
+                                      context={"adapter": str(d)})
+            base_path = _model_path(base, log)
+            tok = str(d) if _has_tokenizer(d) else base_path
+            return ModelRef(base_path, adapter=str(d), tokenizer=tok, label=label, run_id=run_id, checkpoint=which)
+        tok = str(d) if _has_tokenizer(d) else _model_path(model or _run_base_model(run_dir) or str(d), log)
+        return ModelRef(str(d), tokenizer=tok, label=label, run_id=run_id, checkpoint=which)
+    assert model is not None
+    base_path = _model_path(model, log)
+    if adapter:
+        a = Path(adapter).expanduser()
+        if not (a / "adapter_config.json").is_file():
+            raise ValidationError(f"adapter not found: {adapter} (no adapter_config.json)",
+                                  hint="Give a directory saved by peft (save_pretrained of a PeftModel).",
+                                  context={"adapter": adapter})
+        a = a.resolve()
+        tok = str(a) if _has_tokenizer(a) else base_path
+        return ModelRef(base_path, adapter=str(a), tokenizer=tok, label=f"{model} + {a.name}")
+    return ModelRef(base_path, tokenizer=base_path, label=model)
+
+
+def _adapter_base(d: Path) -> str | None:
+    try:
+        return json.loads((d / "adapter_config.json").read_text(encoding="utf-8")).get("base_model_name_or_path")
+    except (OSError, ValueError):
+        return None
+
+
+def parse_spec(text: str, home: Any = None, log: Callable[[str], None] | None = None) -> ModelRef:
+    """A model named in one string (the try panel's model box): ``run:RUN``, ``builtin:tiny``, a path, a Hub id,
+    or a bare run id / unambiguous prefix (when no such path exists); ``… + ADAPTER`` adds a PEFT adapter."""
+    from engine.errors import RunNotFound
+
+    text = text.strip()
+    if not text:
+        raise ValidationError("no model given", hint="Type a path, a Hub id, builtin:tiny or run:RUN_ID.")
+    if text.startswith("run:"):
+        return resolve(run=text[4:].strip(), home=home, log=log)
+    if " + " in text:
+        base, _, adapter = text.partition(" + ")
+        return resolve(base.strip(), adapter=adapter.strip(), home=home, log=log)
+    if text != BUILTIN_TINY and not Path(text).expanduser().exists() and not _looks_like_path(text):
+        try:
+            return resolve(run=text, home=home, log=log)
+        except RunNotFound:
+            pass
+    return resolve(text, home=home, log=log)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Results
+# ----------------------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class TokenStep:
+    """One token as it is produced: its text piece and its numbers."""
+
+    index: int
+    token_id: int
+    token: str
+    phi: float
+    entropy: float
+    selected_prob: float
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"index": self.index, "token": self.token, "token_id": self.token_id, "phi": self.phi,
+                "entropy": self.entropy, "selected_prob": self.selected_prob}
+
+
+@dataclass
+class InferResult:
+    """A completion (``mode="generate"``) or a scored text (``mode="score"``) with its per-token field."""
+
+    mode: str
+    prompt: str
+    text: str
+    tokens: list[str]
+    token_ids: list[int]
+    phi: list[float]
+    entropy: list[float]
+    selected_prob: list[float]
+    rewards: dict[str, float]
+    finish_reason: str  # eos | length | context | cancelled | scored
+    vocab_size: int
+    ref: ModelRef
+    settings: dict[str, Any] = field(default_factory=dict)
+    prompt_tokens: int = 0
+    logits: Any = None  # [T, V] float32 torch tensor on the CPU when asked for (keep_logits=True)
+
+    @property
+    def steps(self) -> list[TokenStep]:
+        return [TokenStep(i, t, s, p, e, q) for i, (t, s, p, e, q) in
+                enumerate(zip(self.token_ids, self.tokens, self.phi, self.entropy, self.selected_prob))]
+
+    def summary(self) -> dict[str, Any]:
+        from engine.probe import SIGMA, crystallizations, meltings
+
+        n = len(self.phi)
+        return {
+            "n_tokens": n,
+            "phi_mean": sum(self.phi) / n if n else None,
+            "entropy_mean": sum(self.entropy) / n if n else None,
+            "crystallized_fraction": sum(p >= SIGMA for p in self.phi) / n if n else 0.0,
+            "crystallizations": crystallizations(self.phi).tolist() if n else [],
+            "meltings": meltings(self.phi).tolist() if n else [],
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        ref = self.ref.as_dict()
+        return {
+            "mode": self.mode, "model": ref["label"], "model_path": self.ref.model, "adapter": self.ref.adapter,
+            "run_id": self.ref.run_id, "checkpoint": self.ref.checkpoint,
+            "prompt": self.prompt, "text": self.text, "tokens": self.tokens, "token_ids": self.token_ids,
+            "phi": self.phi, "entropy": self.entropy, "selected_prob": self.selected_prob,
+            "rewards": self.rewards, **self.summary(), "vocab_size": self.vocab_size,
+            "prompt_tokens": self.prompt_tokens, "finish_reason": self.finish_reason, "settings": self.settings,
+        }
+
+
+def _rewards(phi: Sequence[float], sel: Sequence[float]) -> dict[str, float]:
+    from engine.probe import carl_reward
+
+    return carl_reward(list(phi), list(sel))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Settings
+# ----------------------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Sampling:
+    """Decoding knobs. ``greedy`` (or temperature 0) takes the argmax; otherwise tokens are drawn from
+    softmax(logits / temperature) restricted to the top-p nucleus, with a ``torch.Generator`` seeded by ``seed``."""
+
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
+    temperature: float = 1.0
+    top_p: float = 1.0
+    greedy: bool = False
+    seed: int | None = None
+
+    def check(self) -> "Sampling":
+        if not isinstance(self.max_new_tokens, int) or not 1 <= self.max_new_tokens <= MAX_NEW_TOKENS_LIMIT:
+            raise ValidationError(f"max_new_tokens must be in [1, {MAX_NEW_TOKENS_LIMIT}], got {self.max_new_tokens}",
+                                  context={"max_new_tokens": self.max_new_tokens})
+        if not (math.isfinite(self.temperature) and self.temperature >= 0):
+            raise ValidationError(f"temperature must be ≥ 0, got {self.temperature}", hint="0 means greedy.",
+                                  context={"temperature": self.temperature})
+        if not (0 < self.top_p <= 1):
+            raise ValidationError(f"top_p must be in (0, 1], got {self.top_p}", context={"top_p": self.top_p})
+        return self
+
+    @property
+    def is_greedy(self) -> bool:
+        return self.greedy or self.temperature == 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"max_new_tokens": self.max_new_tokens, "temperature": self.temperature, "top_p": self.top_p,
+                "greedy": self.is_greedy, "seed": self.seed}
+
+
+# ----------------------------------------------------------------------------------------------------------
+# A loaded model
+# ----------------------------------------------------------------------------------------------------------
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().split("\n") or [""])[0][:300]
+
+
+def _default_device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+class LoadedModel:
+    """A model and tokenizer in eval mode on one device, ready to generate and score."""
+
+    def __init__(self, ref: ModelRef, model: Any, tokenizer: Any, device: str):
+        self.ref, self.model, self.tokenizer, self.device = ref, model, tokenizer, device
+        cfg = getattr(model, "config", None)
+        self.max_positions: int | None = None
+        for k in ("max_position_embeddings", "n_positions", "max_sequence_length"):
+            v = getattr(cfg, k, None)
+            if isinstance(v, int) and v > 0:
+                self.max_positions = v
+                break
+        core = model.get_base_model() if hasattr(model, "get_base_model") else model
+        params = inspect.signature(core.forward).parameters
+        self._cache_kw = "cache" if "cache" in params else "past_key_values"
+        self._keep_kw = "logits_to_keep" if "logits_to_keep" in params else None
+        self.eos_ids = self._eos_ids()
+
+    def _eos_ids(self) -> set[int]:
+        ids: set[int] = set()
+        gen = getattr(self.model, "generation_config", None)
+        for src in (getattr(gen, "eos_token_id", None), getattr(self.tokenizer, "eos_token_id", None)):
+            if isinstance(src, int):
+                ids.add(src)
+            elif isinstance(src, (list, tuple)):
+                ids.update(int(x) for x in src)
+        return ids
+
+    # ---- text
+    def encode_prompt(self, prompt: str) -> list[int]:
+        ids = list(self.tokenizer(prompt)["input_ids"]) if prompt else []
+        if not ids:
+            bos = getattr(self.tokenizer, "bos_token_id", None)
+            if bos is None:
+                raise ValidationError("the prompt is empty and the tokenizer has no BOS token to start from",
+                                      hint="Give a non-empty prompt.")
+            ids = [int(bos)]
+        return [int(i) for i in ids]
+
+    def encode_text(self, text: str) -> list[int]:
+        return [int(i) for i in self.tokenizer(text, add_special_tokens=False)["input_ids"]]
+
+    def _piece(self, ids: list[int], k: int) -> str:
+        """The text token ``k`` adds after ``ids[:k]`` (decoded with a little left context, so multi-byte
+        characters and leading-space tokens read right); special tokens show as themselves."""
+        lo = max(0, k - _DECODE_WINDOW)
+        kw = {"skip_special_tokens": False, "clean_up_tokenization_spaces": False}
+        before = self.tokenizer.decode(ids[lo:k], **kw) if k > lo else ""
+        after = self.tokenizer.decode(ids[lo:k + 1], **kw)
+        if after.startswith(before) and not after.endswith("\ufffd"):
+            return after[len(before):]
+        return self.tokenizer.decode([ids[k]], **kw)
+
+    def _text(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+
+    # ---- forward
+    def _forward(self, input_ids: Any, cache: Any = None, last_only: bool = False) -> tuple[Any, Any]:
+        kw: dict[str, Any] = {"input_ids": input_ids, "use_cache": True}
+        if cache is not None:
+            kw[self._cache_kw] = cache
+        if last_only and self._keep_kw:
+            kw[self._keep_kw] = 1
+        out = self.model(**kw)
+        new_cache = getattr(out, "cache", None)
+        if new_cache is None:
+            new_cache = getattr(out, "past_key_values", None)
+        return out.logits, new_cache
+
+    # ---- generation
+    def stream(self, prompt: str, sampling: Sampling | None = None, *, cancel: threading.Event | None = None,
+               keep_logits: bool = False) -> "Generation":
+        """A :class:`Generation`: iterate it for :class:`TokenStep` s as they are produced; ``.result`` after."""
+        return Generation(self, prompt, (sampling or Sampling()).check(), cancel or threading.Event(), keep_logits)
+
+    def generate(self, prompt: str, sampling: Sampling | None = None, *, cancel: threading.Event | None = None,
+                 keep_logits: bool = False) -> InferResult:
+        return self.stream(prompt, sampling, cancel=cancel, keep_logits=keep_logits).run()
+
+    # ---- teacher forcing
+    def score(self, prompt: str, text: str | None = None, *, token_ids: Sequence[int] | None = None,
+              add_eos: bool = False, keep_logits: bool = False) -> InferResult:
+        """The per-token field of ``text`` (or ``token_ids``) following ``prompt``, by one teacher-forced forward:
+        the logits at position t-1 give token t's Phi / entropy / selected_prob."""
+        import torch
+
+        from engine.probe import token_stats
+
+        p_ids = self.encode_prompt(prompt)
+        t_ids = [int(i) for i in token_ids] if token_ids is not None else self.encode_text(text or "")
+        if add_eos and self.eos_ids:
+            eos = getattr(self.tokenizer, "eos_token_id", None)
+            t_ids.append(int(eos if eos is not None else min(self.eos_ids)))
+        total = len(p_ids) + len(t_ids)
+        if self.max_positions and total > self.max_positions:
+            raise ValidationError(f"prompt + text is {total} tokens, the model's context is {self.max_positions}",
+                                  hint="Score a shorter text.", context={"n_tokens": total})
+        vocab = None
+        if t_ids:
+            ids = torch.tensor([p_ids + t_ids], device=self.device)
+            with torch.inference_mode():
+                logits, _ = self._forward(ids)
+            logits = logits[0, len(p_ids) - 1: total - 1].float()
+            vocab = int(logits.shape[-1])
+            if max(t_ids) >= vocab:
+                raise ValidationError(f"token id {max(t_ids)} is outside the model's vocabulary ({vocab})")
+            phi, ent, sel, _ = token_stats(logits, torch.tensor(t_ids, device=logits.device))
+            phi, ent, sel = (x.double().cpu().tolist() for x in (phi, ent, sel))
+        else:
+            logits, phi, ent, sel = None, [], [], []
+        return InferResult(
+            mode="score", prompt=prompt, text=self._text(t_ids), tokens=[self._piece(t_ids, k) for k in
+                                                                         range(len(t_ids))],
+            token_ids=t_ids, phi=phi, entropy=ent, selected_prob=sel, rewards=_rewards(phi, sel),
+            finish_reason="scored", vocab_size=vocab or self._vocab_size(), ref=self.ref,
+            settings={"add_eos": add_eos}, prompt_tokens=len(p_ids),
+            logits=logits.detach().cpu() if keep_logits and logits is not None else None)
+
+    def _vocab_size(self) -> int:
+        emb = self.model.get_output_embeddings() if hasattr(self.model, "get_output_embeddings") else None
+        if emb is not None and hasattr(emb, "weight"):
+            return int(emb.weight.shape[0])
+        return int(getattr(self.model.config, "vocab_size", 0) or len(self.tokenizer))
+
+
+def _choose(raw: Any, s: Sampling, gen: Any) -> int:
+    """The next token from one row of raw logits [V]: argmax, or a draw at temperature T from the top-p nucleus
+    (the smallest set of most likely tokens whose probability reaches top_p; the top token is always kept)."""
+    import torch
+
+    if s.is_greedy:
+        return int(torch.argmax(raw))
+    probs = torch.softmax(raw.float() / s.temperature, dim=-1)
+    if s.top_p < 1.0:
+        sp, si = torch.sort(probs, descending=True)
+        keep = (torch.cumsum(sp, dim=-1) - sp) < s.top_p
+        sp = sp * keep
+        j = torch.multinomial(sp / sp.sum(), 1, generator=gen)
+        return int(si[j])
+    return int(torch.multinomial(probs, 1, generator=gen))
+
+
+class Generation:
+    """One generation in progress. Iterate for :class:`TokenStep` s; :meth:`cancel` (any thread) stops it before
+    the next token; :attr:`result` holds the :class:`InferResult` once iteration ends (also after a cancel)."""
+
+    def __init__(self, lm: LoadedModel, prompt: str, sampling: Sampling, cancel: threading.Event,
+                 keep_logits: bool):
+        self.lm, self.prompt, self.sampling, self._cancel, self.keep_logits = lm, prompt, sampling, cancel, keep_logits
+        self.result: InferResult | None = None
+        self.prompt_ids = lm.encode_prompt(prompt)
+        self._started = False
+
+    def cancel(self) -> None:
+        self._cancel.set()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancel.is_set()
+
+    def run(self) -> InferResult:
+        for _ in self:
+            pass
+        assert self.result is not None
+        return self.result
+
+    def __iter__(self) -> Iterator[TokenStep]:
+        if self._started:
+            raise RuntimeError("a Generation can be iterated once")
+        self._started = True
+        return self._steps()
+
+    def _steps(self) -> Iterator[TokenStep]:
+        import torch
+
+        from engine.probe import token_stats
+
+        lm, s = self.lm, self.sampling
+        p_ids = self.prompt_ids
+        budget = s.max_new_tokens
+        limited_by_context = False
+        if lm.max_positions:
+            room = lm.max_positions - len(p_ids)
+            if room <= 0:
+                raise ValidationError(f"the prompt is {len(p_ids)} tokens, the model's context is {lm.max_positions}",
+                                      hint="Give a shorter prompt.", context={"n_tokens": len(p_ids)})
+            if room < budget:
+                budget, limited_by_context = room, True
+        gen = None
+        if not s.is_greedy:
+            gen = torch.Generator(device=lm.device)
+            if s.seed is not None:
+                gen.manual_seed(int(s.seed))
+            else:
+                gen.seed()
+        ids: list[int] = []
+        phi: list[float] = []
+        ent: list[float] = []
+        sel: list[float] = []
+        pieces: list[str] = []
+        kept: list[Any] = []
+        finish = "length"
+        vocab = 0
+        try:
+            if self._cancel.is_set():
+                finish = "cancelled"
+                return
+            with torch.inference_mode():  # never held across a yield: grad mode is thread-local state
+                logits, cache = lm._forward(torch.tensor([p_ids], device=lm.device), last_only=True)
+            for k in range(budget):
+                with torch.inference_mode():
+                    raw = logits[0, -1].float()
+                    vocab = int(raw.shape[-1])
+                    tok = _choose(raw, s, gen)
+                    p, h, q, _ = token_stats(raw[None, :], torch.tensor([tok], device=raw.device))
+                ids.append(tok)
+                phi.append(float(p[0]))
+                ent.append(float(h[0]))
+                sel.append(float(q[0]))
+                pieces.append(lm._piece(ids, k))
+                if self.keep_logits:
+                    kept.append(raw.detach().cpu())
+                yield TokenStep(k, tok, pieces[-1], phi[-1], ent[-1], sel[-1])
+                if tok in lm.eos_ids:
+                    finish = "eos"
+                    break
+                if self._cancel.is_set():
+                    finish = "cancelled"
+                    break
+                if k + 1 < budget:
+                    with torch.inference_mode():
+                        logits, cache = lm._forward(torch.tensor([[tok]], device=lm.device), cache)
+            else:
+                finish = "context" if limited_by_context else "length"
+        except GeneratorExit:
+            finish = "cancelled"
+            raise
+        finally:
+            self.result = InferResult(
+                mode="generate", prompt=self.prompt, text=lm._text(ids), tokens=pieces, token_ids=ids, phi=phi,
+                entropy=ent, selected_prob=sel, rewards=_rewards(phi, sel), finish_reason=finish,
+                vocab_size=vocab or lm._vocab_size(), ref=lm.ref, settings=s.as_dict(), prompt_tokens=len(p_ids),
+                logits=torch.stack(kept) if kept else None)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Loading, kept warm
+# ----------------------------------------------------------------------------------------------------------
+
+_CACHE: "OrderedDict[tuple[Any, ...], LoadedModel]" = OrderedDict()
+_CACHE_LOCK = threading.Lock()
+_LOAD_LOCKS: dict[tuple[Any, ...], threading.Lock] = {}
+
+
+def cache_size() -> int:
+    try:
+        return max(1, int(os.environ.get("CARL_INFER_CACHE", DEFAULT_CACHE_SIZE)))
+    except ValueError:
+        return DEFAULT_CACHE_SIZE
+
+
+def cached() -> list[tuple[Any, ...]]:
+    """Keys of the models kept warm, least recently used first."""
+    with _CACHE_LOCK:
+        return list(_CACHE)
+
+
+def clear_cache() -> None:
+    with _CACHE_LOCK:
+        _CACHE.clear()
+
+
+def load(ref: ModelRef, *, device: str | None = None, dtype: str = "auto",
+         log: Callable[[str], None] | None = None) -> LoadedModel:
+    """The loaded model for ``ref`` (from the LRU when warm). Load failures: ``carl.validation``."""
+    device = device or _default_device()
+    key = (ref.model, ref.adapter, ref.tokenizer, device, dtype)
+    with _CACHE_LOCK:
+        if key in _CACHE:
+            _CACHE.move_to_end(key)
+            return _CACHE[key]
+        lock = _LOAD_LOCKS.setdefault(key, threading.Lock())
+    with lock:  # one load per key even when two threads ask at once
+        with _CACHE_LOCK:
+            if key in _CACHE:
+                _CACHE.move_to_end(key)
+                return _CACHE[key]
+        lm = _load_uncached(ref, device, dtype, log)
+        with _CACHE_LOCK:
+            _CACHE[key] = lm
+            while len(_CACHE) > cache_size():
+                _CACHE.popitem(last=False)
+    return lm
+
+
+def _load_uncached(ref: ModelRef, device: str, dtype: str, log: Callable[[str], None] | None) -> LoadedModel:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if log:
+        log(f"loading {ref.label or ref.model}" + (f" + adapter {ref.adapter}" if ref.adapter else "") + f" on {device}")
+    torch_dtype: Any = {"auto": "auto" if device != "cpu" else torch.float32, "float32": torch.float32,
+                        "bfloat16": torch.bfloat16, "float16": torch.float16}.get(dtype)
+    if torch_dtype is None:
+        raise ValidationError(f"unknown dtype {dtype!r}", hint="auto, float32, bfloat16 or float16.")
+    from transformers.utils import logging as hf_logging
+
+    name = ref.label or ref.model
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # no tqdm on a terminal the workbench owns; progress is ours to report
+    try:
+        try:
+            tok = AutoTokenizer.from_pretrained(ref.tokenizer or ref.model)
+            model = AutoModelForCausalLM.from_pretrained(ref.model, dtype=torch_dtype)
+        except (OSError, ValueError, KeyError) as exc:
+            raise ValidationError(f"cannot load model {name!r}: {_first_line(exc)}",
+                                  hint="Use a local directory saved with save_pretrained, a Hub id reachable from "
+                                       "here (downloads need the network), or builtin:tiny.",
+                                  context={"model": ref.model}) from None
+        if ref.adapter:
+            try:
+                from peft import PeftModel
+
+                model = PeftModel.from_pretrained(model, ref.adapter)
+            except (OSError, ValueError, KeyError, RuntimeError) as exc:
+                raise ValidationError(f"cannot load adapter {ref.adapter!r} on {ref.model!r}: {_first_line(exc)}",
+                                      hint="Check that the adapter was trained on this base model.",
+                                      context={"adapter": ref.adapter, "model": ref.model}) from None
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
+    model.to(device)
+    model.eval()
+    return LoadedModel(ref, model, tok, device)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# One-call helpers
+# ----------------------------------------------------------------------------------------------------------
+
+def generate(prompt: str, *, model: str | None = None, adapter: str | None = None, run: str | None = None,
+             sampling: Sampling | None = None, home: Any = None) -> InferResult:
+    """Resolve, load (warm) and generate once."""
+    return load(resolve(model, adapter=adapter, run=run, home=home)).generate(prompt, sampling)
+
+
+def score(prompt: str, text: str, *, model: str | None = None, adapter: str | None = None, run: str | None = None,
+          add_eos: bool = False, home: Any = None) -> InferResult:
+    """Resolve, load (warm) and score ``text`` after ``prompt``."""
+    return load(resolve(model, adapter=adapter, run=run, home=home)).score(prompt, text, add_eos=add_eos)
+
+
+__all__ = ["ModelRef", "TokenStep", "InferResult", "Sampling", "LoadedModel", "Generation", "resolve",
+           "parse_spec", "run_model_dir", "load", "cached", "clear_cache", "generate", "score"]

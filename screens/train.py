@@ -1,10 +1,335 @@
-"""Train screen (issue: Train). Until the trainer lands: an honest empty state."""
+"""Train screen: start cascade GRPO runs, watch them live, stop/detach/resume — keyboard only.
 
-from screens.empty import EmptyStateScreen
+The worker is always a separate process (engine.runs); this screen only tails its run directory on a thread
+(``@work(thread=True)``) and applies batches of new frames on the UI thread. Charts redraw at most 10× a
+second however fast frames arrive (MetricChart). Opening the screen re-attaches to a run that is already going.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+from textual import work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical
+from textual.message import Message
+from textual.screen import Screen
+from textual.widgets import Footer, Header, Static
+from textual.worker import get_current_worker
+
+from engine.frames import Frame
+from screens.context import context_of
+from screens.widgets.charts import MetricChart
+
+SIGMA = 3 / 16
+POLL_S = 0.25
+LOG_LINES = 6
+SAMPLES = 5
 
 
-class TrainScreen(EmptyStateScreen):
-    TITLE_TEXT = "Train — not built yet"
-    BODY = ("This screen will start cascade GRPO runs (task rewards, then task + CARL once the gate opens), "
-            "show the resolved plan, and draw Phi, task vs CARL reward, entropy and the gate live while a "
-            "background worker trains.\n\nNothing can be trained from carl yet.")
+class RunUpdate(Message):
+    def __init__(self, run_id: str, frames: list[dict], events: list[dict], meta: dict, log: list[str]):
+        super().__init__()
+        self.run_id, self.frames, self.events, self.meta, self.log = run_id, frames, events, meta, log
+
+
+class PlanReady(Message):
+    def __init__(self, plan: dict | None, error: str | None):
+        super().__init__()
+        self.plan, self.error = plan, error
+
+
+def _fmt(v: Any, nd: int = 3) -> str:
+    return f"{v:.{nd}f}" if isinstance(v, (int, float)) else "–"
+
+
+def _log_tail(path: Path, n: int = LOG_LINES) -> list[str]:
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(0, 2)
+            size = fh.tell()
+            fh.seek(max(0, size - 4096))
+            lines = fh.read().decode("utf-8", "replace").splitlines()
+    except OSError:
+        return []
+    keep = [ln for ln in lines if ln.strip() and "Writing model shards" not in ln and "warn" not in ln.lower()]
+    return keep[-n:]
+
+
+class TrainScreen(Screen):
+    DEFAULT_CSS = """
+    TrainScreen #train-head { height: auto; padding: 0 1; }
+    TrainScreen #plan { height: auto; color: $text-muted; }
+    TrainScreen #status { height: auto; }
+    TrainScreen #charts { height: 1fr; min-height: 8; }
+    TrainScreen #charts MetricChart { width: 1fr; height: 1fr; }
+    TrainScreen #bottom { height: 8; }
+    TrainScreen #samples, TrainScreen #log { width: 1fr; height: 100%; border: round $panel; padding: 0 1; }
+    """
+    BINDINGS = [
+        Binding("s", "start", "Start"),
+        Binding("x", "stop", "Stop"),
+        Binding("d", "detach", "Detach"),
+        Binding("a", "attach", "Attach"),
+        Binding("u", "resume", "Resume"),
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.run_id: str | None = None
+        self.meta: dict[str, Any] = {}
+        self.plan: dict[str, Any] | None = None
+        self.frames: list[Frame] = []
+        self.events: list[dict] = []
+        self.samples: deque[str] = deque(maxlen=SAMPLES)
+        self.log_lines: list[str] = []
+        self.following = False
+        self.message_text = ""
+
+    # ---- layout
+    def compose(self) -> ComposeResult:
+        yield Header()
+        with Vertical(id="train-head"):
+            yield Static("", id="plan")
+            yield Static("", id="status")
+        with Horizontal(id="charts"):
+            yield MetricChart("Φ  (σ = 3/16)", sigma=SIGMA, id="chart-phi")
+            yield MetricChart("reward: task vs CARL", id="chart-reward")
+            yield MetricChart("entropy (nats)", id="chart-entropy")
+        with Horizontal(id="bottom"):
+            yield Static("", id="samples")
+            yield Static("", id="log")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        ctx = context_of(self)
+        self.query_one("#samples", Static).border_title = "recent completions"
+        self.query_one("#log", Static).border_title = "worker log"
+        from engine.runs import RunStore
+
+        self.store = RunStore(ctx.home)
+        ref = ctx.screen_args.get("run")
+        run_id = None
+        try:
+            if ref:
+                run_id = self.store.resolve(ref)
+            else:  # re-attach to a run that is already going
+                running = [r for r in self.store.list() if r["status"] == "running"]
+                run_id = running[0]["run_id"] if running else None
+        except Exception as exc:  # a bad --run is shown, never raised
+            self.message_text = f"[red]{getattr(exc, 'message', exc)}[/red]"
+        if run_id:
+            self.open_run(run_id)
+        else:
+            self.resolve_plan()
+        self.refresh_text()
+
+    # ---- plan
+    @work(thread=True, exclusive=True, group="plan")
+    def resolve_plan(self) -> None:
+        ctx = context_of(self)
+        try:
+            from engine.config import load_config
+            from engine.trainer.grpo import plan
+
+            cfg, path = load_config(ctx.config_path, ctx.screen_args.get("sets") or [], cwd=ctx.cwd)
+            self.post_message(PlanReady(plan(cfg, path), None))
+        except Exception as exc:
+            self.post_message(PlanReady(None, getattr(exc, "message", str(exc))))
+
+    def on_plan_ready(self, msg: PlanReady) -> None:
+        self.plan = msg.plan
+        if msg.error:
+            self.message_text = f"[red]config: {msg.error}[/red]"
+        elif self.run_id is None:
+            self.message_text = "press [b]s[/b] to start a run"
+        self.refresh_text()
+
+    # ---- runs
+    def open_run(self, run_id: str) -> None:
+        """Load a run's whole history now (file reads only), then follow it on a thread if it is live."""
+        from engine.runs import JsonlTail, read_json
+
+        self.run_id = run_id
+        d = self.store.run_dir(run_id)
+        self.frames = []
+        self.events = []
+        self.samples.clear()
+        for chart in self.query(MetricChart):
+            chart.clear()
+        self.plan = read_json(d / "plan.json") or self.plan
+        self._tails = (JsonlTail(d / "frames.jsonl"), JsonlTail(d / "events.jsonl"))
+        meta = self.store.meta(run_id)
+        self.apply(self._tails[0].read(), self._tails[1].read(), meta, _log_tail(d / "stdout.log"))
+        if meta.get("status") in ("running", "created"):
+            self.following = True
+            self.follow(run_id)
+
+    @work(thread=True, exclusive=True, group="tail")
+    def follow(self, run_id: str) -> None:
+        worker = get_current_worker()
+        d = self.store.run_dir(run_id)
+        frames_t, events_t = self._tails
+        while not worker.is_cancelled:
+            meta = self.store.meta(run_id)
+            fr, ev = frames_t.read(), events_t.read()
+            self.post_message(RunUpdate(run_id, fr, ev, meta, _log_tail(d / "stdout.log")))
+            if meta.get("status") in ("completed", "failed", "stopped"):
+                return
+            time.sleep(POLL_S)
+
+    def on_run_update(self, msg: RunUpdate) -> None:
+        if msg.run_id == self.run_id:
+            self.apply(msg.frames, msg.events, msg.meta, msg.log)
+
+    def apply(self, frames: list[dict], events: list[dict], meta: dict, log: list[str]) -> None:
+        new = [Frame.from_dict(f) for f in frames if "step" in f]
+        self.frames.extend(new)
+        self.events.extend(events)
+        self.meta = meta
+        self.log_lines = log
+        if meta.get("status") in ("completed", "failed", "stopped"):
+            self.following = False
+        if new:
+            charts = {c.id: c for c in self.query(MetricChart)}
+
+            def put(chart: str, name: str, attr: str) -> None:
+                pts = [(f.step, getattr(f, attr)) for f in new if isinstance(getattr(f, attr), (int, float))]
+                if pts:
+                    charts[chart].append(name, [p[0] for p in pts], [p[1] for p in pts])
+
+            put("chart-phi", "phi", "phi")
+            put("chart-reward", "task", "task_reward")
+            put("chart-reward", "CARL", "carl_reward")
+            put("chart-entropy", "entropy", "entropy")
+            for f in new:
+                if f.sample:
+                    self.samples.append(f"{f.step:>4}  {f.sample}")
+        self.refresh_text()
+
+    # ---- text
+    def gate_text(self) -> str:
+        opened = next((e for e in self.events if e.get("name") == "gate_open"), None)
+        if opened:
+            return f"[b]gate B[/b] (opened at step {opened.get('step')}, {opened.get('mode')})"
+        mode = (self.plan or {}).get("cascade", {}).get("mode", "metric")
+        return f"gate A (task only; {mode} gate closed)"
+
+    def refresh_text(self) -> None:
+        p = self.plan or {}
+        if p:
+            g = p.get("grpo", {})
+            plan = (f"{p.get('config') or 'preset ' + str(p.get('preset'))} · {p.get('model')} · {p.get('dataset')} · "
+                    f"{g.get('max_steps')} steps × {g.get('per_device_train_batch_size')}/"
+                    f"{g.get('num_generations')} gen · lr {g.get('learning_rate')} · {p.get('device')}"
+                    f"{' ×' + str(p.get('gpus')) if (p.get('gpus') or 1) > 1 else ''} · cascade {p.get('cascade', {}).get('mode')}")
+        else:
+            plan = "resolving the plan…"
+        self.query_one("#plan", Static).update(plan)
+        if self.run_id:
+            st = self.meta.get("status", "?")
+            step = self.frames[-1].step if self.frames else 0
+            total = self.meta.get("max_steps") or (p.get("grpo") or {}).get("max_steps")
+            times = [f.step_time for f in self.frames[-10:] if isinstance(f.step_time, (int, float))]
+            eta = ""
+            if st == "running" and times and total:
+                eta = f" · ETA {max(0.0, (total - step) * sum(times) / len(times)):.0f}s"
+            last = self.frames[-1] if self.frames else None
+            ev = self.meta.get("eval") or {}
+            acc = ""
+            if ev.get("before"):
+                acc = f" · held-out {_fmt(ev['before'].get('task_metric'))}"
+                if ev.get("after"):
+                    acc += f" → {_fmt(ev['after'].get('task_metric'))}"
+            status = (f"run [b]{self.run_id}[/b] {st} · step {step}/{total or '?'}{eta} · {self.gate_text()}\n"
+                      f"Φ {_fmt(last.phi if last else None)} · task {_fmt(last.task_reward if last else None)} · "
+                      f"CARL {_fmt(last.carl_reward if last else None)} · entropy {_fmt(last.entropy if last else None)}"
+                      f"{acc}")
+            if self.meta.get("error") and st == "failed":
+                status += f"\n[red]{self.meta['error']}[/red]"
+        else:
+            status = "no run"
+        if self.message_text:
+            status += f"\n{self.message_text}"
+        self.query_one("#status", Static).update(status)
+        self.query_one("#samples", Static).update("\n".join(self.samples) or "–")
+        self.query_one("#log", Static).update("\n".join(ln[-120:] for ln in self.log_lines) or "–")
+
+    # ---- actions
+    def action_start(self) -> None:
+        if self.run_id and self.following:
+            self.message_text = "a run is being followed: stop (x) or detach (d) first"
+            self.refresh_text()
+            return
+        self.message_text = "starting…"
+        self.refresh_text()
+        self.start_run()
+
+    @work(thread=True, exclusive=True, group="start")
+    def start_run(self) -> None:
+        ctx = context_of(self)
+        try:
+            from engine.config import load_config
+            from engine.trainer.grpo import plan
+
+            cfg, path = load_config(ctx.config_path, ctx.screen_args.get("sets") or [], cwd=ctx.cwd)
+            the_plan = plan(cfg, path, run_dir=str(self.store.root / "<run_id>"))
+            run_id = self.store.create(cfg.to_yaml(), the_plan, config_path=str(path) if path else None)
+            self.store.spawn(run_id, gpus=cfg.compute.gpus)
+            self.app.call_from_thread(self._started, run_id)
+        except Exception as exc:
+            self.app.call_from_thread(self._say, f"[red]cannot start: {getattr(exc, 'message', exc)}[/red]")
+
+    def _started(self, run_id: str) -> None:
+        self.message_text = ""
+        self.open_run(run_id)
+
+    def _say(self, text: str) -> None:
+        self.message_text = text
+        self.refresh_text()
+
+    def action_stop(self) -> None:
+        if not self.run_id or self.meta.get("status") != "running":
+            self._say("no running run to stop")
+            return
+        self.store.stop(self.run_id, wait=0)
+        self._say("stop requested: the worker finishes the step and checkpoints")
+
+    def action_detach(self) -> None:
+        if not self.run_id:
+            return
+        self.workers.cancel_group(self, "tail")
+        was = self.run_id
+        self.following = False
+        self.run_id = None
+        self._say(f"detached from {was}; it keeps running — press a to attach again")
+
+    def action_attach(self) -> None:
+        runs = self.store.list()
+        target = next((r["run_id"] for r in runs if r["status"] == "running"), None) or \
+            (runs[0]["run_id"] if runs else None)
+        if target is None:
+            self._say("no runs yet")
+            return
+        self.message_text = ""
+        self.open_run(target)
+
+    def action_resume(self) -> None:
+        if not self.run_id:
+            self._say("open a stopped or failed run first (a)")
+            return
+        try:
+            run_id, step = self.store.prepare_resume(self.run_id)
+            import yaml
+
+            cfg = yaml.safe_load((self.store.run_dir(run_id) / "config.yaml").read_text(encoding="utf-8")) or {}
+            self.store.spawn(run_id, gpus=int((cfg.get("compute") or {}).get("gpus") or 1), resume=True)
+        except Exception as exc:
+            self._say(f"[red]cannot resume: {getattr(exc, 'message', exc)}[/red]")
+            return
+        self.message_text = f"resumed from step {step}"
+        self.open_run(run_id)

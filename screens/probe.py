@@ -19,6 +19,7 @@ from textual.binding import Binding
 from textual.containers import Horizontal, VerticalScroll
 from textual.screen import Screen
 from textual.widgets import Footer, Header, Input, Static
+from textual.worker import get_current_worker
 
 from engine.errors import CARLError
 from engine.probe import DEFAULT_WEIGHTS, SIGMA, CoherenceProbe, Snapshot, load_logits_file
@@ -155,6 +156,7 @@ class ProbeScreen(Screen):
     # ── the worker ───────────────────────────────────────────────────────────────────────────────────
     @work(thread=True, exclusive=True, group="probe")
     def _measure(self, path: Path, tokens: Path | None, allow_masked: bool) -> None:
+        worker = get_current_worker()
         try:
             logits, toks = load_logits_file(path, tokens)
             snap = CoherenceProbe().measure(logits, toks, allow_masked=allow_masked)
@@ -164,7 +166,8 @@ class ProbeScreen(Screen):
         except Exception as exc:  # a bug, still shown inline rather than crashing the workbench
             self.app.call_from_thread(self._show_error, CARLError(f"internal error: {type(exc).__name__}: {exc}"))
             return
-        self.app.call_from_thread(self._show, snap, path)
+        if not worker.is_cancelled:  # a newer load replaced this one: its result is stale
+            self.app.call_from_thread(self._show, snap, path)
 
     # ── rendering (UI thread) ────────────────────────────────────────────────────────────────────────
     def _set_status(self, message: str, error: bool = False) -> None:

@@ -207,21 +207,27 @@ def _token_stats_torch(x: Any, tokens: Any, allow_masked: bool) -> tuple[Any, ..
     entropy = torch.empty(n, dtype=work, device=x.device)
     selected = torch.empty(n, dtype=work, device=x.device)
     token_out = torch.empty(n, dtype=torch.int64, device=x.device)
+    # two scratch chunks, reused: no allocation (and on CPU no page faults) per chunk
+    z_buf = torch.empty((rows, v), dtype=work, device=x.device)
+    e_buf = torch.empty((rows, v), dtype=work, device=x.device)
     with torch.no_grad():
         for a in range(0, n, rows):
             c = x[a:a + rows]
-            owned = c.dtype != work  # a fresh float copy we may overwrite; else never touch the caller's tensor
-            c = c.to(work)
+            r = c.shape[0]
+            z, e = z_buf[:r], e_buf[:r]
+            if c.dtype != work:  # half precision: cast into the scratch chunk (the caller's tensor is never written)
+                z.copy_(c)
+                c = z
             if tokens is None:
                 tok = torch.argmax(c, dim=1)
                 m = c.gather(1, tok[:, None])
             else:
                 tok = tokens[a:a + rows].to(device=x.device, dtype=torch.int64)
                 m = c.amax(dim=1, keepdim=True)
-            z = c.sub_(m) if owned else c - m
+            torch.sub(c, m, out=z)
             if allow_masked:
                 z.clamp_(min=_MASK_FLOOR)
-            e = torch.exp(z)
+            torch.exp(z, out=e)
             s = e.sum(dim=1)
             sel = e.gather(1, tok[:, None])[:, 0] / s
             ez = e.mul_(z).sum(dim=1)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import random
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,10 @@ def _isolated_home(tmp_path, monkeypatch):
     monkeypatch.setenv("CARL_HOME", str(home))
     for var in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "ANTHROPIC_API_KEY", "RUNPOD_API_KEY", "CARL_MANAGED_TOKEN"):
         monkeypatch.delenv(var, raising=False)
+    # never the developer's saved Hugging Face token (`hf auth login`), in this process or in subprocesses
+    monkeypatch.setenv("HF_TOKEN_PATH", str(tmp_path / "hf-token"))
+    if "huggingface_hub.constants" in sys.modules:
+        monkeypatch.setattr(sys.modules["huggingface_hub.constants"], "HF_TOKEN_PATH", str(tmp_path / "hf-token"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")

@@ -126,14 +126,31 @@ def test_remote_config_defaults_and_field_paths():
     assert ei3.value.context["errors"][0]["field"] == "remote.default_backend"
 
 
-def test_credential_status_is_masked(monkeypatch):
+def test_credential_status_is_masked(monkeypatch, tmp_path):
+    from huggingface_hub import constants
+
     from engine.remote.jobs import credential_status
 
+    monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(tmp_path / "no-token"))  # never the developer's own
     monkeypatch.setenv("RUNPOD_API_KEY", "rpa_ABCDEFGHIJKLMNOP1234")
     rows = {r["backend"]: r for r in credential_status(remote_settings({}))}
     assert rows["runpod"]["present"] and rows["runpod"]["env_var"] == "RUNPOD_API_KEY"
     assert "ABCDEFGH" not in rows["runpod"]["shown"] and rows["runpod"]["shown"] == "set (rpa_…1234, 24 chars)"
-    assert rows["hf"] == {"backend": "hf", "env_var": "HF_TOKEN", "present": False, "shown": "not set"}
+    assert rows["hf"] == {"backend": "hf", "env_var": "HF_TOKEN", "present": False, "source": None,
+                          "shown": "not set"}
+
+
+def test_credential_status_sees_a_token_saved_by_hf_auth_login(monkeypatch, tmp_path):
+    from huggingface_hub import constants
+
+    from engine.remote.jobs import credential_status
+
+    token_file = tmp_path / "token"
+    token_file.write_text("hf_SavedByLoginABCDEFGH9876")
+    monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(token_file))
+    row = {r["backend"]: r for r in credential_status(remote_settings({}))}["hf"]
+    assert row["present"] and row["source"] == "saved"
+    assert "SavedByLogin" not in row["shown"] and row["shown"].endswith("9876, 27 chars)")
 
 
 @pytest.mark.parametrize("backend,remote", [("runpod", {}), ("managed", {"managed": {"url": "https://m.invalid"},

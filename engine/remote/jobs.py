@@ -69,10 +69,15 @@ def credential_status(rs: RemoteSettings) -> list[dict[str, Any]]:
 
     from engine.errors import mask_secret
 
+    from engine.remote.hf_jobs import _saved_token
+
     out = []
     for b, var in (("hf", rs.hf.token_env), ("runpod", rs.runpod.token_env), ("managed", rs.managed.token_env)):
-        out.append({"backend": b, "env_var": var, "present": bool(os.environ.get(var)),
-                    "shown": mask_secret(os.environ.get(var))})
+        value, source = os.environ.get(var), "env"
+        if not value and b == "hf":  # `hf auth login` stores a token that submits accept too
+            value, source = _saved_token(), "saved"
+        out.append({"backend": b, "env_var": var, "present": bool(value), "source": source if value else None,
+                    "shown": mask_secret(value)})
     return out
 
 

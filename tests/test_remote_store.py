@@ -162,3 +162,13 @@ def test_dry_run_needs_no_credentials_and_sends_nothing(backend, remote):
     assert out["dry_run"] and out["request"]["method"] == "POST"
     assert out["request"]["headers"]["Authorization"] == "Bearer ***"
     assert store.list_jobs() == []
+
+
+def test_update_rereads_so_a_status_poll_keeps_the_log_followers_step():
+    home = CarlHome.from_env()
+    store.save(rec("hf-x", submitted_ts=1000.0), home)
+    stale = store.load("hf-x", home)  # what a status poll read before the follower saved its step
+    store.update("hf-x", lambda r: r.__setitem__("last_step", 12), home)
+    store.update(stale["run_id"], lambda r: r.__setitem__("status", "running"), home)
+    fresh = store.load("hf-x", home)
+    assert fresh["status"] == "running" and fresh["last_step"] == 12

@@ -232,8 +232,7 @@ def job_status(ref: str, cfg: Config, *, home: CarlHome | None = None,
     home = home or CarlHome.from_env()
     rec = store.load(ref, home)
     state = _client_for(rec, cfg, sleep).status(_need_remote(rec))
-    _apply_state(rec, state)
-    store.save(rec, home)
+    rec = store.update(rec["run_id"], lambda fresh: _apply_state(fresh, state), home)
     return job_view(rec)
 
 
@@ -278,6 +277,12 @@ def job_logs(ref: str, cfg: Config, *, follow: bool = False, home: CarlHome | No
     client = _client_for(rec, cfg, sleep)
     remote_id = _need_remote(rec)
 
+    def save_step() -> None:
+        if rec.get("last_step") is not None:
+            step = rec["last_step"]
+            store.update(rec["run_id"], lambda fresh: fresh.__setitem__(
+                "last_step", max(step, fresh.get("last_step") or step)), home)
+
     def lines() -> Iterator[str]:
         last_saved = time.monotonic()
         try:
@@ -286,11 +291,11 @@ def job_logs(ref: str, cfg: Config, *, follow: bool = False, home: CarlHome | No
                 if fr is not None:
                     rec["last_step"] = fr["step"]
                     if time.monotonic() - last_saved > 2:
-                        store.save(rec, home)
+                        save_step()
                         last_saved = time.monotonic()
                 yield line
         finally:
-            store.save(rec, home)
+            save_step()
 
     return rec, lines()
 

@@ -18,7 +18,7 @@ import os
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from engine.errors import RunNotFound, ValidationError
 from engine.home import CarlHome
@@ -54,6 +54,21 @@ def save(rec: dict[str, Any], home: CarlHome | Path | str | None = None) -> Path
     tmp.write_text(json.dumps(rec, indent=1, sort_keys=True), encoding="utf-8")
     tmp.replace(path)
     return path
+
+
+def update(run_id: str, mutate: Callable[[dict[str, Any]], None],
+           home: CarlHome | Path | str | None = None) -> dict[str, Any]:
+    """Read-modify-write one record under a per-record file lock, re-reading it first, so a status poll and a
+    log follower (threads or processes) never overwrite each other's fields."""
+    from filelock import FileLock
+
+    root = _root(home)
+    root.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(root / f".{run_id}.lock"), timeout=30):
+        rec = load(run_id, home)
+        mutate(rec)
+        save(rec, home)
+    return rec
 
 
 def _load_all(home: CarlHome | Path | str | None) -> list[dict[str, Any]]:

@@ -25,12 +25,13 @@ import json
 import math
 import os
 import threading
+import warnings
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
-from engine.errors import ValidationError
+from engine.errors import NetworkError, ValidationError
 
 DEFAULT_MAX_NEW_TOKENS = 64
 MAX_NEW_TOKENS_LIMIT = 8192
@@ -538,6 +539,9 @@ class Generation:
             with torch.inference_mode():  # never held across a yield: grad mode is thread-local state
                 logits, cache = lm._forward(torch.tensor([p_ids], device=lm.device), last_only=True)
             for k in range(budget):
+                if self._cancel.is_set():  # checked between the forward and the choice: a cancel is prompt
+                    finish = "cancelled"
+                    break
                 with torch.inference_mode():
                     raw = logits[0, -1].float()
                     vocab = int(raw.shape[-1])
@@ -554,10 +558,7 @@ class Generation:
                 if tok in lm.eos_ids:
                     finish = "eos"
                     break
-                if self._cancel.is_set():
-                    finish = "cancelled"
-                    break
-                if k + 1 < budget:
+                if k + 1 < budget and not self._cancel.is_set():
                     with torch.inference_mode():
                         logits, cache = lm._forward(torch.tensor([[tok]], device=lm.device), cache)
             else:
@@ -643,6 +644,11 @@ def _load_uncached(ref: ModelRef, device: str, dtype: str, log: Callable[[str], 
             tok = AutoTokenizer.from_pretrained(ref.tokenizer or ref.model)
             model = AutoModelForCausalLM.from_pretrained(ref.model, dtype=torch_dtype)
         except (OSError, ValueError, KeyError) as exc:
+            offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
+            if "couldn't connect" in str(exc) and not offline and not Path(ref.model).exists():
+                raise NetworkError(f"cannot fetch model {name!r} from the Hub: {_first_line(exc)}",
+                                   hint="Check the network, or use a local directory / builtin:tiny.",
+                                   context={"model": ref.model}) from None
             raise ValidationError(f"cannot load model {name!r}: {_first_line(exc)}",
                                   hint="Use a local directory saved with save_pretrained, a Hub id reachable from "
                                        "here (downloads need the network), or builtin:tiny.",
@@ -651,7 +657,9 @@ def _load_uncached(ref: ModelRef, device: str, dtype: str, log: Callable[[str], 
             try:
                 from peft import PeftModel
 
-                model = PeftModel.from_pretrained(model, ref.adapter)
+                with warnings.catch_warnings():  # deprecation chatter from transformers inside peft
+                    warnings.simplefilter("ignore", FutureWarning)
+                    model = PeftModel.from_pretrained(model, ref.adapter)
             except (OSError, ValueError, KeyError, RuntimeError) as exc:
                 raise ValidationError(f"cannot load adapter {ref.adapter!r} on {ref.model!r}: {_first_line(exc)}",
                                       hint="Check that the adapter was trained on this base model.",

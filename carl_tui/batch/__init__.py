@@ -32,13 +32,15 @@ def verb_modules() -> list[str]:
     return sorted(m.name for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_"))
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The batch parser; with ``only`` (a verb whose module is named like it) just that verb is imported, so a
+    verb's start-up never pays for every other verb's imports."""
     parser = _Parser(prog="carl --batch", description="carl headless mode: JSON on stdout, errors as JSON on stderr.",
                      epilog="exit codes: 0 ok · 1 failed · 2 usage/config · 3 credential · 4 network · "
                             "5 refused (budget/approval) · 130 interrupted")
     parser.add_argument("--version", action="version", version=f"carl {__version__}")
     sub = parser.add_subparsers(dest="verb", metavar="VERB", parser_class=_Parser)
-    for name in verb_modules():
+    for name in ([only] if only else verb_modules()):
         importlib.import_module(f"{__name__}.{name}").register(sub)
     return parser
 
@@ -50,7 +52,8 @@ def _on_sigterm(signum: int, frame: Any) -> None:
 def main(argv: list[str]) -> int:
     signal.signal(signal.SIGTERM, _on_sigterm)
     try:
-        parser = build_parser()
+        first = argv[0] if argv else None
+        parser = build_parser(first if first in verb_modules() else None)
         args = parser.parse_args(argv)
         if not getattr(args, "func", None):
             if args.verb is None:

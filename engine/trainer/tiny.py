@@ -15,12 +15,20 @@ import time
 from pathlib import Path
 from typing import Any
 
-VERSION = 1
+VERSION = 2
 CHARS = list("0123456789+=")
 PAD, EOS, BOS = "<pad>", "<eos>", "<bos>"
 HELDOUT_N = 200
 HELDOUT_SEED = 1234
-SFT_STEPS = 400  # warm start: partial held-out greedy accuracy, room for GRPO to improve
+VAL_N = 256  # a validation slice of the *training* pairs: the warm start stops on it, never on the held-out set
+# The warm start: AdamW, linear warm-up then cosine decay over SFT_MAX_STEPS, gradient clipping 1.0. By default it
+# stops at the first check (every SFT_CHECK_EVERY steps) where greedy accuracy on the validation slice reaches
+# SFT_TARGET: a partly trained model (~35% held-out) that GRPO can visibly improve. Learning on this task is a
+# steep transition (≈5% → 50% within ~40 steps), so a fixed step count lands anywhere in it; a target does not.
+SFT_TARGET = 0.35
+SFT_MAX_STEPS = 400
+SFT_WARMUP = 40
+SFT_CHECK_EVERY = 5
 SFT_BATCH = 128
 SFT_LR = 3e-3
 MODEL_KW = dict(hidden_size=96, intermediate_size=288, num_hidden_layers=2, num_attention_heads=4,
@@ -58,14 +66,25 @@ def cache_root() -> Path:
     return carl_home().cache
 
 
-def sft_steps_default() -> int:
-    """Warm-start steps: ``CARL_TINY_SFT_STEPS`` (tests and ablations use short ones), else SFT_STEPS."""
+def sft_steps_default() -> int | None:
+    """A fixed warm-start step count from ``CARL_TINY_SFT_STEPS`` (tests and ablations), else None: train to
+    the accuracy target (``CARL_TINY_SFT_TARGET``, default SFT_TARGET)."""
     raw = os.environ.get("CARL_TINY_SFT_STEPS")
-    return int(raw) if raw and raw.isdigit() else SFT_STEPS
+    return int(raw) if raw and raw.isdigit() else None
 
 
-def tiny_dir(root: Path | None = None, sft_steps: int | None = None) -> Path:
-    return (root or cache_root()) / f"tiny-v{VERSION}-sft{sft_steps if sft_steps is not None else sft_steps_default()}"
+def sft_target_default() -> float:
+    raw = os.environ.get("CARL_TINY_SFT_TARGET")
+    try:
+        return float(raw) if raw else SFT_TARGET
+    except ValueError:
+        return SFT_TARGET
+
+
+def tiny_dir(root: Path | None = None, sft_steps: int | None = None, target: float | None = None) -> Path:
+    steps = sft_steps if sft_steps is not None else sft_steps_default()
+    tag = f"sft{steps}" if steps is not None else f"acc{round(100 * (target if target is not None else sft_target_default()))}"
+    return (root or cache_root()) / f"tiny-v{VERSION}-{tag}"
 
 
 def build_tokenizer():
@@ -90,31 +109,58 @@ def _encode_example(tok, a: int, b: int) -> tuple[list[int], int]:
     return ids + ans, len(ids)
 
 
-def _sft(model, tok, pairs, steps: int, seed: int, log=None) -> None:
+def _lr_factor(step: int, total: int, warmup: int) -> float:
+    import math
+
+    if step < warmup:
+        return (step + 1) / warmup
+    return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
+
+
+def _sft(model, tok, pairs, steps: int | None, seed: int, *, target: float | None = None, val=None,
+         log=None) -> tuple[int, float | None]:
+    """Supervised warm start: loss on the answer tokens + EOS only (prompt positions masked with -100), rows
+    right-padded (prompts all have the same length, so positions match generation). ``steps`` fixed, or
+    (``steps`` None) up to SFT_MAX_STEPS stopping once greedy accuracy on ``val`` ≥ ``target``.
+    Returns (steps done, last validation accuracy or None)."""
     import torch
 
     torch.manual_seed(seed)
     rng = random.Random(seed)
-    opt = torch.optim.AdamW(model.parameters(), lr=SFT_LR, weight_decay=0.0)
+    total = steps if steps is not None else SFT_MAX_STEPS
+    warmup = min(SFT_WARMUP, max(1, total // 10))
+    opt = torch.optim.AdamW(model.parameters(), lr=SFT_LR, weight_decay=0.0, betas=(0.9, 0.98))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _lr_factor(s, total, warmup))
+    encoded = {p: _encode_example(tok, *p) for p in pairs}
+    val_acc = None
+    done = 0
     model.train()
-    for step in range(steps):
-        batch = [rng.choice(pairs) for _ in range(SFT_BATCH)]
-        enc = [_encode_example(tok, a, b) for a, b in batch]
-        width = max(len(ids) for ids, _ in enc)
-        input_ids = torch.full((len(enc), width), tok.pad_token_id)
-        labels = torch.full((len(enc), width), -100)
-        attn = torch.zeros((len(enc), width), dtype=torch.long)
-        for i, (ids, plen) in enumerate(enc):
+    for step in range(total):
+        batch = [encoded[rng.choice(pairs)] for _ in range(SFT_BATCH)]
+        width = max(len(ids) for ids, _ in batch)
+        input_ids = torch.full((len(batch), width), tok.pad_token_id)
+        labels = torch.full((len(batch), width), -100)
+        attn = torch.zeros((len(batch), width), dtype=torch.long)
+        for i, (ids, plen) in enumerate(batch):
             input_ids[i, : len(ids)] = torch.tensor(ids)
             attn[i, : len(ids)] = 1
             labels[i, plen: len(ids)] = torch.tensor(ids[plen:])
         out = model(input_ids=input_ids, attention_mask=attn, labels=labels)
         opt.zero_grad()
         out.loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
-        if log and (step + 1) % 50 == 0:
-            log(f"tiny: warm start step {step + 1}/{steps} loss {out.loss.item():.3f}")
+        sched.step()
+        done = step + 1
+        if log and done % 50 == 0:
+            log(f"tiny: warm start step {done} loss {out.loss.item():.3f}")
+        if steps is None and target is not None and val and done % SFT_CHECK_EVERY == 0 and out.loss.item() < 1.2:
+            val_acc = greedy_accuracy(model, tok, val)
+            model.train()
+            if val_acc >= target:
+                break
     model.eval()
+    return done, val_acc
 
 
 def greedy_accuracy(model, tok, pairs, *, max_new_tokens: int = 5, batch: int = 100) -> float:
@@ -134,12 +180,17 @@ def greedy_accuracy(model, tok, pairs, *, max_new_tokens: int = 5, batch: int = 
     return correct / max(1, len(pairs))
 
 
-def ensure_tiny(root: Path | None = None, *, sft_steps: int | None = None, log=None) -> Path:
-    """Build (once) and return the directory holding the warm-started tiny model and its tokenizer."""
+def ensure_tiny(root: Path | None = None, *, sft_steps: int | None = None, target: float | None = None,
+                log=None) -> Path:
+    """Build (once) and return the directory holding the warm-started tiny model and its tokenizer.
+
+    ``sft_steps`` (or ``CARL_TINY_SFT_STEPS``): a fixed number of warm-start steps (0 = untrained); otherwise
+    train until the validation accuracy reaches ``target`` (or ``CARL_TINY_SFT_TARGET``, default SFT_TARGET)."""
     from filelock import FileLock
 
     sft_steps = sft_steps if sft_steps is not None else sft_steps_default()
-    out = tiny_dir(root, sft_steps)
+    target = target if target is not None else sft_target_default()
+    out = tiny_dir(root, sft_steps, target)
     if (out / "carl_tiny.json").is_file():
         return out
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -158,7 +209,9 @@ def ensure_tiny(root: Path | None = None, *, sft_steps: int | None = None, log=N
                              bos_token_id=tok.bos_token_id, tie_word_embeddings=True, **MODEL_KW)
         model = LlamaForCausalLM(config)
         train_pairs, heldout = split_pairs()
-        _sft(model, tok, train_pairs, sft_steps, seed=0, log=log)
+        val = train_pairs[:VAL_N]
+        done, val_acc = _sft(model, tok, train_pairs, sft_steps, seed=0, target=None if sft_steps is not None else target,
+                             val=val, log=log) if sft_steps != 0 else (0, None)
         acc = greedy_accuracy(model, tok, heldout)
         tmp = out.with_name(out.name + f".tmp{os.getpid()}")
         model.generation_config.pad_token_id = tok.pad_token_id
@@ -166,7 +219,8 @@ def ensure_tiny(root: Path | None = None, *, sft_steps: int | None = None, log=N
         model.save_pretrained(tmp)
         tok.save_pretrained(tmp)
         (tmp / "carl_tiny.json").write_text(json.dumps(
-            {"version": VERSION, "sft_steps": sft_steps, "heldout_accuracy": acc, "build_s": time.time() - t0,
+            {"version": VERSION, "sft_steps": done, "sft_target": None if sft_steps is not None else target,
+             "val_accuracy": val_acc, "heldout_accuracy": acc, "build_s": time.time() - t0,
              "n_params": sum(p.numel() for p in model.parameters())}), encoding="utf-8")
         if out.exists():  # a torn earlier build
             import shutil
@@ -174,7 +228,7 @@ def ensure_tiny(root: Path | None = None, *, sft_steps: int | None = None, log=N
             shutil.rmtree(out)
         tmp.rename(out)
         if log:
-            log(f"tiny: built in {time.time() - t0:.1f}s, warm-start held-out accuracy {acc:.3f}")
+            log(f"tiny: built in {time.time() - t0:.1f}s ({done} warm-start steps), held-out accuracy {acc:.3f}")
     return out
 
 

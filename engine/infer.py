@@ -560,7 +560,11 @@ class Generation:
                     break
                 if k + 1 < budget and not self._cancel.is_set():
                     with torch.inference_mode():
-                        logits, cache = lm._forward(torch.tensor([[tok]], device=lm.device), cache)
+                        if cache is not None:
+                            logits, cache = lm._forward(torch.tensor([[tok]], device=lm.device), cache)
+                        else:  # a model without a KV cache: re-read the whole sequence
+                            logits, cache = lm._forward(torch.tensor([p_ids + ids], device=lm.device),
+                                                        last_only=True)
             else:
                 finish = "context" if limited_by_context else "length"
         except GeneratorExit:

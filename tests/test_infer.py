@@ -297,3 +297,18 @@ def test_result_dict_shape(lm):
     assert set(d["rewards"]) == {"coherence", "cloud", "discontinuity", "carl"}
     assert d["n_tokens"] == len(d["phi"]) and d["settings"]["greedy"] is True
     json.dumps(d)
+
+
+def test_models_without_a_kv_cache_reread_the_sequence(lm, monkeypatch):
+    s = infer.Sampling(max_new_tokens=8, temperature=2.0, seed=5)
+    cached = lm.generate(PROMPT, s)
+    forward = lm._forward
+
+    def no_cache(input_ids, cache=None, last_only=False):
+        logits, _ = forward(input_ids, None, last_only)
+        return logits, None  # what a model that returns no cache looks like to the loop
+
+    monkeypatch.setattr(lm, "_forward", no_cache)
+    plain = lm.generate(PROMPT, s)
+    assert plain.token_ids == cached.token_ids
+    np.testing.assert_allclose(plain.phi, cached.phi, atol=1e-5)

@@ -61,7 +61,7 @@ def make_app(root: Path, **screen_kwargs) -> TryApp:
 @pytest.fixture
 def runs(tiny_env, tmp_path_factory):  # noqa: F811
     """Runs in the current CARL_HOME: a completed full model, a sharper checkpoint of it, and a LoRA run (a seeded
-    random adapter)."""
+    random adapter). Request it after ``snap_home`` (which moves CARL_HOME) in snapshot tests."""
     import os
 
     infer.clear_cache()

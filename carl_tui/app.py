@@ -23,9 +23,10 @@ SCREENS: dict[str, tuple[str, str, str, str]] = {
     "ledger": ("screens.ledger", "LedgerScreen", "l", "the signed, hash-chained record of every action"),
     "probe": ("screens.probe", "ProbeScreen", "b", "measure Phi over a logits file"),
     "jobs": ("screens.jobs", "JobsScreen", "j", "remote jobs: estimate, submit with approval, status, logs, stop"),
+    "try": ("screens.try_panel", "TryScreen", "y", "try a model: completions shaded token by token by Phi"),
 }
 # Reached by key and palette but kept out of the footer (it stays readable at 80 columns).
-_QUIET = {"jobs"}
+_QUIET = {"jobs", "try"}
 
 
 def _factory(module: str, cls: str) -> Callable[[], Screen]:

@@ -11,7 +11,7 @@ import sys
 
 from carl_tui import __version__
 
-SCREENS = ("project", "train", "observe", "chat", "ledger", "probe", "jobs")
+SCREENS = ("project", "train", "observe", "chat", "ledger", "probe", "jobs", "try")
 
 HELP = f"""carl {__version__} — a terminal workbench for Coherence-Aware Reinforcement Learning
 
@@ -24,7 +24,7 @@ usage:
   carl --batch VERB [ARGS]     headless: JSON on stdout, JSON errors on stderr (see carl --batch --help)
   carl --version | --help
 
-keys in the workbench: p project · t train · o observe · c chat · l ledger · b probe · j jobs · ctrl+p palette · q quit
+keys in the workbench: p project · t train · o observe · c chat · l ledger · b probe · j jobs · y try · ctrl+p palette · q quit
 environment: CARL_HOME (default ~/.carl), NO_COLOR
 """
 
@@ -45,6 +45,12 @@ def _screen_parser(screen: str) -> argparse.ArgumentParser:
         p.add_argument("--poll", type=float, metavar="S", help="poll interval in seconds while following")
     if screen in ("train", "ledger"):
         p.add_argument("--run", help="run id (train: attach to it)")
+    if screen == "try":
+        p.add_argument("--model", help="model path or Hub id")
+        p.add_argument("--adapter", help="PEFT adapter path")
+        p.add_argument("--run", help="a run id: its latest checkpoint")
+        p.add_argument("--compare", help="a second model/run to compare side by side")
+        p.add_argument("--prompt", help="prompt to start with")
     if screen == "probe":
         p.add_argument("--logits", help=".npy/.npz/.safetensors logits file")
         p.add_argument("--tokens", help="token ids file")

@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sqlite3
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -44,8 +46,7 @@ def test_train_config_errors(args, code):
 
 @pytest.mark.slow
 def test_train_streams_frames_then_run_and_eval_verbs(tiny_env):
-    sets = [a for s in SMALL + ["grpo.max_steps=3", "grpo.save_steps=3", "tracking.trackio=false"]
-            for a in ("--set", s)]
+    sets = [a for s in SMALL + ["grpo.max_steps=3", "grpo.save_steps=3"] for a in ("--set", s)]
     rc, out, err = carl("train", *sets)
     assert rc == 0, err
     lines = [json.loads(x) for x in out.splitlines()]
@@ -60,6 +61,12 @@ def test_train_streams_frames_then_run_and_eval_verbs(tiny_env):
     assert done["type"] == "done" and done["status"] == "completed" and os.path.isdir(done["run_dir"])
     assert "before" in err and "after" in err  # held-out accuracy printed for humans on stderr
     run_id = done["run_id"]
+    # the worker logged the same metrics to trackio, in the TRACKIO_DIR of its environment (project carl-demo)
+    db = Path(os.environ["TRACKIO_DIR"]) / "carl-demo.db"
+    assert db.is_file()
+    with sqlite3.connect(db) as con:
+        steps = sorted(r[0] for r in con.execute("SELECT step FROM metrics WHERE run_name = ?", (run_id,)))
+    assert steps == [1, 2, 3]
 
     rc, out, _ = carl("run", "list")
     assert rc == 0 and json.loads(out)["runs"][0]["run_id"] == run_id

@@ -28,8 +28,11 @@ def _run(sets):
 
 
 def test_short_cascade_run_fixed_gate(tiny_env):
+    # trackio is checked in test_train_cli through a real worker process: in-process, trackio fixes its store
+    # directory when it is first imported (an earlier test in the session may have done so), not per test
     status, d, frames, events, meta = _run(["grpo.max_steps=4", "grpo.save_steps=2", "cascade.mode=fixed",
-                                            "cascade.fixed_step=2", "cascade.warmup_steps=2"])
+                                            "cascade.fixed_step=2", "cascade.warmup_steps=2",
+                                            "tracking.trackio=false"])
     assert status == "completed"
     assert [f["step"] for f in frames] == [1, 2, 3, 4]
     assert [f["gate"] for f in frames] == ["A", "B", "B", "B"]
@@ -49,10 +52,6 @@ def test_short_cascade_run_fixed_gate(tiny_env):
     assert json.loads((d / "checkpoints/checkpoint-2/carl_cascade.json").read_text())["gate"]["opened_at"] == 2
     assert (d / "final" / "config.json").is_file()
     assert set(meta["eval"]) == {"before", "after"}
-    # trackio got the same metrics locally
-    import os
-
-    assert any(p.suffix == ".db" for p in __import__("pathlib").Path(os.environ["TRACKIO_DIR"]).rglob("*"))
 
 
 def test_metric_gate_fires_on_the_logged_task_reward(tiny_env):

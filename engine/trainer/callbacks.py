@@ -68,8 +68,16 @@ def make_callback(run_dir: Path, *, state_ref: Callable[[], Any], should_stop: C
         def on_train_begin(self, args, state, control, **kw):
             if trackio_project:
                 try:
-                    import trackio
+                    import os
 
+                    import trackio
+                    from trackio import utils as trackio_utils
+
+                    want = os.environ.get("TRACKIO_DIR")
+                    if want and Path(want).expanduser().resolve() != Path(trackio_utils.TRACKIO_DIR).resolve():
+                        # trackio fixes its store when first imported; a worker process always matches its env
+                        print(f"carl: trackio writes to {trackio_utils.TRACKIO_DIR} (imported before TRACKIO_DIR="
+                              f"{want} was set in this process)", flush=True)
                     trackio.init(project=trackio_project, name=run_name, config=config or {}, resume="allow",
                                  embed=False)
                     self.trackio = trackio

@@ -76,6 +76,7 @@ class TrainScreen(Screen):
         Binding("d", "detach", "Detach"),
         Binding("a", "attach", "Attach"),
         Binding("u", "resume", "Resume"),
+        Binding("y", "try_run", "Try it"),
     ]
 
     def __init__(self) -> None:
@@ -317,6 +318,15 @@ class TrainScreen(Screen):
             return
         self.message_text = ""
         self.open_run(target)
+
+    def action_try_run(self) -> None:
+        """Open the try panel on this run's model (its final model, else its newest checkpoint)."""
+        if not self.run_id:
+            self._say("open a run first (a); to try any model, open the try panel from the command palette")
+            return
+        from screens.try_panel import TryScreen
+
+        self.app.push_screen(TryScreen(run=self.run_id))
 
     def action_resume(self) -> None:
         if not self.run_id:

@@ -114,3 +114,23 @@ async def _follow_and_stop(app, d):
         assert (d / "stop.request").is_file()
         await pilot.press("d")
         assert screen.run_id is None and not screen.following
+
+
+@pytest.mark.anyio
+async def test_y_opens_the_try_panel_on_the_open_run_and_esc_returns(tmp_path):
+    from screens.try_panel import TryScreen
+
+    make_run(tmp_path / "home", "20250101-120000-done", range(1, 4))
+    app = make_app(tmp_path, run="20250101-120000-done")
+    async with app.run_test(size=(100, 30)) as pilot:
+        await settle(pilot, 3)
+        await pilot.press("y")
+        await pilot.pause()
+        assert isinstance(app.screen, TryScreen)
+        assert app.screen._init["run"] == "20250101-120000-done"
+        await pilot.press("escape")
+        await pilot.pause()
+        if isinstance(app.screen, TryScreen):  # the first esc may leave the prompt box
+            await pilot.press("escape")
+            await pilot.pause()
+        assert isinstance(app.screen, TrainScreen)

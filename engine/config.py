@@ -10,7 +10,7 @@ import copy
 import difflib
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -149,6 +149,16 @@ class CascadeSection(_Model):
     min_above: int = Field(3, ge=1, description="Steps in the window that must pass (≤ window).")
     warmup_steps: int = Field(10, ge=0, description="Steps used to calibrate the gate's threshold.")
     crystallization_threshold: float = Field(1.0, ge=0, description="mode=crystallization: events per step.")
+    evidence_floor: float = Field(0.1, ge=0, lt=1, description="mode=evidence: the success rate whose Wilson "
+                                                              "lower bound must be beaten.")
+    evidence_window: int = Field(10, ge=1, description="mode=evidence: steps pooled for the success rate.")
+    evidence_consecutive: int = Field(3, ge=1, description="mode=evidence: consecutive steps above the floor.")
+    evidence_z: float = Field(1.96, gt=0, description="mode=evidence: z of the Wilson bound (1.96 ≈ 95%).")
+    combine: Literal["add", "varied_groups"] = Field(
+        "add", description="How CARL joins the task reward: add, or only within groups whose task rewards "
+                           "vary, capped (see docs/cascade.md).")
+    carl_cap: float = Field(0.25, ge=0, le=1, description="combine=varied_groups: the largest CARL-driven "
+                                                          "advantage, in units of the group's reward std.")
 
     @model_validator(mode="after")
     def _window(self) -> "CascadeSection":
@@ -548,3 +558,36 @@ def changed_fields(before: Any, after: Any, prefix: str = "") -> list[str]:
             out += changed_fields(before.get(key), after.get(key), f"{prefix}.{key}" if prefix else str(key))
         return out
     return [] if before == after else [prefix or "(root)"]
+
+
+def validate_section(model: type[BaseModel], data: Any, section: str,
+                     hint: str | Callable[[list[dict[str, Any]]], str]) -> Any:
+    """Validate one free-form carl.yaml section (``policy:``, ``remote:``, ``chat:``) owned by another module.
+
+    ``data`` may be the section's mapping, None (defaults) or an instance of ``model``. Raises ``carl.config``
+    naming the first bad field with its section path (``remote.hf.flavor``) and value; every error in
+    ``context.errors`` as ``[{"field", "value", "message"}]``. ``hint`` may depend on the errors.
+    """
+    if isinstance(data, model):
+        return data
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{section}: must be a mapping, got {type(data).__name__}",
+                          hint=hint if isinstance(hint, str) else hint([]), context={"field": section})
+    try:
+        return model.model_validate(data)
+    except PydanticValidationError as exc:
+        errs = []
+        for e in exc.errors():
+            msg = str(e.get("msg", "invalid"))
+            msg = msg[len("Value error, "):] if msg.startswith("Value error, ") else msg
+            value = e.get("input")
+            errs.append({"field": section + "".join(f"[{p}]" if isinstance(p, int) else f".{p}"
+                                                    for p in e.get("loc", ())),
+                         "value": None if isinstance(value, (dict, list)) else value, "message": msg})
+        first = errs[0]
+        shown = "" if first["value"] is None else f" (got {first['value']!r})"
+        more = f" (+{len(errs) - 1} more)" if len(errs) > 1 else ""
+        raise ConfigError(f"{first['field']}: {first['message']}{shown}{more}",
+                          hint=hint if isinstance(hint, str) else hint(errs), context={"errors": errs}) from None

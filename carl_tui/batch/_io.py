@@ -3,28 +3,14 @@
 from __future__ import annotations
 
 import json
-import math
 import sys
 from typing import Any
 
 from engine.errors import CARLError
+from engine.jsonable import to_jsonable
 
 
-def _clean(o: Any) -> Any:
-    """Make values JSON-safe: numpy scalars/arrays to Python, NaN/inf to null, paths to strings."""
-    if isinstance(o, float):
-        return o if math.isfinite(o) else None
-    if isinstance(o, dict):
-        return {str(k): _clean(v) for k, v in o.items()}
-    if isinstance(o, (list, tuple)):
-        return [_clean(v) for v in o]
-    if o is None or isinstance(o, (str, int, bool)):
-        return o
-    if hasattr(o, "tolist"):  # numpy / torch
-        return _clean(o.tolist())
-    if hasattr(o, "item"):
-        return _clean(o.item())
-    return str(o)
+_clean = to_jsonable
 
 
 def dumps(obj: Any) -> str:

@@ -16,9 +16,7 @@ from __future__ import annotations
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
-from pydantic import ValidationError as PydanticValidationError
 
-from engine.errors import ConfigError
 
 DEFAULT_MODEL = "claude-sonnet-4-6"
 
@@ -65,23 +63,7 @@ def chat_config(source: Any = None) -> ChatConfig:
     """Validate the ``chat`` section: ``source`` is an ``engine.config.Config``, its ``chat`` dict, or None.
 
     Errors are ``carl.config`` naming the field path (``chat.prices.x.input``)."""
-    data = getattr(source, "chat", source)
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"chat: must be a mapping, got {type(data).__name__}", context={"field": "chat"})
-    try:
-        return ChatConfig.model_validate(data)
-    except PydanticValidationError as exc:
-        errs = []
-        for e in exc.errors():
-            path = "chat" + "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in e.get("loc", ()))
-            value = e.get("input")
-            errs.append({"field": path, "value": None if isinstance(value, dict) else value,
-                         "message": e.get("msg", "invalid")})
-        first = errs[0]
-        shown = "" if first["value"] is None else f" (got {first['value']!r})"
-        more = f" (+{len(errs) - 1} more)" if len(errs) > 1 else ""
-        raise ConfigError(f"carl.yaml: {first['field']}: {first['message']}{shown}{more}",
-                          hint="Fix the named field(s) of the chat: section (see docs/chat.md).",
-                          context={"errors": errs}) from None
+    from engine.config import validate_section
+
+    return validate_section(ChatConfig, getattr(source, "chat", source), "chat",
+                            "Fix the named field(s) of the chat: section (see docs/chat.md).")

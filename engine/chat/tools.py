@@ -25,6 +25,7 @@ from pydantic import ValidationError as PydanticValidationError
 
 from engine.errors import ApprovalRequired, CARLError, PermissionDenied, ValidationError, redact
 from engine.home import CarlHome
+from engine.jsonable import to_jsonable
 
 MAX_RESULT_CHARS = 24_000  # a tool result is cut to this many characters (keeps the context bounded)
 
@@ -195,26 +196,7 @@ def _err(exc: CARLError) -> dict[str, Any]:
     return {"code": d["code"], "message": d["message"], "hint": d["hint"]}
 
 
-def _jsonable(value: Any) -> Any:
-    if hasattr(value, "to_dict"):
-        return _jsonable(value.to_dict())
-    if hasattr(value, "model_dump"):
-        return value.model_dump(mode="json")
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, float) and value != value:
-        return None
-    if value is None or isinstance(value, (str, int, float, bool)):
-        return value
-    if hasattr(value, "tolist"):
-        return _jsonable(value.tolist())
-    if hasattr(value, "__dataclass_fields__"):
-        from dataclasses import asdict
-
-        return _jsonable(asdict(value))
-    return str(value)
+_jsonable = to_jsonable
 
 
 # ============================================================================================ ledger glue

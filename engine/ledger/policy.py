@@ -31,9 +31,8 @@ from datetime import datetime, timezone
 from typing import Any, Iterable, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
-from pydantic import ValidationError as PydanticValidationError
 
-from engine.errors import ConfigError, ValidationError
+from engine.errors import ValidationError
 
 DecisionName = Literal["allow", "deny", "needs_approval"]
 PAID_KINDS = ("remote.submit", "job.submit")
@@ -75,31 +74,12 @@ class Decision:
         return asdict(self)
 
 
-def _loc(loc: tuple[Any, ...]) -> str:
-    out = "policy"
-    for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else f".{part}"
-    return out
-
-
 def load_policy(section: Any) -> PolicyModel:
     """Validate a ``policy:`` mapping. ``carl.config`` naming the field path (``policy.allowed_backends``)."""
-    if isinstance(section, PolicyModel):
-        return section
-    if section is None:
-        section = {}
-    if not isinstance(section, dict):
-        raise ConfigError(f"policy: must be a mapping, got {type(section).__name__}",
-                          hint="See docs/ledger.md for the policy fields.", context={"field": "policy"})
-    try:
-        return PolicyModel.model_validate(section)
-    except PydanticValidationError as exc:
-        errs = [{"field": _loc(tuple(e.get("loc", ()))), "message": e.get("msg", "invalid")} for e in exc.errors()]
-        first = errs[0]
-        more = f" (+{len(errs) - 1} more)" if len(errs) > 1 else ""
-        raise ConfigError(f"{first['field']}: {first['message']}{more}",
-                          hint="Fix the named policy field(s) in carl.yaml (see docs/ledger.md).",
-                          context={"errors": errs}) from None
+    from engine.config import validate_section
+
+    return validate_section(PolicyModel, section, "policy",
+                            "Fix the named policy field(s) in carl.yaml (see docs/ledger.md).")
 
 
 def resolve(config: Any) -> tuple[PolicyModel, float, float]:

@@ -17,12 +17,12 @@ Nothing here imports the MCP SDK; :mod:`engine.mcpserver.server` turns these int
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass
 from typing import Any
 
 from engine.chat.tools import ToolContext
 from engine.errors import CARLError, RunNotFound
+from engine.jsonable import to_jsonable
 
 SCHEME = "carl://"
 MIME = "application/json"
@@ -53,26 +53,13 @@ RUN_TEMPLATE = ResourceInfo("carl://runs/{run_id}", "run", "Training run",
                             f"crystallization step, health findings) and its last {RECENT_FRAMES} frames.")
 
 
+
 class ResourceNotFound(CARLError):
     code = "carl.validation"
     exit_code = 2
 
 
-def _clean(value: Any) -> Any:
-    """JSON-safe: NaN/inf → null, numpy → Python, paths and other objects → str."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {str(k): _clean(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_clean(v) for v in value]
-    if value is None or isinstance(value, (str, int, bool)):
-        return value
-    if hasattr(value, "to_dict"):
-        return _clean(value.to_dict())
-    if hasattr(value, "tolist"):
-        return _clean(value.tolist())
-    return str(value)
+_clean = to_jsonable
 
 
 def _store(ctx: ToolContext):

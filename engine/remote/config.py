@@ -24,9 +24,7 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
-from pydantic import ValidationError as PydanticValidationError
 
-from engine.errors import ConfigError
 
 
 def _carl_version() -> str:
@@ -123,38 +121,16 @@ class RemoteSettings(_Model):
         return b.gpu_type if isinstance(b, RunPodSettings) else b.flavor
 
 
-def _loc(loc: tuple[Any, ...]) -> str:
-    out = "remote"
-    for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else f".{part}"
-    return out
-
-
 def remote_settings(data: Any) -> RemoteSettings:
     """Validate ``Config.remote`` (a dict, or a Config) into :class:`RemoteSettings`.
 
     Raises ``carl.config`` naming every bad field (``remote.hf.flavor``) in ``context.errors``.
     """
-    if hasattr(data, "remote"):
-        data = data.remote
-    data = data or {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"remote: must be a mapping, got {type(data).__name__}", context={"field": "remote"})
-    try:
-        return RemoteSettings.model_validate(data)
-    except PydanticValidationError as exc:
-        errs = []
-        for e in exc.errors():
-            msg = e.get("msg", "invalid")
-            msg = msg[len("Value error, "):] if msg.startswith("Value error, ") else msg
-            value = e.get("input")
-            errs.append({"field": _loc(tuple(e.get("loc", ()))), "message": msg,
-                         "value": value if not isinstance(value, (dict, list)) else None})
-        first = errs[0]
-        hint = "Fix the named field(s) in carl.yaml's remote: section (see docs/remote.md)."
-        if any(e["field"].endswith(".token") or e["field"].endswith("_token") for e in errs):
-            hint = "Tokens never go in carl.yaml: set the environment variable named by token_env instead."
-        shown = "" if first["value"] is None else f" (got {first['value']!r})"
-        more = f" (+{len(errs) - 1} more)" if len(errs) > 1 else ""
-        raise ConfigError(f"{first['field']}: {first['message']}{shown}{more}", hint=hint,
-                          context={"errors": errs}) from None
+    from engine.config import validate_section
+
+    def hint(errs: list[dict[str, Any]]) -> str:
+        if any(e["field"].endswith((".token", "_token")) for e in errs):
+            return "Tokens never go in carl.yaml: set the environment variable named by token_env instead."
+        return "Fix the named field(s) in carl.yaml's remote: section (see docs/remote.md)."
+
+    return validate_section(RemoteSettings, data.remote if hasattr(data, "remote") else data, "remote", hint)

@@ -12,16 +12,27 @@ Gates (``cascade.mode`` in carl.yaml) see one metrics dict per training step and
 * ``crystallization`` — opens when the sum of the per-step crystallization counts (mean number per completion
   of jumps ΔPhi > the probe's DEFECT_THRESHOLD between neighbouring tokens) over the last ``window`` steps
   reaches ``crystallization_threshold``.
+* ``evidence``        — opens only on real, sustained task success: the Wilson score lower bound (z =
+  ``evidence_z``, 1.96) of the success rate pooled over the last ``evidence_window`` steps (successes = Σ step
+  mean × completions, trials = Σ completions) must exceed ``evidence_floor`` on ``evidence_consecutive``
+  consecutive steps. A few lucky successes in a sparse run cannot do that; a sustained rate can.
 * ``off``             — no gate: CARL is in from step 0 (the "ungated" arm of the ablation).
 
-``evidence`` is reserved for an evidence-based gate (a later issue) and is refused until it exists.
+How the CARL reward joins the task reward is :meth:`Cascade.combine` (``cascade.combine``):
 
-How the CARL reward joins the task reward is :meth:`Cascade.combine` — the one place a different combination
-(e.g. a separately scaled, capped CARL advantage) would go.
+* ``add``           — every completion adds ``carl_weight · carl``. With TRL's per-group std scaling, in a group
+  whose task rewards all tie, CARL's tiny spread becomes the whole unit-size advantage (see docs/cascade.md).
+* ``varied_groups`` — CARL only moves completions inside groups whose task rewards vary, and there its centred
+  term is scaled down (uniformly, so the CARL ranking is kept) until its largest magnitude is at most
+  ``k · σ_task`` with ``k = cap / (1 + c·cap)``, ``c = sqrt(G/(G-1))`` (TRL's Bessel-corrected std over a group
+  of G). Then after TRL's normalisation the CARL-driven part of any advantage, ``|d_i| / std(task + d)``, is at
+  most ``carl_cap``; in a tied group every completion gets 0 (exactly: no CARL-driven advantage). The logged
+  ``rewards/carl/mean`` is then the mean term added (tied groups count 0); frames' ``carl_reward`` stays raw.
 """
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from dataclasses import dataclass
 from typing import Any
@@ -155,6 +166,55 @@ class CrystallizationGate(Gate):
         self.recent = deque(d.get("recent", []), maxlen=self.window)
 
 
+def wilson_lower(successes: float, trials: float, z: float = 1.96) -> float:
+    """Wilson score interval lower bound of a success rate (0 with no trials)."""
+    if trials <= 0:
+        return 0.0
+    p = min(1.0, max(0.0, successes / trials))
+    z2 = z * z
+    centre = p + z2 / (2 * trials)
+    margin = z * math.sqrt(p * (1 - p) / trials + z2 / (4 * trials * trials))
+    return max(0.0, (centre - margin) / (1 + z2 / trials))
+
+
+class EvidenceGate(Gate):
+    """Opens when the Wilson lower bound of the windowed success rate beats ``floor`` on ``consecutive`` steps.
+
+    Each step contributes its batch mean of the watched task reward (a success rate for 0/1 rewards; rewards in
+    [0, 1] are treated as fractional successes) and its number of completions (``metrics["n"]``, default 1)."""
+
+    mode = "evidence"
+
+    def __init__(self, metric: str, floor: float = 0.1, window: int = 10, consecutive: int = 3, z: float = 1.96):
+        super().__init__()
+        self.metric, self.floor, self.window, self.consecutive, self.z = metric, floor, window, consecutive, z
+        self.recent: deque[tuple[float, float]] = deque(maxlen=window)
+        self.streak = 0
+
+    def _check(self, step, metrics):
+        value = metrics.get(self.metric)
+        if value is None or value != value:
+            return False
+        n = float(metrics.get("n") or 1.0)
+        self.recent.append((min(1.0, max(0.0, float(value))) * n, n))
+        succ = sum(s for s, _ in self.recent)
+        trials = sum(t for _, t in self.recent)
+        lower = wilson_lower(succ, trials, self.z) if len(self.recent) == self.window else 0.0
+        self.streak = self.streak + 1 if lower > self.floor else 0
+        self.detail = {"metric": self.metric, "threshold": self.floor, "lower_bound": lower,
+                       "rate": succ / trials if trials else 0.0, "trials": trials, "streak": self.streak,
+                       "window": len(self.recent)}
+        return self.streak >= self.consecutive
+
+    def state_dict(self):
+        return {**super().state_dict(), "recent": [list(x) for x in self.recent], "streak": self.streak}
+
+    def load_state_dict(self, d):
+        super().load_state_dict(d)
+        self.recent = deque((tuple(x) for x in d.get("recent", [])), maxlen=self.window)
+        self.streak = int(d.get("streak", 0))
+
+
 def make_gate(cascade_cfg, metric: str) -> Gate:
     mode = cascade_cfg.mode
     if mode in ("metric", "percentile"):
@@ -168,8 +228,11 @@ def make_gate(cascade_cfg, metric: str) -> Gate:
         return CrystallizationGate(cascade_cfg.window, cascade_cfg.crystallization_threshold)
     if mode == "off":
         return AlwaysOpen()
-    raise ConfigError(f"cascade.mode {mode!r} is not available yet",
-                      hint="Use metric (default), percentile, fixed, crystallization or off.",
+    if mode == "evidence":
+        return EvidenceGate(metric, cascade_cfg.evidence_floor, cascade_cfg.evidence_window,
+                            cascade_cfg.evidence_consecutive, cascade_cfg.evidence_z)
+    raise ConfigError(f"cascade.mode {mode!r} is not available",
+                      hint="Use evidence, metric, percentile, fixed, crystallization or off.",
                       context={"mode": mode})
 
 
@@ -183,15 +246,49 @@ class GateEvent:
         return {"type": "event", "name": "gate_open", "step": self.step, "mode": self.mode, **self.detail}
 
 
-class Cascade:
-    """Gate + weight schedule. ``carl_weight(step)`` is 0 in stage A and ramps to ``weight`` in stage B."""
+def _std(xs: list[float]) -> float:
+    """Bessel-corrected std (TRL's ``nanstd`` on a group), 0 for fewer than two values."""
+    if len(xs) < 2:
+        return 0.0
+    m = sum(xs) / len(xs)
+    return math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1))
 
-    def __init__(self, gate: Gate, weight: float = 1.0, warmup_steps: int = 0):
+
+def combine_varied_groups(carl: list[float], task: list[float], group: int, weight: float,
+                          cap: float) -> list[float]:
+    """The ``varied_groups`` combination (module docstring): per consecutive group of ``group`` completions."""
+    out: list[float] = []
+    for g0 in range(0, len(carl), group):
+        c = [weight * x for x in carl[g0: g0 + group]]
+        t = [x for x in task[g0: g0 + group]]
+        mean_c = sum(c) / len(c)
+        finite = [x for x in t if x == x]
+        sigma = _std(finite)
+        if len(finite) < len(t) or sigma <= 1e-8 or cap <= 0:
+            out.extend([0.0] * len(c))  # tied (or unscorable) group: exactly no CARL-driven advantage
+            continue
+        n = len(c)
+        k = cap / (1 + math.sqrt(n / (n - 1)) * cap)
+        d = [x - mean_c for x in c]
+        biggest = max(abs(x) for x in d)
+        scale = min(1.0, k * sigma / biggest) if biggest > 0 else 0.0
+        out.extend(mean_c + scale * x for x in d)
+    return out
+
+
+class Cascade:
+    """Gate + weight schedule + combination. ``carl_weight(step)`` is 0 in stage A and ramps to ``weight`` in B."""
+
+    def __init__(self, gate: Gate, weight: float = 1.0, warmup_steps: int = 0, *, combine: str = "add",
+                 cap: float = 0.25, group: int = 1):
         self.gate, self.weight, self.warmup_steps = gate, weight, warmup_steps
+        self.mode, self.cap, self.group = combine, cap, group
+        self.last_tied_fraction: float | None = None
 
     @classmethod
     def from_config(cls, cfg, metric: str) -> "Cascade":
-        return cls(make_gate(cfg.cascade, metric), cfg.rewards.carl.weight, cfg.cascade.warmup_steps)
+        return cls(make_gate(cfg.cascade, metric), cfg.rewards.carl.weight, cfg.cascade.warmup_steps,
+                   combine=cfg.cascade.combine, cap=cfg.cascade.carl_cap, group=cfg.grpo.num_generations)
 
     @property
     def stage(self) -> str:
@@ -209,13 +306,25 @@ class Cascade:
             return self.weight
         return self.weight * min(1.0, (step - self.gate.opened_at + 1) / self.warmup_steps)
 
-    def combine(self, carl: list[float], step: int) -> list[float]:
-        """The CARL term each completion adds to its summed task reward at ``step``."""
+    def combine(self, carl: list[float], step: int, task: list[float] | None = None) -> list[float]:
+        """The CARL term each completion adds to its summed (weighted) task reward ``task`` at ``step``.
+
+        Completions come in consecutive groups of ``group`` (TRL's sampler). ``varied_groups`` needs ``task``
+        and whole groups; a batch that is not whole groups falls back to treating it as one group."""
         w = self.carl_weight(step)
-        return [w * c for c in carl]
+        if self.mode == "add" or w == 0.0:
+            return [w * c for c in carl]
+        if task is None or len(task) != len(carl):
+            raise ValueError("combine=varied_groups needs the task reward of every completion")
+        group = self.group if self.group > 1 and len(carl) % self.group == 0 else len(carl)
+        out = combine_varied_groups(carl, task, group, w, self.cap)
+        groups = [task[i: i + group] for i in range(0, len(task), group)]
+        self.last_tied_fraction = sum(1 for g in groups if _std(g) <= 1e-8) / max(1, len(groups))
+        return out
 
     def state_dict(self) -> dict[str, Any]:
-        return {"gate": self.gate.state_dict(), "weight": self.weight, "warmup_steps": self.warmup_steps}
+        return {"gate": self.gate.state_dict(), "weight": self.weight, "warmup_steps": self.warmup_steps,
+                "combine": self.mode, "cap": self.cap}
 
     def load_state_dict(self, d: dict[str, Any]) -> None:
         self.gate.load_state_dict(d.get("gate", {}))

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from engine.cascade import (AlwaysOpen, Cascade, CrystallizationGate, FixedGate, PercentileGate, make_gate,
-                            percentile)
+from engine.cascade import (AlwaysOpen, Cascade, CrystallizationGate, EvidenceGate, FixedGate, PercentileGate,
+                            combine_varied_groups, make_gate, percentile, wilson_lower)
 from engine.config import CascadeSection
 from engine.errors import ConfigError
 
@@ -98,5 +98,130 @@ def test_make_gate_modes():
     assert make_gate(CascadeSection(mode="percentile"), "exact").mode == "percentile"
     assert isinstance(make_gate(CascadeSection(mode="fixed", fixed_step=2), "exact"), FixedGate)
     assert isinstance(make_gate(CascadeSection(mode="off"), "exact"), AlwaysOpen)
+    ev = make_gate(CascadeSection(mode="evidence", evidence_floor=0.2, evidence_window=7), "exact")
+    assert isinstance(ev, EvidenceGate) and (ev.floor, ev.window, ev.consecutive) == (0.2, 7, 3)
     with pytest.raises(ConfigError):
-        make_gate(CascadeSection(mode="evidence"), "exact")
+        make_gate(CascadeSection.model_construct(mode="nonsense"), "exact")
+
+
+# ------------------------------------------------------------------------------------------- evidence gate
+def test_wilson_lower_bound_matches_the_formula():
+    # by hand: p = 0.2, n = 100, z = 1.96 -> (0.2 + 0.019208 - 1.96*sqrt(0.0016 + 0.00009604)) / 1.038416
+    want = (0.2 + 1.96 ** 2 / 200 - 1.96 * (0.2 * 0.8 / 100 + 1.96 ** 2 / 40000) ** 0.5) / (1 + 1.96 ** 2 / 100)
+    assert wilson_lower(20, 100) == pytest.approx(want) == pytest.approx(0.1334, abs=1e-4)
+    assert wilson_lower(0, 100) == 0.0 and wilson_lower(0, 0) == 0.0
+    assert wilson_lower(100, 100) < 1.0
+
+
+def feed_n(gate, values, n=32):
+    for step, v in enumerate(values, start=1):
+        if gate.observe(step, {"exact": v, "n": n}):
+            return step
+    return None
+
+
+def test_evidence_gate_stays_closed_on_rare_lucky_successes():
+    rng = np.random.default_rng(0)
+    # a sparse run: ~3% success per batch of 32, with lucky batches of 3-4 successes now and then
+    stream = list(rng.binomial(32, 0.03, size=400) / 32)
+    stream[50:52] = [4 / 32, 3 / 32]
+    g = EvidenceGate("exact", floor=0.1, window=10, consecutive=3)
+    assert feed_n(g, stream) is None
+    # the percentile gate (upstream style) opens on the same stream
+    assert feed(PercentileGate("exact"), stream) is not None
+    # all-zero rewards never open it
+    assert feed_n(EvidenceGate("exact"), [0.0] * 300) is None
+
+
+def test_evidence_gate_opens_on_a_sustained_success_rate():
+    rng = np.random.default_rng(1)
+    stream = list(rng.binomial(32, 0.03, size=30) / 32) + list(rng.binomial(32, 0.3, size=40) / 32)
+    g = EvidenceGate("exact", floor=0.1, window=10, consecutive=3)
+    opened = feed_n(g, stream)
+    assert opened is not None and 31 <= opened <= 45
+    assert g.detail["lower_bound"] > 0.1 and g.detail["streak"] == 3 and g.detail["trials"] == 320
+
+
+def test_evidence_gate_needs_a_full_window_and_consecutive_steps():
+    g = EvidenceGate("exact", floor=0.1, window=4, consecutive=2)
+    assert feed_n(g, [1.0, 1.0, 1.0]) is None  # window not yet full
+    assert g.observe(4, {"exact": 1.0, "n": 32}) is False  # first step above the floor: streak 1
+    assert g.observe(5, {"exact": 1.0, "n": 32}) is True
+
+
+def test_evidence_gate_state_round_trips():
+    g = EvidenceGate("exact", floor=0.1, window=3, consecutive=2)
+    feed_n(g, [0.5, 0.5, 0.5])
+    g2 = EvidenceGate("exact", floor=0.1, window=3, consecutive=2)
+    g2.load_state_dict(g.state_dict())
+    assert list(g2.recent) == list(g.recent) and g2.streak == 1
+    assert g2.observe(4, {"exact": 0.5, "n": 32})
+
+
+# ------------------------------------------------------------------------------------------- combination
+def _trl_advantages(total, group):
+    """TRL 1.16 sum_then_normalize with scale_rewards='group': (r - group mean) / (group std + 1e-4)."""
+    import torch
+    from trl.trainer.utils import nanstd
+
+    r = torch.tensor(total, dtype=torch.float32).view(-1, group)
+    mean = r.mean(1, keepdim=True)
+    std = nanstd(r, dim=1).view(-1, 1)
+    return ((r - mean) / (std + 1e-4)).view(-1)
+
+
+def test_add_turns_a_tied_groups_tiny_carl_spread_into_a_unit_advantage():
+    # the mechanism behind issue 9, with TRL's own normalisation: why `add` is not safe
+    carl = [0.80, 0.81, 0.79, 0.80, 0.82, 0.78, 0.80, 0.81]
+    task = [0.0] * 8
+    c = Cascade(AlwaysOpen(), 1.0, 0, combine="add", group=8)
+    c.observe(1, {})
+    adv = _trl_advantages([t + x for t, x in zip(task, c.combine(carl, 1, task))], 8)
+    assert float(adv.abs().max()) > 1.0
+
+
+def test_varied_groups_gives_no_carl_advantage_in_tied_groups_and_caps_it_elsewhere():
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    group = 8
+    cap = 0.25
+
+    @settings(max_examples=300, deadline=None)
+    @given(st.lists(st.floats(0, 1), min_size=group * 3, max_size=group * 3),
+           st.lists(st.sampled_from([0.0, 1.0]), min_size=group * 3, max_size=group * 3),
+           st.floats(0.01, 5.0), st.booleans())
+    def check(carl, task, weight, tie_first):
+        if tie_first:
+            task = [task[0]] * group + task[group:]
+        terms = combine_varied_groups(carl, task, group, weight, cap)
+        with_carl = _trl_advantages([t + x for t, x in zip(task, terms)], group)
+        for g in range(3):
+            sl = slice(g * group, (g + 1) * group)
+            tg = task[sl]
+            if len(set(tg)) == 1:  # tied: CARL adds the same (zero) term to all: advantage exactly 0
+                assert terms[sl] == [0.0] * group
+                assert float(with_carl[sl].abs().max()) == 0.0
+            else:  # the CARL-driven part of each advantage, d_i / std(task + d), is within the cap
+                import torch
+                from trl.trainer.utils import nanstd
+
+                d = torch.tensor(terms[sl]) - torch.tensor(terms[sl]).mean()
+                std_total = float(nanstd(torch.tensor(tg) + torch.tensor(terms[sl])))
+                assert float(d.abs().max()) / std_total <= cap + 1e-5
+
+    check()
+
+
+def test_varied_groups_keeps_the_carl_ranking_and_a_small_spread_uncapped():
+    carl = [0.80, 0.82, 0.78, 0.81]
+    task = [1.0, 0.0, 0.0, 1.0]
+    out = combine_varied_groups(carl, task, 4, 1.0, 0.25)
+    assert sorted(range(4), key=lambda i: out[i]) == sorted(range(4), key=lambda i: carl[i])
+    assert out == pytest.approx(carl)  # spread 0.04 is far below 0.25-ish of the task std (0.58): untouched
+    c = Cascade(FixedGate(1), 1.0, 0, combine="varied_groups", group=4)
+    c.observe(1, {})
+    assert c.combine(carl + carl, 1, task + [0.0] * 4) == pytest.approx(carl + [0.0] * 4)
+    assert c.last_tied_fraction == 0.5
+    with pytest.raises(ValueError):
+        c.combine(carl, 1, None)

@@ -79,3 +79,20 @@ def test_tempered_sampling_uses_the_forward_field(tiny_env, monkeypatch):
     assert status == "completed"
     assert all(f["gate"] == "B" and f["carl_weight"] == 1.0 for f in frames)
     assert all(0.0 <= f["phi"] <= 1.0 for f in frames)
+
+
+def test_evidence_gate_and_varied_groups_in_a_real_run(tiny_env):
+    # concise rewards are in (0, 1] and vary with length within a group: the evidence gate (window 2, one step
+    # above a 0.05 floor) opens at step 2, and from then the varied-groups combination logs its tied fraction
+    status, d, frames, events, meta = _run([
+        "grpo.max_steps=3", "grpo.save_steps=10", "task.rewards=[{kind: concise, target_length: 2}]",
+        "cascade.mode=evidence", "cascade.evidence_window=2", "cascade.evidence_consecutive=1",
+        "cascade.evidence_floor=0.05", "cascade.warmup_steps=0", "cascade.combine=varied_groups",
+        "tracking.trackio=false"])
+    assert status == "completed"
+    gate = [e for e in events if e["name"] == "gate_open"]
+    assert len(gate) == 1 and gate[0]["step"] == 2 and gate[0]["mode"] == "evidence"
+    assert gate[0]["lower_bound"] > 0.05 and gate[0]["trials"] == 16
+    assert [f["gate"] for f in frames] == ["A", "B", "B"]
+    assert all(0.0 <= f["extra"]["carl/tied_groups"] <= 1.0 for f in frames[1:])
+    assert all(1.0 <= f["extra"]["completions/distinct_per_group"] <= 4.0 for f in frames)

@@ -124,6 +124,8 @@ class RewardState:
         self.capture = None
         self.prompt_ids: list[list[int]] | None = None
         self.task_means: dict[str, float] = {}
+        self.task_values: dict[str, list[float]] = {}  # this batch's per-completion values, per task reward
+        self.task_weights: dict[str, float] = {}
         self.sample: str | None = None
         self.capture_hits = 0
         self.forward_hits = 0
@@ -133,9 +135,17 @@ class RewardState:
             values = [float(v) if v is not None else float("nan") for v in fn(prompts, completions, **kwargs)]
             finite = [v for v in values if v == v]
             self.task_means[name] = sum(finite) / len(finite) if finite else float("nan")
+            self.task_values[name] = values
             if name == self.metric and completions:
                 p, c = prompts[0], completions[0]
                 self.sample = (f"{_as_text(p)}{_as_text(c)}")[-SAMPLE_CHARS:]
+                log_metric = kwargs.get("log_metric")
+                if log_metric is not None:  # collapse detectors: distinct completions per group and overall
+                    texts = [_as_text(x).strip() for x in completions]
+                    g = self.cfg.grpo.num_generations
+                    groups = [texts[i: i + g] for i in range(0, len(texts), g)] if len(texts) % g == 0 else [texts]
+                    log_metric("completions/distinct_per_group", sum(len(set(x)) for x in groups) / len(groups))
+                    log_metric("completions/distinct", len(set(texts)) / len(texts))
             return values
 
         reward.__name__ = name
@@ -170,11 +180,14 @@ class RewardState:
             phi, sel, mask = self.field(completion_ids)
             comps = carl_from_field(phi, sel, mask, weights)
             cryst = float(comps["crystallizations"].mean())
-            event = self.cascade.observe(step, {self.metric: metric_value, "crystallization": cryst})
+            event = self.cascade.observe(step, {self.metric: metric_value, "crystallization": cryst,
+                                                "n": float(len(completions))})
             if event is not None:
                 self.on_event(event.to_dict())
             raw = comps["carl"].tolist()
-            out = self.cascade.combine(raw, step)
+            task = [sum(self.task_weights.get(k, 1.0) * v[i] for k, v in self.task_values.items())
+                    for i in range(len(raw))] if self.task_values else None
+            out = self.cascade.combine(raw, step, task)
             if log_metric is not None:
                 log_metric("carl/reward", float(comps["carl"].mean()))
                 for k in ("coherence", "cloud", "discontinuity"):
@@ -183,6 +196,8 @@ class RewardState:
                 log_metric("carl/crystallization", cryst)
                 log_metric("carl/weight", self.cascade.carl_weight(step))
                 log_metric("carl/stage_b", 1.0 if self.cascade.stage == "B" else 0.0)
+                if self.cascade.last_tied_fraction is not None:
+                    log_metric("carl/tied_groups", self.cascade.last_tied_fraction)
             return out
 
         carl.__name__ = "carl"
@@ -278,6 +293,7 @@ def build_trainer(cfg, run_dir: Path, model, tokenizer, train_rows, cascade, *, 
     for name, weight, fn in build_all(cfg.task):
         funcs.append(state.task_fn(name, fn))
         weights.append(weight)
+        state.task_weights[name] = weight
     if cfg.rewards.carl.enabled:
         funcs.append(state.carl_fn())
         weights.append(1.0)  # the cascade applies the CARL weight and its warm-up

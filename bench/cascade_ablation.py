@@ -10,6 +10,7 @@ Arms:
   percentile  task + CARL behind the upstream-style percentile gate, added (mode=percentile, combine=add)
   evidence    the new cascade: Wilson evidence gate + CARL only in groups with task variance, capped
               (mode=evidence, combine=varied_groups)
+  varied      (diagnostic, only with --arms varied) the combination alone, ungated
 Reports held-out greedy accuracy (before → after), distinct completions per group of G and overall (fraction of the
 batch), policy entropy and sampled completion length (means of the last 10 frames), greedy completion length, and
 the gate step. Prints a markdown table and per-start means.
@@ -32,7 +33,10 @@ ARMS = {
     "ungated": ['cascade.mode="off"', "cascade.warmup_steps=0", "cascade.combine=add"],
     "percentile": ["cascade.mode=percentile", "cascade.combine=add"],
     "evidence": ["cascade.mode=evidence", "cascade.combine=varied_groups"],
+    # diagnostic: the combination alone, ungated (not run by default; --arms varied)
+    "varied": ['cascade.mode="off"', "cascade.warmup_steps=0", "cascade.combine=varied_groups"],
 }
+DEFAULT_ARMS = ["task", "ungated", "percentile", "evidence"]
 LAST = 10
 
 
@@ -46,7 +50,7 @@ def main() -> int:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--steps", type=int, default=200)
     ap.add_argument("--starts", nargs="+", default=list(STARTS), choices=list(STARTS))
-    ap.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
+    ap.add_argument("--arms", nargs="+", default=DEFAULT_ARMS, choices=list(ARMS))
     args = ap.parse_args()
     import os
 

@@ -140,8 +140,9 @@ class RewardsSection(_Model):
 
 class CascadeSection(_Model):
     mode: Literal["metric", "fixed", "crystallization", "evidence", "percentile", "off"] = Field(
-        "metric", description="When gate A→B opens: on the task metric, at a fixed step, at crystallization, "
-                              "on evidence, at a percentile, or off (CARL from step 0).")
+        "evidence", description="When gate A→B opens: on evidence of sustained task success (default), on the "
+                                "task metric's running percentile (metric = percentile), at a fixed step, at "
+                                "crystallization, or off (CARL from step 0). See docs/cascade.md.")
     fixed_step: int = Field(10, ge=0, description="mode=fixed: the step the gate opens.")
     percentile: float = Field(0.6, gt=0, lt=1, description="mode=percentile: the task-reward percentile to beat.")
     min_steps: int = Field(5, ge=1, description="The gate never opens before this step.")
@@ -155,7 +156,7 @@ class CascadeSection(_Model):
     evidence_consecutive: int = Field(3, ge=1, description="mode=evidence: consecutive steps above the floor.")
     evidence_z: float = Field(1.96, gt=0, description="mode=evidence: z of the Wilson bound (1.96 ≈ 95%).")
     combine: Literal["add", "varied_groups"] = Field(
-        "add", description="How CARL joins the task reward: add, or only within groups whose task rewards "
+        "varied_groups", description="How CARL joins the task reward: add, or only within groups whose task rewards "
                            "vary, capped (see docs/cascade.md).")
     carl_cap: float = Field(0.25, ge=0, le=1, description="combine=varied_groups: the largest CARL-driven "
                                                           "advantage, in units of the group's reward std.")

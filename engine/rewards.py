@@ -121,6 +121,7 @@ class GenerationCapture:
     """
 
     def __init__(self) -> None:
+        self.seconds = 0.0  # time spent in __call__, accumulated until the reader resets it (overhead accounting)
         self.reset()
 
     def reset(self) -> None:
@@ -135,6 +136,9 @@ class GenerationCapture:
 
         if not self.active:
             return scores
+        import time
+
+        t0 = time.perf_counter()
         with torch.no_grad():
             if self._pending is not None:
                 tok = input_ids[:, -1].long()
@@ -143,6 +147,7 @@ class GenerationCapture:
             self.phi.append(phi.float().cpu())
             self._pending = torch.softmax(scores.float(), dim=-1)
             self.rows = scores.shape[0]
+        self.seconds += time.perf_counter() - t0
         return scores
 
     def field(self, completion_ids: Sequence[Sequence[int]]):

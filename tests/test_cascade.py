@@ -94,7 +94,9 @@ def test_gate_state_round_trips_for_resume():
 
 
 def test_make_gate_modes():
-    assert isinstance(make_gate(CascadeSection(), "exact"), PercentileGate)
+    assert isinstance(make_gate(CascadeSection(), "exact"), EvidenceGate)  # the default (docs/cascade.md)
+    assert CascadeSection().combine == "varied_groups"
+    assert isinstance(make_gate(CascadeSection(mode="metric"), "exact"), PercentileGate)
     assert make_gate(CascadeSection(mode="percentile"), "exact").mode == "percentile"
     assert isinstance(make_gate(CascadeSection(mode="fixed", fixed_step=2), "exact"), FixedGate)
     assert isinstance(make_gate(CascadeSection(mode="off"), "exact"), AlwaysOpen)

@@ -25,7 +25,8 @@ def test_dry_run_plan_and_accelerate_command():
     assert rc == 0, err
     plan = json.loads(out)
     assert plan["dry_run"] is True and plan["model"] == "builtin:tiny" and plan["preset"] == "tiny-cpu"
-    assert plan["task_metric"] == "exact" and plan["cascade"]["mode"] == "metric"
+    assert plan["task_metric"] == "exact" and plan["cascade"]["mode"] == "evidence"
+    assert plan["cascade"]["combine"] == "varied_groups"
     assert plan["grpo"]["bf16"] is False and plan["grpo"]["use_cpu"] is True
     assert plan["grpo"]["gradient_checkpointing"] is False
     assert " launch --multi_gpu --num_processes 4 -m engine.trainer.worker " in plan["launch"]

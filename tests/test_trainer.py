@@ -32,7 +32,7 @@ def test_short_cascade_run_fixed_gate(tiny_env):
     # directory when it is first imported (an earlier test in the session may have done so), not per test
     status, d, frames, events, meta = _run(["grpo.max_steps=4", "grpo.save_steps=2", "cascade.mode=fixed",
                                             "cascade.fixed_step=2", "cascade.warmup_steps=2",
-                                            "tracking.trackio=false"])
+                                            "cascade.combine=add", "tracking.trackio=false"])
     assert status == "completed"
     assert [f["step"] for f in frames] == [1, 2, 3, 4]
     assert [f["gate"] for f in frames] == ["A", "B", "B", "B"]

@@ -29,7 +29,8 @@ def frame_from_logs(step: int, logs: dict[str, Any], state, step_time: float | N
     extra = {k: float(v) for k, v in logs.items()
              if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in known
              and not k.startswith("rewards/") and not k.startswith("carl/")}
-    for k in ("grad_norm", "reward_std", "epoch", "carl/crystallization", "carl/weight", "carl/tied_groups"):
+    for k in ("grad_norm", "reward_std", "epoch", "carl/crystallization", "carl/weight", "carl/tied_groups",
+              "carl/overhead_ms"):
         if isinstance(logs.get(k), (int, float)):
             extra[k] = float(logs[k])
     stage_b = _f(logs, "carl/stage_b")

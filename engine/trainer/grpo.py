@@ -175,6 +175,9 @@ class RewardState:
         weights = self.cfg.rewards.carl.weights.model_dump()
 
         def carl(prompts, completions, completion_ids=None, trainer_state=None, log_metric=None, **kwargs):
+            import time
+
+            t0 = time.perf_counter()
             step = int(getattr(trainer_state, "global_step", 0) or 0) + 1  # the step these rewards train
             metric_value = self.task_means.get(self.metric, float("nan"))
             phi, sel, mask = self.field(completion_ids)
@@ -198,6 +201,13 @@ class RewardState:
                 log_metric("carl/stage_b", 1.0 if self.cascade.stage == "B" else 0.0)
                 if self.cascade.last_tied_fraction is not None:
                     log_metric("carl/tied_groups", self.cascade.last_tied_fraction)
+            # CARL's own cost this batch: this function (field, components, gate, combine) + the generation capture
+            spent = time.perf_counter() - t0
+            if self.capture is not None:
+                spent += self.capture.seconds
+                self.capture.seconds = 0.0
+            if log_metric is not None:
+                log_metric("carl/overhead_ms", 1000.0 * spent)
             return out
 
         carl.__name__ = "carl"

@@ -161,6 +161,12 @@ class CascadeSection(_Model):
     carl_cap: float = Field(0.25, ge=0, le=1, description="combine=varied_groups: the largest CARL-driven "
                                                           "advantage, in units of the group's reward std.")
 
+    @field_validator("mode", mode="before")
+    @classmethod
+    def _bare_off(cls, v: Any) -> Any:
+        """YAML reads a bare ``mode: off`` as false: take it as the mode "off"."""
+        return "off" if v is False else v
+
     @model_validator(mode="after")
     def _window(self) -> "CascadeSection":
         if self.min_above > self.window:

@@ -217,7 +217,7 @@ class TrainScreen(Screen):
         opened = next((e for e in self.events if e.get("name") == "gate_open"), None)
         if opened:
             return f"[b]gate B[/b] (opened at step {opened.get('step')}, {opened.get('mode')})"
-        mode = (self.plan or {}).get("cascade", {}).get("mode", "metric")
+        mode = (self.plan or {}).get("cascade", {}).get("mode", "evidence")
         return f"gate A (task only; {mode} gate closed)"
 
     def refresh_text(self) -> None:

@@ -178,3 +178,12 @@ def test_any_valid_config_round_trips_through_yaml(steps, gens, mult, lr, name):
                                                 "batch_size": gens * mult, "learning_rate": lr}}
     cfg = validate_dict(data)
     assert validate_dict(yaml.safe_load(cfg.to_yaml())) == cfg
+
+
+def test_bare_yaml_off_is_the_cascade_mode_off():
+    import yaml
+
+    from engine.config import validate_dict
+
+    assert validate_dict(yaml.safe_load("cascade:\n  mode: off\n")).cascade.mode == "off"
+    assert validate_dict({}).cascade.mode == "evidence"

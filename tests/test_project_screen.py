@@ -77,7 +77,7 @@ async def test_switches_select_and_text_fields_edit_the_file(tmp_path):
         await pilot.press("end", *["backspace"] * 2, "n", "e", "w")  # project.name keepme → keepnew
         await pilot.press(*["tab"] * 7, "space")  # → LoRA switch on
         await pilot.press("tab", "space")  # → CARL reward off
-        await pilot.press("tab", "enter", "down", "enter")  # cascade.mode metric → fixed
+        await pilot.press("tab", "enter", "up", "up", "enter")  # cascade.mode evidence → fixed
         await pilot.pause()
         assert screen.errors == []
         await pilot.press("ctrl+s")

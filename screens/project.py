@@ -337,6 +337,8 @@ class ProjectScreen(Screen):
     @on(Select.Changed)
     def _select_changed(self, event: Select.Changed) -> None:
         field = self._field_for(event.select.id)
+        if event.value != event.select.value:
+            return  # a stale event (e.g. the initial value announced on mount, after load set the real one)
         if field is not None and event.value is not Select.BLANK:
             self.set_field(field, event.value)
 

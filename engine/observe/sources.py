@@ -168,8 +168,14 @@ class Source:
     run: str | None = None
     via: str | None = None
 
-    def load(self) -> tuple[list[Frame], int]:
+    def _snapshot(self) -> tuple[list[Frame], int]:
+        """Every frame the source holds now, and lines skipped (sources that load by re-reading define it)."""
         raise NotImplementedError
+
+    def load(self) -> tuple[list[Frame], int]:
+        frames, skipped = self._snapshot()
+        self._last_step = frames[-1].step if frames else None
+        return frames, skipped
 
     def poll(self) -> tuple[list[Frame], int, bool]:
         raise NotImplementedError
@@ -300,10 +306,8 @@ class TrainerStateSource(Source):
         self._sig = (str(p), st.st_mtime_ns, st.st_size)
         return merge_by_step(frames), skipped
 
-    def load(self) -> tuple[list[Frame], int]:
-        frames, skipped = self._read()
-        self._last_step = frames[-1].step if frames else None
-        return frames, skipped
+    def _snapshot(self) -> tuple[list[Frame], int]:
+        return self._read()
 
     def poll(self) -> tuple[list[Frame], int, bool]:
         try:
@@ -458,10 +462,8 @@ class TrackioLocalSource(Source):
                 skipped += 1
         return merge_by_step(frames), skipped
 
-    def load(self) -> tuple[list[Frame], int]:
-        frames, skipped = self._frames()
-        self._last_step = frames[-1].step if frames else None
-        return frames, skipped
+    def _snapshot(self) -> tuple[list[Frame], int]:
+        return self._frames()
 
     def poll(self) -> tuple[list[Frame], int, bool]:
         try:
@@ -599,10 +601,8 @@ class TrackioRemoteSource(Source):
                 skipped += 1
         return merge_by_step(frames), skipped
 
-    def load(self) -> tuple[list[Frame], int]:
-        frames, skipped = self._frames()
-        self._last_step = frames[-1].step if frames else None
-        return frames, skipped
+    def _snapshot(self) -> tuple[list[Frame], int]:
+        return self._frames()
 
     def poll(self) -> tuple[list[Frame], int, bool]:
         frames, skipped = self._frames()

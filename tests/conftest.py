@@ -54,3 +54,38 @@ def snap_env(monkeypatch):
     monkeypatch.setenv("TEXTUAL_ANIMATIONS", "none")
     monkeypatch.delenv("NO_COLOR", raising=False)
     os.environ.pop("NO_COLOR", None)
+
+
+# Loopback fakes of the remote backends (tests/test_remote_fakes.py), each with its credential in the environment.
+@pytest.fixture
+def hub(monkeypatch):
+    import huggingface_hub.constants as hc
+
+    from tests.test_remote_fakes import HFJobsFake
+
+    s = HFJobsFake()
+    monkeypatch.setenv("HF_ENDPOINT", s.url)
+    monkeypatch.setenv("HF_TOKEN", s.token)
+    monkeypatch.setattr(hc, "HF_HUB_OFFLINE", False)  # HF_HUB_OFFLINE=1 holds for everything else
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def pods(monkeypatch):
+    from tests.test_remote_fakes import RunPodFake
+
+    s = RunPodFake()
+    monkeypatch.setenv("RUNPOD_API_KEY", s.token)
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def managed(monkeypatch):
+    from tests.test_remote_fakes import ManagedFake
+
+    s = ManagedFake()
+    monkeypatch.setenv("CARL_MANAGED_TOKEN", s.token)
+    yield s
+    s.close()

@@ -19,7 +19,6 @@ from engine.home import CarlHome
 from engine.ledger import Ledger
 from engine.remote import list_jobs
 from tests.conftest import REPO
-from tests.test_remote_fakes import HFJobsFake, ManagedFake, RunPodFake
 
 FAST_RETRIES = {"max_attempts": 2, "base_delay_s": 0.001, "max_delay_s": 0.002, "timeout_s": 2.0}
 
@@ -57,32 +56,10 @@ def assert_no_secret_under(home: Path, *secrets: str) -> None:
                 assert s.encode() not in data, f"{s[:6]}… found in {p}"
 
 
-@pytest.fixture
-def hub(monkeypatch):
-    import huggingface_hub.constants as hc
-
-    s = HFJobsFake()
-    monkeypatch.setenv("HF_ENDPOINT", s.url)
-    monkeypatch.setenv("HF_TOKEN", s.token)
-    monkeypatch.setattr(hc, "HF_HUB_OFFLINE", False)
-    yield s
-    s.close()
 
 
-@pytest.fixture
-def pods(monkeypatch):
-    s = RunPodFake()
-    monkeypatch.setenv("RUNPOD_API_KEY", s.token)
-    yield s
-    s.close()
 
 
-@pytest.fixture
-def managed(monkeypatch):
-    s = ManagedFake()
-    monkeypatch.setenv("CARL_MANAGED_TOKEN", s.token)
-    yield s
-    s.close()
 
 
 # ------------------------------------------------------------------------------------------- HF: the whole story

@@ -6,7 +6,6 @@ clock, fixed records, polling off)."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 from pathlib import Path
@@ -24,7 +23,7 @@ from engine.remote import store
 from screens.approval import ApprovalScreen
 from screens.context import WorkbenchContext
 from screens.jobs import ConfirmStopScreen, JobsScreen, log_text
-from tests.test_remote_fakes import HFJobsFake, ManagedFake, RunPodFake
+from tests.test_remote_fakes import ManagedFake
 
 FAST_RETRIES = {"max_attempts": 2, "base_delay_s": 0.001, "max_delay_s": 0.002, "timeout_s": 2.0}
 SIZES = [(80, 24), (120, 40)]
@@ -106,32 +105,10 @@ def log_lines(screen: JobsScreen) -> list[str]:
     return [str(x) for x in screen.query_one(Log).lines]
 
 
-@pytest.fixture
-def managed(monkeypatch):
-    s = ManagedFake()
-    monkeypatch.setenv("CARL_MANAGED_TOKEN", s.token)
-    yield s
-    s.close()
 
 
-@pytest.fixture
-def hub(monkeypatch):
-    import huggingface_hub.constants as hc
-
-    s = HFJobsFake()
-    monkeypatch.setenv("HF_ENDPOINT", s.url)
-    monkeypatch.setenv("HF_TOKEN", s.token)
-    monkeypatch.setattr(hc, "HF_HUB_OFFLINE", False)
-    yield s
-    s.close()
 
 
-@pytest.fixture
-def pods(monkeypatch):
-    s = RunPodFake()
-    monkeypatch.setenv("RUNPOD_API_KEY", s.token)
-    yield s
-    s.close()
 
 
 def managed_config(tmp_path: Path, fake: ManagedFake, **extra: Any) -> Path:

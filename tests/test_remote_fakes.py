@@ -20,7 +20,6 @@ from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 import httpx
-import pytest
 
 
 @dataclass
@@ -289,11 +288,6 @@ class ManagedFake(FakeServer):
 
 
 # ------------------------------------------------------------------------------------------- fakes' own tests
-@pytest.fixture
-def managed():
-    s = ManagedFake()
-    yield s
-    s.close()
 
 
 def test_fake_checks_bearer_and_idempotency(managed):

@@ -9,21 +9,10 @@ from engine.errors import CredentialError, NetworkError
 from engine.remote.base import JobPlan, JobStatus, RemoteBadResponse, RetryPolicy, new_idempotency_key
 from engine.remote.config import HFSettings
 from engine.remote.hf_jobs import IDEMPOTENCY_LABEL, HFJobsClient, resolve_endpoint
-from tests.test_remote_fakes import HFJobsFake
 
 FAST = RetryPolicy(max_attempts=3, base_delay_s=0.001, max_delay_s=0.002, timeout_s=2.0)
 
 
-@pytest.fixture
-def hub(monkeypatch):
-    import huggingface_hub.constants as hc
-
-    s = HFJobsFake()
-    monkeypatch.setenv("HF_ENDPOINT", s.url)
-    monkeypatch.setenv("HF_TOKEN", s.token)
-    monkeypatch.setattr(hc, "HF_HUB_OFFLINE", False)  # conftest sets HF_HUB_OFFLINE=1 for everything else
-    yield s
-    s.close()
 
 
 def plan(key: str | None = None, **kw) -> JobPlan:

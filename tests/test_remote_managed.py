@@ -18,7 +18,6 @@ from engine.remote.base import (
 )
 from engine.remote.config import ManagedSettings
 from engine.remote.managed import ManagedClient
-from tests.test_remote_fakes import ManagedFake
 
 FAST = RetryPolicy(max_attempts=4, base_delay_s=0.001, max_delay_s=0.002, timeout_s=2.0)
 REAL_TOKEN = "hf_" + "Zz9Yy8Xx7Ww6Vv5Uu4Tt3Ss2Rr1Qq0Pp9"
@@ -33,11 +32,8 @@ def plan(key: str | None = None, **kw) -> JobPlan:
 
 
 @pytest.fixture
-def fake(monkeypatch):
-    s = ManagedFake()
-    monkeypatch.setenv("CARL_MANAGED_TOKEN", s.token)
-    yield s
-    s.close()
+def fake(managed):
+    return managed
 
 
 def client(url: str, policy: RetryPolicy = FAST, sleeps: list | None = None, **kw) -> ManagedClient:

@@ -9,17 +9,10 @@ from engine.errors import CredentialError, HFTokenLeak, NetworkError, RemoteSubm
 from engine.remote.base import JobPlan, JobStatus, RemoteUnsupported, RetryPolicy, new_idempotency_key
 from engine.remote.config import RunPodSettings
 from engine.remote.runpod import RunPodClient, pod_name
-from tests.test_remote_fakes import RunPodFake
 
 FAST = RetryPolicy(max_attempts=3, base_delay_s=0.001, max_delay_s=0.002, timeout_s=2.0)
 
 
-@pytest.fixture
-def pods(monkeypatch):
-    s = RunPodFake()
-    monkeypatch.setenv("RUNPOD_API_KEY", s.token)
-    yield s
-    s.close()
 
 
 def plan(key: str | None = None, **kw) -> JobPlan:

@@ -21,6 +21,8 @@ from urllib.parse import parse_qsl, urlsplit
 
 import httpx
 
+from tests.platform_fake import PlatformMixin
+
 
 @dataclass
 class Fault:
@@ -46,6 +48,7 @@ class FakeServer:
     """Base: a threaded HTTP/1.0 server; subclasses implement ``route``."""
 
     token = "test-token-0123456789"
+    public_paths: tuple[str, ...] = ()  # answered without the bearer check
 
     def __init__(self) -> None:
         self.requests: list[Request] = []
@@ -108,7 +111,7 @@ class FakeServer:
             except OSError:
                 pass  # the client gave up (timeout)
             return
-        if h.headers.get("Authorization") != f"Bearer {self.token}":
+        if h.headers.get("Authorization") != f"Bearer {self.token}" and req.path not in self.public_paths:
             self._send(h, 401, b'{"error": "unauthorized"}')
             return
         with self.lock:
@@ -237,8 +240,9 @@ class RunPodFake(FakeServer):
         return 405, {"error": "method"}, {}
 
 
-class ManagedFake(FakeServer):
-    """POST /runs (Idempotency-Key), GET /runs[/{id}[/logs]], POST /runs/{id}/cancel."""
+class ManagedFake(PlatformMixin, FakeServer):
+    """POST /runs (Idempotency-Key), GET /runs[/{id}[/logs]], POST /runs/{id}/cancel; the platform's
+    entitlements, JWKS, telemetry and ledger append (tests/platform_fake.py)."""
 
     token = "mgd_TESTTOKEN0123456789"
 
@@ -249,8 +253,11 @@ class ManagedFake(FakeServer):
         self.logs: dict[str, list[str]] = {}
         self._ids = itertools.count(1)
         self.finish_after_logs: bool = False  # a follow reader sees the run end once it has read every line
+        self.platform_init()
 
     def route(self, req: Request) -> tuple[int, Any, dict[str, str]]:
+        if req.path.startswith(("/api/platform/", "/.well-known/")):
+            return self.platform_route(req)
         m = re.fullmatch(r"/api/runs(?:/([^/]+))?(?:/(logs|cancel))?", req.path)
         if not m:
             return 404, {"error": "not found"}, {}

@@ -12,6 +12,9 @@
                                         decision (it is a question; nothing is appended)
     ledger export DIR                 → {"dir", "format", "blocks", "head", "segments", "public_keys"}
     ledger rotate-key                 → {"block", "signer", "previous"}
+    ledger forward [--replay]         → {"platform", "url", "blocks", "sent", "acked", "duplicates", "acked_index",
+                                         "pending", …}: unacknowledged blocks to the managed platform (needs
+                                         consent ledger_forward=on: else carl.telemetry.consent_required, exit 5)
 """
 
 from __future__ import annotations
@@ -72,6 +75,13 @@ def register(sub: Any) -> None:
     verbs.add_parser("rotate-key", help="new signing key, announced by a block signed with the old one",
                      description="Create a new signing key; a key.rotate block signed by the old key names it."
                      ).set_defaults(func=run_rotate)
+
+    fw = verbs.add_parser("forward", help="send unacknowledged blocks to the managed platform (with consent)",
+                          description="Send the blocks the managed platform has not acknowledged, in order; "
+                                      "--replay starts from the genesis block (the platform skips what it holds).")
+    fw.add_argument("--replay", action="store_true", help="resend from the genesis block")
+    add_config_arguments(fw)
+    fw.set_defaults(func=run_forward)
 
 
 def run_init(args: argparse.Namespace) -> int:
@@ -166,4 +176,19 @@ def run_rotate(args: argparse.Namespace) -> int:
 
     block = Ledger().rotate_key()
     emit({"block": block, "signer": block["payload"]["public_key"], "previous": block["signer"]})
+    return 0
+
+
+def run_forward(args: argparse.Namespace) -> int:
+    from engine.config import load_config
+    from engine.platform.forward import forward
+    from engine.remote.base import RetryPolicy
+    from engine.remote.config import remote_settings
+
+    cfg, _ = load_config(args.config, args.sets)
+    rs = remote_settings(cfg)
+    out = forward(rs.managed, replay=args.replay, policy=RetryPolicy.from_settings(rs.retries))
+    progress(f"forwarded to {out['url']}: {out['acked']} acknowledged, {out['duplicates']} already held, "
+             f"{out['pending']} pending")
+    emit(out)
     return 0

@@ -83,6 +83,14 @@ class ManagedSettings(_BackendBase):
     flavor: str = Field("gpu-1x", min_length=1)
     token_env: str = Field("CARL_MANAGED_TOKEN", min_length=1)
     send_hf_token: bool = Field(False, description="pass $HF_TOKEN to the run in its secrets field")
+    # the platform behind it (engine/platform): entitlements, telemetry, ledger forwarding
+    platform_url: str | None = Field(None, description="platform base URL (default: scheme and host of url)")
+    entitlements_path: str = Field("/api/platform/entitlements", min_length=1)
+    jwks_path: str = Field("/.well-known/carl-camp-jwks.json", min_length=1)
+    telemetry_path: str = Field("/api/platform/telemetry", min_length=1)
+    ledger_path: str = Field("/api/platform/ledger/append", min_length=1)
+    submit_grant: str = Field("jobs.submit", min_length=1,
+                              description="grant a managed submit needs (or <grant>:<flavor>)")
 
 
 class RemoteSettings(_Model):

@@ -185,6 +185,11 @@ def submit_job(cfg: Config, backend: str | None = None, *, approve: bool = False
                 "request": client.preview(plan)}
     enforce(est, approved=approve)
     credentials(backend, rs)
+    if backend == "managed":  # the platform must grant it (engine/platform/entitlements.py; offline grace ≤ 24 h)
+        from engine.platform.entitlements import Entitlements
+
+        Entitlements(rs.managed, home=home, policy=RetryPolicy.from_settings(rs.retries), sleep=sleep).require(
+            rs.managed.submit_grant, est.flavor)
     record_approval(est, job_id=run_id, via=via, home=home)
     rec: dict[str, Any] = {
         "run_id": run_id, "backend": backend, "remote_id": None, "status": "unknown", "flavor": est.flavor,

@@ -397,6 +397,8 @@ class Entitlements:
         ``carl.entitlements.unavailable`` (nothing cached, platform unreachable), ``…offline_grace_expired``,
         ``carl.permission`` (exit 5) naming the grant."""
         st = self.resolve()
+        if st.status == "fresh" and st.refresh is None and not grant_matches(st.grants, grant, scope):
+            st = self.refresh()  # a grant added since the cached fetch counts at once
         if st.status == "missing":
             err = (st.refresh or {}).get("error") or {}
             raise Unavailable(f"no entitlements for {self.base}: {err.get('message', 'the platform is unreachable')}",

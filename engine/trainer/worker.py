@@ -33,6 +33,7 @@ class Worker:
         self.step = 0
         self.meta_lock = threading.Lock()
         self._events = None
+        self._telemetry = None  # engine.platform.telemetry.Forwarder, only with telemetry consent
 
     # ---- bookkeeping
     def log(self, msg: str) -> None:
@@ -65,6 +66,8 @@ class Worker:
         e = {k: v for k, v in e.items() if k != "type"}
         e.setdefault("step", self.step)
         self._events.write(e)
+        if self._telemetry is not None:
+            self._telemetry.emit(str(e.get("name")), e)
         name = e.get("name")
         if name == "gate_open":
             self.meta(gate_opened_at=e.get("step"))
@@ -86,6 +89,13 @@ class Worker:
 
         cfg = validate_dict(yaml.safe_load((self.run_dir / "config.yaml").read_text(encoding="utf-8")),
                             source=str(self.run_dir / "config.yaml"))
+        if RANK0:
+            from engine.platform.telemetry import for_run
+
+            self._telemetry = for_run(cfg, self.run_id)
+            if self._telemetry is not None:
+                self._telemetry.emit("run.start", {"resume": self.resume, "project": cfg.project.name,
+                                                   "max_steps": cfg.grpo.max_steps})
         ledger_record("run.start", {"run_id": self.run_id, "resume": self.resume, "project": cfg.project.name,
                                     "model": cfg.model.name_or_path, "dataset": cfg.dataset.source,
                                     "max_steps": cfg.grpo.max_steps, "cascade": cfg.cascade.mode})
@@ -166,6 +176,9 @@ class Worker:
         ledger_record(action, {"run_id": self.run_id, "status": status, "last_step": self.step,
                                **({"error": error} if error else {})})
         self.log(f"run {self.run_id}: {status}" + (f" ({error})" if error else ""))
+        if self._telemetry is not None:
+            self._telemetry.emit(action, {"status": status, "last_step": self.step})
+            self.log(self._telemetry.close(timeout=5.0))
         return 0 if status in ("completed", "stopped") else 1
 
 

@@ -217,6 +217,14 @@ def check_config(path: str | Path | None = None, sets: list[str] | None = None) 
     return Check("config", "ok", f"{found} is valid (project {cfg.project.name})")
 
 
+def check_entitlements(path: str | Path | None = None, sets: list[str] | None = None) -> Check:
+    """The managed platform's entitlements, from the local cache (engine/platform/entitlements.py)."""
+    from engine.platform.entitlements import doctor_row
+
+    status, detail = doctor_row(path, sets)
+    return Check("entitlements", status, detail)  # type: ignore[arg-type]
+
+
 def run_checks(home: CarlHome | None = None, config: str | Path | None = None,
                sets: list[str] | None = None) -> list[Check]:
     """All checks, in a stable order."""
@@ -226,6 +234,7 @@ def run_checks(home: CarlHome | None = None, config: str | Path | None = None,
     checks += [check_home(home), check_disk(home)]
     checks += check_credentials()
     checks.append(check_config(config, sets))
+    checks.append(check_entitlements(config, sets))
     return checks
 
 

@@ -420,3 +420,21 @@ def test_forward_refuses_a_different_chain(platform, monkeypatch, tmp_path):
     with pytest.raises(ChainConflict) as ei:
         forward(settings, policy=FAST)
     assert ei.value.code == "carl.telemetry.chain_conflict"
+
+
+# ------------------------------------------------------------------------------------------- doctor
+def test_doctor_entitlements_row(platform, tmp_path, monkeypatch):
+    from engine.doctor import check_entitlements
+
+    monkeypatch.chdir(tmp_path)
+    row = check_entitlements()
+    assert row.status == "ok" and "no managed platform configured" in row.detail  # no carl.yaml: nothing to check
+    cfg = write_config(tmp_path, {"url": f"{platform.url}/api"})
+    row = check_entitlements(cfg)
+    assert row.name == "entitlements" and row.status == "warn" and "none cached" in row.detail
+    platform.clock = time.time
+    Entitlements(ManagedSettings(url=f"{platform.url}/api"), policy=FAST).refresh()
+    n = len(platform.requests)
+    row = check_entitlements(cfg)
+    assert row.status == "ok" and row.detail.startswith("fresh") and "carl-camp-1" in row.detail
+    assert "jobs.submit" in row.detail and len(platform.requests) == n  # the doctor never calls the platform

@@ -453,3 +453,28 @@ def for_config(cfg: Any, **kw: Any) -> Entitlements:
     kw.setdefault("policy", RetryPolicy.from_settings(rs.retries))
     return Entitlements(rs.managed, **kw)
 
+
+
+def doctor_row(path: Any = None, sets: list[str] | None = None) -> tuple[str, str]:
+    """(status, detail) for `carl doctor`'s ``entitlements`` row, from the cache alone (no network)."""
+    from engine.config import load_config
+
+    try:
+        cfg, _ = load_config(path, sets)
+        ent = for_config(cfg)
+    except CARLError as exc:
+        if exc.context.get("field") == "remote.managed.url":
+            return "ok", "no managed platform configured (remote.managed.url): nothing is fetched or sent"
+        return "warn", f"unknown: {exc.message}"
+    try:
+        st = ent.cached()
+        v = ent.view(st)
+    except CARLError as exc:
+        return "warn", f"unknown: {exc.message}"
+    if st.status == "missing":
+        return "warn", f"none cached for {ent.base}: run `carl --batch entitlements show --refresh`"
+    if st.status == "corrupt":
+        return "warn", f"the cache was corrupt and is quarantined ({st.quarantined}): refresh to fetch again"
+    grants = ", ".join(v["grants"]) or "no grants"
+    detail = f"{st.status} ({v['age_s']:.0f} s old) · key {v['key_id']} · tier {v['tier'] or '?'} · {grants}"
+    return ("ok" if st.status == "fresh" else "warn"), detail

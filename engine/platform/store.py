@@ -69,8 +69,11 @@ def read_json(path: Path, *, now: float | None = None) -> dict[str, Any] | None:
     """The JSON object in ``path``; None when absent. Not a JSON object → quarantined, :class:`Corrupt`."""
     try:
         raw = path.read_bytes()
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
         return None
+    except OSError as exc:
+        raise PermissionDenied(f"cannot read {path}: {exc.strerror}", hint="Check the permissions of CARL_HOME.",
+                               context={"path": str(path)}) from None
     try:
         data = json.loads(raw)
     except (ValueError, UnicodeDecodeError):

@@ -1,6 +1,7 @@
 """Jobs screen: remote training jobs (Hugging Face Jobs, RunPod, a managed endpoint) — see docs/jobs_panel.md.
 
-    Backends   each backend's flavor, the cost estimate for the carl.yaml in force and its credential (masked)
+    Backends   each backend's flavor, the cost estimate for the carl.yaml in force and its credential (masked);
+               for the managed backend also its platform's entitlement state (from the local cache, no network)
     Jobs       the remote jobs of this CARL_HOME (CARL_HOME/jobs), live status polled at a bounded rate
     Logs       the selected job's logs, followed in a cancellable worker
 
@@ -79,6 +80,15 @@ def credential_cell(row: dict[str, Any]) -> Text:
         inner = shown[len("set ("):-1] if shown.startswith("set (") and shown.endswith(")") else shown
         return Text.assemble(("✓ ", "green"), f"{row.get('env_var')} ", (inner.split(",")[0], "dim"))
     return Text.assemble(("✗ ", "red"), f"{row.get('env_var')} ", ("unset", "dim"))
+
+
+ENTITLEMENT_STYLE = {"fresh": "green", "offline_grace": "yellow", "stale": "yellow", "missing": "yellow"}
+
+
+def entitlement_cell(ent: dict[str, Any]) -> Text:
+    """``grants fresh · `` (green) … ``grants offline_grace_expired · `` (red), from engine's cached summary."""
+    status = str(ent.get("status"))
+    return Text.assemble(("grants ", "dim"), (status, ENTITLEMENT_STYLE.get(status, "bold red")), (" · ", "dim"))
 
 
 def log_text(line: str) -> str:
@@ -261,6 +271,13 @@ class JobsScreen(Screen):
                            "estimate": None}
                 if b == "managed" and not rs.managed.url:
                     rows[b]["note"] = "no url"
+                elif b == "managed":
+                    from engine.platform.entitlements import summary
+
+                    try:
+                        rows[b]["entitlements"] = summary(rs.managed, self._ctx().home, self._now)
+                    except CARLError as exc:
+                        rows[b]["entitlements"] = {"status": exc.code, "admits": False}
                 try:
                     rows[b]["estimate"] = estimate_job(cfg, b, home=self._ctx().home)
                 except CARLError as exc:
@@ -323,6 +340,8 @@ class JobsScreen(Screen):
             cred = credential_cell(row.get("cred") or {})
             if row.get("note"):
                 cred.append(f" · {row['note']}", style="yellow")
+            if row.get("entitlements"):  # first, so a narrow terminal clips the token's tail, not the state
+                cred = Text.assemble(entitlement_cell(row["entitlements"]), cred)
             table.add_row(mark, Text(b, style="bold" if picked else ""), flavor, cell, cred)
         from rich.console import Group
 
@@ -331,8 +350,12 @@ class JobsScreen(Screen):
     def _say_backend_state(self) -> None:
         """The picked backend's estimate error (inline, with hint), or a one-line prompt."""
         b = self.backend or "hf"
+        ent = (self.backend_rows.get(b) or {}).get("entitlements") or {}
         if b in self.backend_errors:
             self.say(error_text(self.backend_errors[b], f"{b} estimate"), "error")
+        elif ent and not ent.get("admits"):
+            self.say(f"managed: cached grants are [b]{escape(str(ent.get('status')))}[/b] — a submit asks the platform "
+                     "first (carl --batch entitlements show --refresh)")
         elif not self.jobs:
             self.say(f"No remote jobs yet. s submits carl.yaml to {escape(b)} once you approve the cost.")
         else:

@@ -478,3 +478,10 @@ def doctor_row(path: Any = None, sets: list[str] | None = None) -> tuple[str, st
     grants = ", ".join(v["grants"]) or "no grants"
     detail = f"{st.status} ({v['age_s']:.0f} s old) · key {v['key_id']} · tier {v['tier'] or '?'} · {grants}"
     return ("ok" if st.status == "fresh" else "warn"), detail
+
+
+def summary(settings: Any, home: CarlHome | None = None, clock: Callable[[], float] = time.time) -> dict[str, Any]:
+    """For panels: ``{"status", "admits", "grants", "key_id", "age_s"}`` from the cache alone (no network)."""
+    ent = Entitlements(settings, home=home, clock=clock)
+    v = ent.view(ent.cached())
+    return {k: v[k] for k in ("status", "admits", "grants", "key_id", "age_s")}

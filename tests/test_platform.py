@@ -438,3 +438,20 @@ def test_doctor_entitlements_row(platform, tmp_path, monkeypatch):
     row = check_entitlements(cfg)
     assert row.status == "ok" and row.detail.startswith("fresh") and "carl-camp-1" in row.detail
     assert "jobs.submit" in row.detail and len(platform.requests) == n  # the doctor never calls the platform
+
+
+def test_after_run_forwards_only_with_consent(platform, tmp_path):
+    from engine.platform.forward import after_run
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "config.yaml").write_text(yaml.safe_dump({"remote": {"managed": {"url": f"{platform.url}/api"}}}))
+    ledger.record("run.complete", {"run_id": "r"})
+    assert after_run(run_dir) is None and platform.requests == []
+    consent.set_flags({"ledger_forward": True})
+    note = after_run(run_dir)
+    local = list(Ledger(CarlHome.from_env()).iter_blocks())
+    assert "acknowledged" in note and [b["hash"] for b in platform.chain] == [b["hash"] for b in local]
+    platform.ledger_down = True
+    ledger.record("run.complete", {"run_id": "r2"})
+    assert "ledger forward failed (carl.network)" in after_run(run_dir)  # reported, never raised

@@ -1,5 +1,6 @@
 """Telemetry during a real (tiny, CPU) training run: with consent on and a platform that fails every telemetry
-request, training completes exactly as it would without telemetry; the platform saw the attempts."""
+request, training completes exactly as it would without telemetry; the platform saw the attempts. With
+ledger_forward consent the run's blocks reach the platform at the end of the run."""
 
 from __future__ import annotations
 
@@ -9,13 +10,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+from engine.home import CarlHome
+from engine.ledger import Ledger
 from engine.platform import consent
 from tests._tiny_fixture import SMALL, tiny_cache, tiny_env  # noqa: F401
 
 
 def test_telemetry_failure_while_training_leaves_training_unaffected(tiny_env, managed):
     managed.fault("POST", r"/api/platform/telemetry", status=500, times=10_000)
-    consent.set_flags({"telemetry": True})
+    consent.set_flags({"telemetry": True, "ledger_forward": True})
     sets = [a for s in SMALL + ["grpo.max_steps=3", "grpo.save_steps=3", f"remote.managed.url={managed.url}/api"]
             for a in ("--set", s)]
     p = subprocess.run([sys.executable, "-m", "carl_tui", "--batch", "train", *sets], capture_output=True, text=True,
@@ -32,3 +35,9 @@ def test_telemetry_failure_while_training_leaves_training_unaffected(tiny_env, m
     assert all(r.headers["authorization"] == f"Bearer {managed.token}" for r in posts)
     log = "".join(f.read_text(errors="replace") for f in Path(done["run_dir"]).glob("*.log"))
     assert f"{len(posts)} failed" in log  # the worker said so in its log, and went on
+    # the ledger blocks of the run were forwarded after it ended: the platform's chain is the local chain's prefix
+    local = [b["hash"] for b in Ledger(CarlHome.from_env()).iter_blocks()]
+    held = [b["hash"] for b in managed.chain]
+    assert held and held == local[:len(held)]
+    assert any(b["action"] == "run.complete" and b["payload"]["run_id"] == done["run_id"] for b in managed.chain)
+    assert "ledger forward to" in log

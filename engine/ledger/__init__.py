@@ -49,6 +49,7 @@ ACTIONS: dict[str, str] = {
     "mcp.serve": "an MCP server started (transport, pre-approved actions)",
     "mcp.tool_call": "an MCP client called a tool (name, input, ok)",
     "mcp.approval": "a person answered an MCP approval form",
+    "consent.change": "privacy consent changed (`consent set`: changed flags, all flags)",
 }
 
 

@@ -182,3 +182,34 @@ def forward(settings: Any, *, home: CarlHome | None = None, replay: bool = False
     out["acked_index"] = state.get("acked_index", -1)
     out["pending"] = max(0, len(blocks) - 1 - int(out["acked_index"]))
     return out
+
+
+def after_run(run_dir: Any, home: CarlHome | None = None) -> str | None:
+    """At the end of a training run: forward the ledger's unacknowledged blocks when ``ledger_forward`` consent
+    is on, the run's carl.yaml names the platform and the token is set. Returns a log line (None when nothing
+    was tried). Never raises: blocks stay in the local chain and a later ``ledger forward`` sends them."""
+    import os
+    from pathlib import Path
+
+    try:
+        from engine.platform import consent
+
+        if not consent.enabled("ledger_forward", home):
+            return None
+        import yaml
+
+        from engine.config import validate_dict
+        from engine.remote.base import RetryPolicy
+        from engine.remote.config import remote_settings
+
+        path = Path(run_dir) / "config.yaml"
+        ms = remote_settings(validate_dict(yaml.safe_load(path.read_text(encoding="utf-8")), source=str(path))).managed
+        if not (ms.url or ms.platform_url) or not os.environ.get(ms.token_env):
+            return None
+        out = forward(ms, home=home, policy=RetryPolicy(max_attempts=2, base_delay_s=0.2, max_delay_s=1.0,
+                                                        timeout_s=5.0))
+        return f"ledger forward to {out['url']}: {out['acked']} acknowledged, {out['pending']} pending"
+    except CARLError as exc:
+        return f"ledger forward failed ({exc.code}): {exc.message} — `carl --batch ledger forward` retries later"
+    except Exception as exc:  # never let forwarding break the end of a run
+        return f"ledger forward failed: {type(exc).__name__}: {exc}"

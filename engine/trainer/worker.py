@@ -179,6 +179,12 @@ class Worker:
         if self._telemetry is not None:
             self._telemetry.emit(action, {"status": status, "last_step": self.step})
             self.log(self._telemetry.close(timeout=5.0))
+        if RANK0:  # the run's blocks are in the local chain; with ledger_forward consent also on the platform
+            from engine.platform.forward import after_run
+
+            note = after_run(self.run_dir)
+            if note:
+                self.log(note)
         return 0 if status in ("completed", "stopped") else 1
 
 

@@ -231,6 +231,15 @@ class JobsScreen(Screen):
     def _now(self) -> float:
         return float(self._ctx().clock())
 
+    def _entitlements(self, rs: Any) -> dict[str, Any]:
+        """The managed platform's cached entitlement summary (engine; no network)."""
+        from engine.platform.entitlements import summary
+
+        try:
+            return summary(rs.managed, self._ctx().home, self._now)
+        except CARLError as exc:
+            return {"status": exc.code, "admits": False}
+
     def _list_jobs(self) -> list[dict[str, Any]]:
         from engine.remote.store import list_jobs
 
@@ -272,12 +281,7 @@ class JobsScreen(Screen):
                 if b == "managed" and not rs.managed.url:
                     rows[b]["note"] = "no url"
                 elif b == "managed":
-                    from engine.platform.entitlements import summary
-
-                    try:
-                        rows[b]["entitlements"] = summary(rs.managed, self._ctx().home, self._now)
-                    except CARLError as exc:
-                        rows[b]["entitlements"] = {"status": exc.code, "admits": False}
+                    rows[b]["entitlements"] = self._entitlements(rs)
                 try:
                     rows[b]["estimate"] = estimate_job(cfg, b, home=self._ctx().home)
                 except CARLError as exc:
@@ -531,8 +535,27 @@ class JobsScreen(Screen):
         except CARLError as exc:
             # a submit that failed after its approval leaves a record with status failed: show it
             self._post(self._submit_failed, exc, backend, self._list_jobs())
+            self._after_managed_submit(backend)
             return
         self._post(self._submitted, out, jobs)
+        self._after_managed_submit(backend)
+
+    def _after_managed_submit(self, backend: str) -> None:
+        """A managed submit may have refreshed the entitlements: show their new state (from the cache)."""
+        if backend != "managed" or "managed" not in self.backend_rows:
+            return
+        from engine.remote.config import remote_settings
+
+        try:
+            ent = self._entitlements(remote_settings(self._config()[0]))
+        except CARLError:
+            return
+        self._post(self._set_entitlements, ent)
+
+    def _set_entitlements(self, ent: dict[str, Any]) -> None:
+        if "managed" in self.backend_rows and self.backend_rows["managed"].get("entitlements") is not None:
+            self.backend_rows["managed"]["entitlements"] = ent
+            self._render_backends()
 
     def _submit_failed(self, exc: CARLError, backend: str, jobs: list[dict[str, Any]] | None) -> None:
         self.busy = None

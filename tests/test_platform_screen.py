@@ -84,3 +84,38 @@ async def test_panel_quarantines_a_corrupt_cache(snap_home):
         screen = next(s for s in app.screen_stack if isinstance(s, JobsScreen))
         assert screen.backend_rows["managed"]["entitlements"]["status"] == "corrupt"
     assert not p.exists() and list(p.parent.glob("entitlements.corrupt-*.json"))
+
+
+@pytest.mark.anyio
+async def test_a_managed_submit_refreshes_the_shown_state(managed, tmp_path):
+    from screens.approval import ApprovalScreen
+    from tests.test_jobs_screen import host, jobs_screen, managed_config, text_of, until
+
+    app = host(tmp_path, managed_config(tmp_path, managed), poll=0)
+    async with app.run_test(size=(120, 30)) as pilot:
+        js = jobs_screen(app)
+        await until(pilot, lambda: js.loaded, "first load")
+        assert js.backend_rows["managed"]["entitlements"]["status"] == "missing"
+        assert "grants missing" in text_of(js, "#jobs-backends") and managed.requests == []  # no network to show it
+        await pilot.press("s")
+        await until(pilot, lambda: isinstance(app.screen, ApprovalScreen), "the approval modal")
+        await pilot.press("y")
+        await until(pilot, lambda: js.backend_rows["managed"]["entitlements"]["status"] == "fresh", "fresh grants")
+        assert len(managed.runs) == 1 and "grants fresh" in text_of(js, "#jobs-backends")
+
+
+@pytest.mark.anyio
+async def test_a_managed_submit_without_the_grant_is_inline(managed, tmp_path):
+    from screens.approval import ApprovalScreen
+    from tests.test_jobs_screen import host, jobs_screen, managed_config, message, until
+
+    managed.grants = []
+    app = host(tmp_path, managed_config(tmp_path, managed), poll=0)
+    async with app.run_test(size=(120, 30)) as pilot:
+        js = jobs_screen(app)
+        await until(pilot, lambda: js.loaded, "first load")
+        await pilot.press("s")
+        await until(pilot, lambda: isinstance(app.screen, ApprovalScreen), "the approval modal")
+        await pilot.press("y")
+        await until(pilot, lambda: js.busy is None and "carl.permission" in message(js), "the refusal")
+        assert "jobs.submit:gpu-1x" in message(js) and managed.runs == {}

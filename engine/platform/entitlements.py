@@ -343,9 +343,16 @@ class Entitlements:
         headers = {"Accept": "application/json", "User-Agent": "carl"}
         if auth:
             headers["Authorization"] = f"Bearer {require_token(self.settings.token_env, 'managed')}"
+        from engine.errors import RunNotFound
+        from engine.remote.base import RemoteBadResponse
+
         with httpx.Client(follow_redirects=True) as client:
-            return http_json(client, "GET", url, policy=self.policy, backend="managed", what=what, headers=headers,
-                             sleep=self.sleep)
+            try:
+                return http_json(client, "GET", url, policy=self.policy, backend="managed", what=what,
+                                 headers=headers, sleep=self.sleep)
+            except (RunNotFound, RemoteBadResponse) as exc:  # 404 / other 4xx / not JSON: not a platform answer
+                raise BadResponse(f"{what}: {url} did not answer as the platform should ({exc.message})",
+                                  context={"url": url}) from None
 
     def refresh(self) -> State:
         """Fetch, verify, pin and cache. Verification failures raise ``carl.entitlements.*``; a network failure

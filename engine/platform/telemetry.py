@@ -22,6 +22,7 @@ import time
 from typing import Any, Callable
 
 from engine.errors import redact
+from engine.jsonable import to_jsonable
 
 SEND_TIMEOUT_S = 5.0
 MAX_QUEUE = 1000
@@ -53,7 +54,7 @@ class Forwarder:
             self._seq += 1
             eid = event_id or f"{self.run_id}:{signal}:{data.get('step', '')}:{data.get('phase', '')}:{self._seq}"
             body = {"event_id": eid, "signal": signal, "run_id": self.run_id, "ts": self.clock(),
-                    "data": redact(dict(data))}
+                    "data": to_jsonable(redact(dict(data)))}
             self._q.put_nowait(body)
         except queue.Full:
             self.dropped += 1

@@ -6,7 +6,6 @@ clock is set separately to move exp/nbf."""
 from __future__ import annotations
 
 import json
-import os
 import stat
 import time
 from pathlib import Path
@@ -378,6 +377,7 @@ def test_ledger_replay_after_the_server_was_down(platform, tmp_path):
     platform.ledger_down = False
     out = forward(settings, policy=FAST, sleep=lambda s: None, batch=3)
     assert out["acked"] == len(local) and out["duplicates"] == 0 and out["pending"] == 0
+    assert mode(home.root / "platform" / "ledger-forward.json") == 0o600
     assert [b["hash"] for b in platform.chain] == [b["hash"] for b in local]  # every block once, in order
     # again: nothing to send; replay: every block is a duplicate, none acknowledged twice
     assert forward(settings, policy=FAST)["sent"] == 0
@@ -455,3 +455,32 @@ def test_after_run_forwards_only_with_consent(platform, tmp_path):
     platform.ledger_down = True
     ledger.record("run.complete", {"run_id": "r2"})
     assert "ledger forward failed (carl.network)" in after_run(run_dir)  # reported, never raised
+
+
+def test_the_platform_fake_itself(platform):
+    """The fake's own wire behaviour, checked with plain httpx + pynacl (so a failure above is not the fake's)."""
+    import base64
+
+    import httpx
+    from nacl.signing import VerifyKey
+
+    jwks = httpx.get(f"{platform.url}/.well-known/carl-camp-jwks.json").json()  # public: no credential
+    assert jwks["keys"][0]["kty"] == "OKP" and jwks["keys"][0]["crv"] == "Ed25519"
+    assert httpx.get(f"{platform.url}/api/platform/entitlements").status_code == 401
+    body = httpx.get(f"{platform.url}/api/platform/entitlements",
+                     headers={"Authorization": f"Bearer {platform.token}"}).json()
+    h, p, s = body["token"].split(".")
+    pad = lambda t: base64.urlsafe_b64decode(t + "=" * (-len(t) % 4))  # noqa: E731
+    VerifyKey(pad(jwks["keys"][0]["x"])).verify(f"{h}.{p}".encode(), pad(s))  # raises when it does not verify
+    assert json.loads(pad(p))["grants"] == ["jobs.submit"] and json.loads(pad(h))["alg"] == "EdDSA"
+
+
+def test_a_refused_token_is_a_credential_error_and_a_404_a_bad_response(platform, tmp_path, capsys, monkeypatch):
+    cfg = write_config(tmp_path, {"url": f"{platform.url}/api"})
+    monkeypatch.setenv("CARL_MANAGED_TOKEN", "mgd_WRONG000000000000")
+    code, _, err = carl(capsys, "entitlements", "show", "--refresh", "--config", str(cfg))
+    assert code == 3 and err["code"] == "carl.credential" and "mgd_WRONG000000000000" not in json.dumps(err)
+    monkeypatch.setenv("CARL_MANAGED_TOKEN", platform.token)
+    cfg = write_config(tmp_path, {"url": f"{platform.url}/api", "entitlements_path": "/nope"})
+    code, _, err = carl(capsys, "entitlements", "show", "--refresh", "--config", str(cfg))
+    assert code == 1 and err["code"] == "carl.entitlements.bad_response"

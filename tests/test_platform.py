@@ -484,3 +484,15 @@ def test_a_refused_token_is_a_credential_error_and_a_404_a_bad_response(platform
     cfg = write_config(tmp_path, {"url": f"{platform.url}/api", "entitlements_path": "/nope"})
     code, _, err = carl(capsys, "entitlements", "show", "--refresh", "--config", str(cfg))
     assert code == 1 and err["code"] == "carl.entitlements.bad_response"
+
+
+def test_editing_fetched_at_cannot_stretch_the_grace(platform):
+    clock = Clock()
+    e = ents(platform, clock)
+    e.refresh()
+    clock.t = T0 + 30 * 3600
+    data = json.loads(e.cache_path.read_text())
+    data["fetched_at"] = clock.t  # unsigned: moved forward by hand
+    e.cache_path.write_text(json.dumps(data))
+    st = e.cached()
+    assert st.status == "offline_grace_expired" and not st.admits  # bounded by the token's signed iat

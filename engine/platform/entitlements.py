@@ -229,10 +229,18 @@ def grant_matches(grants: list[str], need: str, scope: str | None = None) -> boo
 
 
 # ----------------------------------------------------------------------------------------------- status
+def fetched_at_of(cache: dict[str, Any], claims: dict[str, Any] | None) -> float:
+    """When the cached token was fetched — never later than its signed ``iat`` (+ skew), so editing the
+    cache's unsigned ``fetched_at`` cannot stretch the TTL or the offline grace."""
+    fetched = float(cache.get("fetched_at") or 0)
+    iat = (claims or {}).get("iat")
+    return min(fetched, float(iat) + SKEW_S) if isinstance(iat, (int, float)) else fetched
+
+
 def status_of(cache: dict[str, Any] | None, claims: dict[str, Any] | None, now: float) -> str:
     if cache is None:
         return "missing"
-    fetched = float(cache.get("fetched_at") or 0)
+    fetched = fetched_at_of(cache, claims)
     age = max(0.0, now - fetched)
     offline = cache.get("offline_since")
     exp = (claims or {}).get("exp")
@@ -428,7 +436,7 @@ class Entitlements:
     # -- the JSON `entitlements show` prints
     def view(self, st: State) -> dict[str, Any]:
         cache = st.cache or {}
-        fetched = cache.get("fetched_at")
+        fetched = fetched_at_of(cache, st.claims) if cache else None
         token_env = self.settings.token_env
         out: dict[str, Any] = {
             "status": st.status, "admits": st.admits, "platform": self.base,

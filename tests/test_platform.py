@@ -338,7 +338,7 @@ def test_telemetry_idempotency_keys_and_redaction(platform):
     fw.emit("eval", {"step": 3, "note": f"token {secret}", "api_key": "abc123"}, event_id="run-1:eval:3")
     fw.emit("eval", {"step": 3}, event_id="run-1:eval:3")  # the same event again: one on the platform
     fw.emit("checkpoint", {"step": 3}, event_id="run-1:checkpoint:3")
-    summary = fw.close()
+    summary = fw.close(timeout=60)
     assert fw.sent == 3 and fw.failed == 0 and "3 sent" in summary
     assert [t["signal"] for t in platform.telemetry] == ["eval", "checkpoint"]
     keys = [r.headers["idempotency-key"] for r in platform.calls("POST", "/api/platform/telemetry")]
@@ -348,15 +348,16 @@ def test_telemetry_idempotency_keys_and_redaction(platform):
 
 
 def test_telemetry_failure_never_reaches_the_caller(platform):
+    platform.fault("POST", r"/api/platform/telemetry", status=500, delay=1.0, times=1)  # holds the sender
     platform.fault("POST", r"/api/platform/telemetry", status=500, times=10)
     fw = telemetry.Forwarder(f"{platform.url}/api/platform/telemetry", platform.token, run_id="r", max_queue=2)
-    for i in range(50):  # far more than the queue holds: dropped, never blocking
+    for i in range(50):  # far more than the queue holds while the sender waits: dropped, never blocking
         fw.emit("step", {"step": i})
-    fw.close()
+    fw.close(timeout=60)
     assert fw.sent + fw.failed + fw.dropped == 50 and fw.dropped > 0 and fw.failed > 0
     dead = telemetry.Forwarder("http://127.0.0.1:9/telemetry", "t", run_id="r", timeout_s=0.5)
     dead.emit("step", {"step": 1})
-    assert "1 failed" in dead.close()
+    assert "1 failed" in dead.close(timeout=60)
 
 
 # ------------------------------------------------------------------------------------------- ledger forwarding

@@ -58,12 +58,6 @@ def chat_model(tmp_path_factory) -> Path:
     return build_chat_model(tmp_path_factory.getbasetemp() / "chat-model")
 
 
-@pytest.fixture(scope="session")
-def raw_model(tmp_path_factory) -> Path:
-    """The same model with no chat template."""
-    return build_chat_model(tmp_path_factory.getbasetemp() / "raw-model", template=None)
-
-
 def write_jsonl(path: Path, rows: list[dict]) -> Path:
     import json
 

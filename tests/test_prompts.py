@@ -7,13 +7,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 from engine.config import preset, validate_dict
-from engine.prompts import (PromptFormat, as_text, encode, encode_model_input, messages, model_input, render,
-                            truncate_left)
-from tests._chat_fixture import (NO_SYSTEM_TEMPLATE, build_chat_tokenizer, chat_model, raw_model,  # noqa: F401
-                                 write_jsonl)
+from engine.prompts import PromptFormat, as_text, encode, messages, model_input, render, truncate_left
+from tests._chat_fixture import NO_SYSTEM_TEMPLATE, build_chat_tokenizer, chat_model, write_jsonl  # noqa: F401
 
 REPO = Path(__file__).resolve().parent.parent
 SYSTEM = "Answer with a number."

@@ -180,3 +180,29 @@ def test_infer_run_scores_with_the_runs_weights(tmp_path, chat_model, monkeypatc
     assert res["carl_weights"] == SKEWED and res["settings_from"] == f"run {run_id}"
     assert res["rewards"]["carl"] == pytest.approx(res["rewards"]["cloud"])
     assert res["templated"] is True  # the chat model's template rendered the prompt
+
+
+def test_infer_model_follows_the_projects_carl_yaml_and_flags_override(tmp_path, chat_model, monkeypatch):
+    import contextlib
+    import io
+
+    from carl_tui.batch import main as batch_main
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "carl.yaml").write_text(yaml.safe_dump({"rewards": {"carl": {"weights": SKEWED}},
+                                                        "dataset": {"system_prompt": "Be brief."}}))
+
+    def infer(*extra: str) -> dict:
+        buf = io.StringIO()
+        with contextlib.redirect_stdout(buf):
+            assert batch_main(["infer", "--model", str(chat_model), "--prompt", "2+2?", "--max-new-tokens", "2",
+                               "--greedy", "--device", "cpu", *extra]) == 0
+        return json.loads(buf.getvalue().strip().splitlines()[-1])
+
+    res = infer()
+    assert res["settings_from"].endswith("carl.yaml") and res["carl_weights"] == SKEWED
+    assert res["templated"] and res["system_prompt"] == "Be brief."
+    # <bos><|system|>Be brief.<|end|><|user|>2+2?<|end|><|assistant|>: 1 + 1 + 9 + 1 + 1 + 4 + 1 + 1 tokens
+    assert res["prompt_tokens"] == 19
+    raw = infer("--chat-template", "none", "--system-prompt", "")
+    assert not raw["templated"] and raw["prompt_tokens"] == len("2+2?")

@@ -215,3 +215,17 @@ def test_infer_renders_with_the_chat_template_and_reports_it(chat_model):
     assert res.to_dict()["system_prompt"] == SYSTEM
     raw = lm.score("2+2?", "4", fmt=PromptFormat(chat_template="none"))
     assert raw.prompt_tokens == len("2+2?") and not raw.templated
+
+
+def test_a_remote_job_ships_the_prompt_format_its_worker_renders_with():
+    """The job runs `carl --batch train` on the shipped config, so the same rendering happens remotely."""
+    import yaml
+
+    from engine.remote.jobs import submit_job
+
+    cfg = validate_dict({"dataset": {"system_prompt": SYSTEM, "chat_template": "none"},
+                         "grpo": {"max_prompt_length": 48}})
+    out = submit_job(cfg, "runpod", dry_run=True)
+    shipped = validate_dict(yaml.safe_load(out["request"]["json"]["env"]["CARL_CONFIG_YAML"]))
+    assert PromptFormat.from_config(shipped) == PromptFormat.from_config(cfg) == \
+        PromptFormat(chat_template="none", system_prompt=SYSTEM, max_prompt_length=48)

@@ -40,10 +40,10 @@ class PromptFormat:
     max_prompt_length: int | None = None
 
     @classmethod
-    def from_config(cls, cfg: Any, *, truncate: bool = True) -> "PromptFormat":
+    def from_config(cls, cfg: Any) -> "PromptFormat":
         ds = cfg.dataset
         return cls(chat_template=ds.chat_template, system_prompt=ds.system_prompt or None,
-                   max_prompt_length=cfg.grpo.max_prompt_length if truncate else None)
+                   max_prompt_length=cfg.grpo.max_prompt_length)
 
     def as_dict(self) -> dict[str, Any]:
         return {"chat_template": self.chat_template, "system_prompt": self.system_prompt,
@@ -148,12 +148,6 @@ def encode(prompt: Prompt, tokenizer: Any, fmt: PromptFormat) -> list[int]:
 
 def encode_many(prompts: Sequence[Prompt], tokenizer: Any, fmt: PromptFormat) -> list[list[int]]:
     return [encode(p, tokenizer, fmt) for p in prompts]
-
-
-def describe(tokenizer: Any, fmt: PromptFormat) -> dict[str, Any]:
-    """What a result reports about its prompt rendering."""
-    return {"chat_template": fmt.chat_template, "templated": templated(tokenizer, fmt),
-            "system_prompt": fmt.system_prompt}
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from engine.config import preset, validate_dict
 from engine.prompts import PromptFormat, as_text, encode, messages, model_input, render, truncate_left
 from tests._chat_fixture import NO_SYSTEM_TEMPLATE, build_chat_tokenizer, chat_model, write_jsonl  # noqa: F401
@@ -229,3 +231,23 @@ def test_a_remote_job_ships_the_prompt_format_its_worker_renders_with():
     shipped = validate_dict(yaml.safe_load(out["request"]["json"]["env"]["CARL_CONFIG_YAML"]))
     assert PromptFormat.from_config(shipped) == PromptFormat.from_config(cfg) == \
         PromptFormat(chat_template="none", system_prompt=SYSTEM, max_prompt_length=48)
+
+
+@pytest.mark.slow
+def test_a_chat_model_trains_evaluates_and_infers_with_its_template_end_to_end(tmp_path, chat_model):
+    """`carl --batch train` (worker process) on the chat model, then `infer --run`: the run's final/ keeps the
+    template, so the run's own config renders the prompt the same way at every stage."""
+    path = _project(tmp_path, chat_model, system_prompt=SYSTEM)
+    sets = ["grpo.max_steps=2", "grpo.batch_size=4", "grpo.num_generations=2", "grpo.max_completion_length=3",
+            "grpo.save_steps=2", "tracking.trackio=false", "eval.n_samples=2"]
+    rc, out, err = carl("train", "--config", str(path), *[a for s in sets for a in ("--set", s)], cwd=tmp_path)
+    assert rc == 0, err
+    lines = [json.loads(x) for x in out.splitlines()]
+    done = lines[-1]
+    assert done["type"] == "done" and done["status"] == "completed", done
+    assert [x["phase"] for x in lines if x.get("name") == "eval"] == ["before", "after"]
+    rc, out, err = carl("infer", "--run", done["run_id"], "--prompt", "2+2?", "--max-new-tokens", "2", "--greedy",
+                        "--device", "cpu", cwd=tmp_path)
+    assert rc == 0, err
+    res = json.loads(out)
+    assert res["templated"] and res["system_prompt"] == SYSTEM and res["settings_from"] == f"run {done['run_id']}"

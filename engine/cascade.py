@@ -1,10 +1,11 @@
 """The cascade: stage A trains on task rewards only; stage B adds the CARL reward once a gate opens, its weight
-warmed up linearly over ``warmup_steps``.
+warmed up linearly over ``warmup_steps`` steps (``weight · min(1, (step - opened_at + 1) / warmup_steps)``: a
+fraction 1/warmup_steps of the weight on the opening step, all of it ``warmup_steps - 1`` steps later).
 
 Gates (``cascade.mode`` in carl.yaml) see one metrics dict per training step and open at most once:
 
 * ``fixed``           — opens at step ``fixed_step``.
-* ``metric`` (default) / ``percentile`` — **self-calibrating**: keeps the history of the task metric (the mean
+* ``metric`` / ``percentile`` — **self-calibrating**: keeps the history of the task metric (the mean
   task reward the trainer logs for the watched reward); once at least ``min_steps`` values exist, the threshold
   is their running ``percentile`` (default 0.6, linear interpolation); the gate opens when at least
   ``min_above`` of the last ``window`` values are ≥ the threshold **and** > 0 (so it never opens on a run that
@@ -12,7 +13,7 @@ Gates (``cascade.mode`` in carl.yaml) see one metrics dict per training step and
 * ``crystallization`` — opens when the sum of the per-step crystallization counts (mean number per completion
   of jumps ΔPhi > the probe's DEFECT_THRESHOLD between neighbouring tokens) over the last ``window`` steps
   reaches ``crystallization_threshold``.
-* ``evidence``        — opens only on real, sustained task success: the Wilson score lower bound (z =
+* ``evidence`` (the default) — opens only on real, sustained task success: the Wilson score lower bound (z =
   ``evidence_z``, 1.96) of the success rate pooled over the last ``evidence_window`` steps (successes = Σ step
   mean × completions, trials = Σ completions) must exceed ``evidence_floor`` on ``evidence_consecutive``
   consecutive steps. A few lucky successes in a sparse run cannot do that; a sustained rate can.

@@ -59,6 +59,11 @@ class DatasetSection(_Model):
     answer_field: str = Field("answer", description="Column holding the reference answer.")
     max_samples: int | None = Field(None, ge=1, description="Use at most this many rows (None = all).")
     eval_fraction: float = Field(0.1, gt=0, lt=1, description="Held-out fraction when there is no eval_split.")
+    chat_template: Literal["auto", "none"] = Field(
+        "auto", description="auto: when the tokenizer has a chat template, prompts become chat messages (system + "
+                            "user) rendered by it with the generation prompt; none: the raw prompt text.")
+    system_prompt: str | None = Field(None, description="System message of every prompt (templated), or its first "
+                                                        "paragraph (raw). None: no system message.")
 
 
 class TaskReward(_Model):
@@ -69,6 +74,10 @@ class TaskReward(_Model):
     tolerance: float = Field(1e-6, ge=0, description="absolute tolerance for kind=numeric")
     target_length: int = Field(32, ge=1, description="token budget for kind=concise")
     function: str | None = Field(None, description="module:function for kind=python")
+    extract: Literal["auto", "gsm8k", "boxed", "last_number", "answer_tag"] = Field(
+        "auto", description="kind=exact/numeric/regex: the part of the completion judged — auto (exact: the last "
+                            "line, numeric: the last number), gsm8k (after the last ####), boxed (the last "
+                            "\\boxed{…}), last_number, answer_tag (the last <answer>…</answer>); none found scores 0.")
 
     @model_validator(mode="after")
     def _needs(self) -> "TaskReward":
@@ -76,6 +85,9 @@ class TaskReward(_Model):
             raise FieldValueError("pattern", self.pattern, "kind=regex needs a pattern")
         if self.kind == "python" and (not self.function or ":" not in self.function):
             raise FieldValueError("function", self.function, "kind=python needs function: 'module:function'")
+        if self.extract != "auto" and self.kind not in ("exact", "numeric", "regex"):
+            raise FieldValueError("extract", self.extract, f"extract applies to kind exact, numeric or regex, "
+                                                           f"not {self.kind}")
         return self
 
 
@@ -90,7 +102,7 @@ class GRPOSection(_Model):
     learning_rate: float = Field(2e-4, gt=0, lt=1, description="Peak learning rate.")
     batch_size: int = Field(32, ge=1, description="completions per step; a multiple of num_generations")
     num_generations: int = Field(8, ge=2, description="Completions sampled per prompt (the GRPO group).")
-    max_prompt_length: int = Field(32, ge=1, description="Prompt tokens kept (left-truncated).")
+    max_prompt_length: int = Field(32, ge=1, description="Prompt tokens kept: longer prompts lose their start (left truncation) in training and eval.")
     max_completion_length: int = Field(8, ge=1, description="Tokens generated per completion.")
     temperature: float = Field(1.0, gt=0, description="Sampling temperature for generations.")
     beta: float = Field(0.0, ge=0, description="KL coefficient (0 = no reference model).")
@@ -145,11 +157,17 @@ class CascadeSection(_Model):
                                 "crystallization, or off (CARL from step 0). See docs/cascade.md.")
     fixed_step: int = Field(10, ge=0, description="mode=fixed: the step the gate opens.")
     percentile: float = Field(0.6, gt=0, lt=1, description="mode=percentile: the task-reward percentile to beat.")
-    min_steps: int = Field(5, ge=1, description="The gate never opens before this step.")
-    window: int = Field(5, ge=1, description="Steps in the sliding window the gate looks at.")
-    min_above: int = Field(3, ge=1, description="Steps in the window that must pass (≤ window).")
-    warmup_steps: int = Field(10, ge=0, description="Steps used to calibrate the gate's threshold.")
-    crystallization_threshold: float = Field(1.0, ge=0, description="mode=crystallization: events per step.")
+    min_steps: int = Field(5, ge=1, description="mode=metric/percentile: task-metric values gathered before the "
+                                                "threshold is computed; the gate cannot open with fewer.")
+    window: int = Field(5, ge=1, description="mode=metric/percentile/crystallization: the last steps the gate "
+                                             "looks at.")
+    min_above: int = Field(3, ge=1, description="mode=metric/percentile: steps in the window at or above the "
+                                                "threshold (and > 0) to open (≤ window).")
+    warmup_steps: int = Field(10, ge=0, description="Steps after the gate opens over which the CARL weight ramps "
+                                                    "linearly from weight/warmup_steps to weight (0: full at once).")
+    crystallization_threshold: float = Field(1.0, ge=0, description="mode=crystallization: opens when the "
+                                             "crystallizations per completion, summed over the last window steps, "
+                                             "reach this.")
     evidence_floor: float = Field(0.1, ge=0, lt=1, description="mode=evidence: the success rate whose Wilson "
                                                               "lower bound must be beaten.")
     evidence_window: int = Field(10, ge=1, description="mode=evidence: steps pooled for the success rate.")
@@ -245,13 +263,16 @@ PRESET_DESCRIPTIONS: dict[str, str] = {
     "lora-7b": "LoRA GRPO on Qwen2.5-7B-Instruct with GSM8K (one 24-80 GB GPU).",
     "full-gpu": "Full fine-tune of Qwen2.5-1.5B-Instruct with GSM8K on 4 GPUs.",
 }
+# Qwen2.5's recommended system prompt for math; the presets' reward reads the answer from the last \boxed{}.
+MATH_SYSTEM_PROMPT = "Please reason step by step, and put your final answer within \\boxed{}."
 PRESETS: dict[str, dict[str, Any]] = {
     "tiny-cpu": {},  # exactly Config(): the built-in demo
     "lora-7b": {
         "project": {"name": "carl-lora-7b", "description": "LoRA GRPO on a 7B instruct model (one 24-80 GB GPU)."},
         "model": {"name_or_path": "Qwen/Qwen2.5-7B-Instruct", "dtype": "bfloat16"},
-        "dataset": {"source": "openai/gsm8k", "split": "train", "prompt_field": "question", "answer_field": "answer"},
-        "task": {"rewards": [{"kind": "numeric", "tolerance": 1e-6}]},
+        "dataset": {"source": "openai/gsm8k", "split": "train", "prompt_field": "question", "answer_field": "answer",
+                    "chat_template": "auto", "system_prompt": MATH_SYSTEM_PROMPT},
+        "task": {"rewards": [{"kind": "numeric", "tolerance": 1e-6, "extract": "boxed"}]},
         "grpo": {"max_steps": 500, "learning_rate": 1e-5, "batch_size": 16, "num_generations": 8,
                  "max_prompt_length": 512, "max_completion_length": 512, "logging_steps": 5, "save_steps": 100},
         "lora": {"enabled": True, "r": 16, "alpha": 32},
@@ -260,8 +281,9 @@ PRESETS: dict[str, dict[str, Any]] = {
     "full-gpu": {
         "project": {"name": "carl-full", "description": "Full fine-tune of a small model on several GPUs."},
         "model": {"name_or_path": "Qwen/Qwen2.5-1.5B-Instruct", "dtype": "bfloat16"},
-        "dataset": {"source": "openai/gsm8k", "split": "train", "prompt_field": "question", "answer_field": "answer"},
-        "task": {"rewards": [{"kind": "numeric", "tolerance": 1e-6}]},
+        "dataset": {"source": "openai/gsm8k", "split": "train", "prompt_field": "question", "answer_field": "answer",
+                    "chat_template": "auto", "system_prompt": MATH_SYSTEM_PROMPT},
+        "task": {"rewards": [{"kind": "numeric", "tolerance": 1e-6, "extract": "boxed"}]},
         "grpo": {"max_steps": 1000, "learning_rate": 1e-6, "batch_size": 64, "num_generations": 8,
                  "max_prompt_length": 512, "max_completion_length": 1024, "logging_steps": 5, "save_steps": 200},
         "compute": {"device": "cuda", "gpus": 4, "gradient_checkpointing": True},

@@ -13,7 +13,12 @@
 The per-token field is measured on the **raw logits of the step that produced the token** (the model's own
 distribution at temperature 1, before temperature / top-p reshape the sampler) with :func:`engine.probe.token_stats`
 — the probe's kernel — so Phi = 1 - H / log V with V the full logit dimension, H in nats, selected_prob = p[token].
-The sequence's CARL components are :func:`engine.probe.carl_reward` over that field (default weights 0.5/0.3/0.2).
+The sequence's CARL components are :func:`engine.probe.carl_reward` over that field, with the CARL weights the
+caller passes (engine.settings: the run's or the project's ``rewards.carl.weights``; default 0.5/0.3/0.2).
+
+Prompts are rendered by engine.prompts (the same rendering as training and eval): with a chat template the
+prompt is the user message (after ``system_prompt``) and the template's generation prompt follows; ``fmt``
+(a :class:`engine.prompts.PromptFormat`) chooses; the default is ``chat_template: auto`` with no system prompt.
 
 Heavy imports (torch, transformers, peft) happen inside the functions that need them.
 """
@@ -242,6 +247,9 @@ class InferResult:
     ref: ModelRef
     settings: dict[str, Any] = field(default_factory=dict)
     prompt_tokens: int = 0
+    templated: bool = False  # the prompt went through the tokenizer's chat template
+    system_prompt: str | None = None
+    weights: dict[str, float] | None = None  # the CARL weights of ``rewards`` (None: the defaults)
     logits: Any = None  # [T, V] float32 torch tensor on the CPU when asked for (keep_logits=True)
 
     @property
@@ -271,13 +279,21 @@ class InferResult:
             "phi": self.phi, "entropy": self.entropy, "selected_prob": self.selected_prob,
             "rewards": self.rewards, **self.summary(), "vocab_size": self.vocab_size,
             "prompt_tokens": self.prompt_tokens, "finish_reason": self.finish_reason, "settings": self.settings,
+            "templated": self.templated, "system_prompt": self.system_prompt,
+            "carl_weights": dict(self.weights) if self.weights else _default_weights(),
         }
 
 
-def _rewards(phi: Sequence[float], sel: Sequence[float]) -> dict[str, float]:
+def _rewards(phi: Sequence[float], sel: Sequence[float], weights: dict[str, float] | None = None) -> dict[str, float]:
     from engine.probe import carl_reward
 
-    return carl_reward(list(phi), list(sel))
+    return carl_reward(list(phi), list(sel), weights)
+
+
+def _default_weights() -> dict[str, float]:
+    from engine.probe import DEFAULT_WEIGHTS
+
+    return dict(DEFAULT_WEIGHTS)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -324,9 +340,10 @@ def _first_line(exc: BaseException) -> str:
 
 
 def _default_device() -> str:
-    import torch
+    """cuda, then mps, then cpu (engine.devices)."""
+    from engine.devices import auto_device
 
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    return auto_device()
 
 
 class LoadedModel:
@@ -358,8 +375,21 @@ class LoadedModel:
         return ids
 
     # ---- text
-    def encode_prompt(self, prompt: str) -> list[int]:
-        ids = list(self.tokenizer(prompt)["input_ids"]) if prompt else []
+    def templated(self, fmt: Any = None) -> bool:
+        from engine.prompts import PromptFormat, templated
+
+        return templated(self.tokenizer, fmt or PromptFormat())
+
+    def encode_prompt(self, prompt: str, fmt: Any = None) -> list[int]:
+        """The prompt's ids as the model reads them (engine.prompts; never truncated here)."""
+        from engine.prompts import PromptFormat, encode
+
+        fmt = fmt or PromptFormat()
+        if fmt.max_prompt_length is not None:
+            from dataclasses import replace
+
+            fmt = replace(fmt, max_prompt_length=None)
+        ids = encode(prompt, self.tokenizer, fmt) if prompt or self.templated(fmt) or fmt.system_prompt else []
         if not ids:
             bos = getattr(self.tokenizer, "bos_token_id", None)
             if bos is None:
@@ -400,24 +430,27 @@ class LoadedModel:
 
     # ---- generation
     def stream(self, prompt: str, sampling: Sampling | None = None, *, cancel: threading.Event | None = None,
-               keep_logits: bool = False) -> "Generation":
-        """A :class:`Generation`: iterate it for :class:`TokenStep` s as they are produced; ``.result`` after."""
-        return Generation(self, prompt, (sampling or Sampling()).check(), cancel or threading.Event(), keep_logits)
+               keep_logits: bool = False, fmt: Any = None, weights: dict[str, float] | None = None) -> "Generation":
+        """A :class:`Generation`: iterate it for :class:`TokenStep` s as they are produced; ``.result`` after.
+        ``fmt``: the prompt rendering (engine.prompts.PromptFormat); ``weights``: the CARL weights."""
+        return Generation(self, prompt, (sampling or Sampling()).check(), cancel or threading.Event(), keep_logits,
+                          fmt=fmt, weights=weights)
 
     def generate(self, prompt: str, sampling: Sampling | None = None, *, cancel: threading.Event | None = None,
-                 keep_logits: bool = False) -> InferResult:
-        return self.stream(prompt, sampling, cancel=cancel, keep_logits=keep_logits).run()
+                 keep_logits: bool = False, fmt: Any = None, weights: dict[str, float] | None = None) -> InferResult:
+        return self.stream(prompt, sampling, cancel=cancel, keep_logits=keep_logits, fmt=fmt, weights=weights).run()
 
     # ---- teacher forcing
     def score(self, prompt: str, text: str | None = None, *, token_ids: Sequence[int] | None = None,
-              add_eos: bool = False, keep_logits: bool = False) -> InferResult:
+              add_eos: bool = False, keep_logits: bool = False, fmt: Any = None,
+              weights: dict[str, float] | None = None) -> InferResult:
         """The per-token field of ``text`` (or ``token_ids``) following ``prompt``, by one teacher-forced forward:
         the logits at position t-1 give token t's Phi / entropy / selected_prob."""
         import torch
 
         from engine.probe import token_stats
 
-        p_ids = self.encode_prompt(prompt)
+        p_ids = self.encode_prompt(prompt, fmt)
         t_ids = [int(i) for i in token_ids] if token_ids is not None else self.encode_text(text or "")
         if add_eos and self.eos_ids:
             eos = getattr(self.tokenizer, "eos_token_id", None)
@@ -442,9 +475,10 @@ class LoadedModel:
         return InferResult(
             mode="score", prompt=prompt, text=self._text(t_ids), tokens=[self._piece(t_ids, k) for k in
                                                                          range(len(t_ids))],
-            token_ids=t_ids, phi=phi, entropy=ent, selected_prob=sel, rewards=_rewards(phi, sel),
+            token_ids=t_ids, phi=phi, entropy=ent, selected_prob=sel, rewards=_rewards(phi, sel, weights),
             finish_reason="scored", vocab_size=vocab or self._vocab_size(), ref=self.ref,
-            settings={"add_eos": add_eos}, prompt_tokens=len(p_ids),
+            settings={"add_eos": add_eos}, prompt_tokens=len(p_ids), templated=self.templated(fmt),
+            system_prompt=getattr(fmt, "system_prompt", None), weights=weights,
             logits=logits.detach().cpu() if keep_logits and logits is not None else None)
 
     def _vocab_size(self) -> int:
@@ -476,10 +510,11 @@ class Generation:
     the next token; :attr:`result` holds the :class:`InferResult` once iteration ends (also after a cancel)."""
 
     def __init__(self, lm: LoadedModel, prompt: str, sampling: Sampling, cancel: threading.Event,
-                 keep_logits: bool):
+                 keep_logits: bool, *, fmt: Any = None, weights: dict[str, float] | None = None):
         self.lm, self.prompt, self.sampling, self._cancel, self.keep_logits = lm, prompt, sampling, cancel, keep_logits
+        self.fmt, self.weights = fmt, weights
         self.result: InferResult | None = None
-        self.prompt_ids = lm.encode_prompt(prompt)
+        self.prompt_ids = lm.encode_prompt(prompt, fmt)
         self._started = False
 
     def cancel(self) -> None:
@@ -573,8 +608,10 @@ class Generation:
         finally:
             self.result = InferResult(
                 mode="generate", prompt=self.prompt, text=lm._text(ids), tokens=pieces, token_ids=ids, phi=phi,
-                entropy=ent, selected_prob=sel, rewards=_rewards(phi, sel), finish_reason=finish,
+                entropy=ent, selected_prob=sel, rewards=_rewards(phi, sel, self.weights), finish_reason=finish,
                 vocab_size=vocab or lm._vocab_size(), ref=lm.ref, settings=s.as_dict(), prompt_tokens=len(p_ids),
+                templated=lm.templated(self.fmt), system_prompt=getattr(self.fmt, "system_prompt", None),
+                weights=self.weights,
                 logits=torch.stack(kept) if kept else None)
 
 
@@ -680,17 +717,31 @@ def _load_uncached(ref: ModelRef, device: str, dtype: str, log: Callable[[str], 
 # One-call helpers
 # ----------------------------------------------------------------------------------------------------------
 
+def settings_for(ref: ModelRef | None = None, *, run: str | None = None, config_path: Any = None,
+                 cwd: Path | None = None, home: Any = None) -> Any:
+    """The CARL weights and prompt format to use with ``ref`` (engine.settings): its run's config when it is a
+    run's model, else the project's carl.yaml, else the defaults."""
+    from engine import settings
+
+    return settings.resolve(run=run or (ref.run_id if ref is not None else None), config_path=config_path,
+                            cwd=cwd, home=home)
+
+
 def generate(prompt: str, *, model: str | None = None, adapter: str | None = None, run: str | None = None,
              sampling: Sampling | None = None, home: Any = None) -> InferResult:
-    """Resolve, load (warm) and generate once."""
-    return load(resolve(model, adapter=adapter, run=run, home=home)).generate(prompt, sampling)
+    """Resolve, load (warm) and generate once, with the run's (or project's) weights and prompt format."""
+    ref = resolve(model, adapter=adapter, run=run, home=home)
+    st = settings_for(ref, home=home)
+    return load(ref).generate(prompt, sampling, fmt=st.prompt_format(), weights=st.weights)
 
 
 def score(prompt: str, text: str, *, model: str | None = None, adapter: str | None = None, run: str | None = None,
           add_eos: bool = False, home: Any = None) -> InferResult:
-    """Resolve, load (warm) and score ``text`` after ``prompt``."""
-    return load(resolve(model, adapter=adapter, run=run, home=home)).score(prompt, text, add_eos=add_eos)
+    """Resolve, load (warm) and score ``text`` after ``prompt``, with the run's (or project's) settings."""
+    ref = resolve(model, adapter=adapter, run=run, home=home)
+    st = settings_for(ref, home=home)
+    return load(ref).score(prompt, text, add_eos=add_eos, fmt=st.prompt_format(), weights=st.weights)
 
 
 __all__ = ["ModelRef", "TokenStep", "InferResult", "Sampling", "LoadedModel", "Generation", "resolve",
-           "parse_spec", "run_model_dir", "load", "cached", "clear_cache", "generate", "score"]
+           "parse_spec", "run_model_dir", "load", "cached", "clear_cache", "generate", "score", "settings_for"]

@@ -4,6 +4,8 @@ Type a path (relative to the working directory; prefilled from ``carl probe --lo
 worker thread reads the file (``engine.probe.load_logits_file``) and measures it (``CoherenceProbe``); the
 panel shows the Phi heat strip (block glyphs too, so it reads under NO_COLOR), a bar plot with the SIGMA line,
 the reward components and the summary statistics. Errors show inline with their code, message and hint.
+The CARL weights are the project's (``--config``, else ./carl.yaml; a ``run`` screen argument: that run's), else
+the defaults (engine.settings); the rewards panel names the source when it is not the defaults.
 """
 
 from __future__ import annotations
@@ -37,14 +39,17 @@ def _fmt(v: float | None, spec: str = ".3f") -> str:
     return "–" if v is None or v != v else format(v, spec)
 
 
-def rewards_text(snap: Snapshot) -> Text:
+def rewards_text(snap: Snapshot, weights: dict[str, float] | None = None, source: str = "default") -> Text:
     r = snap.rewards
+    weights = weights or DEFAULT_WEIGHTS
     t = Text()
     t.append("CARL reward ", style="bold")
     t.append(f"{r.carl:.3f}\n", style="bold")
     for key, label in (("coherence", "coherence"), ("cloud", "cloud"), ("discontinuity", "discontinuity")):
         v = getattr(r, key)
-        t.append(f"{label:<13} {v:.3f} {_bar(v)} ×{DEFAULT_WEIGHTS[key]:g}\n")
+        t.append(f"{label:<13} {v:.3f} {_bar(v)} ×{weights[key]:g}\n")
+    if source != "default":
+        t.append(f"weights: {Path(source).name if source.endswith('.yaml') else source}\n", style="dim")
     if snap.batched:
         t.append(f"mean of {len(snap.per_sequence)} sequences", style="dim")
     return t
@@ -93,6 +98,7 @@ class ProbeScreen(Screen):
         self.allow_masked = False
         self.snapshot: Snapshot | None = None
         self.error: CARLError | None = None
+        self.settings: Any = None  # engine.settings.Settings of the last measurement
 
     def compose(self) -> ComposeResult:
         ctx = context_of(self)
@@ -134,7 +140,7 @@ class ProbeScreen(Screen):
         path = self._resolve(raw)
         tokens = ctx.screen_args.get("tokens")
         self._set_status(f"loading {raw} …")
-        self._measure(path, self._resolve(tokens) if tokens else None, self.allow_masked)
+        self._measure(path, self._resolve(tokens) if tokens else None, self.allow_masked, ctx)
 
     def action_toggle_masked(self) -> None:
         self.allow_masked = not self.allow_masked
@@ -155,11 +161,15 @@ class ProbeScreen(Screen):
 
     # ── the worker ───────────────────────────────────────────────────────────────────────────────────
     @work(thread=True, exclusive=True, group="probe")
-    def _measure(self, path: Path, tokens: Path | None, allow_masked: bool) -> None:
+    def _measure(self, path: Path, tokens: Path | None, allow_masked: bool, ctx: Any) -> None:
+        from engine import settings
+
         worker = get_current_worker()
         try:
+            st = settings.resolve(run=ctx.screen_args.get("run"), config_path=ctx.config_path, cwd=ctx.cwd,
+                                  home=ctx.home)
             logits, toks = load_logits_file(path, tokens)
-            snap = CoherenceProbe().measure(logits, toks, allow_masked=allow_masked)
+            snap = CoherenceProbe(weights=st.weights).measure(logits, toks, allow_masked=allow_masked)
         except CARLError as exc:
             self.app.call_from_thread(self._show_error, exc)
             return
@@ -167,7 +177,7 @@ class ProbeScreen(Screen):
             self.app.call_from_thread(self._show_error, CARLError(f"internal error: {type(exc).__name__}: {exc}"))
             return
         if not worker.is_cancelled:  # a newer load replaced this one: its result is stale
-            self.app.call_from_thread(self._show, snap, path)
+            self.app.call_from_thread(self._show, snap, path, st)
 
     # ── rendering (UI thread) ────────────────────────────────────────────────────────────────────────
     def _set_status(self, message: str, error: bool = False) -> None:
@@ -181,8 +191,9 @@ class ProbeScreen(Screen):
         for wid in ("#probe-strip-title", "#probe-strip", "#probe-plot", "#probe-numbers"):
             self.query_one(wid).add_class("hidden")
 
-    def _show(self, snap: Snapshot, path: Path) -> None:
+    def _show(self, snap: Snapshot, path: Path, st: Any = None) -> None:
         self.error, self.snapshot = None, snap
+        self.settings = st
         masked = " · masked −inf" if self.allow_masked else ""
         self._set_status(f"✓ {escape(path.name)}: {snap.n_tokens} tokens · V {snap.vocab_size}{masked}")
         phi = snap.phi.tolist()
@@ -191,7 +202,8 @@ class ProbeScreen(Screen):
         self.query_one("#probe-strip-title", Static).update(title)
         self.query_one("#probe-strip", PhiStrip).set_phi(phi)
         self.query_one("#probe-plot", PhiPlot).set_phi(phi)
-        self.query_one("#probe-rewards", Static).update(rewards_text(snap))
+        self.query_one("#probe-rewards", Static).update(
+            rewards_text(snap, st.weights if st else None, st.source if st else "default"))
         self.query_one("#probe-stats", Static).update(stats_text(snap))
         for wid in ("#probe-strip-title", "#probe-strip", "#probe-plot", "#probe-numbers"):
             self.query_one(wid).remove_class("hidden")

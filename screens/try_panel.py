@@ -471,9 +471,11 @@ class TryScreen(Screen):
                 continue
             try:
                 self.post_message(self.Status(run, f"loading {ref.label} …"))
+                ctx = context_of(self)  # the run's (or the project's) CARL weights and prompt format
+                st = infer.settings_for(ref, config_path=ctx.config_path, cwd=ctx.cwd, home=ctx.home)
                 lm = infer.load(ref)
                 self.post_message(self.Status(run, "generating … (esc cancels)"))
-                stream = lm.stream(prompt, sampling, cancel=cancel)
+                stream = lm.stream(prompt, sampling, cancel=cancel, fmt=st.prompt_format(), weights=st.weights)
                 for step in stream:
                     self.post_message(self.Token(run, step))
                 self.post_message(self.Done(run, stream.result))

@@ -124,3 +124,37 @@ async def test_empty_path_is_an_inline_error(tmp_path):
         await pilot.press("enter")
         await pilot.pause()
         assert app.screen.error is not None and "no logits file" in str(app.screen.error)
+
+
+SKEWED = {"coherence": 0.0, "cloud": 1.0, "discontinuity": 0.0}
+
+
+def write_weights(root: Path) -> None:
+    import yaml
+
+    (root / "carl.yaml").write_text(yaml.safe_dump({"rewards": {"carl": {"weights": SKEWED}}}), encoding="utf-8")
+
+
+@pytest.mark.parametrize("size", SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
+def test_probe_panel_with_the_projects_weights(snap_compare, snap_home, snap_env, size):
+    """./carl.yaml sets rewards.carl.weights: CARL is scored with them and the panel names the source."""
+    write_logits(snap_home)
+    write_weights(snap_home)
+    assert snap_compare(make_app(snap_home), run_before=type_and_load(LOGITS), terminal_size=size)
+
+
+@pytest.mark.anyio
+async def test_the_panel_scores_with_the_projects_carl_weights(tmp_path):
+    write_logits(tmp_path, shape=(20, 30))
+    write_weights(tmp_path)
+    app = make_app(tmp_path)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.press(*LOGITS, "enter")
+        await wait_workers(pilot)
+        screen = app.screen
+        assert screen.error is None and screen.settings.weights == SKEWED
+        r = screen.snapshot.rewards
+        assert r.carl == pytest.approx(r.cloud) and r.carl != pytest.approx(0.5 * r.coherence + 0.3 * r.cloud
+                                                                           + 0.2 * r.discontinuity)
+        rewards = str(screen.query_one("#probe-rewards").render())
+        assert "×1" in rewards and "weights: carl.yaml" in rewards

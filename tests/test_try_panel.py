@@ -216,3 +216,26 @@ async def test_defaults_to_the_newest_run_and_says_so_when_there_is_none(runs, t
 def test_token_labels_stay_visible():
     assert token_label("") == "∅" and token_label("\n") == "⏎" and token_label("  ") == "␣␣"
     assert token_label(" the") == " the" and token_label("a\tb") == "a⇥b"
+
+
+@pytest.mark.anyio
+async def test_a_runs_model_is_scored_with_the_runs_carl_weights(runs, tmp_path):
+    """A run trained with custom rewards.carl.weights: the panel's CARL reward uses them, not the defaults."""
+    import os
+
+    import yaml
+
+    skewed = {"coherence": 0.0, "cloud": 1.0, "discontinuity": 0.0}
+    d = Path(os.environ["CARL_HOME"]) / "runs" / BASE
+    cfg = yaml.safe_load((d / "config.yaml").read_text())
+    (d / "config.yaml").write_text(yaml.safe_dump({**cfg, "rewards": {"carl": {"weights": skewed}}}))
+    app = make_app(tmp_path, run=BASE)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(pilot)
+        await pilot.press(*PROMPT, "enter")
+        await settle(pilot)
+        res = app.screen.results[0]
+        assert res is not None and res.weights == skewed
+        assert res.rewards["carl"] == pytest.approx(res.rewards["cloud"])
+        assert res.rewards["carl"] != pytest.approx(0.5 * res.rewards["coherence"] + 0.3 * res.rewards["cloud"]
+                                                    + 0.2 * res.rewards["discontinuity"])

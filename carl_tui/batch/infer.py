@@ -2,7 +2,8 @@
 
     carl --batch infer (--model M [--adapter A] | --run RUN [--model BASE]) (--prompt TEXT | --prompts FILE.jsonl)
                        [--score TEXT] [--add-eos] [--max-new-tokens N] [--temperature T] [--top-p P] [--greedy]
-                       [--seed S] [--device D] [--dtype DT] [--stream]
+                       [--seed S] [--device D] [--dtype DT] [--config FILE] [--chat-template auto|none]
+                       [--system-prompt TEXT] [--stream]
 
 One prompt → one JSON object; ``--prompts`` → one JSON line per prompt (each line of the file is
 ``{"prompt": …, "score": …?}`` or a JSON string; ``-`` reads stdin). ``--stream`` prints one
@@ -39,9 +40,16 @@ def register(subparsers: Any) -> None:
     p.add_argument("--top-p", type=float, default=1.0, metavar="P", help="nucleus sampling mass, default 1.0")
     p.add_argument("--greedy", action="store_true", help="always take the most likely token")
     p.add_argument("--seed", type=int, metavar="S", help="sampling seed (reproducible draws)")
-    p.add_argument("--device", metavar="D", help="cpu, cuda, cuda:1 … (default: cuda when available)")
+    p.add_argument("--device", metavar="D", help="cpu, cuda, cuda:1, mps … (default: cuda, else mps, else cpu)")
     p.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"),
                    help="weights dtype (auto: float32 on CPU, the checkpoint's dtype on GPU)")
+    p.add_argument("--config", metavar="FILE", help="carl.yaml whose CARL weights and prompt format apply (default "
+                                                    "./carl.yaml; with --run: the run's own config)")
+    p.add_argument("--chat-template", choices=("auto", "none"), default=None,
+                   help="auto: render the prompt with the tokenizer's chat template when it has one; none: raw "
+                        "text (default: dataset.chat_template of the config in force)")
+    p.add_argument("--system-prompt", metavar="TEXT", default=None,
+                   help="system message (default: dataset.system_prompt of the config in force)")
     p.add_argument("--stream", action="store_true", help="one JSON line per token as it is produced, then the "
                                                          "result")
     p.set_defaults(func=run)
@@ -104,21 +112,29 @@ def run(args: argparse.Namespace) -> int:
     if args.prompts and args.score is not None:
         rows = [{**r, "score": r.get("score") if r.get("score") is not None else args.score} for r in rows]
     ref = infer.resolve(args.model, adapter=args.adapter, run=args.run, log=progress)
+    st = infer.settings_for(ref, config_path=args.config)
+    from dataclasses import replace
+
+    fmt = st.prompt_format()
+    if args.chat_template is not None:
+        fmt = replace(fmt, chat_template=args.chat_template)
+    if args.system_prompt is not None:
+        fmt = replace(fmt, system_prompt=args.system_prompt or None)
     lm = infer.load(ref, device=args.device, dtype=args.dtype, log=progress)
     many = bool(args.prompts)
     for i, row in enumerate(rows):
         if row.get("score") is not None:
-            result = lm.score(row["prompt"], row["score"], add_eos=bool(args.add_eos))
+            result = lm.score(row["prompt"], row["score"], add_eos=bool(args.add_eos), fmt=fmt, weights=st.weights)
             if args.stream:
                 for step in result.steps:
                     emit(_token_line(step, i, many))
         else:
-            gen = lm.stream(row["prompt"], sampling)
+            gen = lm.stream(row["prompt"], sampling, fmt=fmt, weights=st.weights)
             if args.stream:
                 for step in gen:
                     emit(_token_line(step, i, many))
             result = gen.run() if gen.result is None else gen.result
-        out = result.to_dict()
+        out = {**result.to_dict(), "settings_from": st.source}
         if args.stream or many:
             out = {"type": "result", **({"index": i} if many else {}), **out}
         emit(out)

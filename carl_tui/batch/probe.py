@@ -2,8 +2,9 @@
 
 Output (CONTRACT.md §probe): n_tokens, vocab_size, phi_mean/std/min/max, entropy_mean (nats), phi (per token,
 flattened over the batch), kappa, sigma, crystallized_fraction, rewards {coherence, cloud, discontinuity, carl};
-extras are documented in docs/probe.md. numpy is imported only when the verb runs (torch only for bfloat16
-safetensors).
+extras are documented in docs/probe.md. The CARL weights are the run's (``--run``), else the project's carl.yaml
+(``--config``, else ``./carl.yaml``), else the defaults; ``weights`` and ``weights_from`` say which. numpy is
+imported only when the verb runs (torch only for bfloat16 safetensors; pydantic only when a carl.yaml is read).
 """
 
 from __future__ import annotations
@@ -23,16 +24,24 @@ def register(subparsers: Any) -> None:
                                                     "'tokens', or a JSON list); default: argmax")
     p.add_argument("--allow-masked", action="store_true",
                    help="-inf logits are masked entries (probability 0); V stays the full last dimension")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--config", metavar="FILE", help="carl.yaml whose rewards.carl.weights apply (default "
+                                                      "./carl.yaml, else 0.5/0.3/0.2)")
+    src.add_argument("--run", metavar="RUN", help="use the CARL weights the run RUN trained with")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from carl_tui.batch._io import emit
+    from engine import settings
     from engine.probe import CoherenceProbe, load_logits_file
 
+    st = settings.resolve(run=getattr(args, "run", None), config_path=getattr(args, "config", None))
     logits, tokens = load_logits_file(args.logits, args.tokens)
-    snap = CoherenceProbe().measure(logits, tokens, allow_masked=bool(args.allow_masked))
+    snap = CoherenceProbe(weights=st.weights).measure(logits, tokens, allow_masked=bool(args.allow_masked))
     out = snap.to_dict()
+    out["weights"] = dict(st.weights)
+    out["weights_from"] = st.source
     out["allow_masked"] = bool(args.allow_masked)
     out["tokens_given"] = tokens is not None
     emit(out)

@@ -31,7 +31,9 @@ def run(args: argparse.Namespace) -> int:
     store = RunStore()
     the_plan = plan(cfg, path, run_dir=str(store.root / "<run_id>"))
     if args.dry_run:
-        emit({"dry_run": True, **the_plan})
+        from engine.prompts import preview
+
+        emit({"dry_run": True, **the_plan, **preview(cfg)})
         return 0
     run_id = store.create(cfg.to_yaml(), the_plan, config_path=str(path) if path else None)
     pid = store.spawn(run_id, gpus=cfg.compute.gpus)

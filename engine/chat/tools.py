@@ -270,6 +270,8 @@ class ProbeInput(ToolInput):
     logits: str = Field(..., min_length=1, description="path to a .npy ([T,V] or [B,T,V]), .npz or .safetensors file")
     tokens: str | None = Field(None, description="optional token-id file (.npy); default: the argmax")
     allow_masked: bool = Field(False, description="treat -inf logits as masked vocabulary entries")
+    run: str | None = Field(None, description="score with the CARL weights this run trained with (default: the "
+                                              "project's carl.yaml, else 0.5/0.3/0.2)")
 
     @field_validator("logits", "tokens")
     @classmethod
@@ -405,9 +407,15 @@ def _observe(args: ObserveInput, ctx: ToolContext, deps: dict[str, Any]) -> Any:
 
 
 def _probe(args: ProbeInput, ctx: ToolContext, deps: dict[str, Any]) -> Any:
+    from engine import settings
+
+    st = settings.resolve(run=args.run, config_path=ctx.config_path, cwd=ctx.cwd, home=ctx.home)
     logits, tokens = deps["load_logits_file"](ctx.resolve_path(args.logits),
                                               ctx.resolve_path(args.tokens) if args.tokens else None)
-    result = _jsonable(deps["CoherenceProbe"]().measure(logits, tokens, allow_masked=args.allow_masked))
+    result = _jsonable(deps["CoherenceProbe"](weights=st.weights).measure(logits, tokens,
+                                                                          allow_masked=args.allow_masked))
+    if isinstance(result, dict):
+        result = {**result, "weights": dict(st.weights), "weights_from": st.source}
     if isinstance(result, dict) and isinstance(result.get("phi"), list) and len(result["phi"]) > 64:
         phi = result["phi"]
         result = {**result, "phi": phi[:64], "phi_truncated": f"first 64 of {len(phi)} tokens shown"}

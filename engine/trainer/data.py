@@ -96,7 +96,13 @@ def load_rows(cfg, cwd: Path | None = None) -> tuple[list[dict[str, Any]], list[
     return rows, evals
 
 
-def to_dataset(rows: list[dict[str, Any]]):
+def to_dataset(rows: list[dict[str, Any]], tokenizer: Any = None, fmt: Any = None):
+    """The trainer's dataset. With a tokenizer and a :class:`engine.prompts.PromptFormat`, each ``prompt``
+    becomes the model's input (chat messages when templated, else the raw text; see engine.prompts)."""
     import datasets
 
+    if tokenizer is not None and fmt is not None:
+        from engine.prompts import model_input
+
+        rows = [{**r, "prompt": model_input(r["prompt"], tokenizer, fmt)} for r in rows]
     return datasets.Dataset.from_list(rows)

@@ -15,8 +15,11 @@ from pathlib import Path
 from typing import Any, Callable
 
 
-def greedy_completions(model, tok, prompts: list[str], max_new_tokens: int, batch: int = 64):
-    """(completion texts, prompt id lists, completion id lists) by greedy decoding."""
+def greedy_completions(model, tok, prompts: list[str], max_new_tokens: int, batch: int = 64, fmt=None):
+    """(completion texts, prompt id lists, completion id lists) by greedy decoding; prompts are rendered by
+    ``fmt`` (engine.prompts.PromptFormat: chat template, system prompt, left truncation), raw when None."""
+    from engine.prompts import RAW, encode_many
+
     import torch
 
     texts, p_ids, c_ids = [], [], []
@@ -25,7 +28,7 @@ def greedy_completions(model, tok, prompts: list[str], max_new_tokens: int, batc
     eos = tok.eos_token_id
     for i in range(0, len(prompts), batch):
         chunk = prompts[i: i + batch]
-        ids = tok(text=chunk)["input_ids"]
+        ids = encode_many(chunk, tok, fmt or RAW)
         width = max(len(x) for x in ids)
         pad = tok.pad_token_id if tok.pad_token_id is not None else 0
         inp = torch.full((len(ids), width), pad, dtype=torch.long)
@@ -60,7 +63,10 @@ def evaluate(model, tok, rows: list[dict[str, Any]], cfg, *, n: int | None = Non
 
     rows = rows[: n] if n else rows
     prompts = [r["prompt"] for r in rows]
-    texts, p_ids, c_ids = greedy_completions(model, tok, prompts, cfg.grpo.max_completion_length)
+    from engine.prompts import PromptFormat, as_text
+
+    texts, p_ids, c_ids = greedy_completions(model, tok, prompts, cfg.grpo.max_completion_length,
+                                             fmt=PromptFormat.from_config(cfg))
     metric = task_metric_name(cfg)
     fn = {name: f for name, _, f in build_all(cfg.task)}[metric]
     extra = {k: [r.get(k) for r in rows] for k in rows[0] if k != "prompt"} if rows else {}
@@ -81,7 +87,7 @@ def evaluate(model, tok, rows: list[dict[str, Any]], cfg, *, n: int | None = Non
     else:
         out.update(phi_mean=None, coherence=None, cloud=None, discontinuity=None, carl=None)
     out["completion_length"] = sum(len(c) for c in c_ids) / max(1, len(c_ids))
-    out["samples"] = [{"prompt": p, "completion": t} for p, t in list(zip(prompts, texts))[:3]]
+    out["samples"] = [{"prompt": as_text(p), "completion": t} for p, t in list(zip(prompts, texts))[:3]]
     return out
 
 

@@ -24,17 +24,11 @@ SAMPLE_CHARS = 160
 
 
 def resolve_device(cfg) -> str:
-    dev = cfg.compute.device
-    if dev != "auto":
-        return dev
-    try:
-        import torch
+    """compute.device; auto = cuda, then mps, then cpu (engine.devices.auto_device)."""
+    from engine.devices import auto_device
 
-        if torch.cuda.is_available():
-            return "cuda"
-    except ImportError:  # pragma: no cover
-        pass
-    return "cpu"
+    dev = cfg.compute.device
+    return auto_device() if dev == "auto" else dev
 
 
 def check_compute(cfg) -> None:
@@ -228,7 +222,11 @@ def make_trainer_class():
 
         def _tokenize_prompts(self, prompts):
             out = super()._tokenize_prompts(prompts)
-            if self.carl_state is not None:
+            if self.carl_state is not None:  # grpo.max_prompt_length: TRL 1.16 has no such field; left-truncate
+                from engine.prompts import truncate_left
+
+                keep = self.carl_state.cfg.grpo.max_prompt_length
+                out = ([truncate_left(p, keep) for p in out[0]], *out[1:])
                 self.carl_state.prompt_ids = [list(p) for p in out[0]]
             return out
 
@@ -309,7 +307,10 @@ def build_trainer(cfg, run_dir: Path, model, tokenizer, train_rows, cascade, *, 
         weights.append(1.0)  # the cascade applies the CARL weight and its warm-up
     args.reward_weights = weights
     cls = make_trainer_class()
-    trainer = cls(model=model, reward_funcs=funcs, args=args, train_dataset=to_dataset(train_rows),
+    from engine.prompts import PromptFormat
+
+    dataset = to_dataset(train_rows, tokenizer, PromptFormat.from_config(cfg))  # chat template, system prompt
+    trainer = cls(model=model, reward_funcs=funcs, args=args, train_dataset=dataset,
                   processing_class=tokenizer, peft_config=peft_config(cfg), callbacks=list(callbacks))
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 

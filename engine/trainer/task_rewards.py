@@ -11,6 +11,18 @@ Built-ins (chosen in carl.yaml ``task.rewards``):
 * ``python``    — a user's own ``module:function`` with the same signature.
 
 The answer column is ``dataset.answer_field`` (renamed to ``answer`` by engine.trainer.data).
+
+Answer extraction (``extract`` of an exact / numeric / regex reward) picks the part of a reasoning completion
+that is judged; when it finds nothing the completion scores 0:
+
+* ``auto``        — the kind's own rule (exact: the last non-empty line after any ``####``; numeric: the last
+                    number after any ``####``; regex: the whole completion).
+* ``gsm8k``       — the text after the last ``####`` (GSM8K's ``#### 42``).
+* ``boxed``       — the content of the last ``\boxed{…}`` (nested braces kept, ``\fbox`` too).
+* ``last_number`` — the last number in the completion.
+* ``answer_tag``  — the content of the last ``<answer>…</answer>``.
+
+The reference answer is read the same way for every extractor: after GSM8K's ``####`` when present.
 """
 
 from __future__ import annotations
@@ -50,31 +62,94 @@ def last_number(text: str) -> float | None:
         return None
 
 
-def exact(prompts, completions, answer=None, **kwargs) -> list[float]:
-    answers = answer if answer is not None else [None] * len(completions)
-    return [float(a is not None and _final(_text(c)) == _final(str(a))) for c, a in zip(completions, answers)]
+_ANSWER_TAG = re.compile(r"<answer>(.*?)</answer>", re.S | re.I)
+_BOXED = re.compile(r"\\(?:boxed|fbox)\s*\{")
+EXTRACTORS = ("auto", "gsm8k", "boxed", "last_number", "answer_tag")
 
 
-def make_numeric(tolerance: float) -> Callable[..., list[float]]:
+def last_boxed(text: str) -> str | None:
+    """The content of the last ``\\boxed{…}`` (balanced braces), or None."""
+    starts = [m.end() for m in _BOXED.finditer(text)]
+    for start in reversed(starts):
+        depth, i = 1, start
+        while i < len(text):
+            ch = text[i]
+            if ch == "{":
+                depth += 1
+            elif ch == "}":
+                depth -= 1
+                if depth == 0:
+                    return text[start:i]
+            i += 1
+    return None
+
+
+def extract_answer(text: str, how: str) -> str | None:
+    """The judged part of a completion (module docstring); ``auto`` returns the text as it is."""
+    text = _text(text)
+    if how == "auto":
+        return text
+    if how == "gsm8k":
+        return text.rsplit("####", 1)[1].strip() if "####" in text else None
+    if how == "boxed":
+        got = last_boxed(text)
+        return got.strip() if got is not None else None
+    if how == "last_number":
+        found = _NUM.findall(text)
+        return found[-1] if found else None
+    if how == "answer_tag":
+        found = _ANSWER_TAG.findall(text)
+        return found[-1].strip() if found else None
+    raise ConfigError(f"unknown answer extraction {how!r}", hint=f"One of {', '.join(EXTRACTORS)}.",
+                      context={"extract": how})
+
+
+def _number(text: str) -> float | None:
+    found = _NUM.findall(text)
+    try:
+        return float(found[-1].replace(",", "")) if found else None
+    except ValueError:
+        return None
+
+
+def make_exact(extract: str = "auto") -> Callable[..., list[float]]:
+    def exact(prompts, completions, answer=None, **kwargs) -> list[float]:
+        answers = answer if answer is not None else [None] * len(completions)
+        out = []
+        for c, a in zip(completions, answers):
+            got = extract_answer(c, extract)
+            out.append(float(a is not None and got is not None and _final(got) == _final(str(a))))
+        return out
+
+    return exact
+
+
+exact = make_exact("auto")
+
+
+def make_numeric(tolerance: float, extract: str = "auto") -> Callable[..., list[float]]:
     def numeric(prompts, completions, answer=None, **kwargs) -> list[float]:
         answers = answer if answer is not None else [None] * len(completions)
         out = []
         for c, a in zip(completions, answers):
-            got, want = last_number(_text(c)), last_number(str(a)) if a is not None else None
+            part = extract_answer(c, extract)
+            got = None if part is None else (last_number(part) if extract == "auto" else _number(part))
+            want = last_number(str(a)) if a is not None else None
             out.append(float(got is not None and want is not None and abs(got - want) <= tolerance))
         return out
 
     return numeric
 
 
-def make_regex(pattern: str) -> Callable[..., list[float]]:
+def make_regex(pattern: str, extract: str = "auto") -> Callable[..., list[float]]:
     try:
         rx = re.compile(pattern, re.S)
     except re.error as exc:
         raise ConfigError(f"task.rewards: invalid regex {pattern!r}: {exc}", context={"pattern": pattern}) from None
 
     def regex(prompts, completions, **kwargs) -> list[float]:
-        return [float(rx.search(_text(c)) is not None) for c in completions]
+        parts = [extract_answer(c, extract) for c in completions]
+        return [float(p is not None and rx.search(p) is not None) for p in parts]
 
     return regex
 
@@ -126,12 +201,13 @@ def load_function(spec: str) -> Callable[..., list[float]]:
 def build(reward_cfg) -> tuple[str, Callable[..., list[float]]]:
     """(name, function) for one ``task.rewards`` entry."""
     kind = reward_cfg.kind
+    extract = getattr(reward_cfg, "extract", "auto")
     if kind == "exact":
-        fn = exact
+        fn = make_exact(extract)
     elif kind == "numeric":
-        fn = make_numeric(reward_cfg.tolerance)
+        fn = make_numeric(reward_cfg.tolerance, extract)
     elif kind == "regex":
-        fn = make_regex(reward_cfg.pattern)
+        fn = make_regex(reward_cfg.pattern, extract)
     elif kind == "tool_json":
         fn = tool_json
     elif kind == "concise":

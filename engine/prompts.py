@@ -1,0 +1,215 @@
+"""Prompts as the model expects them: the one rendering used by training, eval, infer, the try panel and jobs.
+
+A prompt from a dataset row (or typed by the user) becomes the model's input in one of two ways, chosen by
+``dataset.chat_template`` and the tokenizer:
+
+* **templated** — ``chat_template: auto`` and the tokenizer has a chat template: the prompt becomes TRL's
+  conversational format, ``[{"role": "system", "content": dataset.system_prompt}, {"role": "user", "content":
+  prompt}]`` (no system message when there is no system prompt), and the tokenizer's template renders it with
+  ``add_generation_prompt=True`` — the call TRL's ``GRPOTrainer`` makes, tokenized the way TRL tokenizes it (the
+  template writes its own special tokens; nothing is added). A template that refuses a system role (it raises)
+  gets the system prompt as the first paragraph of the user message instead.
+* **raw** — ``chat_template: none``, or a tokenizer without a template: the prompt text as it is, after the
+  system prompt and a blank line when one is set, tokenized with the tokenizer's own special tokens (TRL's call
+  for plain-text prompts).
+
+Prompt ids are then cut to the **last** ``grpo.max_prompt_length`` tokens (left truncation: the question's end
+and the generation prompt survive) in training (engine.trainer.grpo's trainer) and in the eval gate. ``infer``
+and the try panel never truncate (a too-long prompt is an error there, named with the model's context).
+
+Everything here takes the tokenizer as an argument; only :func:`load_tokenizer` and :func:`preview` import
+transformers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+CHAT_TEMPLATE_MODES = ("auto", "none")
+Prompt = Any  # a str, or a list of {"role", "content"} messages (a conversational dataset's prompt column)
+
+
+@dataclass(frozen=True)
+class PromptFormat:
+    """How prompts are rendered: ``chat_template`` (auto | none), ``system_prompt`` and the prompt token cap."""
+
+    chat_template: str = "auto"
+    system_prompt: str | None = None
+    max_prompt_length: int | None = None
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> "PromptFormat":
+        ds = cfg.dataset
+        return cls(chat_template=ds.chat_template, system_prompt=ds.system_prompt or None,
+                   max_prompt_length=cfg.grpo.max_prompt_length)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"chat_template": self.chat_template, "system_prompt": self.system_prompt,
+                "max_prompt_length": self.max_prompt_length}
+
+
+RAW = PromptFormat(chat_template="none")
+
+
+def has_chat_template(tokenizer: Any) -> bool:
+    return bool(getattr(tokenizer, "chat_template", None))
+
+
+def templated(tokenizer: Any, fmt: PromptFormat) -> bool:
+    """Whether prompts go through the tokenizer's chat template."""
+    return fmt.chat_template == "auto" and has_chat_template(tokenizer)
+
+
+def is_messages(prompt: Any) -> bool:
+    return isinstance(prompt, list) and all(isinstance(m, dict) and "role" in m for m in prompt) and bool(prompt)
+
+
+def as_text(prompt: Prompt) -> str:
+    """A prompt's plain text (message contents joined by blank lines) — for raw rendering, samples and logs."""
+    if is_messages(prompt):
+        return "\n\n".join(str(m.get("content", "")) for m in prompt)
+    return "" if prompt is None else str(prompt)
+
+
+def _with_system(messages: list[dict[str, Any]], system: str | None) -> list[dict[str, Any]]:
+    if not system or any(m.get("role") == "system" for m in messages):
+        return [dict(m) for m in messages]
+    return [{"role": "system", "content": system}, *(dict(m) for m in messages)]
+
+
+def _fold_system(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The system message as the first paragraph of the first user message (templates without a system role)."""
+    system = "\n\n".join(str(m.get("content", "")) for m in messages if m.get("role") == "system")
+    rest = [dict(m) for m in messages if m.get("role") != "system"]
+    for m in rest:
+        if m.get("role") == "user":
+            m["content"] = f"{system}\n\n{m.get('content', '')}" if system else m.get("content", "")
+            return rest
+    return [{"role": "user", "content": system}, *rest]
+
+
+def _render_messages(tokenizer: Any, messages: list[dict[str, Any]], tokenize: bool) -> Any:
+    return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=tokenize,
+                                         **({"return_dict": True} if tokenize else {}))
+
+
+def messages(prompt: Prompt, tokenizer: Any, fmt: PromptFormat) -> list[dict[str, Any]]:
+    """The conversation for a templated prompt: system (when set) + user, or the row's own messages."""
+    msgs = [dict(m) for m in prompt] if is_messages(prompt) else [{"role": "user", "content": as_text(prompt)}]
+    msgs = _with_system(msgs, fmt.system_prompt)
+    if any(m.get("role") == "system" for m in msgs):
+        try:
+            _render_messages(tokenizer, msgs, tokenize=False)
+        except Exception as exc:  # jinja's TemplateError from the template's raise_exception("System role …")
+            if type(exc).__name__ != "TemplateError":
+                raise
+            msgs = _fold_system(msgs)
+    return msgs
+
+
+def model_input(prompt: Prompt, tokenizer: Any, fmt: PromptFormat) -> Prompt:
+    """What the trainer's dataset holds in its ``prompt`` column: messages when templated, else the raw text."""
+    if templated(tokenizer, fmt):
+        return messages(prompt, tokenizer, fmt)
+    text = as_text(prompt)
+    return f"{fmt.system_prompt}\n\n{text}" if fmt.system_prompt else text
+
+
+def render(prompt: Prompt, tokenizer: Any, fmt: PromptFormat) -> str:
+    """The prompt as text, exactly as the model reads it (before truncation)."""
+    inp = model_input(prompt, tokenizer, fmt)
+    if isinstance(inp, list):
+        return str(_render_messages(tokenizer, inp, tokenize=False))
+    return inp
+
+
+def truncate_left(ids: Sequence[int], max_length: int | None) -> list[int]:
+    ids = [int(i) for i in ids]
+    return ids[-max_length:] if max_length and len(ids) > max_length else ids
+
+
+def encode_model_input(inp: Prompt, tokenizer: Any) -> list[int]:
+    """Token ids of a prepared model input, as TRL tokenizes it (chat template, or the tokenizer's own call)."""
+    if isinstance(inp, list):
+        out = _render_messages(tokenizer, inp, tokenize=True)
+        ids = out["input_ids"] if isinstance(out, dict) or hasattr(out, "keys") else out
+        if ids and isinstance(ids[0], list):
+            ids = ids[0]
+        return [int(i) for i in ids]
+    return [int(i) for i in tokenizer(text=inp)["input_ids"]]
+
+
+def encode(prompt: Prompt, tokenizer: Any, fmt: PromptFormat) -> list[int]:
+    """The prompt's token ids as the model gets them: rendered, tokenized, left-truncated."""
+    return truncate_left(encode_model_input(model_input(prompt, tokenizer, fmt), tokenizer), fmt.max_prompt_length)
+
+
+def encode_many(prompts: Sequence[Prompt], tokenizer: Any, fmt: PromptFormat) -> list[list[int]]:
+    return [encode(p, tokenizer, fmt) for p in prompts]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The tokenizer a config names, and the dry run's example prompt
+# ----------------------------------------------------------------------------------------------------------
+
+def load_tokenizer(cfg: Any) -> Any:
+    """The tokenizer the worker will train with (``model.tokenizer`` or the model's), without the model.
+    ``builtin:tiny``: the cached demo's tokenizer, or the same character tokenizer built in memory."""
+    from engine.errors import ConfigError, NetworkError
+
+    name = cfg.model.name_or_path
+    if name == "builtin:tiny":
+        from engine.trainer import tiny
+
+        d = tiny.tiny_dir()
+        if (d / "tokenizer.json").is_file():
+            from transformers import AutoTokenizer
+
+            return AutoTokenizer.from_pretrained(str(d))
+        return tiny.build_tokenizer()
+    from transformers import AutoTokenizer
+
+    src = cfg.model.tokenizer or name
+    try:
+        return AutoTokenizer.from_pretrained(src, trust_remote_code=cfg.model.trust_remote_code)
+    except (OSError, ValueError) as exc:
+        first = (str(exc).strip().splitlines() or [""])[0][:300]
+        if "couldn't connect" in str(exc) and not Path(src).expanduser().exists():
+            raise NetworkError(f"cannot fetch the tokenizer of {src!r} from the Hub: {first}",
+                               hint="Check the network (or HF_HUB_OFFLINE), or use a local path.",
+                               context={"tokenizer": src}) from None
+        raise ConfigError(f"cannot load the tokenizer of {src!r}: {first}",
+                          hint="Use a local path, a Hub id reachable from here, or builtin:tiny.",
+                          context={"tokenizer": src}) from None
+
+
+def preview(cfg: Any, cwd: Path | None = None) -> dict[str, Any]:
+    """``example_prompt`` (the first training prompt as text exactly as the model will see it — the rendered
+    template, cut to ``grpo.max_prompt_length`` tokens when longer) and ``example_prompt_tokens``.
+
+    When the tokenizer or the dataset cannot be reached from here (offline, a Hub id), both are None and
+    ``example_prompt_error`` says why; a config error (a missing prompt column) is raised."""
+    from engine.errors import NetworkError
+    from engine.trainer.data import load_rows
+
+    fmt = PromptFormat.from_config(cfg)
+    out: dict[str, Any] = {"prompt_format": fmt.as_dict()}
+    try:
+        tok = load_tokenizer(cfg)
+        rows, _ = load_rows(cfg, cwd=cwd)
+    except NetworkError as exc:
+        return {**out, "example_prompt": None, "example_prompt_tokens": None, "templated": None,
+                "example_prompt_error": f"{exc.code}: {exc}"}
+    first = rows[0]["prompt"]
+    inp = model_input(first, tok, fmt)
+    full = encode_model_input(inp, tok)
+    ids = truncate_left(full, fmt.max_prompt_length)
+    if len(ids) < len(full):
+        text = tok.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+    else:
+        text = render(first, tok, fmt)
+    return {**out, "example_prompt": text, "example_prompt_tokens": len(ids), "templated": templated(tok, fmt),
+            "example_prompt_truncated_from": len(full) if len(ids) < len(full) else None}
+

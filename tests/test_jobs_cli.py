@@ -79,7 +79,13 @@ def test_hf_submit_needs_approval_then_submits_status_logs_stop(hub, tmp_path, c
     assert job["backend"] == "hf" and job["remote_id"] in hub.jobs and job["status"] == "queued"
     assert job["estimated_usd"] == 3.0 and job["deduplicated"] is False
     spec = hub.calls("POST", "/api/jobs/alice")[0].body
-    assert spec["command"][-1].endswith("carl --batch train --config /tmp/carl.yaml")
+    script = spec["command"][-1]
+    assert script.endswith('exec carl --batch train --config "${TMPDIR:-/tmp}/carl-job.yaml"')
+    wheel = hub.repos["alice/carl-wheels"]  # carl's own wheel, shipped through a private repo of the user's
+    assert wheel.private and len(wheel.files) == 1
+    (path,) = wheel.files
+    assert path.startswith("wheels/") and path.endswith("-py3-none-any.whl") and path in script
+    assert f"alice/carl-wheels {path} {wheel.sha}" in script  # pinned to the commit that holds it
     assert yaml.safe_load(spec["environment"]["CARL_CONFIG_YAML"])["project"]["name"] == "remote-demo"
     assert spec["environment"]["CARL_RUN_ID"] == job["run_id"] and spec["timeoutSeconds"] == 7200
 
@@ -219,7 +225,8 @@ def test_runpod_flow(pods, tmp_path, capsys, _isolated_home):
 def test_managed_flow(managed, tmp_path, capsys, _isolated_home, monkeypatch):
     monkeypatch.setenv("HF_TOKEN", "hf_" + "S" * 34)
     cfg = write_config(tmp_path, {"managed": {"url": f"{managed.url}/api", "flavor": "gpu-1x", "send_hf_token": True},
-                                  "prices": {"managed:gpu-1x": 1.25}, "hours": 2})
+                                  "prices": {"managed:gpu-1x": 1.25}, "hours": 2,
+                                  "ship": "none"})  # no Hub here to ship the wheel through
     code, _, err = carl(capsys, "jobs", "submit", "--backend", "managed", "--config", str(cfg))
     assert code == 5 and err["context"]["estimate"]["estimated_usd"] == 2.5
     code, out, err = carl(capsys, "jobs", "submit", "--backend", "managed", "--config", str(cfg), "--approve")

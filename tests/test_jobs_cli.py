@@ -156,6 +156,12 @@ def test_dry_run_prints_the_exact_request_and_sends_nothing(hub, tmp_path, capsy
     assert req["url"] == f"{hub.url}/api/jobs/alice" and req["json"]["flavor"] == "l4x1"
     assert req["json"]["secrets"] == {"HF_TOKEN": "***"} and hub.token not in json.dumps(out)
     assert hub.requests == []
+    # the exact setup script the container runs: install carl's wheel (built here, not uploaded), then train
+    script, ship = out[0]["setup_script"], out[0]["shipment"]
+    assert script == req["json"]["command"][-1] and req["json"]["command"][:2] == ["sh", "-c"]
+    assert ship["mode"] == "wheel" and ship["wheel_repo"] == "alice/carl-wheels" and ship["uploaded"] is False
+    assert f"alice/carl-wheels {ship['wheel_path']} main" in script and "pip install" in script
+    assert script.index(ship["wheel_path"]) < script.index("exec carl --batch train")
 
 
 def test_estimate_verb(hub, tmp_path, capsys):

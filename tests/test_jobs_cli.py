@@ -103,6 +103,12 @@ def test_hf_submit_needs_approval_then_submits_status_logs_stop(hub, tmp_path, c
     assert code == 0
     assert out[0] == {"type": "log", "run_id": rid, "line": "loading model"}
     assert out[1]["type"] == "frame" and out[1]["step"] == 7 and out[1]["run_id"] == rid
+    from engine.frames import read_frames
+    from engine.runs import RunStore
+
+    frames, _ = read_frames(_isolated_home / "runs" / rid / "frames.jsonl")  # the job's local run, fed live
+    assert [f.step for f in frames] == [7] and frames[0].phi == 0.3
+    assert RunStore().meta(rid)["backend"] == "hf"
     assert out[-1]["type"] == "done" and out[-1]["status"] == "completed"
 
     code, out, _ = carl(capsys, "jobs", "list")

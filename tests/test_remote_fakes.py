@@ -190,7 +190,7 @@ class HFJobsFake(FakeServer):
 
     token = "hf_" + "A1b2C3d4E5f6G7h8I9j0K1l2M3n4O5p6Q7"
     namespace = "alice"
-    log_idle_close_s = 2.0  # a log stream with nothing new for this long ends (the client reconnects)
+    keepalive_s = 30.0  # a running job's log stream sends ": keep-alive" after this long without a line (the Hub: 30 s)
 
     def __init__(self) -> None:
         super().__init__()
@@ -256,16 +256,16 @@ class HFJobsFake(FakeServer):
             yield event(0, "===== Job started =====", base)
             i = 0
             while True:
+                keepalive = False
                 with self._log_cv:
                     lines, times = self.logs[jid][i:], self.log_times[jid][i:]
-                    stage = self.jobs[jid]["status"]["stage"]
                     if not lines:
-                        if stage != "RUNNING" or jid not in self.procs:
-                            return
-                        self._log_cv.wait(self.log_idle_close_s)
-                        if len(self.logs[jid]) == i:
-                            return  # idle: end this stream; a follow reader checks the stage and reconnects
-                        continue
+                        if self.jobs[jid]["status"]["stage"] != "RUNNING" or jid not in self.procs:
+                            return  # the job ended and every line it printed was sent
+                        keepalive = not self._log_cv.wait(self.keepalive_s)
+                if keepalive:  # like the Hub: the stream stays open while the job runs
+                    yield b": keep-alive\n\n"
+                    continue
                 for k, line in enumerate(lines):
                     ts = times[k] if k < len(times) else base + i + k + 1
                     yield event(i + k + 1, line, ts)

@@ -76,8 +76,12 @@ def test_submit_train_upload_follow_pull_infer(hub, tiny_env, tmp_path, capsys):
                 stored = [f.step for f in read_frames(local / "frames.jsonl")[0]]
                 assert obj["step"] in stored
                 seen_live.append(obj["step"])
-    assert job_status(rid, cfg)["status"] == "completed", "\n".join(log[-40:])
-    assert seen_live, "no frame reached the local run while the job ran:\n" + "\n".join(log[-40:])
+    def story() -> str:
+        return (f"client saw {len(log)} lines, the job printed {len(hub.logs[jid])}, stage "
+                f"{hub.jobs[jid]['status']}; last job lines:\n" + "\n".join(hub.logs[jid][-30:]))
+
+    assert job_status(rid, cfg)["status"] == "completed", story()
+    assert seen_live, "no frame reached the local run while the job ran: " + story()
     assert [f.step for f in read_frames(local / "frames.jsonl")[0]] == list(range(1, STEPS + 1))
 
     # the repo holds the run: checkpoints, bookkeeping and the final model (the gate passed)
@@ -108,3 +112,6 @@ def test_submit_train_upload_follow_pull_infer(hub, tiny_env, tmp_path, capsys):
     res = out[-1]
     assert isinstance(res["text"], str) and res["tokens"], res
     assert str(local / "final") in json.dumps(res)
+    from tests.test_jobs_cli import assert_no_secret_under
+
+    assert_no_secret_under(CarlHome.from_env().root, hub.token)

@@ -2,7 +2,7 @@
 
 Layout in the repo (one repo can hold many runs)::
 
-    runs/<run_id>/meta.json, config.yaml, plan.json, frames.jsonl, events.jsonl
+    runs/<run_id>/meta.json, config.yaml, plan.json, frames.jsonl, events.jsonl, stdout.log (the worker's log)
     runs/<run_id>/checkpoints/checkpoint-<step>/…      at every checkpoint (the TRL checkpoint or adapter)
     runs/<run_id>/final/…                              at the end, only when the policy allows it (below)
 
@@ -31,7 +31,7 @@ from typing import Any, Callable, Iterator
 from engine.errors import CARLError, ConfigError, CredentialError, NetworkError, RunNotFound
 from engine.home import CarlHome
 
-RUN_FILES = ("meta.json", "config.yaml", "plan.json", "frames.jsonl", "events.jsonl")
+RUN_FILES = ("meta.json", "config.yaml", "plan.json", "frames.jsonl", "events.jsonl", "stdout.log")
 SKIP_NAMES = {".DS_Store"}
 
 

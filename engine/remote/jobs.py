@@ -110,6 +110,11 @@ def build_plan(cfg: Config, rs: RemoteSettings, backend: str, est: Estimate, *, 
         secrets.append("HF_TOKEN")
     env = {"CARL_CONFIG_YAML": cfg.to_yaml(), "CARL_RUN_ID": run_id, "CARL_REMOTE_BACKEND": backend,
            "PYTHONUNBUFFERED": "1"}
+    from engine.remote.hf_jobs import DEFAULT_ENDPOINT, resolve_endpoint
+
+    hub = resolve_endpoint(rs.hf)
+    if hub != DEFAULT_ENDPOINT and (any("hf_hub_download" in x for x in install or []) or cfg.train.output_repo):
+        env["HF_ENDPOINT"] = hub  # the wheel and the output repo live on this Hub, not huggingface.co
     return JobPlan(backend=backend, name=_job_name(cfg.project.name), flavor=est.flavor, hours=est.hours,
                    image=rs.image_for(backend), command=["sh", "-c", script], env=env, idempotency_key=key,
                    gpu_count=est.gpu_count, secret_names=secrets, price_per_hour=est.price_per_hour,

@@ -145,3 +145,30 @@ def test_a_followed_job_lands_in_its_local_run_once(tmp_path):
     m2.feed({"type": "done", "run_id": "inside", "status": "completed", "eval": {"after": {"task_metric": 1.0}}})
     meta = RunStore(home).meta("hf-live")
     assert meta["status"] == "completed" and meta["eval"]["after"]["task_metric"] == 1.0 and meta["last_step"] == 3
+
+
+def test_the_run_store_follows_a_remote_run_until_its_job_says_done():
+    """What `run attach`, the observe and the train screens use on a run fed by a job's log stream."""
+    import threading
+
+    home = CarlHome.from_env()
+    m = LocalMirror("hf-follow", home)
+    m.create({"run_id": "hf-follow", "backend": "hf", "status": "running", "remote_id": "j"}, "project: {}\n")
+    m.feed({"type": "frame", "step": 1, "phi": 0.1})
+    seen: list[dict] = []
+    go_on = threading.Event()
+
+    def feeder() -> None:
+        assert go_on.wait(60)
+        m.feed({"type": "frame", "step": 2, "phi": 0.2})
+        m.feed({"type": "done", "status": "completed"})
+
+    t = threading.Thread(target=feeder, daemon=True)
+    t.start()
+    for line in RunStore(home).follow("hf-follow", poll=0.02):
+        seen.append(line)
+        if line.get("step") == 1:
+            go_on.set()  # the follower has read step 1 while the remote run is still running
+    t.join(60)
+    assert [x["step"] for x in seen if x["type"] == "frame"] == [1, 2]
+    assert seen[-1]["type"] == "done" and seen[-1]["status"] == "completed"

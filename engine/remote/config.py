@@ -25,17 +25,6 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-
-
-def _carl_version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("carl-workbench")
-    except PackageNotFoundError:  # a source checkout that was never installed
-        return "0.1.0"
-
-
 BACKENDS = ("hf", "runpod", "managed")
 Backend = Literal["hf", "runpod", "managed"]
 

@@ -226,6 +226,13 @@ class BudgetSection(_Model):
     max_hours: float = Field(2.0, gt=0, description="Wall-clock cap per job (hours).")
 
 
+class TrainSection(_Model):
+    output_repo: str | None = Field(
+        None, pattern=r"^[A-Za-z0-9][\w.-]*/[\w.-]+$",
+        description="Hub repo (owner/name) a run uploads to at each checkpoint and at the end (docs/remote.md)")
+    output_private: bool = Field(True, description="Create output_repo as a private repo.")
+
+
 class Config(_Model):
     """The whole carl.yaml."""
 
@@ -243,6 +250,7 @@ class Config(_Model):
     eval: EvalSection = Field(default_factory=EvalSection)
     tracking: TrackingSection = Field(default_factory=TrackingSection)
     budget: BudgetSection = Field(default_factory=BudgetSection)
+    train: TrainSection = Field(default_factory=TrainSection)
     # Sections owned by later issues are plain dicts validated by their own modules until they land.
     policy: dict[str, Any] = Field(default_factory=dict)
     remote: dict[str, Any] = Field(default_factory=dict)

@@ -238,7 +238,7 @@ class RunStore:
         meta = read_json(d / "meta.json")
         if not meta:
             raise RunNotFound(f"run {run_id!r} has no readable meta.json", context={"run": run_id})
-        if meta.get("status") == "running":
+        if meta.get("status") == "running" and meta.get("backend", "local") == "local":  # remote: as last seen
             alive = pid_alive(meta.get("pid"), meta.get("pid_start"))
             beat = meta.get("heartbeat") or meta.get("started_at") or 0
             stale = time.time() - beat > stale_after()

@@ -7,7 +7,9 @@
 
 Keys: ``1``/``2``/``3`` pick hf / runpod / managed, ``s`` submit (credential check → estimate → the approval
 modal → submit), ``f`` follow the selected job's logs (``f`` again or ``escape`` stops following), ``x`` stop
-the selected job (after a y/n confirm), ``r`` reload the config, estimates and list and poll now.
+the selected job (after a y/n confirm), ``d`` pull (download) the selected job's run from its ``train.output_repo`` into
+the local run store (engine.remote.sync.pull_run), ``r`` reload the config, estimates and list and poll now.
+Following a job also feeds its local run (engine.remote.mirror), so observe and train follow it live.
 
 Everything that reads files or the network runs on thread workers; the UI thread only renders what they post
 (``call_from_thread``). Log lines go through a queue drained by a 10 Hz timer, so a chatty job never causes
@@ -163,6 +165,7 @@ class JobsScreen(Screen):
         Binding("f", "logs", "Logs"),
         Binding("x", "stop", "Stop job"),
         Binding("r", "refresh", "Refresh"),
+        Binding("d", "pull", "Pull"),
         Binding("1", "backend('hf')", "hf", show=False),
         Binding("2", "backend('runpod')", "runpod", show=False),
         Binding("3", "backend('managed')", "managed", show=False),
@@ -617,6 +620,44 @@ class JobsScreen(Screen):
         self._set_jobs(jobs, select=str(out["run_id"]))
         self.say(f"✓ {escape(str(out['run_id']))} {escape(str(out['status']))} · cost so far "
                  f"{usd(out.get('cost_so_far'))}", "ok")
+
+    # -- pull: the job's run from train.output_repo into the local run store (worker)
+    def action_pull(self) -> None:
+        job = self.selected_job()
+        if job is None:
+            self.app.bell()
+            self.say("No job selected.")
+            return
+        if self.busy:
+            self.app.bell()
+            self.say(f"Busy: a {self.busy} is in flight.")
+            return
+        self.busy = "pull"
+        self.say(f"Pulling {escape(str(job['run_id']))} from its output repo…")
+        self.do_pull(str(job["run_id"]))
+
+    @work(thread=True, exclusive=True, group="jobs-pull")
+    def do_pull(self, run_id: str) -> None:
+        from engine.remote.sync import pull_run
+
+        try:
+            out = pull_run(run_id, home=self._ctx().home)
+        except CARLError as exc:
+            self._post(self._pull_failed, exc, run_id)
+            return
+        self._post(self._pulled, out)
+
+    def _pull_failed(self, exc: CARLError, run_id: str) -> None:
+        self.busy = None
+        self.say(error_text(exc, f"pull {run_id}"), "error")
+
+    def _pulled(self, out: dict[str, Any]) -> None:
+        self.busy = None
+        model = "final model" if out.get("has_final") else (
+            f"checkpoint {out['last_checkpoint']}" if out.get("last_checkpoint") is not None else "no model yet")
+        self.say(f"✓ pulled {escape(str(out['run_id']))} from {escape(str(out['repo_id']))} · {out['files']} files · "
+                 f"{escape(str(out['status']))} · step {out.get('last_step')} · {model} — observe and try open it "
+                 f"like a local run", "ok")
 
     # -- logs: follow in a cancellable worker; lines queued, drained at ≤ 10 Hz
     def action_logs(self) -> None:

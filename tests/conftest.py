@@ -13,11 +13,18 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 
 
+@pytest.fixture(scope="session")
+def _wheel_cache(tmp_path_factory):
+    """carl's own wheel (engine.remote.ship), built once per session for every test that submits a job."""
+    return tmp_path_factory.getbasetemp() / "carl-wheel-cache"
+
+
 @pytest.fixture(autouse=True)
-def _isolated_home(tmp_path, monkeypatch):
+def _isolated_home(tmp_path, monkeypatch, _wheel_cache):
     """Every test gets its own CARL_HOME and never sees the developer's ~/.carl or secrets."""
     home = tmp_path / "carl-home"
     monkeypatch.setenv("CARL_HOME", str(home))
+    monkeypatch.setenv("CARL_WHEEL_CACHE", str(_wheel_cache))
     for var in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "ANTHROPIC_API_KEY", "RUNPOD_API_KEY", "CARL_MANAGED_TOKEN"):
         monkeypatch.delenv(var, raising=False)
     # never the developer's saved Hugging Face token (`hf auth login`), in this process or in subprocesses

@@ -79,7 +79,13 @@ def test_hf_submit_needs_approval_then_submits_status_logs_stop(hub, tmp_path, c
     assert job["backend"] == "hf" and job["remote_id"] in hub.jobs and job["status"] == "queued"
     assert job["estimated_usd"] == 3.0 and job["deduplicated"] is False
     spec = hub.calls("POST", "/api/jobs/alice")[0].body
-    assert spec["command"][-1].endswith("carl --batch train --config /tmp/carl.yaml")
+    script = spec["command"][-1]
+    assert script.endswith('exec carl --batch train --config "${TMPDIR:-/tmp}/carl-job.yaml"')
+    wheel = hub.repos["alice/carl-wheels"]  # carl's own wheel, shipped through a private repo of the user's
+    assert wheel.private and len(wheel.files) == 1
+    (path,) = wheel.files
+    assert path.startswith("wheels/") and path.endswith("-py3-none-any.whl") and path in script
+    assert f"alice/carl-wheels {path} {wheel.sha}" in script  # pinned to the commit that holds it
     assert yaml.safe_load(spec["environment"]["CARL_CONFIG_YAML"])["project"]["name"] == "remote-demo"
     assert spec["environment"]["CARL_RUN_ID"] == job["run_id"] and spec["timeoutSeconds"] == 7200
 
@@ -97,6 +103,12 @@ def test_hf_submit_needs_approval_then_submits_status_logs_stop(hub, tmp_path, c
     assert code == 0
     assert out[0] == {"type": "log", "run_id": rid, "line": "loading model"}
     assert out[1]["type"] == "frame" and out[1]["step"] == 7 and out[1]["run_id"] == rid
+    from engine.frames import read_frames
+    from engine.runs import RunStore
+
+    frames, _ = read_frames(_isolated_home / "runs" / rid / "frames.jsonl")  # the job's local run, fed live
+    assert [f.step for f in frames] == [7] and frames[0].phi == 0.3
+    assert RunStore().meta(rid)["backend"] == "hf"
     assert out[-1]["type"] == "done" and out[-1]["status"] == "completed"
 
     code, out, _ = carl(capsys, "jobs", "list")
@@ -150,6 +162,12 @@ def test_dry_run_prints_the_exact_request_and_sends_nothing(hub, tmp_path, capsy
     assert req["url"] == f"{hub.url}/api/jobs/alice" and req["json"]["flavor"] == "l4x1"
     assert req["json"]["secrets"] == {"HF_TOKEN": "***"} and hub.token not in json.dumps(out)
     assert hub.requests == []
+    # the exact setup script the container runs: install carl's wheel (built here, not uploaded), then train
+    script, ship = out[0]["setup_script"], out[0]["shipment"]
+    assert script == req["json"]["command"][-1] and req["json"]["command"][:2] == ["sh", "-c"]
+    assert ship["mode"] == "wheel" and ship["wheel_repo"] == "alice/carl-wheels" and ship["uploaded"] is False
+    assert f"alice/carl-wheels {ship['wheel_path']} main" in script and "pip install" in script
+    assert script.index(ship["wheel_path"]) < script.index("exec carl --batch train")
 
 
 def test_estimate_verb(hub, tmp_path, capsys):
@@ -219,7 +237,8 @@ def test_runpod_flow(pods, tmp_path, capsys, _isolated_home):
 def test_managed_flow(managed, tmp_path, capsys, _isolated_home, monkeypatch):
     monkeypatch.setenv("HF_TOKEN", "hf_" + "S" * 34)
     cfg = write_config(tmp_path, {"managed": {"url": f"{managed.url}/api", "flavor": "gpu-1x", "send_hf_token": True},
-                                  "prices": {"managed:gpu-1x": 1.25}, "hours": 2})
+                                  "prices": {"managed:gpu-1x": 1.25}, "hours": 2,
+                                  "ship": "none"})  # no Hub here to ship the wheel through
     code, _, err = carl(capsys, "jobs", "submit", "--backend", "managed", "--config", str(cfg))
     assert code == 5 and err["context"]["estimate"]["estimated_usd"] == 2.5
     code, out, err = carl(capsys, "jobs", "submit", "--backend", "managed", "--config", str(cfg), "--approve")

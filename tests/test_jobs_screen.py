@@ -477,3 +477,56 @@ def test_snapshot_credential_error_inline(snap_compare, snap_home, snap_env, mon
         await pilot.pause()
 
     assert snap_compare(snap_app(snap_home), terminal_size=(80, 24), run_before=run_before)
+
+
+# ------------------------------------------------------------------------------------------- pull (p)
+def seed_pullable(home: CarlHome, tmp_path: Path, repo: str = "alice/demo-out") -> str:
+    """The fixed records, the completed hf job with an output repo, and its run uploaded to the loopback Hub."""
+    from engine.remote.sync import OutputSync
+    from tests.test_remote_sync import fake_run
+
+    seed_jobs(home)
+    run_id = "hf-20250615-150640-a1b2c3"
+    store.update(run_id, lambda r: r.__setitem__("output_repo", repo), home)
+    sync = OutputSync(fake_run(tmp_path / "in-container"), repo, run_id=run_id, log=lambda m: None)
+    sync.finish("completed", final_allowed=True, reason="eval gate passed", meta_fields={"status": "completed"})
+    return run_id
+
+
+async def pull_selected(pilot, ups: int) -> JobsScreen:
+    await open_jobs(pilot)
+    for _ in range(ups):
+        await pilot.press("up")
+    await pilot.press("d")
+    screen = jobs_screen(pilot.app)
+    await until(pilot, lambda: screen.busy is None and message(screen).startswith(("✓", "[b]✗")), "the pull")
+    await pilot.pause()
+    return screen
+
+
+@pytest.mark.anyio
+async def test_pull_brings_the_selected_jobs_run_home(hub, tmp_path):
+    home = CarlHome.from_env()
+    run_id = seed_pullable(home, tmp_path)
+    app = snap_app(tmp_path)
+    async with app.run_test(size=(120, 40)) as pilot:
+        screen = await pull_selected(pilot, ups=1)  # the running RunPod job: no output repo
+        assert "carl.config" in message(screen) and "train.output_repo" in message(screen)
+        await pilot.press("up", "d")
+        await until(pilot, lambda: screen.busy is None and message(screen).startswith("✓"), "the pull")
+        assert f"pulled {run_id} from alice/demo-out" in message(screen) and "final model" in message(screen)
+    from engine.runs import RunStore
+
+    meta = RunStore(home).meta(run_id)
+    assert meta["status"] == "completed" and meta["backend"] == "hf" and meta["last_step"] == 3
+    assert (home.runs / run_id / "final" / "model.safetensors").is_file()
+
+
+@pytest.mark.parametrize("size", SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
+def test_snapshot_pulled_run(snap_compare, snap_home, snap_env, hub, tmp_path, size):
+    seed_pullable(CarlHome.from_env(), tmp_path)
+
+    async def run_before(pilot):
+        await pull_selected(pilot, ups=2)
+
+    assert snap_compare(snap_app(snap_home), terminal_size=size, run_before=run_before)

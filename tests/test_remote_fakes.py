@@ -36,6 +36,13 @@ class Fault:
 
 
 @dataclass
+class Stream:
+    """A streamed answer (server-sent events): chunks written as the iterator yields them."""
+
+    chunks: Any
+
+
+@dataclass
 class Request:
     method: str
     path: str
@@ -65,7 +72,7 @@ class FakeServer:
             def _do(self) -> None:
                 fake._dispatch(self)
 
-            do_GET = do_POST = do_DELETE = do_PUT = do_PATCH = _do
+            do_GET = do_POST = do_DELETE = do_PUT = do_PATCH = do_HEAD = _do
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.httpd.daemon_threads = True
@@ -116,18 +123,36 @@ class FakeServer:
             return
         with self.lock:
             status, payload, headers = self.route(req)
+        if isinstance(payload, Stream):  # written outside the lock, chunk by chunk, then the connection closes
+            self._send_stream(h, status, payload, headers)
+            return
         data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
-        self._send(h, status, data, headers)
+        self._send(h, status, data, headers, head=req.method == "HEAD")
 
     @staticmethod
-    def _send(h: BaseHTTPRequestHandler, status: int, data: bytes, headers: dict[str, str] | None = None) -> None:
+    def _send(h: BaseHTTPRequestHandler, status: int, data: bytes, headers: dict[str, str] | None = None,
+              head: bool = False) -> None:
         h.send_response(status)
         headers = {"Content-Type": "application/json", **(headers or {})}  # send_response adds Date
         for k, v in headers.items():
             h.send_header(k, v)
         h.send_header("Content-Length", str(len(data)))
         h.end_headers()
-        h.wfile.write(data)
+        if not head:
+            h.wfile.write(data)
+
+    @staticmethod
+    def _send_stream(h: BaseHTTPRequestHandler, status: int, stream: "Stream", headers: dict[str, str]) -> None:
+        h.send_response(status)
+        for k, v in {"Content-Type": "application/octet-stream", **(headers or {})}.items():
+            h.send_header(k, v)
+        h.end_headers()  # HTTP/1.0 without Content-Length: the body ends when the connection closes
+        try:
+            for chunk in stream.chunks:
+                h.wfile.write(chunk)
+                h.wfile.flush()
+        except OSError:
+            pass  # the client went away
 
     def route(self, req: Request) -> tuple[int, Any, dict[str, str]]:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -137,29 +162,129 @@ def _hf_time(ts: float) -> str:
     return datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.") + "000Z"
 
 
+def _git_oid(data: bytes) -> str:
+    import hashlib
+
+    return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
+
+
+@dataclass
+class Repo:
+    repo_id: str
+    private: bool
+    files: dict[str, bytes] = field(default_factory=dict)
+    commits: list[str] = field(default_factory=list)
+
+    @property
+    def sha(self) -> str:
+        return self.commits[-1] if self.commits else "0" * 40
+
+
 class HFJobsFake(FakeServer):
-    """``/api/whoami-v2`` and ``/api/jobs/{ns}[/{id}[/logs|/cancel]]`` as huggingface_hub calls them."""
+    """The Hub as huggingface_hub calls it: ``/api/whoami-v2``, the jobs API
+    (``/api/jobs/{ns}[/{id}[/logs|/cancel]]``) and model repos — ``POST /api/repos/create``,
+    ``GET /api/models/{repo}/revision/{rev}``, ``GET /api/models/{repo}/tree/{rev}`` (recursive),
+    ``POST /api/models/{repo}/preupload/{rev}`` (every file "regular": no LFS, no xet), ``POST
+    /api/models/{repo}/commit/{rev}`` (NDJSON, base64 contents) and ``HEAD|GET /{repo}/resolve/{rev}/{path}``.
+
+    With ``executor`` set (see ``JobExecutor``), a submitted job really runs: its command is a subprocess with
+    the job's environment, its secrets and ``HF_ENDPOINT`` pointing back at this server; stdout lines become the
+    job's logs (streamed to ``follow`` readers as they appear) and the exit code its final stage."""
 
     token = "hf_" + "A1b2C3d4E5f6G7h8I9j0K1l2M3n4O5p6Q7"
     namespace = "alice"
+    keepalive_s = 30.0  # a running job's log stream sends ": keep-alive" after this long without a line (the Hub: 30 s)
 
     def __init__(self) -> None:
         super().__init__()
         self.jobs: dict[str, dict[str, Any]] = {}
         self.logs: dict[str, list[str]] = {}
+        self.log_times: dict[str, list[float]] = {}
+        self.repos: dict[str, Repo] = {}
+        self.executor: Any = None
+        self.procs: dict[str, Any] = {}
+        self._secret_values: dict[str, dict[str, str]] = {}
         self._ids = itertools.count(1)
+        self._log_cv = threading.Condition(self.lock)
 
-    def set_stage(self, job_id: str, stage: str, *, started: bool = True) -> None:
+    def close(self) -> None:
+        for proc in list(self.procs.values()):
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(timeout=30)
+        super().close()
+
+    def set_stage(self, job_id: str, stage: str, *, started: bool = True, message: str | None = None) -> None:
         job = self.jobs[job_id]
-        job["status"] = {"stage": stage, "message": None}
+        job["status"] = {"stage": stage, "message": message}
         if started and not job.get("startedAt"):
-            job["startedAt"] = _hf_time(time.time() - 60)
+            job["startedAt"] = _hf_time(time.time() - 60 if self.executor is None else time.time())
         if stage in ("COMPLETED", "ERROR", "CANCELED", "DELETED"):
             job["finishedAt"] = _hf_time(time.time())
 
+    # -- jobs really executed
+    def _start(self, jid: str, spec: dict[str, Any]) -> None:
+        import subprocess
+
+        env = {**self.executor.env(jid), **{k: str(v) for k, v in (spec.get("environment") or {}).items()},
+               **self._secret_values.get(jid, {}), "HF_ENDPOINT": self.url}
+        argv = [*spec["command"], *(spec.get("arguments") or [])]
+        proc = subprocess.Popen(argv, env=env, cwd=self.executor.workdir(jid), stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+        self.procs[jid] = proc
+        self.set_stage(jid, "RUNNING")
+
+        def pump() -> None:
+            assert proc.stdout is not None
+            for raw in proc.stdout:
+                with self._log_cv:
+                    self.logs[jid].append(raw.decode("utf-8", "replace").rstrip("\n"))
+                    self.log_times[jid].append(time.time())
+                    self._log_cv.notify_all()
+            rc = proc.wait()
+            with self._log_cv:
+                if self.jobs[jid]["status"]["stage"] == "RUNNING":
+                    self.set_stage(jid, "COMPLETED" if rc == 0 else "ERROR",
+                                   message=None if rc == 0 else f"exit code {rc}")
+                self._log_cv.notify_all()
+
+        threading.Thread(target=pump, daemon=True).start()
+
+    def _log_events(self, jid: str) -> Stream:
+        def event(i: int, line: str, ts: float) -> bytes:
+            return f"data: {json.dumps({'timestamp': _hf_time(ts), 'data': line})}\n\n".encode()
+
+        def chunks():
+            base = time.time() - 30
+            yield event(0, "===== Job started =====", base)
+            i = 0
+            while True:
+                keepalive = False
+                with self._log_cv:
+                    lines, times = self.logs[jid][i:], self.log_times[jid][i:]
+                    if not lines:
+                        if self.jobs[jid]["status"]["stage"] != "RUNNING" or jid not in self.procs:
+                            return  # the job ended and every line it printed was sent
+                        keepalive = not self._log_cv.wait(self.keepalive_s)
+                if keepalive:  # like the Hub: the stream stays open while the job runs
+                    yield b": keep-alive\n\n"
+                    continue
+                for k, line in enumerate(lines):
+                    ts = times[k] if k < len(times) else base + i + k + 1
+                    yield event(i + k + 1, line, ts)
+                i += len(lines)
+
+        return Stream(chunks())
+
+    # -- routes
     def route(self, req: Request) -> tuple[int, Any, dict[str, str]]:
         if req.path == "/api/whoami-v2" and req.method == "GET":
             return 200, {"type": "user", "name": self.namespace, "id": "u1"}, {}
+        if req.path.startswith("/api/jobs/"):
+            return self._jobs(req)
+        return self._repos(req)
+
+    def _jobs(self, req: Request) -> tuple[int, Any, dict[str, str]]:
         m = re.fullmatch(r"/api/jobs/([^/]+)(?:/([^/]+))?(?:/(logs|cancel))?", req.path)
         if not m or m.group(1) != self.namespace:
             return 404, {"error": "not found"}, {}
@@ -177,6 +302,10 @@ class HFJobsFake(FakeServer):
                    "owner": {"id": "u1", "name": self.namespace, "type": "user"}}
             self.jobs[jid] = job
             self.logs[jid] = []
+            self.log_times[jid] = []
+            self._secret_values[jid] = {k: str(v) for k, v in (spec.get("secrets") or {}).items()}
+            if self.executor is not None:
+                self._start(jid, spec)
             return 200, job, {}
         if job_id is None and req.method == "GET":
             wanted = [v.split("=", 1) for k, v in req.query if k == "label"]
@@ -188,14 +317,91 @@ class HFJobsFake(FakeServer):
         if action is None and req.method == "GET":
             return 200, self.jobs[job_id], {}
         if action == "cancel" and req.method == "POST":
+            proc = self.procs.get(job_id)
+            if proc is not None and proc.poll() is None:
+                import os
+                import signal
+
+                os.killpg(proc.pid, signal.SIGTERM)
             self.set_stage(job_id, "CANCELED", started=False)
             return 200, {}, {}
         if action == "logs" and req.method == "GET":
+            if job_id in self.procs:
+                return 200, self._log_events(job_id), {"Content-Type": "text/event-stream"}
             base = time.time() - 30
             events = "".join(f"data: {json.dumps({'timestamp': _hf_time(base + i), 'data': line})}\n\n"
                              for i, line in enumerate(["===== Job started =====", *self.logs[job_id]]))
             return 200, events.encode(), {"Content-Type": "text/event-stream"}
         return 405, {"error": "method"}, {}
+
+    def _repos(self, req: Request) -> tuple[int, Any, dict[str, str]]:
+        import base64
+
+        if req.path == "/api/repos/create" and req.method == "POST":
+            b = req.body or {}
+            if b.get("type") not in (None, "model"):
+                return 400, {"error": "only model repos here"}, {}
+            repo_id = f"{b.get('organization') or self.namespace}/{b['name']}"
+            if repo_id in self.repos:
+                return 409, {"error": "You already created this model repo", "url": f"{self.url}/{repo_id}"}, {}
+            self.repos[repo_id] = Repo(repo_id, private=bool(b.get("private")) or b.get("visibility") == "private")
+            return 200, {"url": f"{self.url}/{repo_id}", "name": repo_id, "id": repo_id}, {}
+        m = re.fullmatch(r"/api/models/([^/]+/[^/]+)(?:/(revision|tree|preupload|commit)/([^/]+)(/.*)?)?", req.path)
+        if m:
+            repo = self.repos.get(m.group(1))
+            if repo is None:
+                return 404, {"error": "Repository not found"}, {"X-Error-Code": "RepoNotFound"}
+            what, rev = m.group(2) or "revision", m.group(3) or "main"
+            if rev not in ("main", repo.sha):
+                return 404, {"error": "Invalid rev id"}, {"X-Error-Code": "RevisionNotFound"}
+            if what == "revision" and req.method == "GET":
+                return 200, {"id": repo.repo_id, "modelId": repo.repo_id, "sha": repo.sha, "private": repo.private,
+                             "siblings": [{"rfilename": p} for p in sorted(repo.files)]}, {}
+            if what == "tree" and req.method == "GET":
+                prefix = (m.group(4) or "").strip("/")
+                entries = [{"type": "file", "oid": _git_oid(data), "size": len(data), "path": p}
+                           for p, data in sorted(repo.files.items()) if not prefix or p.startswith(prefix + "/")]
+                return 200, entries, {}
+            if what == "preupload" and req.method == "POST":
+                files = [{"path": f["path"], "uploadMode": "regular", "shouldIgnore": False,
+                          "oid": _git_oid(repo.files[f["path"]]) if f["path"] in repo.files else None}
+                         for f in req.body["files"]]
+                return 200, {"files": files, "commitOid": repo.sha}, {}
+            if what == "commit" and req.method == "POST":
+                lines = [json.loads(x) for x in str(req.body).splitlines() if x.strip()] \
+                    if isinstance(req.body, str) else [req.body]
+                for item in lines:
+                    v = item.get("value") or {}
+                    if item.get("key") == "file":
+                        repo.files[v["path"]] = base64.b64decode(v["content"]) if v.get("encoding") == "base64" \
+                            else str(v["content"]).encode()
+                    elif item.get("key") == "deletedFile":
+                        repo.files.pop(v["path"], None)
+                    elif item.get("key") == "lfsFile":
+                        return 400, {"error": "this loopback Hub takes regular files only"}, {}
+                import hashlib
+
+                repo.commits.append(hashlib.sha1(f"{repo.repo_id}{len(repo.commits)}{time.time()}".encode())
+                                    .hexdigest())
+                return 200, {"commitUrl": f"{self.url}/{repo.repo_id}/commit/{repo.sha}", "commitOid": repo.sha,
+                             "pullRequestUrl": None}, {}
+            return 405, {"error": "method"}, {}
+        m = re.fullmatch(r"/([^/]+/[^/]+)/resolve/([^/]+)/(.+)", req.path)
+        if m and req.method in ("GET", "HEAD"):
+            repo = self.repos.get(m.group(1))
+            if repo is None:
+                return 404, {"error": "Repository not found"}, {"X-Error-Code": "RepoNotFound"}
+            if m.group(2) not in ("main", repo.sha):
+                return 404, {"error": "Invalid rev id"}, {"X-Error-Code": "RevisionNotFound"}
+            from urllib.parse import unquote
+
+            path = unquote(m.group(3))
+            if path not in repo.files:
+                return 404, {"error": "Entry not found"}, {"X-Error-Code": "EntryNotFound"}
+            data = repo.files[path]
+            return 200, data, {"Content-Type": "application/octet-stream", "X-Repo-Commit": repo.sha,
+                               "ETag": f'"{_git_oid(data)}"'}
+        return 404, {"error": "not found"}, {}
 
 
 class RunPodFake(FakeServer):

@@ -1,4 +1,9 @@
-"""`carl --batch run list | show RUN | diff A B | attach RUN | stop RUN | resume RUN` (see CONTRACT.md §run)."""
+"""`carl --batch run list | show RUN | diff A B | attach RUN | stop RUN | resume RUN | pull RUN` (CONTRACT.md §run).
+
+    run pull RUN [--repo OWNER/NAME] [--revision REV]
+        → {"run_id", "run_dir", "repo_id", "revision", "files", "bytes", "status", "last_step", "has_final",
+           "last_checkpoint", "backend"}   (docs/remote.md, "Results come home")
+"""
 
 from __future__ import annotations
 
@@ -32,6 +37,13 @@ def register(sub: Any) -> None:
     r.add_argument("run")
     r.add_argument("--detach", action="store_true")
     r.set_defaults(func=cmd_resume)
+    pl = rs.add_parser("pull", help="download a remote run (train.output_repo) into the local run store",
+                       description="Download runs/RUN/ from the job's output repo (or --repo) into "
+                                   "$CARL_HOME/runs/RUN, so every local tool works on it.")
+    pl.add_argument("run", help="the job's run id (or the backend's id, or a unique prefix), or a run id in --repo")
+    pl.add_argument("--repo", metavar="OWNER/NAME", help="the Hub repo (default: the job's train.output_repo)")
+    pl.add_argument("--revision", metavar="REV", help="branch, tag or commit (default: main)")
+    pl.set_defaults(func=cmd_pull)
 
 
 def _store():
@@ -93,3 +105,13 @@ def cmd_resume(args: argparse.Namespace) -> int:
         return 0
     progress(f"carl: run {run_id} resumed from step {step} (pid {pid})")
     return stream(store, run_id, replay=False, max_steps=((cfg.get("grpo") or {}).get("max_steps")))
+
+
+def cmd_pull(args: argparse.Namespace) -> int:
+    from engine.remote.sync import pull_run
+
+    out = pull_run(args.run, repo_id=args.repo, revision=args.revision)
+    progress(f"carl: pulled {out['run_id']} from {out['repo_id']}@{out['revision'][:10]} ({out['files']} files, "
+             f"status {out['status']}{', final model' if out['has_final'] else ''})")
+    emit(out)
+    return 0

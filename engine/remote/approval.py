@@ -3,8 +3,8 @@
     estimated_usd = price_per_hour(backend, flavor) × gpu_count × hours
 
 ``price_per_hour`` comes from carl.yaml (``remote.prices``: ``"backend:flavor"`` first, then a bare
-``"flavor"``), else from :data:`DEFAULT_PRICES` (list prices in USD/hour; RunPod's are per GPU; check the
-provider's page and override them in carl.yaml). ``hours`` is ``--hours``, else ``remote.hours``, else
+``"flavor"``), else from :data:`DEFAULT_PRICES` (USD/hour; RunPod's are per GPU). The defaults were not
+re-checked against live list prices (docs/remote.md, "Prices"): check the provider's page and override them. ``hours`` is ``--hours``, else ``remote.hours``, else
 ``budget.max_hours``; it is also the job's hard timeout on the backend, so the estimate is an upper bound.
 
 The decision is the ledger policy's (:func:`engine.ledger.evaluate` with ``{"kind": "remote.submit", …}``):

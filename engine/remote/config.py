@@ -25,22 +25,13 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-
-
-def _carl_version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("carl-workbench")
-    except PackageNotFoundError:  # a source checkout that was never installed
-        return "0.1.0"
-
-
 BACKENDS = ("hf", "runpod", "managed")
 Backend = Literal["hf", "runpod", "managed"]
 
-DEFAULT_IMAGE = "pytorch/pytorch:2.4.1-cuda12.1-cudnn9-runtime"
-DEFAULT_SETUP = f"pip install --quiet carl-workbench=={_carl_version()}"
+# torch 2.8.0 (carl needs >= 2.6: transformers 5 does), CUDA 12.8 (Hopper and Blackwell), Python 3.11 (carl needs
+# >= 3.11). A tag published by the PyTorch project; not re-checked against Docker Hub in this session.
+DEFAULT_IMAGE = "pytorch/pytorch:2.8.0-cuda12.8-cudnn9-runtime"
+Ship = Literal["auto", "wheel", "pypi", "none"]
 
 
 class _Model(BaseModel):
@@ -65,6 +56,8 @@ class HFSettings(_BackendBase):
     namespace: str | None = Field(None, description="user or org that owns the job (default: the token's user)")
     endpoint: str | None = Field(None, description="Hub URL (default: $HF_ENDPOINT, else https://huggingface.co)")
     token_env: str = Field("HF_TOKEN", min_length=1, description="environment variable holding the HF token")
+    wheel_repo: str | None = Field(None, description="private Hub repo carl's wheel is shipped through "
+                                                     "(default: <namespace>/carl-wheels)")
 
 
 class RunPodSettings(_BackendBase):
@@ -97,7 +90,10 @@ class RemoteSettings(_Model):
     default_backend: Backend = "hf"
     hours: float | None = Field(None, gt=0, le=168, description="max hours per job (default: budget.max_hours)")
     image: str = Field(DEFAULT_IMAGE, min_length=1)
-    setup: str = Field(DEFAULT_SETUP, description="shell run in the container before `carl --batch train`")
+    setup: str = Field("", description="shell run in the container before carl is installed (apt-get, …)")
+    ship: Ship = Field("auto", description="how carl gets into the container: wheel (this install, built and "
+                                            "shipped through a private Hub repo), pypi (carl-workbench==<version>), "
+                                            "none (the image has it), auto (wheel from a source tree, else pypi)")
     poll_interval_s: float = Field(2.0, gt=0, le=300, description="how often `jobs logs --follow` polls")
     prices: dict[str, float] = Field(default_factory=dict,
                                      description='USD per hour per "backend:flavor" (or bare "flavor")')

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import re
-import shlex
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -24,7 +23,7 @@ from engine.remote.approval import Estimate, enforce, estimate, record_approval
 from engine.remote.base import JobClient, JobPlan, JobStatus, RetryPolicy, new_idempotency_key, require_token
 from engine.remote.config import BACKENDS, RemoteSettings, remote_settings
 
-CONFIG_IN_CONTAINER = "/tmp/carl.yaml"
+CONFIG_IN_CONTAINER = '"${TMPDIR:-/tmp}/carl-job.yaml"'  # shell text: $TMPDIR when the container sets it
 
 
 def make_client(backend: str, rs: RemoteSettings, *, endpoint: str | None = None, namespace: str | None = None,
@@ -91,20 +90,31 @@ def _job_name(project: str) -> str:
     return slug if slug.startswith("carl") else f"carl-{slug}"
 
 
+def job_script(setup: str, install: list[str]) -> str:
+    """The container's shell script: ``<remote.setup> && <install carl> && <write the config> && exec carl
+    --batch train`` (stdout: carl's JSON frame/event/done lines)."""
+    steps = ([setup] if setup else []) + list(install) + [
+        f'printf "%s" "$CARL_CONFIG_YAML" > {CONFIG_IN_CONTAINER}',
+        f"exec carl --batch train --config {CONFIG_IN_CONTAINER}"]
+    return " && ".join(steps)
+
+
 def build_plan(cfg: Config, rs: RemoteSettings, backend: str, est: Estimate, *, run_id: str, key: str,
-               config_path: Path | None = None) -> JobPlan:
-    """The job: the resolved carl.yaml travels in ``$CARL_CONFIG_YAML`` and the container runs
-    ``<setup> && carl --batch train --config /tmp/carl.yaml`` (stdout: carl's JSON frame lines)."""
-    setup = rs.setup_for(backend).strip()
-    script = (f"{setup} && " if setup else "") + \
-        f'printf "%s" "$CARL_CONFIG_YAML" > {CONFIG_IN_CONTAINER} && ' \
-        f"exec carl --batch train --config {shlex.quote(CONFIG_IN_CONTAINER)}"
+               config_path: Path | None = None, install: list[str] | None = None) -> JobPlan:
+    """The job: the resolved carl.yaml travels in ``$CARL_CONFIG_YAML``; the container runs
+    :func:`job_script` (``install``: the steps :mod:`engine.remote.ship` planned)."""
+    script = job_script(rs.setup_for(backend).strip(), install or [])
     secrets: list[str] = []
     if backend == "hf" or (backend == "runpod" and rs.runpod.hf_token_secret) or \
             (backend == "managed" and rs.managed.send_hf_token):
         secrets.append("HF_TOKEN")
     env = {"CARL_CONFIG_YAML": cfg.to_yaml(), "CARL_RUN_ID": run_id, "CARL_REMOTE_BACKEND": backend,
            "PYTHONUNBUFFERED": "1"}
+    from engine.remote.hf_jobs import DEFAULT_ENDPOINT, resolve_endpoint
+
+    hub = resolve_endpoint(rs.hf)
+    if hub != DEFAULT_ENDPOINT and (any("hf_hub_download" in x for x in install or []) or cfg.train.output_repo):
+        env["HF_ENDPOINT"] = hub  # the wheel and the output repo live on this Hub, not huggingface.co
     return JobPlan(backend=backend, name=_job_name(cfg.project.name), flavor=est.flavor, hours=est.hours,
                    image=rs.image_for(backend), command=["sh", "-c", script], env=env, idempotency_key=key,
                    gpu_count=est.gpu_count, secret_names=secrets, price_per_hour=est.price_per_hour,
@@ -158,6 +168,42 @@ def estimate_job(cfg: Config, backend: str | None = None, *, hours: float | None
     return out
 
 
+def _shipment(cfg: Config, rs: RemoteSettings, backend: str, client: Any, *, upload: bool,
+              home: CarlHome) -> Any:
+    """How carl gets into the container (engine.remote.ship); uploads the wheel unless ``upload`` is False."""
+    from engine.remote import ship
+
+    if ship.resolve_mode(rs.ship, backend, rs) != "wheel":
+        return ship.plan_shipment(backend, rs, namespace=None, endpoint="", token=None, upload=False, home=home)
+    from engine.remote.hf_jobs import _saved_token, resolve_endpoint
+
+    endpoint = resolve_endpoint(rs.hf)
+    import os
+
+    token = os.environ.get(rs.hf.token_env) or _saved_token()
+    namespace = rs.hf.namespace
+    if upload and namespace is None and rs.hf.wheel_repo is None:
+        if backend == "hf":
+            namespace = client.namespace()
+        else:
+            from engine.remote.hf_jobs import HFJobsClient
+
+            namespace = HFJobsClient(rs.hf, RetryPolicy.from_settings(rs.retries)).namespace()
+    return ship.plan_shipment(backend, rs, namespace=namespace, endpoint=endpoint, token=token, upload=upload,
+                              home=home)
+
+
+def _check_output_repo(cfg: Config, rs: RemoteSettings, backend: str) -> None:
+    from engine.remote.ship import job_has_hf_token
+
+    if cfg.train.output_repo and not job_has_hf_token(backend, rs):
+        field = "remote.runpod.hf_token_secret" if backend == "runpod" else "remote.managed.send_hf_token"
+        from engine.errors import ConfigError
+
+        raise ConfigError(f"train.output_repo needs an HF token in the {backend} job, and {field} is not set",
+                          hint=f"Set {field}, or remove train.output_repo.", context={"field": field})
+
+
 def submit_job(cfg: Config, backend: str | None = None, *, approve: bool = False, via: str = "batch --approve",
                hours: float | None = None, budget: float | None = None, idempotency_key: str | None = None,
                dry_run: bool = False, config_path: Path | None = None, home: CarlHome | None = None,
@@ -176,11 +222,16 @@ def submit_job(cfg: Config, backend: str | None = None, *, approve: bool = False
     est = estimate(cfg, rs, backend, hours=hours, budget=budget, approved=approve, home=home)
     now = time.time()
     run_id = store.new_run_id(backend, key, now)
-    plan = build_plan(cfg, rs, backend, est, run_id=run_id, key=key, config_path=config_path)
     client = make_client(backend, rs, sleep=sleep)
+    _check_output_repo(cfg, rs, backend)
     if dry_run:
+        shipment = _shipment(cfg, rs, backend, client, upload=False, home=home)
+        plan = build_plan(cfg, rs, backend, est, run_id=run_id, key=key, config_path=config_path,
+                          install=shipment.steps)
         return {"dry_run": True, "run_id": run_id, "backend": backend, "estimate": est.to_dict(),
                 "approval_required": est.decision == "needs_approval",
+                "setup_script": plan.command[-1], "shipment": shipment.to_dict(),
+                "output_repo": cfg.train.output_repo,
                 "plan": {k: v for k, v in plan.to_dict().items() if k != "env"} | {"env": sorted(plan.env)},
                 "request": client.preview(plan)}
     enforce(est, approved=approve)
@@ -190,6 +241,9 @@ def submit_job(cfg: Config, backend: str | None = None, *, approve: bool = False
 
         Entitlements(rs.managed, home=home, policy=RetryPolicy.from_settings(rs.retries), sleep=sleep).require(
             rs.managed.submit_grant, est.flavor)
+    shipment = _shipment(cfg, rs, backend, client, upload=True, home=home)
+    plan = build_plan(cfg, rs, backend, est, run_id=run_id, key=key, config_path=config_path,
+                      install=shipment.steps)
     record_approval(est, job_id=run_id, via=via, home=home)
     rec: dict[str, Any] = {
         "run_id": run_id, "backend": backend, "remote_id": None, "status": "unknown", "flavor": est.flavor,
@@ -197,7 +251,8 @@ def submit_job(cfg: Config, backend: str | None = None, *, approve: bool = False
         "estimated_usd": est.estimated_usd, "idempotency_key": key, "image": plan.image, "name": plan.name,
         "project": cfg.project.name, "config_path": plan.config_path, "submitted_ts": now,
         "started_at": store.iso(now), "ended_at": None, "last_step": None, "endpoint": _endpoint_of(client),
-        "namespace": None, "approved_via": via}
+        "namespace": None, "approved_via": via, "output_repo": cfg.train.output_repo,
+        "shipment": {k: v for k, v in shipment.to_dict().items() if k != "steps"}}
     store.save(rec, home)
     try:
         handle = client.submit(plan)
@@ -210,13 +265,17 @@ def submit_job(cfg: Config, backend: str | None = None, *, approve: bool = False
     rec["namespace"] = getattr(client, "_ns", None)
     _apply_state(rec, handle.state)
     store.save(rec, home)
+    from engine.remote.mirror import LocalMirror
+
+    LocalMirror(run_id, home).create(rec, cfg.to_yaml())
     ledger.record("job.submit", {"job_id": run_id, "remote_id": handle.remote_id, "backend": backend,
                                  "flavor": est.flavor, "gpu_count": est.gpu_count, "hours": est.hours,
                                  "estimated_usd": est.estimated_usd, "image": plan.image,
                                  "deduplicated": handle.deduplicated, "url": rec.get("url")}, home=home)
     out = job_view(rec)
     out.update(idempotency_key=key, deduplicated=handle.deduplicated, remaining_usd=est.remaining_usd,
-               approved_via=via)
+               approved_via=via, output_repo=cfg.train.output_repo, ship=shipment.mode,
+               run_dir=str(home.runs / run_id))
     return out
 
 
@@ -238,7 +297,23 @@ def job_status(ref: str, cfg: Config, *, home: CarlHome | None = None,
     rec = store.load(ref, home)
     state = _client_for(rec, cfg, sleep).status(_need_remote(rec))
     rec = store.update(rec["run_id"], lambda fresh: _apply_state(fresh, state), home)
+    _mirror_status(rec, home)
     return job_view(rec)
+
+
+def _mirror_status(rec: dict[str, Any], home: CarlHome) -> None:
+    """Carry a job's status to its local run (running, or terminal when the run did not say so itself)."""
+    from engine.remote.mirror import LocalMirror
+    from engine.runs import read_json
+
+    m = LocalMirror(rec["run_id"], home)
+    if not m.exists:
+        return
+    local = read_json(m.dir / "meta.json").get("status")
+    if local in store.TERMINAL:
+        return
+    if rec.get("status") in store.TERMINAL or (rec.get("status") == "running" and local != "running"):
+        m.set_status(rec["status"])
 
 
 def stop_job(ref: str, cfg: Config, *, home: CarlHome | None = None,
@@ -288,10 +363,17 @@ def job_logs(ref: str, cfg: Config, *, follow: bool = False, home: CarlHome | No
             store.update(rec["run_id"], lambda fresh: fresh.__setitem__(
                 "last_step", max(step, fresh.get("last_step") or step)), home)
 
+    from engine.remote.mirror import LocalMirror, parse_json_line
+
+    mirror = LocalMirror(rec["run_id"], home)
+
     def lines() -> Iterator[str]:
         last_saved = time.monotonic()
         try:
             for line in client.logs(remote_id, follow=follow):
+                obj = parse_json_line(line)
+                if obj is not None:
+                    mirror.feed(obj)
                 fr = parse_frame(line)
                 if fr is not None:
                     rec["last_step"] = fr["step"]

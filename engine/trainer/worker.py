@@ -34,6 +34,9 @@ class Worker:
         self.meta_lock = threading.Lock()
         self._events = None
         self._telemetry = None  # engine.platform.telemetry.Forwarder, only with telemetry consent
+        self.sync = None  # engine.remote.sync.OutputSync when train.output_repo is set (rank 0)
+        self.gate: tuple[bool, str] | None = None  # the eval gate on the final model
+        self.cfg = None
 
     # ---- bookkeeping
     def log(self, msg: str) -> None:
@@ -75,6 +78,8 @@ class Worker:
         action = {"gate_open": "gate.open", "checkpoint": "checkpoint", "eval": "eval"}.get(name)
         if action:
             ledger_record(action, {"run_id": self.run_id, **e})
+        if name == "checkpoint" and self.sync is not None and e.get("path"):
+            self.sync.checkpoint(int(e.get("step") or 0), Path(e["path"]))
 
     # ---- the run
     def run(self) -> str:
@@ -96,6 +101,11 @@ class Worker:
             if self._telemetry is not None:
                 self._telemetry.emit("run.start", {"resume": self.resume, "project": cfg.project.name,
                                                    "max_steps": cfg.grpo.max_steps})
+        self.cfg = cfg
+        if RANK0 and cfg.train.output_repo:
+            from engine.remote.sync import OutputSync
+
+            self.sync = OutputSync.from_config(cfg, self.run_dir, log=self.log, meta=self.meta)
         ledger_record("run.start", {"run_id": self.run_id, "resume": self.resume, "project": cfg.project.name,
                                     "model": cfg.model.name_or_path, "dataset": cfg.dataset.source,
                                     "max_steps": cfg.grpo.max_steps, "cascade": cfg.cascade.mode})
@@ -151,6 +161,10 @@ class Worker:
             ev["after"] = _brief(after)
             self.meta(eval=ev)
             self.event({"name": "eval", "phase": "after", "step": self.step, **_brief(after)})
+            if self.sync is not None:
+                from engine.trainer.evalgate import decide
+
+                self.gate = decide(after, cfg.eval)
         return "completed"
 
     def main(self) -> int:
@@ -171,7 +185,13 @@ class Worker:
             if self.stop_requested.is_set():
                 status = "stopped"
         self.done.set()
-        self.meta(status=status, ended_at=time.time(), last_step=self.step, heartbeat=time.time(), error=error)
+        final = dict(status=status, ended_at=time.time(), last_step=self.step, heartbeat=time.time(), error=error)
+        if self.sync is not None:  # before the status turns terminal: whoever waits for it finds the upload done
+            from engine.remote.sync import final_policy
+
+            allowed, why = final_policy(self.cfg, self.gate) if status == "completed" else (False, status)
+            self.sync.finish(status, final_allowed=allowed, reason=why, meta_fields=final)
+        self.meta(**final)
         action = {"completed": "run.complete", "stopped": "run.stop"}.get(status, "run.fail")
         ledger_record(action, {"run_id": self.run_id, "status": status, "last_step": self.step,
                                **({"error": error} if error else {})})

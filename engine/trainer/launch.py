@@ -223,18 +223,22 @@ class Supervisor:
         print(f"[{time.strftime('%H:%M:%S')}] supervisor: {msg}", flush=True)
 
     def _dead_rank(self) -> str | None:
+        """Why the run is broken: a rank gone without its exit file. A rank the launcher ended (it records the
+        signal) is named only when no rank died first."""
         from engine.runs import pid_alive, read_json
 
+        dead = []
         for f in sorted(self.ranks.glob("rank-*.json")):
             info = read_json(f)
             pid = info.get("pid")
-            if not pid or (self.ranks / f"{f.stem}.exit").exists():
+            if not pid or (self.ranks / f"{f.stem}.exit").exists() or pid_alive(pid, info.get("pid_start")):
                 continue
-            if not pid_alive(pid, info.get("pid_start")):
-                if (self.ranks / f"{f.stem}.exit").exists():  # it finished just now
-                    continue
-                return f"{f.stem.replace('-', ' ')} (pid {pid}) is gone without finishing"
-        return None
+            if (self.ranks / f"{f.stem}.exit").exists():  # it finished just now
+                continue
+            how = f" after signal {info['signal']}" if info.get("signal") else ""
+            dead.append((bool(info.get("signal")), f"{f.stem.replace('-', ' ')} (pid {pid}) is gone without "
+                                                   f"finishing{how}"))
+        return sorted(dead)[0][1] if dead else None
 
     def main(self) -> int:
         import subprocess
@@ -281,6 +285,8 @@ class Supervisor:
             except subprocess.TimeoutExpired:
                 rc = None
             if rc is not None:
+                if rc != 0:
+                    failure = self._dead_rank()
                 break
             failure = self._dead_rank()
             if failure:

@@ -203,6 +203,10 @@ class Worker:
         def on_signal(signum, frame):
             if self.supervisor:  # the supervisor never signals a rank: this is a teardown, not `run stop`
                 print(f"rank {self.rank}: signal {signum}; exiting", flush=True)
+                try:
+                    self.rank_file(signal=signum)
+                except OSError:
+                    pass
                 os._exit(128 + signum)
             self.stop_requested.set()
 
@@ -247,4 +251,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    _rc = main()
+    if os.environ.get(SUPERVISOR_ENV):
+        # one of several ranks: everything is written; skip the interpreter's teardown, where torch's gloo group
+        # took ~10 s to destroy itself here (the run would read as finished while its processes lingered)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(_rc)
+    raise SystemExit(_rc)

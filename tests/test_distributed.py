@@ -193,3 +193,50 @@ def test_dry_run_prints_each_nodes_command_and_the_zero3_config():
 
     rc, out, err = carl("train", "--dry-run", "--set", "compute.nodes=2", "--set", "compute.processes=3")
     assert rc == 2 and json.loads(err.strip().splitlines()[-1])["error"]["code"] == "carl.config"
+
+
+_GATHER_CHILD = r"""
+import json, os, sys
+import torch.distributed as td
+td.init_process_group("gloo", init_method="file://" + sys.argv[1], rank=int(os.environ["RANK"]),
+                      world_size=int(os.environ["WORLD_SIZE"]))
+from engine.cascade import Cascade, FixedGate
+from engine.trainer import dist
+rows = json.loads(sys.argv[2])[dist.rank()]
+carl, task = rows["carl"], rows["task"]
+all_carl, all_task, cryst, offset = dist.gather_batch(carl, {"exact": task}, [1.0] * len(carl))
+cascade = Cascade(FixedGate(1), weight=1.0, combine="varied_groups", cap=0.25, group=4)
+cascade.observe(1, {})
+out = cascade.combine(all_carl, 1, all_task["exact"])[offset: offset + len(carl)]
+stop = dist.any_rank(dist.rank() == 1)
+print(json.dumps({"rank": dist.rank(), "world": dist.world_size(), "offset": offset, "out": out, "stop": stop,
+                  "n": len(all_carl)}))
+td.destroy_process_group()
+"""
+
+
+def test_gather_batch_combines_a_group_that_straddles_two_ranks(tmp_path):
+    # groups of 4: rank 0 holds 6 rows (group 0 and half of group 1), rank 1 the other half of group 1 — what
+    # TRL's sampler does when the per-process count is not a multiple of num_generations
+    carl = [0.1, 0.9, 0.5, 0.3, 0.2, 0.8, 0.6, 0.4]
+    task = [0.0, 1.0, 0.0, 1.0, 1.0, 1.0, 0.0, 1.0]
+    rows = [{"carl": carl[:6], "task": task[:6]}, {"carl": carl[6:], "task": task[6:]}]
+    env = {**os.environ, "WORLD_SIZE": "2", "OMP_NUM_THREADS": "1"}
+    procs = [subprocess.Popen([sys.executable, "-c", _GATHER_CHILD, str(tmp_path / "store"), json.dumps(rows)],
+                              env={**env, "RANK": str(r)}, stdout=subprocess.PIPE, text=True) for r in (0, 1)]
+    try:
+        res = [json.loads(p.communicate(timeout=240)[0].strip().splitlines()[-1]) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    assert [p.returncode for p in procs] == [0, 0]
+    from engine.cascade import combine_varied_groups
+
+    whole = combine_varied_groups(carl, task, 4, 1.0, 0.25)
+    assert [r["world"] for r in res] == [2, 2] and [r["n"] for r in res] == [8, 8]
+    assert [r["offset"] for r in res] == [0, 6]
+    assert res[0]["out"] + res[1]["out"] == pytest.approx(whole)  # exactly the one-process combination
+    local1 = combine_varied_groups(carl[6:], task[6:], 2, 1.0, 0.25)  # what a rank alone would have done
+    assert res[1]["out"] != pytest.approx(local1)
+    assert [r["stop"] for r in res] == [True, True]  # one rank's stop request stops both

@@ -149,8 +149,9 @@ def _join(env: dict[str, str], cmd: list[str]) -> str:
     return " ".join([f"{k}={shlex.quote(v)}" for k, v in env.items()] + [shlex.join(cmd)])
 
 
-def supervisor_command(run_dir: str, *, resume: bool = False) -> list[str]:
-    return [sys.executable, "-m", "engine.trainer.launch", run_dir] + (["--resume"] if resume else [])
+def supervisor_command(run_dir: str, *, resume: bool = False, node_rank: int | None = None) -> list[str]:
+    return [sys.executable, "-m", "engine.trainer.launch", run_dir] + (["--resume"] if resume else []) + \
+        (["--node-rank", str(node_rank)] if node_rank is not None else [])
 
 
 def plan(cfg, run_dir: str, device: str | None = None) -> dict[str, Any]:
@@ -164,6 +165,8 @@ def plan(cfg, run_dir: str, device: str | None = None) -> dict[str, Any]:
                                         for k in range(cfg.compute.nodes)]}
     if n > 1:
         out["supervisor"] = shlex.join(supervisor_command(run_dir))
+        for cmd in out["commands"]:  # what to run on each node (a shared run directory: see docs/train.md)
+            cmd["supervisor"] = shlex.join(supervisor_command(run_dir, node_rank=cmd["node_rank"]))
         if out["launcher"] == "accelerate":
             out["accelerate_config_file"] = f"{run_dir}/accelerate.yaml"
             out["accelerate_config"] = accelerate_config(cfg, device)
@@ -215,9 +218,10 @@ def kill_tree(pid: int, sig: int = signal.SIGKILL) -> list[int]:
 class Supervisor:
     """Starts this node's ranks through the launcher and makes them live and die together (module docstring)."""
 
-    def __init__(self, run_dir: Path, resume: bool = False, poll: float = 0.2):
-        self.run_dir, self.resume, self.poll = Path(run_dir), resume, poll
+    def __init__(self, run_dir: Path, resume: bool = False, poll: float = 0.2, node_rank: int | None = None):
+        self.run_dir, self.resume, self.poll, self.node_rank = Path(run_dir), resume, poll, node_rank
         self.ranks = self.run_dir / RANK_DIR
+        self.mine: range = range(0, 1 << 30)  # the global ranks this node starts (set in main)
 
     def log(self, msg: str) -> None:
         print(f"[{time.strftime('%H:%M:%S')}] supervisor: {msg}", flush=True)
@@ -230,6 +234,8 @@ class Supervisor:
         dead = []
         for f in sorted(self.ranks.glob("rank-*.json")):
             info = read_json(f)
+            if info.get("rank") not in self.mine:  # another node's rank (a shared run directory)
+                continue
             pid = info.get("pid")
             if not pid or (self.ranks / f"{f.stem}.exit").exists() or pid_alive(pid, info.get("pid_start")):
                 continue
@@ -252,18 +258,25 @@ class Supervisor:
         set_child_subreaper()
         cfg = validate_dict(yaml.safe_load((self.run_dir / "config.yaml").read_text(encoding="utf-8")),
                             source=str(self.run_dir / "config.yaml"))
-        node = node_command(cfg, str(self.run_dir), cfg.compute.node_rank, resume=self.resume)
+        node_rank = cfg.compute.node_rank if self.node_rank is None else self.node_rank
+        node = node_command(cfg, str(self.run_dir), node_rank, resume=self.resume)
         n = world_size(cfg)
+        per_node = n // cfg.compute.nodes
+        self.mine = range(node_rank * per_node, (node_rank + 1) * per_node)
+        main_node = node_rank == 0
         kind = launcher(cfg)
-        if kind == "accelerate":
-            (self.run_dir / "accelerate.yaml").write_text(yaml.safe_dump(accelerate_config(cfg), sort_keys=False),
-                                                          encoding="utf-8")
+        if kind == "accelerate":  # every node writes the same file (atomically): no node waits for another
+            tmp = self.run_dir / f".accelerate.yaml.{os.getpid()}.tmp"
+            tmp.write_text(yaml.safe_dump(accelerate_config(cfg), sort_keys=False), encoding="utf-8")
+            tmp.replace(self.run_dir / "accelerate.yaml")
         self.ranks.mkdir(exist_ok=True)
-        for f in self.ranks.iterdir():  # a resumed run starts its ranks afresh
-            f.unlink(missing_ok=True)
-        update_meta(self.run_dir, world_size=n, strategy=cfg.compute.strategy if n > 1 else None,
-                    launcher=kind, supervisor_pid=os.getpid())
-        self.log(f"world size {n} ({kind}, node {cfg.compute.node_rank} of {cfg.compute.nodes}): {node['launch']}")
+        for k in self.mine:  # a resumed run starts this node's ranks afresh
+            for suffix in ("json", "exit"):
+                (self.ranks / f"rank-{k}.{suffix}").unlink(missing_ok=True)
+        if main_node:
+            update_meta(self.run_dir, world_size=n, strategy=cfg.compute.strategy if n > 1 else None,
+                        launcher=kind, supervisor_pid=os.getpid())
+        self.log(f"world size {n} ({kind}, node {node_rank} of {cfg.compute.nodes}): {node['launch']}")
 
         def on_signal(signum, frame):  # run stop: the ranks agree on the step and checkpoint
             try:
@@ -299,6 +312,9 @@ class Supervisor:
             self.log(f"ended {len(killed)} processes")
         leftover = kill_tree(os.getpid())  # nothing may outlive the run (a rank a launcher left behind)
         self._reap_all()
+        if not main_node:  # the main node's supervisor owns the run's status
+            self.log(f"node {node_rank}: " + (failure or f"launcher exited with status {proc.returncode}"))
+            return 1 if failure or proc.returncode else 0
         meta = read_json(self.run_dir / "meta.json")
         status = meta.get("status")
         if failure or status not in TERMINAL or (proc.returncode != 0 and status != "completed"):
@@ -328,9 +344,10 @@ class Supervisor:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv:
-        print("usage: python -m engine.trainer.launch RUN_DIR [--resume]", file=sys.stderr)
+        print("usage: python -m engine.trainer.launch RUN_DIR [--resume] [--node-rank K]", file=sys.stderr)
         return 2
-    return Supervisor(Path(argv[0]), resume="--resume" in argv[1:]).main()
+    node_rank = int(argv[argv.index("--node-rank") + 1]) if "--node-rank" in argv[1:-1] else None
+    return Supervisor(Path(argv[0]), resume="--resume" in argv[1:], node_rank=node_rank).main()
 
 
 if __name__ == "__main__":

@@ -10,6 +10,8 @@ A run directory is the single source of truth::
     checkpoints/    TRL checkpoints (checkpoint-<step>/, with carl_cascade.json)
     final/          the trained model (after completion)
     stdout.log      the worker's stdout+stderr
+    ranks/          several processes: rank-<n>.json / rank-<n>.exit per rank (engine.trainer.launch)
+    accelerate.yaml several CUDA processes: the accelerate config the ranks were launched with
     stop.request    present when a graceful stop was asked
 
 Status: ``created`` → ``running`` → ``completed`` | ``failed`` | ``stopped``. A ``running`` run whose worker

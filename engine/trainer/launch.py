@@ -292,11 +292,17 @@ class Supervisor:
         proc = subprocess.Popen(node["command"], env=env, stdin=subprocess.DEVNULL,
                                 preexec_fn=lambda: set_parent_death_signal(signal.SIGKILL))
         failure = None
+        from engine.runs import HEARTBEAT_S
+
+        beat = time.monotonic()
         while True:
             try:
                 rc = proc.wait(timeout=self.poll)
             except subprocess.TimeoutExpired:
                 rc = None
+            if main_node and time.monotonic() - beat > HEARTBEAT_S and not (self.ranks / "rank-0.json").exists():
+                beat = time.monotonic()  # the ranks are still starting (imports): rank 0 beats once it runs
+                update_meta(self.run_dir, heartbeat=time.time())
             if rc is not None:
                 if rc != 0:
                     failure = self._dead_rank()

@@ -9,6 +9,13 @@ The arms run interleaved for ``--rounds`` rounds, so load from other processes h
 (2 processes / 1 process) is from the same run. On two shared CPU cores two processes may well be no faster.
 
     python bench/distributed.py [--steps 20] [--rounds 2] [--batch 8] [--gens 4]
+
+The multi-GPU part (``--device cuda``, for a machine with two or more GPUs; not run here — no GPU): the same
+1-vs-2 comparison over NCCL, then one 2-GPU run per ``--strategies`` entry (ddp, and zero2/zero3 when deepspeed
+is installed, fsdp), each checked for status completed and world_size 2, with its completions/s. With fewer than
+two GPUs it says so and exits 0.
+
+    python bench/distributed.py --device cuda [--strategies ddp,zero2,zero3,fsdp]
 """
 
 from __future__ import annotations
@@ -26,12 +33,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 WARMUP = 2
 
 
-def run_once(processes: int, sets: list[str], timeout: float = 1800.0) -> dict:
+def run_once(processes: int, sets: list[str], timeout: float = 1800.0, device: str = "cpu",
+             strategy: str = "ddp") -> dict:
     from engine.config import load_config
     from engine.runs import TERMINAL, RunStore, read_json
     from engine.trainer.grpo import plan
 
-    extra = [f"compute.processes={processes}", "compute.device=cpu", "tracking.trackio=false"]
+    extra = [f"compute.processes={processes}", f"compute.device={device}", f"compute.strategy={strategy}",
+             "tracking.trackio=false"]
     cfg, path = load_config(None, sets + extra)
     store = RunStore()
     run_id = store.create(cfg.to_yaml(), plan(cfg, path, run_dir=str(store.root / "<run_id>")))
@@ -50,7 +59,7 @@ def run_once(processes: int, sets: list[str], timeout: float = 1800.0) -> dict:
     gaps = [b - a for a, b in zip(ts[WARMUP:], ts[WARMUP + 1:])]
     per_step = cfg.grpo.batch_size * processes
     step_s = statistics.median(gaps) if gaps else float("nan")
-    return {"processes": processes, "status": meta.get("status"), "world_size": meta.get("world_size", 1),
+    return {"processes": processes, "strategy": strategy, "status": meta.get("status"), "world_size": meta.get("world_size", 1),
             "steps": len(frames), "step_s": step_s, "completions_per_step": per_step,
             "completions_per_s": per_step / step_s if gaps else float("nan"), "wall_s": wall}
 
@@ -62,7 +71,15 @@ def main() -> int:
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--gens", type=int, default=4)
     ap.add_argument("--json", action="store_true", help="print the result as one JSON object too")
+    ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    ap.add_argument("--strategies", default="ddp,zero2,zero3,fsdp", help="--device cuda: 2-GPU runs to check")
     args = ap.parse_args()
+    if args.device == "cuda":
+        import torch
+
+        if torch.cuda.device_count() < 2:
+            print(f"multi-GPU part skipped: {torch.cuda.device_count()} GPU(s) visible, it needs 2")
+            return 0
     from bench._arms import setup_home
 
     setup_home()
@@ -72,7 +89,7 @@ def main() -> int:
     results: dict[int, list[dict]] = {1: [], 2: []}
     for r in range(args.rounds):
         for n in (1, 2):
-            res = run_once(n, sets)
+            res = run_once(n, sets, device=args.device)
             if res["status"] != "completed" or res["world_size"] != n:
                 print(f"round {r}: {n} process(es): {res['status']} (world_size {res['world_size']})", flush=True)
                 return 1
@@ -84,8 +101,23 @@ def main() -> int:
     ratio = cps[2] / cps[1]
     print(f"completions/s: 1 process {cps[1]:.1f}, 2 processes {cps[2]:.1f}; ratio 2/1 = {ratio:.2f} "
           f"(on {os.cpu_count()} CPU cores, load average {os.getloadavg()[0]:.1f})")
+    checked: list[dict] = []
+    if args.device == "cuda":
+        import importlib.util
+
+        for strategy in [x for x in args.strategies.split(",") if x]:
+            if strategy in ("zero2", "zero3") and importlib.util.find_spec("deepspeed") is None:
+                print(f"{strategy}: skipped (deepspeed is not installed)")
+                continue
+            res = run_once(2, sets, device="cuda", strategy=strategy)
+            checked.append(res)
+            ok = res["status"] == "completed" and res["world_size"] == 2
+            print(f"{strategy}: {'ok' if ok else 'FAILED'}  {res['status']}, world_size {res['world_size']}, "
+                  f"{res['completions_per_s']:.1f} completions/s", flush=True)
+            if not ok:
+                return 1
     if args.json:
-        print(json.dumps({"completions_per_s": cps, "ratio": ratio, "runs": results}))
+        print(json.dumps({"completions_per_s": cps, "ratio": ratio, "runs": results, "strategies": checked}))
     return 0
 
 

@@ -240,3 +240,29 @@ def test_gather_batch_combines_a_group_that_straddles_two_ranks(tmp_path):
     local1 = combine_varied_groups(carl[6:], task[6:], 2, 1.0, 0.25)  # what a rank alone would have done
     assert res[1]["out"] != pytest.approx(local1)
     assert [r["stop"] for r in res] == [True, True]  # one rank's stop request stops both
+
+
+@pytest.mark.parametrize("strategy,kind,extra", [
+    ("ddp", "MULTI_GPU", {"gpu_ids": "all"}),
+    ("zero2", "DEEPSPEED", {"deepspeed_config": {"zero_stage": 2, "zero3_init_flag": False}}),
+    ("zero3", "DEEPSPEED", {"deepspeed_config": {"zero_stage": 3, "zero3_init_flag": True,
+                                                 "zero3_save_16bit_model": True}}),
+    ("fsdp", "FSDP", {"fsdp_config": {"fsdp_version": 2, "fsdp_auto_wrap_policy": "TRANSFORMER_BASED_WRAP",
+                                      "fsdp_state_dict_type": "FULL_STATE_DICT"}}),
+])
+def test_accelerate_config_per_strategy(strategy, kind, extra):
+    from engine.config import load_config
+    from engine.trainer.launch import accelerate_config, launcher, maybe_distributed, world_size
+
+    cfg, _ = load_config(None, ["compute.device=cuda", "compute.gpus=4", f"compute.strategy={strategy}"])
+    assert world_size(cfg) == 4 and launcher(cfg) == "accelerate"
+    ac = accelerate_config(cfg)
+    assert ac["distributed_type"] == kind and ac["num_processes"] == 4 and ac["use_cpu"] is False
+    for key, want in extra.items():
+        if isinstance(want, dict):
+            assert {k: ac[key][k] for k in want} == want
+        else:
+            assert ac[key] == want
+    assert maybe_distributed(cfg.model_dump(mode="json"))
+    cpu, _ = load_config(None, ["compute.device=cpu", "compute.gpus=4"])
+    assert world_size(cpu) == 1 and launcher(cpu) == "python" and not maybe_distributed(cpu.model_dump(mode="json"))

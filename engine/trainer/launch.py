@@ -183,7 +183,11 @@ def plan(cfg, run_dir: str, device: str | None = None) -> dict[str, Any]:
 # ------------------------------------------------------------------------------------------ process tree
 def _children() -> dict[int, list[int]]:
     kids: dict[int, list[int]] = {}
-    for p in Path("/proc").iterdir():
+    try:
+        entries = list(Path("/proc").iterdir())
+    except OSError:  # pragma: no cover - no /proc (not Linux): the launcher's own teardown has to do
+        return kids
+    for p in entries:
         if not p.name.isdigit():
             continue
         try:
@@ -227,11 +231,17 @@ class Supervisor:
         print(f"[{time.strftime('%H:%M:%S')}] supervisor: {msg}", flush=True)
 
     def _dead_rank(self) -> str | None:
-        """Why the run is broken: a rank gone without its exit file. A rank the launcher ended (it records the
-        signal) is named only when no rank died first."""
+        """Why the run is broken: a rank gone without its exit file (killed), else a rank that failed by itself
+        (its exit file has the error), else a rank the launcher ended (it records the signal)."""
         from engine.runs import pid_alive, read_json
 
         dead = []
+        failed = [read_json(f) for f in self.ranks.glob("rank-*.exit")]
+        failed = sorted((x for x in failed if x.get("rank") in self.mine and x.get("status") == "failed"),
+                        key=lambda x: x.get("ended_at") or 0)
+        if failed:  # the first rank to fail says why (the others typically fail on the broken collective)
+            first = failed[0]
+            dead.append((1, f"rank {first.get('rank')} failed: {first.get('error') or 'no error recorded'}"))
         for f in sorted(self.ranks.glob("rank-*.json")):
             info = read_json(f)
             if info.get("rank") not in self.mine:  # another node's rank (a shared run directory)
@@ -242,8 +252,8 @@ class Supervisor:
             if (self.ranks / f"{f.stem}.exit").exists():  # it finished just now
                 continue
             how = f" after signal {info['signal']}" if info.get("signal") else ""
-            dead.append((bool(info.get("signal")), f"{f.stem.replace('-', ' ')} (pid {pid}) is gone without "
-                                                   f"finishing{how}"))
+            dead.append((2 if info.get("signal") else 0, f"{f.stem.replace('-', ' ')} (pid {pid}) is gone without "
+                                                         f"finishing{how}"))
         return sorted(dead)[0][1] if dead else None
 
     def main(self) -> int:
@@ -328,8 +338,9 @@ class Supervisor:
             if status in TERMINAL and not failure:
                 error = meta.get("error") or error
             update_meta(self.run_dir, status="failed", error=error, ended_at=time.time(), heartbeat=time.time())
-            if status != "failed":
-                ledger_record("run.fail", {"run_id": self.run_dir.name, "reason": error, "world_size": n})
+            # the one run.fail block of a multi-process run (ranks leave it to the supervisor: exactly once)
+            ledger_record("run.fail", {"run_id": self.run_dir.name, "status": "failed", "last_step":
+                                       meta.get("last_step"), "error": error, "world_size": n})
             self.log(f"run failed: {error}" + (f" ({len(leftover)} leftover processes ended)" if leftover else ""))
             return 1
         return 0

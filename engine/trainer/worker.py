@@ -223,11 +223,11 @@ class Worker:
         self.done.set()
         self.meta(status=status, ended_at=time.time(), last_step=self.step, heartbeat=time.time(), error=error)
         action = {"completed": "run.complete", "stopped": "run.stop"}.get(status, "run.fail")
-        if RANK0:
+        if RANK0 and not (self.supervisor and status == "failed"):  # a failure: the supervisor records it
             ledger_record(action, {"run_id": self.run_id, "status": status, "last_step": self.step,
                                    **({"error": error} if error else {})})
         self.log(f"run {self.run_id}: {status}" + (f" ({error})" if error else ""))
-        self.rank_file("exit", status=status, last_step=self.step)
+        self.rank_file("exit", status=status, last_step=self.step, error=error, ended_at=time.time())
         return 0 if status in ("completed", "stopped") else 1
 
 

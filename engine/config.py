@@ -197,6 +197,27 @@ class ComputeSection(_Model):
     gpus: int = Field(1, ge=0, description="GPUs to use (more than 1 launches with accelerate).")
     vllm: Literal["off", "colocate", "server"] = Field("off", description="Use vLLM for generation.")
     gradient_checkpointing: bool = Field(False, description="Trade compute for memory.")
+    # more than one process (engine/trainer/launch.py; docs/train.md "More than one process")
+    processes: int | None = Field(None, ge=1, description="Training processes over all nodes (default: gpus on "
+                                                          "CUDA, 1 on CPU; >1 on CPU runs DDP over gloo).")
+    strategy: Literal["ddp", "zero2", "zero3", "fsdp"] = Field("ddp", description="How processes share the "
+                                                                "model: ddp replicates it; zero2/zero3 (DeepSpeed) "
+                                                                "and fsdp shard it.")
+    nodes: int = Field(1, ge=1, description="Machines (processes split evenly over them).")
+    node_rank: int = Field(0, ge=0, description="This machine's rank (0 is the main node).")
+    main_process_ip: str | None = Field(None, description="The main node's address (nodes > 1).")
+    main_process_port: int | None = Field(None, ge=0, le=65535, description="Rendezvous port (default 29500 "
+                                                                            "with nodes > 1, a free one otherwise).")
+
+    @model_validator(mode="after")
+    def _nodes(self) -> "ComputeSection":
+        if self.node_rank >= self.nodes:
+            raise FieldValueError("node_rank", self.node_rank, f"must be below nodes ({self.nodes})")
+        if self.nodes > 1 and not self.main_process_ip:
+            raise FieldValueError("main_process_ip", self.main_process_ip, "nodes > 1 needs the main node's address")
+        if self.processes is not None and self.processes % self.nodes:
+            raise FieldValueError("processes", self.processes, f"must split evenly over {self.nodes} nodes")
+        return self
 
 
 class EvalSection(_Model):

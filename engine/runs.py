@@ -10,6 +10,8 @@ A run directory is the single source of truth::
     checkpoints/    TRL checkpoints (checkpoint-<step>/, with carl_cascade.json)
     final/          the trained model (after completion)
     stdout.log      the worker's stdout+stderr
+    ranks/          several processes: rank-<n>.json / rank-<n>.exit per rank (engine.trainer.launch)
+    accelerate.yaml several CUDA processes: the accelerate config the ranks were launched with
     stop.request    present when a graceful stop was asked
 
 Status: ``created`` → ``running`` → ``completed`` | ``failed`` | ``stopped``. A ``running`` run whose worker
@@ -283,8 +285,9 @@ class RunStore:
             config = None
         out = {"run_id": run_id, "status": meta.get("status"), "backend": meta.get("backend", "local"),
                "pid": meta.get("pid"), "run_dir": str(d), "started_at": meta.get("started_at"),
-               "ended_at": meta.get("ended_at"), "last_step": meta.get("last_step", 0), "config": config}
-        for k in ("error", "eval", "max_steps", "gate_opened_at", "heartbeat"):
+               "ended_at": meta.get("ended_at"), "last_step": meta.get("last_step", 0), "config": config,
+               "world_size": int(meta.get("world_size") or 1)}
+        for k in ("error", "eval", "max_steps", "gate_opened_at", "heartbeat", "strategy", "launcher"):
             if meta.get(k) is not None:
                 out[k] = meta[k]
         ck = last_checkpoint(d)
@@ -314,7 +317,7 @@ class RunStore:
         (d / "stop.request").unlink(missing_ok=True)
         log = open(d / "stdout.log", "ab")
         try:
-            proc = subprocess.Popen(self.worker_command(run_id, gpus=gpus, resume=resume), stdout=log,
+            proc = subprocess.Popen(self._launch_command(run_id, gpus=gpus, resume=resume), stdout=log,
                                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
                                     start_new_session=True, cwd=os.getcwd())
         finally:
@@ -329,6 +332,21 @@ class RunStore:
         return proc.pid
 
     _procs: dict[int, subprocess.Popen] = {}
+
+    def _launch_command(self, run_id: str, *, gpus: int = 1, resume: bool = False) -> list[str]:
+        """The worker itself, or — when the run's config may ask for several processes — its supervisor
+        (engine.trainer.launch), which starts the ranks and ends them together."""
+        from engine.trainer.launch import maybe_distributed, supervisor_command
+
+        try:
+            import yaml
+
+            cfg = yaml.safe_load((self.run_dir(run_id) / "config.yaml").read_text(encoding="utf-8")) or {}
+        except (OSError, ValueError):
+            cfg = {}
+        if maybe_distributed(cfg):
+            return supervisor_command(str(self.run_dir(run_id)), resume=resume)
+        return worker_command(str(self.run_dir(run_id)), resume=resume)  # one process, whatever `gpus` says
 
     def stop(self, ref: str, *, wait: float = 0.0) -> dict[str, Any]:
         """Ask the worker to stop gracefully: it finishes the step, checkpoints and exits ``stopped``."""

@@ -29,8 +29,14 @@ def test_dry_run_plan_and_accelerate_command():
     assert plan["cascade"]["combine"] == "varied_groups"
     assert plan["grpo"]["bf16"] is False and plan["grpo"]["use_cpu"] is True
     assert plan["grpo"]["gradient_checkpointing"] is False
-    assert " launch --multi_gpu --num_processes 4 -m engine.trainer.worker " in plan["launch"]
+    # compute.gpus counts on CUDA only: on CPU one process unless compute.processes says more (test_distributed)
+    assert plan["world_size"] == 1 and plan["distributed"]["launcher"] == "python"
     assert plan["command"][-3:-1] == ["-m", "engine.trainer.worker"] and plan["command"][-1].endswith("<run_id>")
+    rc, out, err = carl("train", "--dry-run", "--set", "compute.gpus=4", "--set", "compute.device=cuda")
+    assert rc == 0, err
+    plan = json.loads(out)
+    assert " launch --config_file " in plan["launch"] and " --multi_gpu --num_processes 4 " in plan["launch"]
+    assert plan["distributed"]["accelerate_config"]["distributed_type"] == "MULTI_GPU"
     assert not os.path.exists(os.path.join(os.environ["CARL_HOME"], "runs"))  # touched nothing
 
 

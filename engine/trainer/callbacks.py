@@ -53,21 +53,22 @@ def frame_from_logs(step: int, logs: dict[str, Any], state, step_time: float | N
 def make_callback(run_dir: Path, *, state_ref: Callable[[], Any], should_stop: Callable[[], bool],
                   on_event: Callable[[dict[str, Any]], None], on_frame: Callable[[Frame], None] | None = None,
                   trackio_project: str | None = None, run_name: str | None = None, config: dict | None = None,
-                  skip_until: int = 0):
-    """Build the TrainerCallback (transformers is imported here, not at module import)."""
+                  skip_until: int = 0, main: bool = True):
+    """Build the TrainerCallback (transformers is imported here, not at module import). With several processes
+    every rank has one, but only the ``main`` one writes frames, trackio and the cascade state."""
     from transformers import TrainerCallback
 
     run_dir = Path(run_dir)
 
     class CarlCallback(TrainerCallback):
         def __init__(self) -> None:
-            self.writer = FrameWriter(run_dir / "frames.jsonl")
+            self.writer = FrameWriter(run_dir / "frames.jsonl") if main else None
             self.step_started: float | None = None
             self.step_times: list[float] = []
             self.trackio = None
 
         def on_train_begin(self, args, state, control, **kw):
-            if trackio_project:
+            if trackio_project and main:
                 try:
                     import os
 
@@ -100,7 +101,7 @@ def make_callback(run_dir: Path, *, state_ref: Callable[[], Any], should_stop: C
             if "loss" not in logs and "reward" not in logs:  # the final train summary, not a step
                 return
             step = int(state.global_step)
-            if step <= skip_until:
+            if step <= skip_until or self.writer is None:
                 return
             times = self.step_times[-max(1, args.logging_steps):]
             frame = frame_from_logs(step, logs, state_ref(), sum(times) / len(times) if times else None)
@@ -122,12 +123,13 @@ def make_callback(run_dir: Path, *, state_ref: Callable[[], Any], should_stop: C
             step = int(state.global_step)
             ck = run_dir / "checkpoints" / f"checkpoint-{step}"
             st = state_ref()
-            if ck.is_dir() and st is not None and st.cascade is not None:
+            if main and ck.is_dir() and st is not None and st.cascade is not None:
                 (ck / CASCADE_FILE).write_text(json.dumps(st.cascade.state_dict()), encoding="utf-8")
             on_event({"name": "checkpoint", "step": step, "path": str(ck)})
 
         def on_train_end(self, args, state, control, **kw):
-            self.writer.close()
+            if self.writer is not None:
+                self.writer.close()
             if self.trackio is not None:
                 try:
                     self.trackio.finish()

@@ -78,12 +78,11 @@ def plan(cfg, config_path: Path | None, *, run_dir: str = "<run_dir>") -> dict[s
     metric = task_metric_name(cfg)
     make_gate(cfg.cascade, metric)  # refuses unavailable modes now rather than in the worker
     device = resolve_device(cfg)
-    import shlex
+    from engine.trainer import launch as launch_plan
 
-    from engine.runs import worker_command
-
-    cmd = worker_command(run_dir, gpus=cfg.compute.gpus)
-    launch = shlex.join(cmd)
+    distributed = launch_plan.plan(cfg, run_dir, device)
+    here = distributed["commands"][cfg.compute.node_rank]
+    cmd, launch = here["command"], here["launch"]
     model = cfg.model.name_or_path
     return {
         "config": str(config_path) if config_path else None,
@@ -101,6 +100,7 @@ def plan(cfg, config_path: Path | None, *, run_dir: str = "<run_dir>") -> dict[s
         "grpo": {k: v for k, v in grpo_args(cfg, "<run_dir>/checkpoints", device).items() if k != "output_dir"},
         "tracking": {"trackio": cfg.tracking.trackio, "project": cfg.tracking.project or cfg.project.name},
         "launch": launch, "command": cmd,
+        "world_size": distributed["world_size"], "distributed": distributed,
     }
 
 
@@ -123,6 +123,8 @@ class RewardState:
         self.sample: str | None = None
         self.capture_hits = 0
         self.forward_hits = 0
+        self.local_n: int | None = None  # completions one reward call sees on this process
+        self.global_n: int | None = None  # … and on all processes together (what the gate and combine see)
 
     def task_fn(self, name: str, fn: Callable[..., list[float]]) -> Callable[..., list[float]]:
         def reward(prompts, completions, **kwargs):
@@ -171,20 +173,27 @@ class RewardState:
         def carl(prompts, completions, completion_ids=None, trainer_state=None, log_metric=None, **kwargs):
             import time
 
+            from engine.trainer.dist import gather_batch
+
             t0 = time.perf_counter()
             step = int(getattr(trainer_state, "global_step", 0) or 0) + 1  # the step these rewards train
-            metric_value = self.task_means.get(self.metric, float("nan"))
             phi, sel, mask = self.field(completion_ids)
             comps = carl_from_field(phi, sel, mask, weights)
-            cryst = float(comps["crystallizations"].mean())
+            raw = comps["carl"].tolist()
+            # the gate and the combination see the whole generation batch of every process (docs/train.md)
+            raw_all, task_all, cryst_all, offset = gather_batch(raw, self.task_values,
+                                                                comps["crystallizations"].tolist())
+            self.local_n, self.global_n = len(raw), len(raw_all)
+            watched = [v for v in task_all.get(self.metric, []) if v == v]
+            metric_value = sum(watched) / len(watched) if watched else float("nan")
+            cryst = sum(cryst_all) / len(cryst_all) if cryst_all else float("nan")
             event = self.cascade.observe(step, {self.metric: metric_value, "crystallization": cryst,
-                                                "n": float(len(completions))})
+                                                "n": float(len(raw_all))})
             if event is not None:
                 self.on_event(event.to_dict())
-            raw = comps["carl"].tolist()
-            task = [sum(self.task_weights.get(k, 1.0) * v[i] for k, v in self.task_values.items())
-                    for i in range(len(raw))] if self.task_values else None
-            out = self.cascade.combine(raw, step, task)
+            task = [sum(self.task_weights.get(k, 1.0) * v[i] for k, v in task_all.items())
+                    for i in range(len(raw_all))] if task_all else None
+            out = self.cascade.combine(raw_all, step, task)[offset: offset + len(raw)]
             if log_metric is not None:
                 log_metric("carl/reward", float(comps["carl"].mean()))
                 for k in ("coherence", "cloud", "discontinuity"):

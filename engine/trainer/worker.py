@@ -3,7 +3,9 @@
 It owns its run directory (engine.runs): heartbeat in meta.json every couple of seconds, frames and events as
 it trains, checkpoints under checkpoints/, the final model under final/. SIGTERM/SIGINT or a ``stop.request``
 file ask for a graceful stop: the current step finishes, a checkpoint is written, status becomes ``stopped``.
-Under ``accelerate launch`` only rank 0 writes the run directory.
+Under several processes (engine.trainer.launch) only the main process (global rank 0) writes meta, frames,
+events, the ledger and the cascade state; every rank writes its own ``ranks/rank-<n>.json`` (pid, world size,
+the step its gate opened) and ``ranks/rank-<n>.exit`` when it finishes, for the supervisor.
 """
 
 from __future__ import annotations
@@ -19,8 +21,10 @@ from pathlib import Path
 from typing import Any
 
 from engine.runs import HEARTBEAT_S, last_checkpoint, ledger_record, update_meta
+from engine.trainer import dist
+from engine.trainer.launch import SUPERVISOR_ENV
 
-RANK0 = int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0")) or 0) == 0
+RANK0 = dist.is_main()
 
 
 class Worker:
@@ -37,10 +41,41 @@ class Worker:
         self.sync = None  # engine.remote.sync.OutputSync when train.output_repo is set (rank 0)
         self.gate: tuple[bool, str] | None = None  # the eval gate on the final model
         self.cfg = None
+        self.rank = dist.env_rank()
+        self.supervisor = int(os.environ.get(SUPERVISOR_ENV, "0") or 0) or None
+        self.rank_info: dict[str, Any] = {}
 
     # ---- bookkeeping
     def log(self, msg: str) -> None:
-        print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+        who = f" rank {self.rank}:" if self.supervisor else ""
+        print(f"[{time.strftime('%H:%M:%S')}]{who} {msg}", flush=True)
+
+    def rank_file(self, suffix: str = "json", **fields: Any) -> None:
+        """``ranks/rank-<n>.<suffix>``: this rank's own record (several processes only)."""
+        if not self.supervisor:
+            return
+        from engine.runs import _proc_start, write_json
+
+        self.rank_info.update(fields)
+        self.rank_info.update(rank=self.rank, pid=os.getpid(), pid_start=_proc_start(os.getpid()))
+        d = self.run_dir / dist.RANK_DIR
+        d.mkdir(exist_ok=True)
+        write_json(d / f"rank-{self.rank}.{suffix}", self.rank_info)
+
+    def watchdog(self) -> None:
+        """A rank whose supervisor is gone ends itself: no orphans."""
+        from engine.runs import pid_alive
+
+        while not self.done.wait(HEARTBEAT_S / 2):
+            if not pid_alive(self.supervisor):
+                print(f"rank {self.rank}: the supervisor (pid {self.supervisor}) is gone; exiting", flush=True)
+                os._exit(1)
+
+    def should_stop_all(self) -> bool:
+        """The stop decision every rank takes at the same step (a collective with several processes)."""
+        if dist.any_rank(self.should_stop()):
+            self.stop_requested.set()
+        return self.stop_requested.is_set()
 
     def meta(self, **fields: Any) -> None:
         if RANK0:
@@ -60,6 +95,10 @@ class Worker:
         return self.stop_requested.is_set()
 
     def event(self, e: dict[str, Any]) -> None:
+        if e.get("name") == "gate_open":  # every rank records where its own gate opened
+            self.rank_file(gate_opened_at=e.get("step"))
+            if not RANK0:
+                self.log(f"gate opened at step {e.get('step')} ({e.get('mode')})")
         if not RANK0:
             return
         from engine.frames import FrameWriter
@@ -94,6 +133,7 @@ class Worker:
 
         cfg = validate_dict(yaml.safe_load((self.run_dir / "config.yaml").read_text(encoding="utf-8")),
                             source=str(self.run_dir / "config.yaml"))
+        self.cfg = cfg
         if RANK0:
             from engine.platform.telemetry import for_run
 
@@ -101,14 +141,16 @@ class Worker:
             if self._telemetry is not None:
                 self._telemetry.emit("run.start", {"resume": self.resume, "project": cfg.project.name,
                                                    "max_steps": cfg.grpo.max_steps})
-        self.cfg = cfg
-        if RANK0 and cfg.train.output_repo:
-            from engine.remote.sync import OutputSync
+            if cfg.train.output_repo:
+                from engine.remote.sync import OutputSync
 
-            self.sync = OutputSync.from_config(cfg, self.run_dir, log=self.log, meta=self.meta)
-        ledger_record("run.start", {"run_id": self.run_id, "resume": self.resume, "project": cfg.project.name,
-                                    "model": cfg.model.name_or_path, "dataset": cfg.dataset.source,
-                                    "max_steps": cfg.grpo.max_steps, "cascade": cfg.cascade.mode})
+                self.sync = OutputSync.from_config(cfg, self.run_dir, log=self.log, meta=self.meta)
+            ledger_record("run.start", {"run_id": self.run_id, "resume": self.resume, "project": cfg.project.name,
+                                        "model": cfg.model.name_or_path, "dataset": cfg.dataset.source,
+                                        "max_steps": cfg.grpo.max_steps, "cascade": cfg.cascade.mode,
+                                        "world_size": dist.env_world_size()})
+        # sharded models (ZeRO-3, FSDP) generate only with every rank taking part; replicas evaluate on rank 0
+        evaluates = RANK0 or cfg.compute.strategy in ("zero3", "fsdp")
         device = grpo.resolve_device(cfg)
         self.log(f"run {self.run_id}: device {device}, model {cfg.model.name_or_path}, "
                  f"{cfg.grpo.max_steps} steps{' (resume)' if self.resume else ''}")
@@ -120,7 +162,7 @@ class Worker:
         ck = last_checkpoint(self.run_dir) if self.resume else None
         if self.resume and ck is None:
             raise RuntimeError("no checkpoint to resume from")
-        if not self.resume and eval_rows:
+        if not self.resume and eval_rows and evaluates:
             before = evaluate(model, tok, eval_rows, cfg, n=n_eval)
             self.log(f"before: held-out {before['task_metric_name']} {before['task_metric']:.3f} "
                      f"(n={before['n']}), phi_mean {before.get('phi_mean')}")
@@ -137,23 +179,27 @@ class Worker:
             self.step = frame.step
 
         tracking = (cfg.tracking.project or cfg.project.name) if cfg.tracking.trackio and RANK0 else None
-        callback = make_callback(self.run_dir, state_ref=lambda: holder.get("state"), should_stop=self.should_stop,
+        callback = make_callback(self.run_dir, state_ref=lambda: holder.get("state"), should_stop=self.should_stop_all,
                                  on_event=self.event, on_frame=on_frame, trackio_project=tracking,
                                  run_name=self.run_id, config=cfg.model_dump(mode="json"),
-                                 skip_until=ck[0] if ck else 0)
+                                 skip_until=ck[0] if ck else 0, main=RANK0)
         trainer, state = grpo.build_trainer(cfg, self.run_dir, model, tok, train_rows, cascade,
                                             callbacks=[callback], on_event=self.event)
         holder["state"] = state
+        self.rank_file(world_size=dist.world_size(), backend=dist.backend())
         trainer.train(resume_from_checkpoint=str(ck[1]) if ck else None)
         self.step = int(trainer.state.global_step)
+        self.rank_file(last_step=self.step, gate_opened_at=cascade.gate.opened_at, world_size=dist.world_size(),
+                       backend=dist.backend(), completions_per_step=state.global_n,
+                       local_completions_per_step=state.local_n)
         self.log(f"CARL field: {state.capture_hits} batches from generation logits, {state.forward_hits} by forward")
         if self.stop_requested.is_set() and self.step < cfg.grpo.max_steps:
             return "stopped"
+        final = self.run_dir / "final"
+        trainer.save_model(str(final))  # every rank (DeepSpeed/FSDP gather the weights); the main one writes
         if RANK0:
-            final = self.run_dir / "final"
-            trainer.save_model(str(final))
             tok.save_pretrained(str(final))
-        if eval_rows:
+        if eval_rows and evaluates:
             after = evaluate(trainer.model, tok, eval_rows, cfg, n=n_eval)
             self.log(f"after: held-out {after['task_metric_name']} {after['task_metric']:.3f} (n={after['n']}), "
                      f"phi_mean {after.get('phi_mean')}")
@@ -168,10 +214,23 @@ class Worker:
         return "completed"
 
     def main(self) -> int:
-        self.meta(status="running", pid=os.getpid(), heartbeat=time.time(), error=None, ended_at=None)
+        if self.supervisor:  # one of several processes: the supervisor's pid is the run's pid
+            dist.set_parent_death_signal(signal.SIGKILL)  # the launcher gone → this rank gone
+            self.rank_file(world_size_env=dist.env_world_size())
+            self.meta(status="running", heartbeat=time.time(), error=None, ended_at=None)
+            threading.Thread(target=self.watchdog, daemon=True).start()
+        else:
+            self.meta(status="running", pid=os.getpid(), heartbeat=time.time(), error=None, ended_at=None)
         threading.Thread(target=self.heartbeat, daemon=True).start()
 
         def on_signal(signum, frame):
+            if self.supervisor:  # the supervisor never signals a rank: this is a teardown, not `run stop`
+                print(f"rank {self.rank}: signal {signum}; exiting", flush=True)
+                try:
+                    self.rank_file(signal=signum)
+                except OSError:
+                    pass
+                os._exit(128 + signum)
             self.stop_requested.set()
 
         signal.signal(signal.SIGTERM, on_signal)
@@ -193,8 +252,9 @@ class Worker:
             self.sync.finish(status, final_allowed=allowed, reason=why, meta_fields=final)
         self.meta(**final)
         action = {"completed": "run.complete", "stopped": "run.stop"}.get(status, "run.fail")
-        ledger_record(action, {"run_id": self.run_id, "status": status, "last_step": self.step,
-                               **({"error": error} if error else {})})
+        if RANK0 and not (self.supervisor and status == "failed"):  # a failure: the supervisor records it
+            ledger_record(action, {"run_id": self.run_id, "status": status, "last_step": self.step,
+                                   **({"error": error} if error else {})})
         self.log(f"run {self.run_id}: {status}" + (f" ({error})" if error else ""))
         if self._telemetry is not None:
             self._telemetry.emit(action, {"status": status, "last_step": self.step})
@@ -205,6 +265,7 @@ class Worker:
             note = after_run(self.run_dir)
             if note:
                 self.log(note)
+        self.rank_file("exit", status=status, last_step=self.step, error=error, ended_at=time.time())
         return 0 if status in ("completed", "stopped") else 1
 
 
@@ -228,4 +289,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    _rc = main()
+    if os.environ.get(SUPERVISOR_ENV):
+        # one of several ranks: everything is written; skip the interpreter's teardown, where torch's gloo group
+        # took ~10 s to destroy itself here (the run would read as finished while its processes lingered)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(_rc)
+    raise SystemExit(_rc)

@@ -179,7 +179,16 @@ class ObserveScreen(Screen):
             if not following or stop.is_set():
                 return
             last_summary = time.monotonic()
-            for batch in follow(source, poll_interval=self.poll_interval, stop=stop):
+            stale = False  # frames arrived that the last posted summary does not cover
+            for batch in follow(source, poll_interval=self.poll_interval, stop=stop, idle_batches=True):
+                if not (batch.frames or batch.skipped or batch.reset or batch.ended):
+                    # a quiet poll: the throttled summary catches up, so the header and badges show the latest
+                    # frames within one poll interval of the last write
+                    if stale:
+                        summary = summarize(frames, source=source.label, run=source.run, skipped=skipped)
+                        last_summary, stale = time.monotonic(), False
+                        self.post_message(FramesArrived(token, [], summary))
+                    continue
                 if batch.reset:
                     frames = []
                 skipped += batch.skipped
@@ -189,6 +198,7 @@ class ObserveScreen(Screen):
                 if batch.ended or now - last_summary >= SUMMARY_EVERY or batch.reset:
                     summary = summarize(frames, source=source.label, run=source.run, skipped=skipped)
                     last_summary = now
+                stale = summary is None
                 self.post_message(FramesArrived(token, batch.frames, summary, reset=batch.reset, ended=batch.ended))
             if not stop.is_set():  # the loop ended without an "ended" batch: make sure the last summary lands
                 summary = summarize(frames, source=source.label, run=source.run, skipped=skipped)
@@ -284,6 +294,11 @@ class ObserveScreen(Screen):
             return
         i = choices.index(self.other_metric) if self.other_metric in choices else -delta
         self._set_other(choices[(i + delta) % len(choices)])
+
+    @property
+    def summary_current(self) -> bool:
+        """Whether the summary behind the header, badges and health tab covers every frame shown."""
+        return self.summary is not None and self.summary.get("n_frames") == len(self.frames)
 
     def flush(self) -> None:
         """Apply pending batches and redraw the charts now (tests use this instead of sleeping)."""

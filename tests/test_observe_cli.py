@@ -15,6 +15,7 @@ import pytest
 
 from carl_tui.batch import main as batch_main
 from engine.frames import FrameWriter
+from tests._signals import default_sigint
 from tests.conftest import REPO
 
 TRL_STATE = Path(__file__).parent / "data" / "trl_grpo" / "trainer_state.json"
@@ -91,9 +92,10 @@ def test_bad_input_is_a_json_error_with_exit_2(capsys, tmp_path):
 
 
 def _spawn(*argv, env=None):
+    # default SIGINT in the child even when the suite runs as a background job (which ignores SIGINT)
     return subprocess.Popen([sys.executable, "-m", "carl_tui", "--batch", "observe", *argv], cwd=REPO,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=dict(os.environ, **(env or {})))
+                            env=dict(os.environ, **(env or {})), preexec_fn=default_sigint)
 
 
 def _read_lines(proc, n, timeout=60.0):

@@ -52,11 +52,12 @@ def make_app(root: Path, **screen_args) -> CarlApp:
 
 
 async def settle(pilot, n: int, *, ended: bool | None = None, tries: int = 400) -> ObserveScreen:
-    """Wait until the screen holds n frames (and, if asked, the run ended), then apply and draw everything."""
+    """Wait until the screen holds n frames and a summary of all of them (and, if asked, the run ended), then
+    apply and draw everything."""
     screen = pilot.app.screen
     assert isinstance(screen, ObserveScreen)
     for _ in range(tries):
-        if (len(screen.frames) >= n and not screen.loading and screen.summary is not None
+        if (len(screen.frames) >= n and not screen.loading and screen.summary_current
                 and (ended is None or screen.ended == ended)):
             break
         await pilot.pause(0.02)
@@ -93,6 +94,8 @@ def test_followed_run_snapshot_after_new_frames(snap_compare, snap_home, snap_en
         screen = await settle(pilot, 36)
         assert screen.following and not screen.ended
         assert [f.step for f in screen.frames] == list(range(36))
+        # the header and badges describe all 36 frames, not the first 24 (Φ crosses σ at step 30)
+        assert screen.summary["n_frames"] == 36 and screen.summary["phase"] == "crystallizing"
 
     assert snap_compare(app, terminal_size=size, run_before=run_before)
 

@@ -50,7 +50,15 @@ class SourceFailed(Message):
         self.token, self.error = token, error
 
 
+class SourceInput(Input):
+    """The picker's source box: ↓ (or Esc) moves into the recent-runs list below it."""
+
+    BINDINGS = [Binding("down", "screen.focus_runs", "Runs"),
+                Binding("escape", "screen.leave_source", "Leave input")]
+
+
 class ObserveScreen(Screen):
+    TITLE = "carl · observe"  # the header names the screen
     DEFAULT_CSS = """
     ObserveScreen #obs-top { height: 1; padding: 0 1; }
     ObserveScreen #obs-source { width: 1fr; height: 1; color: $text-muted; }
@@ -76,7 +84,7 @@ class ObserveScreen(Screen):
         Binding("shift+m", "cycle_metric(-1)", "Prev metric", show=False),
         Binding("r", "reload", "Reload"),
         Binding("s", "show_tab('source')", "Source"),
-        Binding("escape", "show_tab('charts')", "Charts", show=False),
+        Binding("escape", "back", "Charts", show=False),
         Binding("1", "show_tab('charts')", "Charts", show=False),
         Binding("2", "show_tab('health')", "Health", show=False),
         Binding("3", "show_tab('frames')", "Frames", show=False),
@@ -119,12 +127,12 @@ class ObserveScreen(Screen):
                 yield FrameTable(id="obs-table")
             with TabPane("4 Source", id="source"):
                 with Vertical(id="obs-picker"):
-                    spec = Input(placeholder="path · trackio:PROJECT[/RUN] · http://dashboard/?project=P RUN · run id",
-                                 id="obs-spec")
+                    spec = SourceInput(placeholder="path · trackio:PROJECT[/RUN] · http://dashboard/?project=P RUN · "
+                                                   "run id", id="obs-spec")
                     spec.cursor_blink = False
                     yield spec
                     yield Static("", id="obs-error")
-                    yield Static("Recent runs in CARL_HOME (enter opens):")
+                    yield Static("Recent runs in CARL_HOME (↓ into the list · enter opens the highlighted run):")
                     yield OptionList(id="obs-runs")
         yield Footer()
 
@@ -376,9 +384,16 @@ class ObserveScreen(Screen):
             ol.add_option(Option("(no runs yet — start one on the train screen, key t)", id="", disabled=True))
         for r in runs:
             ol.add_option(Option(f"{r['run_id']}  [dim]{r['status'] or ''}[/dim]", id=r["run_id"]))
+        if runs:
+            ol.highlighted = 0  # Enter on an empty source box opens this one
 
     @on(Input.Submitted, "#obs-spec")
     def _spec_submitted(self, event: Input.Submitted) -> None:
+        if not event.value.strip():  # nothing typed: Enter opens the highlighted recent run
+            run_id = self._highlighted_run()
+            if run_id:
+                self._open_run_id(run_id)
+                return
         try:
             src = parse_source_spec(event.value, context_of(self).home)
         except CARLError as exc:
@@ -387,12 +402,37 @@ class ObserveScreen(Screen):
         self._show_charts()
         self.open(src)
 
+    def _highlighted_run(self) -> str | None:
+        ol = self.query_one("#obs-runs", OptionList)
+        if ol.highlighted is None:
+            return None
+        return ol.get_option_at_index(ol.highlighted).id or None
+
+    def action_focus_runs(self) -> None:
+        """↓ / Esc in the source box: into the recent-runs list (highlighting the first run)."""
+        ol = self.query_one("#obs-runs", OptionList)
+        if ol.highlighted is None and ol.option_count and not ol.get_option_at_index(0).disabled:
+            ol.highlighted = 0
+        if ol.option_count and not ol.get_option_at_index(0).disabled:
+            ol.focus()
+        else:
+            self.set_focus(None)  # no runs: at least leave the box, so the screen's keys work
+
+    def action_leave_source(self) -> None:
+        self.action_focus_runs()
+
+    def action_back(self) -> None:
+        """Esc: from the picker's list back to the charts (from the source box, see SourceInput)."""
+        self.action_show_tab("charts")
+
     @on(OptionList.OptionSelected, "#obs-runs")
     def _run_picked(self, event: OptionList.OptionSelected) -> None:
-        if not event.option.id:
-            return
+        if event.option.id:
+            self._open_run_id(event.option.id)
+
+    def _open_run_id(self, run_id: str) -> None:
         try:
-            src = open_source(run=event.option.id, home=context_of(self).home)
+            src = open_source(run=run_id, home=context_of(self).home)
         except CARLError as exc:
             self._show_error(exc)
             return

@@ -61,6 +61,7 @@ def _log_tail(path: Path, n: int = LOG_LINES) -> list[str]:
 
 
 class TrainScreen(Screen):
+    TITLE = "carl · train"  # the header names the screen
     DEFAULT_CSS = """
     TrainScreen #train-head { height: auto; padding: 0 1; }
     TrainScreen #plan { height: auto; color: $text-muted; }

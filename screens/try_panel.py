@@ -229,6 +229,7 @@ class _Run:
 
 
 class TryScreen(Screen):
+    TITLE = "carl · try"  # the header names the screen
     """The try panel (mode key ``y``)."""
 
     DEFAULT_CSS = """

@@ -26,6 +26,7 @@ from textual.widgets.option_list import Option
 from engine.errors import CARLError
 from engine.frames import Frame
 from engine.observe.analysis import SIGMA, metric_names, summarize
+from engine.observe.empty import empty_source_error
 from engine.observe.follow import follow
 from engine.observe.sources import Source, list_runs, open_source, parse_source_spec
 from screens.context import context_of
@@ -341,7 +342,8 @@ class ObserveScreen(Screen):
         badge.update(f"{(phase or 'no Φ').upper()}")
         h = (s.get("health") or {})
         status, n = h.get("status"), len(h.get("findings") or [])
-        mark = {"ok": "[green]✓ ok[/]", "warn": f"[yellow]⚠ {n} warn[/]", "bad": f"[red]✗ {n} bad[/]"}
+        mark = {"ok": "[green]✓ ok[/]", "warn": f"[yellow]⚠ {n} warn[/]", "bad": f"[red]✗ {n} bad[/]",
+                "empty": "[yellow]∅ empty[/]"}
         self.query_one("#obs-health-badge", Static).update(mark.get(status, "") if status else "")
 
     def _refresh_health(self) -> None:
@@ -358,7 +360,11 @@ class ObserveScreen(Screen):
                          f"max {phi['max']:.4f} · mean {phi['mean']:.4f}  (σ = {SIGMA:.4f})")
         lines.append("")
         findings = h.get("findings") or []
-        if not findings:
+        empty = empty_source_error(s) if h.get("status") == "empty" else None
+        if empty is not None:  # no frames: nothing to be healthy about
+            lines.append(f"[yellow][b]EMPTY[/b] {escape(empty.message)}[/]")
+            lines.append(f"  [dim]→ {escape(empty.hint or '')}[/dim]")
+        elif not findings:
             lines.append("[green]✓ No health findings.[/]")
         for f in findings:
             color = "red" if f["severity"] == "bad" else "yellow"

@@ -193,6 +193,7 @@ class ChatScreen(Screen):
         prompt = PromptInput(placeholder="Ask about your runs…  (enter send · esc leave · ctrl+r sessions)",
                              id="prompt")
         prompt.cursor_blink = False
+        prompt.select_on_focus = False  # back in the box (/ or i), the draft is kept, not selected for overwrite
         yield prompt
         yield Footer()
 

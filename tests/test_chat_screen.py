@@ -39,7 +39,7 @@ def loop(monkeypatch):
         s.stop()
 
 
-async def _until(pilot, cond, limit=200):
+async def _until(pilot, cond, limit=1200):
     for _ in range(limit):
         if cond():
             return

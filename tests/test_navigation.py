@@ -27,7 +27,7 @@ def rows(app) -> list[str]:
     return [s.text for s in app.screen._compositor.render_strips()]
 
 
-async def until(pilot, cond, limit: int = 400):
+async def until(pilot, cond, limit: int = 3000):
     for _ in range(limit):
         if cond():
             return

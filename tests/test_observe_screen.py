@@ -51,7 +51,7 @@ def make_app(root: Path, **screen_args) -> CarlApp:
     return CarlApp(ctx=ctx, screen="observe")
 
 
-async def settle(pilot, n: int, *, ended: bool | None = None, tries: int = 400) -> ObserveScreen:
+async def settle(pilot, n: int, *, ended: bool | None = None, tries: int = 3000) -> ObserveScreen:
     """Wait until the screen holds n frames and a summary of all of them (and, if asked, the run ended), then
     apply and draw everything."""
     screen = pilot.app.screen
@@ -185,7 +185,7 @@ async def test_a_slow_source_never_freezes_the_ui(tmp_path):
         app = make_app(tmp_path, url=srv.url, run="r", project="p")
         async with app.run_test(size=(80, 24)) as pilot:
             screen = app.screen
-            for _ in range(200):
+            for _ in range(3000):
                 if srv.hits:
                     break
                 await pilot.pause(0.02)
@@ -195,7 +195,7 @@ async def test_a_slow_source_never_freezes_the_ui(tmp_path):
             await pilot.press("2")
             assert screen.query_one("#obs-tabs").active == "health"
             srv.release.set()
-            for _ in range(300):
+            for _ in range(1200):
                 if screen.error:
                     break
                 await pilot.pause(0.05)

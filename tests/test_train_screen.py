@@ -67,7 +67,7 @@ def make_app(root: Path, **screen_args) -> CarlApp:
     return CarlApp(ctx=ctx, screen="train")
 
 
-async def settle(pilot, n: int, tries: int = 400) -> TrainScreen:
+async def settle(pilot, n: int, tries: int = 3000) -> TrainScreen:
     screen = pilot.app.screen
     assert isinstance(screen, TrainScreen)
     for _ in range(tries):
@@ -129,13 +129,13 @@ async def _follow_and_stop(app, d):
         with FrameWriter(d / "frames.jsonl") as w:
             for s in range(6, 11):
                 w.write(frame(s))
-        for _ in range(200):
+        for _ in range(1200):
             if len(screen.frames) == 10:
                 break
             await pilot.pause(0.05)
         assert [f.step for f in screen.frames] == list(range(1, 11))
         # the live worker's numbers, measured from its process (here the stand-in), and the GPUs or why none
-        for _ in range(400):
+        for _ in range(1200):
             if screen.live_system and screen.live_system.get("cpu_pct") is not None:
                 break
             await pilot.pause(0.05)

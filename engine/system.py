@@ -142,15 +142,18 @@ class SystemSampler:
 
 
 def _gb(mb: float | None) -> str:
-    return "?" if mb is None else f"{mb / 1024:.1f}"
+    if mb is None:
+        return "?"
+    gb = mb / 1024
+    return f"{gb:.0f}" if gb >= 10 else f"{gb:.1f}"  # "60/140 GB", "3.2/7.8 GB": short enough for 80 columns
 
 
 def _size(mb: float) -> str:
-    return f"{mb:.0f} MB" if mb < 1024 else f"{mb / 1024:.1f} GB"
+    return f"{mb:.0f} MB" if mb < 1024 else f"{_gb(mb)} GB"
 
 
 def gpu_text(gpus: list[dict[str, Any]], note: str | None) -> str:
-    """``GPU0 H200 87% 39.2/140.4 GB`` per device, or the note (``no GPU (…)``)."""
+    """``GPU0 H200 87% 39/140 GB`` per device, or the note (``no GPU (…)``)."""
     if not gpus:
         return note or "no GPU"
     parts = []
@@ -171,7 +174,7 @@ def system_text(s: dict[str, Any], *, who: str = "worker") -> str:
         parts.append(f"{who} exited")
     elif s.get("rss_mb") is not None:
         cpu = "…" if s.get("cpu_pct") is None else f"{s['cpu_pct']:.0f}%"
-        parts.append(f"{who} CPU {cpu} · RSS {_size(s['rss_mb'])}")
+        parts.append(f"{who} CPU {cpu}, RSS {_size(s['rss_mb'])}")
     if s.get("ram_total_mb"):
         parts.append(f"RAM {_gb(s.get('ram_used_mb'))}/{_gb(s['ram_total_mb'])} GB")
     if "gpus" in s:

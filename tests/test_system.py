@@ -89,4 +89,4 @@ def test_per_device_numbers_and_text():
     assert devices[0] == {"index": 0, "name": "NVIDIA H200", "util_pct": 87, "mem_used_mb": 40960.0,
                           "mem_total_mb": 143360.0}
     assert devices[1]["util_pct"] is None and devices[1]["name"] == "NVIDIA H200"
-    assert gpu_text(devices, note) == "GPU0 H200 87% 40.0/140.0 GB · GPU1 H200 ? 40.0/140.0 GB"
+    assert gpu_text(devices, note) == "GPU0 H200 87% 40/140 GB · GPU1 H200 ? 40/140 GB"

@@ -104,7 +104,8 @@ def test_recorded_run_with_hardware_snapshot(snap_compare, snap_home, snap_env, 
     async def run_before(pilot):
         screen = await settle(pilot, 40)
         hw = screen.hardware_text()
-        assert hw.startswith("hw at step 40: worker CPU 102% · RSS 3.0 GB · RAM 40.0/128.0 GB · GPU0 H200 91%")
+        assert hw == ("hw at step 40: worker CPU 102%, RSS 3.0 GB · RAM 40/128 GB · GPU0 H200 91% 60/140 GB · "
+                      "GPU1 H200 88% 59/140 GB")
 
     assert snap_compare(app, terminal_size=size, run_before=run_before)
 

@@ -1,5 +1,7 @@
-"""CarlApp: the workbench shell. Five screens (+ the probe panel) as Textual modes, single-key switching,
-command palette entries, header with project name and CARL_HOME, footer with bindings."""
+"""CarlApp: the workbench shell. The screens as Textual modes, single-key switching (listed in the command
+palette and on the ``?`` help screen, kept out of the footer so each screen's own keys fit at 80 columns), a
+header that names the screen, the project and CARL_HOME, and Esc that leaves any text input so the screen's
+keys work again."""
 
 from __future__ import annotations
 
@@ -25,8 +27,6 @@ SCREENS: dict[str, tuple[str, str, str, str]] = {
     "jobs": ("screens.jobs", "JobsScreen", "j", "remote jobs: estimate, submit with approval, status, logs, stop"),
     "try": ("screens.try_panel", "TryScreen", "y", "try a model: completions shaded token by token by Phi"),
 }
-# Reached by key and palette but kept out of the footer (it stays readable at 80 columns).
-_QUIET = {"jobs", "try"}
 
 
 def _factory(module: str, cls: str) -> Callable[[], Screen]:
@@ -40,10 +40,13 @@ class CarlApp(App):
     TITLE = "carl"
     CSS_PATH = "styles/app.tcss"
     MODES = {name: _factory(mod, cls) for name, (mod, cls, _, _) in SCREENS.items()}
+    # Screen switching stays out of the footer (the footer is for the screen's own keys); `?` lists it all.
     BINDINGS = [
-        *[Binding(key, f"switch_mode('{name}')", name.capitalize(), show=name not in _QUIET)
+        *[Binding(key, f"switch_mode('{name}')", name.capitalize(), show=False)
           for name, (_, _, key, _) in SCREENS.items()],
-        Binding("q", "quit", "Quit"),
+        Binding("question_mark", "help", "Help"),
+        Binding("q", "quit", "Quit", show=False),
+        Binding("escape", "leave_input", "Leave input"),  # shown only while a text input has focus
     ]
 
     def __init__(self, ctx: WorkbenchContext | None = None, screen: str = "project", **kwargs: Any):
@@ -71,6 +74,48 @@ class CarlApp(App):
         for name, (_, _, key, help_text) in SCREENS.items():
             yield SystemCommand(f"Open {name} screen ({key})", help_text,
                                 lambda name=name: self.switch_mode(name))
+        yield SystemCommand("Keys (?)", "every key of this screen and the keys that switch screens", self.action_help)
+
+    # ---- navigation
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action == "leave_input":
+            return self._in_text_input()
+        return True
+
+    def _in_text_input(self) -> bool:
+        from textual.widgets import Input, TextArea
+
+        return isinstance(self.focused, (Input, TextArea))
+
+    def action_leave_input(self) -> None:
+        """Esc on a screen that has no Esc of its own: leave the text input, so the screen's keys work again."""
+        if self._in_text_input():
+            self.screen.set_focus(None)
+
+    def help_sections(self, screen: Screen) -> list[tuple[str, list[tuple[str, str]]]]:
+        """What the `?` screen lists: the screen's own keys, the screen-switching keys, the keys that work
+        everywhere. Read from the live bindings, so the list is never out of date."""
+        keys: dict[str, list[str]] = {}
+        about: dict[str, str] = {}
+        for _key, binding in screen._bindings:  # noqa: SLF001 — textual keeps a node's own bindings here
+            if not binding.description or binding.system or binding.action.startswith(("app.", "screen.")):
+                continue  # Screen's inherited focus/copy keys are listed under "Everywhere"
+            keys.setdefault(binding.action, []).append(self.get_key_display(binding))
+            about.setdefault(binding.action, binding.description)
+        own = [(" · ".join(k), about[action]) for action, k in keys.items()]
+        switch = [(key, name) for name, (_, _, key, _) in SCREENS.items()]
+        everywhere = [("?", "these keys"), ("ctrl+p", "command palette"), ("esc", "leave a text input"),
+                      ("tab", "next field"), ("q", "quit")]
+        name = next((n for n, (_, cls, _, _) in SCREENS.items() if cls == type(screen).__name__),
+                    type(screen).__name__)
+        return [(f"This screen ({name})", own), ("Screens", switch), ("Everywhere", everywhere)]
+
+    def action_help(self) -> None:
+        from screens.help import HelpScreen
+
+        if isinstance(self.screen, HelpScreen):
+            return
+        self.push_screen(HelpScreen(self.help_sections(self.screen)))
 
 
 def run_app(screen: str = "project", screen_args: dict[str, Any] | None = None) -> int:

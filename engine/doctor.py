@@ -225,11 +225,20 @@ def check_entitlements(path: str | Path | None = None, sets: list[str] | None = 
     return Check("entitlements", status, detail)  # type: ignore[arg-type]
 
 
+def check_hardware() -> Check:
+    """GPU utilisation and memory per device (NVML) and the machine's CPU/RAM (psutil): engine/system.py."""
+    from engine.system import check_hardware as measure
+
+    status, detail = measure()
+    return Check("hardware", status, detail)  # type: ignore[arg-type]
+
+
 def run_checks(home: CarlHome | None = None, config: str | Path | None = None,
                sets: list[str] | None = None) -> list[Check]:
     """All checks, in a stable order."""
     home = home or CarlHome.from_env()
     checks = [check_python(), check_torch(), check_cuda(), check_mps()]
+    checks.append(check_hardware())
     checks += [check_library(*lib) for lib in LIBRARIES]
     checks += [check_home(home), check_disk(home)]
     checks += check_credentials()

@@ -43,6 +43,7 @@ class Frame:
     timestamp: float | None = None
     sample: str | None = None
     extra: dict[str, float] = field(default_factory=dict)  # any other numeric metric
+    system: dict[str, Any] | None = None  # the worker's CPU/RAM and the GPUs at this step (engine/system.py)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

@@ -5,8 +5,10 @@ ok/error, result). Tools with effects open an approval dialog first. The status 
 session and its running cost. The agent runs in a thread worker (``engine.chat.agent``); the worker only talks
 to the UI through ``call_from_thread``, and redraws of the streamed reply are batched (≤ 10 per second).
 
-Keys: enter send · ↑/↓ prompt history · esc cancel the reply in flight · ctrl+r sessions (enter resumes,
-delete removes) · ctrl+n new session. Without ``ANTHROPIC_API_KEY`` the screen says how to set it; every
+Keys: enter send · ↑/↓ prompt history · ctrl+r sessions (enter resumes, delete removes) · ctrl+n new session.
+Esc has one meaning at a time, and the footer names it: while a reply streams, Esc cancels it; otherwise Esc
+leaves the prompt box, so single-letter keys (j, o, t, ?) switch screens instead of being typed. ``/`` or ``i``
+goes back to the prompt box. Without ``ANTHROPIC_API_KEY`` the screen says how to set it; every
 other screen works without it.
 """
 
@@ -140,8 +142,13 @@ class ApprovalModal(ModalScreen[bool]):
 
 
 class ChatScreen(Screen):
+    TITLE = "carl · chat"  # the header names the screen
     BINDINGS = [
+        # one Esc, two meanings by state (check_action picks; the footer shows the one that applies)
         Binding("escape", "cancel", "Cancel reply"),
+        Binding("escape", "leave_prompt", "Leave input"),
+        Binding("slash", "focus_prompt", "Ask"),
+        Binding("i", "focus_prompt", "Ask", show=False),
         Binding("ctrl+r", "toggle_sessions", "Sessions"),
         Binding("ctrl+n", "new_session", "New chat"),
     ]
@@ -183,9 +190,10 @@ class ChatScreen(Screen):
                 yield OptionList(id="session-list")
             yield VerticalScroll(id="log")
         yield Static("", id="chat-status")
-        prompt = PromptInput(placeholder="Ask about your runs…  (enter send · esc cancel · ctrl+r sessions)",
+        prompt = PromptInput(placeholder="Ask about your runs…  (enter send · esc leave · ctrl+r sessions)",
                              id="prompt")
         prompt.cursor_blink = False
+        prompt.select_on_focus = False  # back in the box (/ or i), the draft is kept, not selected for overwrite
         yield prompt
         yield Footer()
 
@@ -317,16 +325,33 @@ class ChatScreen(Screen):
         log.mount(Static(f"› {escape(text)}", classes="msg-user"))
         log.scroll_end(animate=False)
         self.busy = True
+        self.refresh_bindings()  # Esc now cancels the reply
         self.state = "thinking…"
         self._update_status()
         self._cancel = threading.Event()
         self._run_agent(text, self.session, self._cancel)
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action == "cancel":  # Esc cancels only a reply in flight …
+            return self.busy
+        if action == "leave_prompt":  # … else it leaves the prompt box
+            return not self.busy and self.focused is not None and self.focused.id == "prompt"
+        if action == "focus_prompt":
+            return self.focused is None or self.focused.id != "prompt"
+        return True
 
     def action_cancel(self) -> None:
         if self.busy and self._cancel is not None:
             self._cancel.set()
             self.state = "cancelling…"
             self._update_status()
+
+    def action_leave_prompt(self) -> None:
+        self.set_focus(None)
+
+    def action_focus_prompt(self) -> None:
+        self.query_one("#sessions").remove_class("-open")
+        self.query_one("#prompt", PromptInput).focus()
 
     @work(thread=True, exclusive=True, group="chat-agent")
     def _run_agent(self, prompt: str, session: str | None, cancel: threading.Event) -> None:
@@ -430,6 +455,7 @@ class ChatScreen(Screen):
         self._flush()
         self._reply = None
         self.busy = False
+        self.refresh_bindings()  # Esc leaves the prompt again
         log = self.query_one("#log", VerticalScroll)
         if error is not None:
             if error.code == "carl.credential":

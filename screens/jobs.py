@@ -147,6 +147,7 @@ class ConfirmStopScreen(ModalScreen[bool]):
 
 
 class JobsScreen(Screen):
+    TITLE = "carl · jobs"  # the header names the screen
     """Backends, estimate, submit with approval, remote jobs with live status, logs and stop. Keyboard only."""
 
     DEFAULT_CSS = """

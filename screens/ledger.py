@@ -81,6 +81,7 @@ def render_detail(block: dict[str, Any] | None, bad: VerifyResult | None = None)
 
 
 class LedgerScreen(Screen):
+    TITLE = "carl · ledger"  # the header names the screen
     DEFAULT_CSS = """
     LedgerScreen #ledger-verdict { height: auto; padding: 0 1; color: $text-muted; }
     LedgerScreen #ledger-verdict.ok { color: $success; text-style: bold; }

@@ -26,6 +26,7 @@ from textual.widgets.option_list import Option
 from engine.errors import CARLError
 from engine.frames import Frame
 from engine.observe.analysis import SIGMA, metric_names, summarize
+from engine.observe.empty import empty_source_error
 from engine.observe.follow import follow
 from engine.observe.sources import Source, list_runs, open_source, parse_source_spec
 from screens.context import context_of
@@ -50,7 +51,15 @@ class SourceFailed(Message):
         self.token, self.error = token, error
 
 
+class SourceInput(Input):
+    """The picker's source box: ↓ (or Esc) moves into the recent-runs list below it."""
+
+    BINDINGS = [Binding("down", "screen.focus_runs", "Runs"),
+                Binding("escape", "screen.leave_source", "Leave input")]
+
+
 class ObserveScreen(Screen):
+    TITLE = "carl · observe"  # the header names the screen
     DEFAULT_CSS = """
     ObserveScreen #obs-top { height: 1; padding: 0 1; }
     ObserveScreen #obs-source { width: 1fr; height: 1; color: $text-muted; }
@@ -76,7 +85,7 @@ class ObserveScreen(Screen):
         Binding("shift+m", "cycle_metric(-1)", "Prev metric", show=False),
         Binding("r", "reload", "Reload"),
         Binding("s", "show_tab('source')", "Source"),
-        Binding("escape", "show_tab('charts')", "Charts", show=False),
+        Binding("escape", "back", "Charts", show=False),
         Binding("1", "show_tab('charts')", "Charts", show=False),
         Binding("2", "show_tab('health')", "Health", show=False),
         Binding("3", "show_tab('frames')", "Frames", show=False),
@@ -119,12 +128,12 @@ class ObserveScreen(Screen):
                 yield FrameTable(id="obs-table")
             with TabPane("4 Source", id="source"):
                 with Vertical(id="obs-picker"):
-                    spec = Input(placeholder="path · trackio:PROJECT[/RUN] · http://dashboard/?project=P RUN · run id",
-                                 id="obs-spec")
+                    spec = SourceInput(placeholder="path · trackio:PROJECT[/RUN] · http://dashboard/?project=P RUN · "
+                                                   "run id", id="obs-spec")
                     spec.cursor_blink = False
                     yield spec
                     yield Static("", id="obs-error")
-                    yield Static("Recent runs in CARL_HOME (enter opens):")
+                    yield Static("Recent runs in CARL_HOME (↓ into the list · enter opens the highlighted run):")
                     yield OptionList(id="obs-runs")
         yield Footer()
 
@@ -179,7 +188,16 @@ class ObserveScreen(Screen):
             if not following or stop.is_set():
                 return
             last_summary = time.monotonic()
-            for batch in follow(source, poll_interval=self.poll_interval, stop=stop):
+            stale = False  # frames arrived that the last posted summary does not cover
+            for batch in follow(source, poll_interval=self.poll_interval, stop=stop, idle_batches=True):
+                if not (batch.frames or batch.skipped or batch.reset or batch.ended):
+                    # a quiet poll: the throttled summary catches up, so the header and badges show the latest
+                    # frames within one poll interval of the last write
+                    if stale:
+                        summary = summarize(frames, source=source.label, run=source.run, skipped=skipped)
+                        last_summary, stale = time.monotonic(), False
+                        self.post_message(FramesArrived(token, [], summary))
+                    continue
                 if batch.reset:
                     frames = []
                 skipped += batch.skipped
@@ -189,6 +207,7 @@ class ObserveScreen(Screen):
                 if batch.ended or now - last_summary >= SUMMARY_EVERY or batch.reset:
                     summary = summarize(frames, source=source.label, run=source.run, skipped=skipped)
                     last_summary = now
+                stale = summary is None
                 self.post_message(FramesArrived(token, batch.frames, summary, reset=batch.reset, ended=batch.ended))
             if not stop.is_set():  # the loop ended without an "ended" batch: make sure the last summary lands
                 summary = summarize(frames, source=source.label, run=source.run, skipped=skipped)
@@ -285,6 +304,11 @@ class ObserveScreen(Screen):
         i = choices.index(self.other_metric) if self.other_metric in choices else -delta
         self._set_other(choices[(i + delta) % len(choices)])
 
+    @property
+    def summary_current(self) -> bool:
+        """Whether the summary behind the header, badges and health tab covers every frame shown."""
+        return self.summary is not None and self.summary.get("n_frames") == len(self.frames)
+
     def flush(self) -> None:
         """Apply pending batches and redraw the charts now (tests use this instead of sleeping)."""
         self._apply_pending()
@@ -318,7 +342,8 @@ class ObserveScreen(Screen):
         badge.update(f"{(phase or 'no Φ').upper()}")
         h = (s.get("health") or {})
         status, n = h.get("status"), len(h.get("findings") or [])
-        mark = {"ok": "[green]✓ ok[/]", "warn": f"[yellow]⚠ {n} warn[/]", "bad": f"[red]✗ {n} bad[/]"}
+        mark = {"ok": "[green]✓ ok[/]", "warn": f"[yellow]⚠ {n} warn[/]", "bad": f"[red]✗ {n} bad[/]",
+                "empty": "[yellow]∅ empty[/]"}
         self.query_one("#obs-health-badge", Static).update(mark.get(status, "") if status else "")
 
     def _refresh_health(self) -> None:
@@ -335,7 +360,11 @@ class ObserveScreen(Screen):
                          f"max {phi['max']:.4f} · mean {phi['mean']:.4f}  (σ = {SIGMA:.4f})")
         lines.append("")
         findings = h.get("findings") or []
-        if not findings:
+        empty = empty_source_error(s) if h.get("status") == "empty" else None
+        if empty is not None:  # no frames: nothing to be healthy about
+            lines.append(f"[yellow][b]EMPTY[/b] {escape(empty.message)}[/]")
+            lines.append(f"  [dim]→ {escape(empty.hint or '')}[/dim]")
+        elif not findings:
             lines.append("[green]✓ No health findings.[/]")
         for f in findings:
             color = "red" if f["severity"] == "bad" else "yellow"
@@ -361,9 +390,16 @@ class ObserveScreen(Screen):
             ol.add_option(Option("(no runs yet — start one on the train screen, key t)", id="", disabled=True))
         for r in runs:
             ol.add_option(Option(f"{r['run_id']}  [dim]{r['status'] or ''}[/dim]", id=r["run_id"]))
+        if runs:
+            ol.highlighted = 0  # Enter on an empty source box opens this one
 
     @on(Input.Submitted, "#obs-spec")
     def _spec_submitted(self, event: Input.Submitted) -> None:
+        if not event.value.strip():  # nothing typed: Enter opens the highlighted recent run
+            run_id = self._highlighted_run()
+            if run_id:
+                self._open_run_id(run_id)
+                return
         try:
             src = parse_source_spec(event.value, context_of(self).home)
         except CARLError as exc:
@@ -372,12 +408,37 @@ class ObserveScreen(Screen):
         self._show_charts()
         self.open(src)
 
+    def _highlighted_run(self) -> str | None:
+        ol = self.query_one("#obs-runs", OptionList)
+        if ol.highlighted is None:
+            return None
+        return ol.get_option_at_index(ol.highlighted).id or None
+
+    def action_focus_runs(self) -> None:
+        """↓ / Esc in the source box: into the recent-runs list (highlighting the first run)."""
+        ol = self.query_one("#obs-runs", OptionList)
+        if ol.highlighted is None and ol.option_count and not ol.get_option_at_index(0).disabled:
+            ol.highlighted = 0
+        if ol.option_count and not ol.get_option_at_index(0).disabled:
+            ol.focus()
+        else:
+            self.set_focus(None)  # no runs: at least leave the box, so the screen's keys work
+
+    def action_leave_source(self) -> None:
+        self.action_focus_runs()
+
+    def action_back(self) -> None:
+        """Esc: from the picker's list back to the charts (from the source box, see SourceInput)."""
+        self.action_show_tab("charts")
+
     @on(OptionList.OptionSelected, "#obs-runs")
     def _run_picked(self, event: OptionList.OptionSelected) -> None:
-        if not event.option.id:
-            return
+        if event.option.id:
+            self._open_run_id(event.option.id)
+
+    def _open_run_id(self, run_id: str) -> None:
         try:
-            src = open_source(run=event.option.id, home=context_of(self).home)
+            src = open_source(run=run_id, home=context_of(self).home)
         except CARLError as exc:
             self._show_error(exc)
             return

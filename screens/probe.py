@@ -69,6 +69,7 @@ def stats_text(snap: Snapshot) -> Text:
 
 
 class ProbeScreen(Screen):
+    TITLE = "carl · probe"  # the header names the screen
     """The probe panel (mode key ``b``)."""
 
     DEFAULT_CSS = """
@@ -89,7 +90,7 @@ class ProbeScreen(Screen):
     BINDINGS = [
         Binding("ctrl+r", "reload", "Reload"),
         Binding("ctrl+t", "toggle_masked", "Masked −inf"),
-        Binding("escape", "leave_input", "Leave input", show=False),
+        Binding("escape", "leave_input", "Leave input"),
         Binding("slash", "focus_path", "Path", show=False),
     ]
 

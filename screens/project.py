@@ -98,7 +98,7 @@ def parse_field(field: FormField, text: str) -> Any:
 class ProjectScreen(Screen):
     """carl.yaml: presets when there is none; a live-validated form, field errors and a YAML preview otherwise."""
 
-    TITLE = "Project"
+    TITLE = "carl · project"  # the header names the screen
     BINDINGS = [
         Binding("ctrl+s", "save", "Save"),
         Binding("ctrl+r", "reload", "Reload"),

@@ -12,6 +12,7 @@ from collections import deque
 from pathlib import Path
 from typing import Any
 
+from rich.markup import escape
 from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding
@@ -32,9 +33,17 @@ SAMPLES = 5
 
 
 class RunUpdate(Message):
-    def __init__(self, run_id: str, frames: list[dict], events: list[dict], meta: dict, log: list[str]):
+    def __init__(self, run_id: str, frames: list[dict], events: list[dict], meta: dict, log: list[str],
+                 system: dict | None = None):
         super().__init__()
         self.run_id, self.frames, self.events, self.meta, self.log = run_id, frames, events, meta, log
+        self.system = system  # the live worker's CPU/RAM and the GPUs, measured by the follower thread
+
+
+class MachineSampled(Message):
+    def __init__(self, system: dict):
+        super().__init__()
+        self.system = system
 
 
 class PlanReady(Message):
@@ -61,10 +70,12 @@ def _log_tail(path: Path, n: int = LOG_LINES) -> list[str]:
 
 
 class TrainScreen(Screen):
+    TITLE = "carl · train"  # the header names the screen
     DEFAULT_CSS = """
     TrainScreen #train-head { height: auto; padding: 0 1; }
     TrainScreen #plan { height: auto; color: $text-muted; }
     TrainScreen #status { height: auto; }
+    TrainScreen #hw { height: auto; color: $text-muted; }
     TrainScreen #charts { height: 1fr; min-height: 8; }
     TrainScreen #charts MetricChart { width: 1fr; height: 1fr; }
     TrainScreen #bottom { height: 8; }
@@ -90,6 +101,8 @@ class TrainScreen(Screen):
         self.log_lines: list[str] = []
         self.following = False
         self.message_text = ""
+        self.live_system: dict[str, Any] | None = None  # sampled now from the worker process (local, live)
+        self.machine_system: dict[str, Any] | None = None  # this machine, when no run is open
 
     # ---- layout
     def compose(self) -> ComposeResult:
@@ -97,6 +110,7 @@ class TrainScreen(Screen):
         with Vertical(id="train-head"):
             yield Static("", id="plan")
             yield Static("", id="status")
+            yield Static("", id="hw")
         with Horizontal(id="charts"):
             yield MetricChart("Φ  (σ = 3/16)", sigma=SIGMA, id="chart-phi")
             yield MetricChart("reward: task vs CARL", id="chart-reward")
@@ -127,6 +141,18 @@ class TrainScreen(Screen):
             self.open_run(run_id)
         else:
             self.resolve_plan()
+            self.sample_machine()
+        self.refresh_text()
+
+    @work(thread=True, exclusive=True, group="machine")
+    def sample_machine(self) -> None:
+        from engine.system import SystemSampler
+
+        s = SystemSampler().sample()
+        self.post_message(MachineSampled({k: v for k, v in s.items() if k not in ("pid", "cpu_pct", "rss_mb")}))
+
+    def on_machine_sampled(self, msg: MachineSampled) -> None:
+        self.machine_system = msg.system
         self.refresh_text()
 
     # ---- plan
@@ -159,6 +185,7 @@ class TrainScreen(Screen):
         d = self.store.run_dir(run_id)
         self.frames = []
         self.events = []
+        self.live_system = None
         self.samples.clear()
         for chart in self.query(MetricChart):
             chart.clear()
@@ -175,16 +202,26 @@ class TrainScreen(Screen):
         worker = get_current_worker()
         d = self.store.run_dir(run_id)
         frames_t, events_t = self._tails
+        sampler = None
         while not worker.is_cancelled:
             meta = self.store.meta(run_id)
             fr, ev = frames_t.read(), events_t.read()
-            self.post_message(RunUpdate(run_id, fr, ev, meta, _log_tail(d / "stdout.log")))
+            system = None
+            if meta.get("pid") and (meta.get("backend") or "local") == "local":
+                from engine.system import SystemSampler
+
+                if sampler is None or sampler.pid != meta["pid"]:
+                    sampler = SystemSampler(int(meta["pid"]))
+                system = sampler.sample()
+            self.post_message(RunUpdate(run_id, fr, ev, meta, _log_tail(d / "stdout.log"), system))
             if meta.get("status") in ("completed", "failed", "stopped"):
                 return
             time.sleep(POLL_S)
 
     def on_run_update(self, msg: RunUpdate) -> None:
         if msg.run_id == self.run_id:
+            if msg.system is not None:
+                self.live_system = msg.system
             self.apply(msg.frames, msg.events, msg.meta, msg.log)
 
     def apply(self, frames: list[dict], events: list[dict], meta: dict, log: list[str]) -> None:
@@ -195,6 +232,7 @@ class TrainScreen(Screen):
         self.log_lines = log
         if meta.get("status") in ("completed", "failed", "stopped"):
             self.following = False
+            self.live_system = None  # the worker is gone: show what its last frame recorded
         if new:
             charts = {c.id: c for c in self.query(MetricChart)}
 
@@ -257,8 +295,28 @@ class TrainScreen(Screen):
         if self.message_text:
             status += f"\n{self.message_text}"
         self.query_one("#status", Static).update(status)
+        self.query_one("#hw", Static).update(escape(self.hardware_text()))
         self.query_one("#samples", Static).update("\n".join(self.samples) or "–")
         self.query_one("#log", Static).update("\n".join(ln[-120:] for ln in self.log_lines) or "–")
+
+    def hardware_text(self) -> str:
+        """The worker's CPU/RAM and the GPUs: live from the worker process while it runs here, else as the
+        run's last frame recorded them, else this machine's (no run open). Never a number nobody measured."""
+        from engine.system import system_text
+
+        if self.run_id and self.live_system is not None:
+            return "hw: " + system_text(self.live_system)
+        if self.run_id:
+            rec = next((f for f in reversed(self.frames) if f.system), None)
+            if rec is None:
+                return "hw: not recorded in this run's frames"
+            if rec.system.get("error"):
+                return f"hw at step {rec.step}: unmeasured ({rec.system['error']})"
+            return f"hw at step {rec.step}: " + system_text(rec.system)
+        m = self.machine_system
+        if m is None:
+            return "hw: measuring…"
+        return "hw (this machine): " + system_text(m)
 
     # ---- actions
     def action_start(self) -> None:

@@ -229,6 +229,7 @@ class _Run:
 
 
 class TryScreen(Screen):
+    TITLE = "carl · try"  # the header names the screen
     """The try panel (mode key ``y``)."""
 
     DEFAULT_CSS = """
@@ -256,7 +257,7 @@ class TryScreen(Screen):
         Binding("escape", "cancel", "Cancel"),
         Binding("m", "set_model(0)", "Model"),
         Binding("c", "set_model(1)", "Compare"),
-        Binding("g", "toggle_greedy", "Greedy/sample"),
+        Binding("g", "toggle_greedy", "Sampling"),  # greedy ⇄ sample (short: the footer fits at 80)
         Binding("ctrl+r", "generate", "Run again"),
         Binding("slash", "focus_prompt", "Prompt", show=False),
     ]

@@ -39,7 +39,7 @@ def loop(monkeypatch):
         s.stop()
 
 
-async def _until(pilot, cond, limit=200):
+async def _until(pilot, cond, limit=1200):
     for _ in range(limit):
         if cond():
             return
@@ -157,7 +157,7 @@ async def test_escape_cancels_a_reply_in_flight(tmp_path, loop, monkeypatch):
     release = threading.Event()
 
     def slow(body):  # the server holds the reply until the test has pressed escape
-        release.wait(5)
+        release.wait(60)  # released by the test right after its Esc; generous under load
         return text("a reply that arrives too late")
 
     loop([slow])
@@ -166,11 +166,45 @@ async def test_escape_cancels_a_reply_in_flight(tmp_path, loop, monkeypatch):
         chat = _chat(app)
         await pilot.press(*_type("hi"), "enter")
         await _until(pilot, lambda: chat.busy)
+        await _until(pilot, lambda: "Cancel reply" in _footer(app))  # while a reply streams, Esc cancels it
         await pilot.press("escape")
         assert chat._cancel.is_set()
+        assert app.focused is chat.query_one("#prompt")  # this Esc cancelled; it did not also leave the box
         release.set()
         await _until(pilot, lambda: not chat.busy)
         assert chat.state == "cancelled"
+        await _until(pilot, lambda: "Leave input" in _footer(app))  # the footer redraws on a later refresh
+        await pilot.press("escape")  # nothing in flight: Esc leaves the prompt box
+        assert app.focused is None
+
+
+def _footer(app) -> str:
+    return app.screen._compositor.render_strips()[-1].text
+
+
+@pytest.mark.anyio
+async def test_escape_leaves_the_prompt_so_screen_keys_work(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
+    app = make_app(tmp_path)
+    async with app.run_test(size=(80, 24)) as pilot:
+        chat = _chat(app)
+        prompt = chat.query_one("#prompt")
+        await pilot.press(*_type("hi"))
+        assert app.focused is prompt
+        await _until(pilot, lambda: "esc Leave input" in _footer(app))
+        await pilot.press("escape")
+        assert app.focused is None
+        await _until(pilot, lambda: "/ Ask" in _footer(app))
+        await pilot.press("j")  # a screen key again, not a "j" typed into the prompt
+        await pilot.pause()
+        assert app.current_mode == "jobs" and prompt.value == "hi"
+        await pilot.press("c")
+        await pilot.pause()
+        await pilot.press("slash")  # back into the prompt box
+        assert app.focused is prompt
+        await pilot.press("x")
+        assert prompt.value == "hix"
 
 
 @pytest.mark.anyio

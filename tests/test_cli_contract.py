@@ -204,6 +204,7 @@ def test_doctor_shape_and_masked_credentials(tmp_path):
     assert checks["credential.runpod"]["detail"].startswith("set (rpa_…QRST")
     assert checks["carl_home"]["status"] == "ok" and str(tmp_path / "home") in checks["carl_home"]["detail"]
     assert checks["torch"]["status"] == "ok"
+    assert "hardware" in checks and "RAM" in checks["hardware"]["detail"]  # GPUs per device, or "no GPU (…)"
 
 
 def test_doctor_fails_with_unwritable_home_and_warns_on_missing_credentials(tmp_path):

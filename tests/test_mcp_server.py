@@ -24,6 +24,7 @@ from engine.home import CarlHome
 from engine.ledger import Ledger
 from engine.observe import open_source, summarize
 from engine.runs import RunStore, update_meta
+from tests._signals import default_sigint
 from tests.conftest import REPO
 
 pytestmark = pytest.mark.anyio
@@ -206,7 +207,7 @@ async def test_streamable_http_on_loopback(home, project):
     run_id = make_run(home, project)
     proc = subprocess.Popen([sys.executable, "-m", "carl_tui", "--batch", "mcp", "--http", "0"], cwd=project,
                             env={**os.environ, **_env(home)}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+                            text=True, preexec_fn=default_sigint)  # SIGINT works in a background suite too
     try:
         with anyio.fail_after(120):
             line = await anyio.to_thread.run_sync(proc.stdout.readline)

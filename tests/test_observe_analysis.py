@@ -68,6 +68,12 @@ def test_healthy_run_has_no_findings():
     assert h == {"status": "ok", "findings": []}
 
 
+def test_no_frames_is_empty_never_ok():
+    assert A.health([]) == {"status": "empty", "findings": []}
+    s = A.summarize([], source="x", run=None, skipped=24)
+    assert s["health"]["status"] == "empty" and s["n_frames"] == 0 and s["skipped_lines"] == 24
+
+
 def test_entropy_collapse_early_is_bad_late_is_warn():
     early = codes(run(50, entropy=lambda s: 2.0 if s < 10 else 0.01))
     f = early["entropy_collapse"]

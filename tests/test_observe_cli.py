@@ -15,6 +15,7 @@ import pytest
 
 from carl_tui.batch import main as batch_main
 from engine.frames import FrameWriter
+from tests._signals import default_sigint
 from tests.conftest import REPO
 
 TRL_STATE = Path(__file__).parent / "data" / "trl_grpo" / "trainer_state.json"
@@ -66,6 +67,32 @@ def test_summary_of_a_real_trl_trainer_state(capsys):
     assert [f["code"] for f in res["health"]["findings"]] == ["clipped_completions"]
 
 
+PASSWD = "root:x:0:0:root:/root:/bin/bash\ndaemon:x:1:1:daemon:/usr/sbin:/usr/sbin/nologin\n" + \
+    "".join(f"user{i}:x:{1000 + i}:{1000 + i}::/home/user{i}:/bin/sh\n" for i in range(22))
+
+
+@pytest.mark.parametrize("content,skipped", [(PASSWD, 24), ("", 0)], ids=["foreign", "empty"])
+def test_a_source_with_no_frames_is_empty_and_exits_2(capsys, tmp_path, content, skipped):
+    p = tmp_path / "passwd"
+    p.write_text(content)
+    code, out, err = observe(capsys, "--file", str(p))
+    res = json.loads(out)  # the summary is still printed, and says empty — never ok
+    assert code == 2
+    assert res["n_frames"] == 0 and res["skipped_lines"] == skipped and res["health"] == {"status": "empty",
+                                                                                          "findings": []}
+    error = json.loads(err.strip().splitlines()[-1])["error"]
+    assert error["code"] == "carl.validation.empty_source" and error["context"]["skipped_lines"] == skipped
+    assert str(p) in error["message"] and "***" not in error["message"]
+
+
+def test_following_a_source_that_stays_empty_exits_2(capsys, tmp_path):
+    p = tmp_path / "later.jsonl"
+    p.write_text("")
+    code, out, _ = observe(capsys, "--file", str(p), "--follow", "--poll", "0.02", "--idle-timeout", "0.1")
+    summary = json.loads(out.splitlines()[-1])
+    assert code == 2 and summary["type"] == "summary" and summary["health"]["status"] == "empty"
+
+
 def test_export_writes_csv_and_pngs(capsys, tmp_path, _isolated_home):
     d = write_run(_isolated_home, "r1", 25)
     code, out, _ = observe(capsys, "--file", str(d / "frames.jsonl"), "--export", str(tmp_path / "exp"))
@@ -91,9 +118,10 @@ def test_bad_input_is_a_json_error_with_exit_2(capsys, tmp_path):
 
 
 def _spawn(*argv, env=None):
+    # default SIGINT in the child even when the suite runs as a background job (which ignores SIGINT)
     return subprocess.Popen([sys.executable, "-m", "carl_tui", "--batch", "observe", *argv], cwd=REPO,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=dict(os.environ, **(env or {})))
+                            env=dict(os.environ, **(env or {})), preexec_fn=default_sigint)
 
 
 def _read_lines(proc, n, timeout=60.0):

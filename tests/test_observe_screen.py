@@ -51,12 +51,13 @@ def make_app(root: Path, **screen_args) -> CarlApp:
     return CarlApp(ctx=ctx, screen="observe")
 
 
-async def settle(pilot, n: int, *, ended: bool | None = None, tries: int = 400) -> ObserveScreen:
-    """Wait until the screen holds n frames (and, if asked, the run ended), then apply and draw everything."""
+async def settle(pilot, n: int, *, ended: bool | None = None, tries: int = 3000) -> ObserveScreen:
+    """Wait until the screen holds n frames and a summary of all of them (and, if asked, the run ended), then
+    apply and draw everything."""
     screen = pilot.app.screen
     assert isinstance(screen, ObserveScreen)
     for _ in range(tries):
-        if (len(screen.frames) >= n and not screen.loading and screen.summary is not None
+        if (len(screen.frames) >= n and not screen.loading and screen.summary_current
                 and (ended is None or screen.ended == ended)):
             break
         await pilot.pause(0.02)
@@ -93,6 +94,8 @@ def test_followed_run_snapshot_after_new_frames(snap_compare, snap_home, snap_en
         screen = await settle(pilot, 36)
         assert screen.following and not screen.ended
         assert [f.step for f in screen.frames] == list(range(36))
+        # the header and badges describe all 36 frames, not the first 24 (Φ crosses σ at step 30)
+        assert screen.summary["n_frames"] == 36 and screen.summary["phase"] == "crystallizing"
 
     assert snap_compare(app, terminal_size=size, run_before=run_before)
 
@@ -182,7 +185,7 @@ async def test_a_slow_source_never_freezes_the_ui(tmp_path):
         app = make_app(tmp_path, url=srv.url, run="r", project="p")
         async with app.run_test(size=(80, 24)) as pilot:
             screen = app.screen
-            for _ in range(200):
+            for _ in range(3000):
                 if srv.hits:
                     break
                 await pilot.pause(0.02)
@@ -192,7 +195,7 @@ async def test_a_slow_source_never_freezes_the_ui(tmp_path):
             await pilot.press("2")
             assert screen.query_one("#obs-tabs").active == "health"
             srv.release.set()
-            for _ in range(300):
+            for _ in range(1200):
                 if screen.error:
                     break
                 await pilot.pause(0.05)

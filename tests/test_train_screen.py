@@ -32,7 +32,15 @@ def frame(step: int) -> Frame:
                  sample=f"{10 + step}+{20 + step}={30 + 2 * step}")
 
 
-def make_run(home: Path, run_id: str, steps, *, status: str = "completed", pid: int | None = None) -> Path:
+# what a worker on a two-GPU machine records in its frames (engine/system.py's shape)
+GPU_BOX = {"pid": 4242, "cpu_pct": 101.5, "rss_mb": 3120.0, "ram_used_mb": 40960.0, "ram_total_mb": 131072.0,
+           "cpu_count": 16, "gpu_note": None,
+           "gpus": [{"index": 0, "name": "NVIDIA H200", "util_pct": 91, "mem_used_mb": 61440.0, "mem_total_mb": 143771.0},
+                    {"index": 1, "name": "NVIDIA H200", "util_pct": 88, "mem_used_mb": 60416.0, "mem_total_mb": 143771.0}]}
+
+
+def make_run(home: Path, run_id: str, steps, *, status: str = "completed", pid: int | None = None,
+             system: dict | None = None) -> Path:
     d = home / "runs" / run_id
     d.mkdir(parents=True)
     (d / "plan.json").write_text(json.dumps(PLAN))
@@ -42,7 +50,9 @@ def make_run(home: Path, run_id: str, steps, *, status: str = "completed", pid: 
     (d / "meta.json").write_text(json.dumps(meta))
     with FrameWriter(d / "frames.jsonl") as w:
         for s in steps:
-            w.write(frame(s))
+            f = frame(s)
+            f.system = system
+            w.write(f)
     with open(d / "events.jsonl", "w") as fh:
         fh.write(json.dumps({"name": "eval", "phase": "before", "step": 0, "task_metric": 0.31}) + "\n")
         fh.write(json.dumps({"name": "gate_open", "step": 12, "mode": "metric", "threshold": 0.4}) + "\n")
@@ -57,7 +67,7 @@ def make_app(root: Path, **screen_args) -> CarlApp:
     return CarlApp(ctx=ctx, screen="train")
 
 
-async def settle(pilot, n: int, tries: int = 400) -> TrainScreen:
+async def settle(pilot, n: int, tries: int = 3000) -> TrainScreen:
     screen = pilot.app.screen
     assert isinstance(screen, TrainScreen)
     for _ in range(tries):
@@ -85,6 +95,21 @@ def test_recorded_run_snapshot(snap_compare, snap_home, snap_env, size):
     assert snap_compare(app, terminal_size=size, run_before=run_before)
 
 
+@pytest.mark.parametrize("size", SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
+def test_recorded_run_with_hardware_snapshot(snap_compare, snap_home, snap_env, size):
+    """The hardware line of a finished run: what its last frame recorded, per GPU."""
+    make_run(snap_home / "home", "20250101-120000-gpus", range(1, 41), system=GPU_BOX)
+    app = make_app(snap_home, run="20250101-120000-gpus")
+
+    async def run_before(pilot):
+        screen = await settle(pilot, 40)
+        hw = screen.hardware_text()
+        assert hw == ("hw at step 40: worker CPU 102%, RSS 3.0 GB · RAM 40/128 GB · GPU0 H200 91% 60/140 GB · "
+                      "GPU1 H200 88% 59/140 GB")
+
+    assert snap_compare(app, terminal_size=size, run_before=run_before)
+
+
 @pytest.mark.anyio
 async def test_reattaches_to_a_running_run_and_follows_it(tmp_path):
     stand_in = subprocess.Popen(["sleep", "120"])  # a live "worker" process that the stop key may signal
@@ -105,11 +130,19 @@ async def _follow_and_stop(app, d):
         with FrameWriter(d / "frames.jsonl") as w:
             for s in range(6, 11):
                 w.write(frame(s))
-        for _ in range(200):
+        for _ in range(1200):
             if len(screen.frames) == 10:
                 break
             await pilot.pause(0.05)
         assert [f.step for f in screen.frames] == list(range(1, 11))
+        # the live worker's numbers, measured from its process (here the stand-in), and the GPUs or why none
+        for _ in range(1200):
+            if screen.live_system and screen.live_system.get("cpu_pct") is not None:
+                break
+            await pilot.pause(0.05)
+        hw = screen.hardware_text()
+        assert screen.live_system["pid"] == screen.meta["pid"] and hw.startswith("hw: worker CPU ")
+        assert " RSS " in hw and ("GPU0 " in hw or "no GPU" in hw)
         await pilot.press("x")  # graceful stop request reaches the run directory
         assert (d / "stop.request").is_file()
         await pilot.press("d")

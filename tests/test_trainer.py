@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 
@@ -43,6 +44,11 @@ def test_short_cascade_run_fixed_gate(tiny_env):
         assert set(f["carl_components"]) == {"coherence", "cloud", "discontinuity"}
         for k in ("loss", "lr", "entropy", "completion_length", "frac_reward_zero_std", "step_time"):
             assert isinstance(f[k], float), k
+        hw = f["system"]  # measured in the worker (here: this process), GPUs via NVML or why there are none
+        assert hw["pid"] == os.getpid() and hw["rss_mb"] > 0 and 0 < hw["ram_used_mb"] <= hw["ram_total_mb"]
+        assert all(g["mem_total_mb"] > 0 for g in hw["gpus"]) if hw["gpus"] else hw["gpu_note"].startswith("no GPU")
+    assert frames[0]["system"]["cpu_pct"] is None  # the first sample has no interval to measure over
+    assert all(isinstance(f["system"]["cpu_pct"], float) for f in frames[1:])
     # stage A adds nothing; in B the logged carl reward is the weight times the raw CARL reward
     assert frames[0]["rewards"]["carl"] == 0.0
     assert frames[1]["rewards"]["carl"] == pytest.approx(0.5 * frames[1]["carl_reward"], rel=1e-4)

@@ -144,7 +144,7 @@ async def test_tokens_arrive_live_and_esc_cancels(runs, tmp_path, monkeypatch):
         await settle(pilot)
         await pilot.press(*PROMPT, "enter")
         view = views(app)[0]
-        for _ in range(200):
+        for _ in range(3000):  # model load + first forward, generous under load
             await asyncio.sleep(0.02)
             if view.steps:
                 break

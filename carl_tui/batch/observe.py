@@ -70,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
 
             out["export"] = export(frames, args.export)
         emit(out)
-        return 0
+        return _empty_exit(out)
     out = summarize(frames, source=src.label, run=src.run, skipped=skipped, **_extras(src))
     if args.export:
         from engine.observe.export import export
@@ -78,7 +78,21 @@ def run(args: argparse.Namespace) -> int:
         out["export"] = export(frames, args.export)
         progress(f"exported {len(frames)} frames to {out['export']['dir']}")
     emit(out)
-    return 0
+    return _empty_exit(out)
+
+
+def _empty_exit(out: dict[str, Any]) -> int:
+    """A source with no frames: the summary (health ``empty``) is still printed, then an error and exit 2
+    (contract: nothing in it parses) — a script never mistakes an empty or foreign file for a healthy run."""
+    from engine.observe.empty import empty_source_error
+
+    exc = empty_source_error(out)
+    if exc is None:
+        return 0
+    from carl_tui.batch._io import emit_error
+
+    emit_error(exc)
+    return exc.exit_code
 
 
 def _extras(src: Any) -> dict[str, Any]:

@@ -291,7 +291,10 @@ DETECTORS = (detect_nonfinite, detect_entropy_collapse, detect_length_hacking, d
 
 
 def health(frames: Sequence[Frame]) -> dict[str, Any]:
-    """``{"status": "ok"|"warn"|"bad", "findings": [Finding.to_dict(), …]}``."""
+    """``{"status": "ok"|"warn"|"bad"|"empty", "findings": [Finding.to_dict(), …]}``; ``empty`` when there
+    are no frames at all (nothing to be healthy about: never ``ok``)."""
+    if not frames:
+        return {"status": "empty", "findings": []}
     findings = [f for det in DETECTORS for f in det(frames)]
     status = "bad" if any(f.severity == "bad" for f in findings) else "warn" if findings else "ok"
     return {"status": status, "findings": [f.to_dict() for f in findings]}

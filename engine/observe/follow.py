@@ -26,10 +26,12 @@ class Batch:
 
 
 def follow(source: Source, *, poll_interval: float = POLL_INTERVAL, stop: threading.Event | None = None,
-           idle_timeout: float | None = None, clock: Callable[[], float] = time.monotonic) -> Iterator[Batch]:
+           idle_timeout: float | None = None, clock: Callable[[], float] = time.monotonic,
+           idle_batches: bool = False) -> Iterator[Batch]:
     """Yield a Batch for every poll that found something, until the run ends (``source.ended()``), ``stop`` is
     set, or nothing new arrived for ``idle_timeout`` seconds. Call ``source.load()`` first for the history:
-    this yields only what arrives after it."""
+    this yields only what arrives after it. With ``idle_batches`` a poll that found nothing yields an empty
+    Batch too (before waiting), so a consumer that throttles its work can catch up once the source is quiet."""
     stop = stop or threading.Event()
     last_new = clock()
     while not stop.is_set():
@@ -47,5 +49,7 @@ def follow(source: Source, *, poll_interval: float = POLL_INTERVAL, stop: thread
                 return
         elif idle_timeout is not None and clock() - last_new >= idle_timeout:
             return
+        elif idle_batches:
+            yield Batch()
         if not frames:
             stop.wait(poll_interval)

@@ -63,6 +63,9 @@ def make_callback(run_dir: Path, *, state_ref: Callable[[], Any], should_stop: C
     class CarlCallback(TrainerCallback):
         def __init__(self) -> None:
             self.writer = FrameWriter(run_dir / "frames.jsonl") if main else None
+            from engine.system import SystemSampler
+
+            self.system = SystemSampler()  # this worker's CPU/RAM and the GPUs, in every frame
             self.step_started: float | None = None
             self.step_times: list[float] = []
             self.trackio = None
@@ -105,6 +108,10 @@ def make_callback(run_dir: Path, *, state_ref: Callable[[], Any], should_stop: C
                 return
             times = self.step_times[-max(1, args.logging_steps):]
             frame = frame_from_logs(step, logs, state_ref(), sum(times) / len(times) if times else None)
+            try:
+                frame.system = self.system.sample()
+            except Exception as exc:  # measuring must never kill a run; the frame says why it has no numbers
+                frame.system = {"error": f"{type(exc).__name__}: {exc}"}
             self.writer.write(frame)
             if on_frame is not None:
                 on_frame(frame)

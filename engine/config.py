@@ -48,6 +48,8 @@ class ModelSection(_Model):
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         "auto", description="Weights dtype; auto = float32 on CPU, bfloat16 on GPUs that support it.")
     trust_remote_code: bool = Field(False, description="Allow the model repo's own Python code (off by default).")
+    quantization: Literal["none", "4bit", "8bit"] = Field(
+        "none", description="Load the base weights in 4 or 8 bit through bitsandbytes (CUDA only; with LoRA).")
 
 
 class DatasetSection(_Model):
@@ -179,6 +181,9 @@ class ComputeSection(_Model):
     gpus: int = Field(1, ge=0, description="GPUs to use (more than 1 launches with accelerate).")
     vllm: Literal["off", "colocate", "server"] = Field("off", description="Use vLLM for generation.")
     gradient_checkpointing: bool = Field(False, description="Trade compute for memory.")
+    logits_budget_mb: int | None = Field(
+        None, ge=16, description="Memory for logits while a per-token field is computed (eval gate, CARL "
+                                 "forward, infer --score); null = 512 on CPU/MPS, 1/8 of the GPU on CUDA.")
 
 
 class EvalSection(_Model):

@@ -167,7 +167,10 @@ class RewardState:
         self.forward_hits += 1
         model = self.trainer.model
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-        return field_from_forward(model, self.prompt_ids, completion_ids, pad)
+        from engine.memory import budget_from, device_of
+
+        return field_from_forward(model, self.prompt_ids, completion_ids, pad,
+                                  budget_mb=budget_from(self.cfg, device_of(model)))
 
     def carl_fn(self) -> Callable[..., list[float]]:
         from engine.rewards import carl_from_field

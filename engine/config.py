@@ -113,8 +113,9 @@ class LoraSection(_Model):
     r: int = Field(16, ge=1, description="LoRA rank.")
     alpha: int = Field(32, ge=1, description="LoRA alpha (scale = alpha / r).")
     dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on the LoRA path.")
-    target_modules: list[str] | Literal["all-linear"] = Field(
-        "all-linear", description="Module names to adapt, or all-linear.")
+    target_modules: list[str] | Literal["all-linear", "auto"] = Field(
+        "all-linear", description="Module names to adapt, or all-linear / auto: every linear layer of a dense "
+                                  "model, the attention projections of a mixture-of-experts model.")
 
 
 class CarlWeights(_Model):

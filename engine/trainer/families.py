@@ -10,7 +10,7 @@
   ``carl.config`` error naming the field.
 * :func:`build_tiny` — a random-init model of a real family with its **real vocabulary size** (Qwen2/Qwen2.5
   and Qwen3 151,936; Llama 3 128,256; Gemma 3 262,144; Qwen3-MoE 151,936), a tokenizer built locally with
-  ``tokenizers`` (the family's special tokens, printable ASCII one character per token, filler pieces up to the
+  ``tokenizers`` (byte-level BPE: the family's special tokens, the 256 byte pieces, filler pieces up to the
   vocabulary size), a chat template written in the family's format, saved with ``save_pretrained`` so it
   loads through ``from_pretrained``. Tests, ``bench/memory.py`` and ``bench/gpu_check.py`` use it; nothing is
   downloaded. ``shape="qwen2.5-0.5b"`` gives Qwen2.5-0.5B's real dimensions (random weights).
@@ -146,22 +146,36 @@ def quantization_config(cfg: Any) -> Any:
 
 
 # ------------------------------------------------------------------------------------------------ tiny models
+def byte_alphabet() -> list[str]:
+    """The 256 printable stand-ins byte-level BPE uses for the bytes 0..255 (GPT-2's convention: printable
+    Latin-1 bytes stand for themselves, the others map to code points from 256 upwards, in byte order)."""
+    keep = set(range(ord("!"), ord("~") + 1)) | set(range(ord("¡"), ord("¬") + 1)) | set(range(ord("®"), 256))
+    out, extra = [], 0
+    for b in range(256):
+        if b in keep:
+            out.append(chr(b))
+        else:
+            out.append(chr(256 + extra))
+            extra += 1
+    return out
+
+
 def build_tokenizer(family: str | Family, vocab_size: int | None = None):
-    """A tokenizer of the family's real vocabulary size: special tokens, one token per printable ASCII character
-    (and newline/tab), then filler pieces ``<|x123|>`` up to ``vocab_size``; the family's chat template."""
-    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+    """A byte-level BPE tokenizer of the family's real vocabulary size: its special tokens, the 256 byte
+    pieces (no merges: any text encodes byte by byte and decodes back exactly), then filler pieces up to
+    ``vocab_size``; the family's chat template."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
     fam = FAMILIES[family] if isinstance(family, str) else family
     size = vocab_size or fam.vocab_size
-    pieces = list(fam.specials) + [chr(c) for c in range(32, 127)] + ["\n", "\t"]
+    pieces = list(fam.specials) + byte_alphabet()
     if size < len(pieces):
         raise ValueError(f"vocab_size {size} is smaller than the {len(pieces)} base pieces")
     pieces += [f"<|x{i}|>" for i in range(size - len(pieces))]
-    vocab = {p: i for i, p in enumerate(pieces)}
-    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token=fam.pad))
-    tok.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
-    tok.decoder = decoders.Fuse()
+    tok = Tokenizer(models.BPE(vocab={p: i for i, p in enumerate(pieces)}, merges=[]))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    tok.decoder = decoders.ByteLevel()
     kw: dict[str, Any] = {"pad_token": fam.pad, "eos_token": fam.eos}
     if fam.bos:
         kw["bos_token"] = fam.bos

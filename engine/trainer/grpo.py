@@ -84,6 +84,9 @@ def plan(cfg, config_path: Path | None, *, run_dir: str = "<run_dir>") -> dict[s
     metric = task_metric_name(cfg)
     make_gate(cfg.cascade, metric)  # refuses unavailable modes now rather than in the worker
     device = resolve_device(cfg)
+    from engine.trainer.families import check_quantization
+
+    check_quantization(cfg, device)
     import shlex
 
     from engine.runs import worker_command
@@ -268,26 +271,41 @@ def load_model_and_tokenizer(cfg, device: str, log: Callable[[str], None] = lamb
         tok_path = cfg.model.tokenizer or name
     dtype = {"auto": "auto" if device == "cuda" else torch.float32, "float32": torch.float32,
              "bfloat16": torch.bfloat16, "float16": torch.float16}[cfg.model.dtype]
+    from engine.trainer.families import check_quantization, quantization_config
+
+    check_quantization(cfg, device)
+    quant = {"quantization_config": quantization_config(cfg)} if cfg.model.quantization != "none" else {}
     try:
         tok = AutoTokenizer.from_pretrained(tok_path, trust_remote_code=cfg.model.trust_remote_code)
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, trust_remote_code=cfg.model.trust_remote_code)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, trust_remote_code=cfg.model.trust_remote_code,
+                                                     **quant)
     except OSError as exc:
         raise ConfigError(f"cannot load model {name!r}: {exc}".split("\n")[0],
                           hint="Use a local path, a Hub id reachable from here, or builtin:tiny.",
                           context={"model": name}) from None
+    if quant:
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.compute.gradient_checkpointing)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     tok.padding_side = "left"
     return model, tok
 
 
-def peft_config(cfg):
+def peft_config(cfg, model=None):
+    """LoRA config; ``all-linear``/``auto`` targets resolve per family (attention-only for MoE models)."""
     if not cfg.lora.enabled:
         return None
     from peft import LoraConfig
 
+    from engine.trainer.families import lora_targets
+
+    targets = lora_targets(model, cfg.lora.target_modules) if model is not None else cfg.lora.target_modules
+    if targets == "auto":
+        targets = "all-linear"
     return LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
-                      target_modules=cfg.lora.target_modules, task_type="CAUSAL_LM")
+                      target_modules=targets, task_type="CAUSAL_LM")
 
 
 def build_trainer(cfg, run_dir: Path, model, tokenizer, train_rows, cascade, *, callbacks=(),
@@ -313,7 +331,7 @@ def build_trainer(cfg, run_dir: Path, model, tokenizer, train_rows, cascade, *, 
     args.reward_weights = weights
     cls = make_trainer_class()
     trainer = cls(model=model, reward_funcs=funcs, args=args, train_dataset=to_dataset(train_rows),
-                  processing_class=tokenizer, peft_config=peft_config(cfg), callbacks=list(callbacks))
+                  processing_class=tokenizer, peft_config=peft_config(cfg, model), callbacks=list(callbacks))
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
     for cb in (PrinterCallback, ProgressCallback):  # frames and stdout.log lines are carl's own

@@ -31,3 +31,19 @@ def test_doctor_reports_what_this_machine_can_load():
     assert row.name == "load" and row.status in ("ok", "warn")
     assert "LoRA" in row.detail and "infer" in row.detail
     assert "load" in [c.name for c in run_checks()]
+
+
+def test_gpu_check_refuses_without_cuda():
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    torch = pytest.importorskip("torch")
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is present: bench/gpu_check.py would run for real")
+    script = Path(__file__).resolve().parent.parent / "bench" / "gpu_check.py"
+    res = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 2, res.stderr
+    out = json.loads(res.stdout)
+    assert out["ran"] is False and "CUDA" in out["reason"] and set(out) == {"bench", "ran", "reason", "hint"}

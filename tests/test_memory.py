@@ -147,3 +147,27 @@ def test_infer_score_in_chunks_equals_one_forward(tmp_path):
         full = model(input_ids=torch.tensor([lm.encode_prompt("7+8=") + whole.token_ids])).logits[0].float()
     torch.testing.assert_close(whole.logits, full[p - 1: p - 1 + len(whole.token_ids)], atol=1e-4, rtol=1e-4)
     infer.clear_cache()
+
+
+def test_infer_cli_logits_budget_flag(tmp_path, capsys):
+    import json
+
+    from carl_tui.batch import main as batch_main
+    from engine import infer
+    from engine.trainer.tiny import build_tokenizer
+
+    tok = build_tokenizer()
+    _model(len(tok)).save_pretrained(tmp_path / "m")
+    tok.save_pretrained(tmp_path / "m")
+    infer.clear_cache()
+    outs = []
+    for extra in ([], ["--logits-budget-mb", "0.0001"]):  # 0.0001 MB holds one position: one chunk per token
+        rc = batch_main(["infer", "--model", str(tmp_path / "m"), "--prompt", "7+8=", "--score", "15+1=16", *extra])
+        assert rc == 0
+        outs.append(json.loads(capsys.readouterr().out))
+    assert outs[0]["token_ids"] == outs[1]["token_ids"]
+    np.testing.assert_allclose(outs[0]["phi"], outs[1]["phi"], atol=1e-5)
+    rc = batch_main(["infer", "--model", str(tmp_path / "m"), "--prompt", "x", "--score", "y",
+                     "--logits-budget-mb", "0"])
+    assert rc == 2 and json.loads(capsys.readouterr().err.strip().splitlines()[-1])["error"]["code"] == "carl.validation"
+    infer.clear_cache()

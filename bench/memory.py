@@ -99,7 +99,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.large < args.small:
         raise SystemExit("--large must be at least --small")
     small = measure(work, model, config, args.small)
+    print(json.dumps({"small": small}), file=sys.stderr, flush=True)  # progress: each figure as it is measured
     large = measure(work, model, config, args.large)
+    print(json.dumps({"large": large}), file=sys.stderr, flush=True)
     out = {"bench": "memory", "model": "qwen2 (random init)", "vocab_size": FAMILIES["qwen2"].vocab_size,
            "hidden": args.hidden, "layers": 2, "new_tokens": args.new_tokens, "small": small, "large": large,
            "ratio": round(large["peak_rss_mib"] / small["peak_rss_mib"], 3)}

@@ -283,10 +283,8 @@ def load_model_and_tokenizer(cfg, device: str, log: Callable[[str], None] = lamb
         raise ConfigError(f"cannot load model {name!r}: {exc}".split("\n")[0],
                           hint="Use a local path, a Hub id reachable from here, or builtin:tiny.",
                           context={"model": name}) from None
-    if quant:
-        from peft import prepare_model_for_kbit_training
-
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.compute.gradient_checkpointing)
+    # a quantized base goes to TRL as loaded: GRPOTrainer wraps it with the LoRA config and keeps the adapters in
+    # bf16 (QLoRA), enabling input gradients for gradient checkpointing itself
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     tok.padding_side = "left"

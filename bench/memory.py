@@ -4,7 +4,8 @@
 
 Builds (once, under a temp dir) a random-init **Qwen2-architecture** model with the real 151,936-token
 vocabulary (2 layers, small hidden size; engine.trainer.families) and a local JSONL dataset, then runs
-``carl --batch eval`` as a subprocess at ``--small`` and ``--large`` eval prompts, each greedy to
+``carl --batch eval`` as subprocesses (started together, one thread each) at ``--small`` and ``--large`` eval
+prompts, each greedy to
 ``--new-tokens`` new tokens (``grpo.max_completion_length``; a random model rarely stops early), and reads each
 child's peak RSS from ``os.wait4`` (``ru_maxrss``). Prints one JSON object with both peaks, their ratio and
 the token counts. ``--unbounded-n N`` adds one run at N prompts with a budget large enough for all logits at
@@ -52,30 +53,44 @@ def _config(path: Path, data: Path, model: Path, new_tokens: int) -> None:
     }, sort_keys=False), encoding="utf-8")
 
 
-def measure(work: Path, model: Path, config: Path, n: int, sets: list[str] | None = None) -> dict:
-    """One ``carl --batch eval`` child: its peak RSS (MiB), wall time, and the eval's own counts."""
-    env = {**os.environ, "CARL_HOME": str(work / "home"), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-           "HF_DATASETS_OFFLINE": "1", "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2"),
-           "CARL_LEDGER_PASSPHRASE": "bench"}
+def _cmd(model: Path, config: Path, n: int, sets: list[str] | None) -> list[str]:
     cmd = [sys.executable, "-m", "carl_tui.cli", "--batch", "eval", "--adapter", str(model), "--config", str(config),
            "--n", str(n)]
     for s in sets or []:
         cmd += ["--set", s]
-    t0 = time.perf_counter()
-    with open(work / "eval.out", "wb") as o, open(work / "eval.err", "wb") as e:
-        proc = subprocess.Popen(cmd, env=env, stdout=o, stderr=e, cwd=str(work))
+    return cmd
+
+
+def measure(work: Path, model: Path, config: Path, runs: dict[str, tuple[int, list[str]]]) -> dict[str, dict]:
+    """``carl --batch eval`` children, one per entry of ``runs`` (name → (n, --set overrides)), started together:
+    each child's own peak RSS (MiB, from ``os.wait4``), wall time, and the eval's own counts."""
+    env = {**os.environ, "CARL_HOME": str(work / "home"), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+           "HF_DATASETS_OFFLINE": "1", "PYTHONPATH": str(REPO), "CARL_LEDGER_PASSPHRASE": "bench",
+           # one thread each: on a busy machine, spinning OpenMP threads only burn CPU
+           "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+    procs = {}
+    for name, (n, sets) in runs.items():
+        o = open(work / f"eval-{name}.out", "wb")
+        e = open(work / f"eval-{name}.err", "wb")
+        procs[name] = (subprocess.Popen(_cmd(model, config, n, sets), env=env, stdout=o, stderr=e, cwd=str(work)),
+                       time.perf_counter(), o, e)
+    results: dict[str, dict] = {}
+    for name, (proc, t0, o, e) in procs.items():
         _, status, usage = os.wait4(proc.pid, 0)  # this child's own rusage: ru_maxrss is its peak RSS in KiB
         proc.returncode = os.waitstatus_to_exitcode(status)
-    wall = time.perf_counter() - t0
-    if proc.returncode not in (0, 1):  # 1 = the gate failed, which a random model does
-        raise SystemExit(f"eval failed (exit {proc.returncode}): {(work / 'eval.err').read_text()[-2000:]}")
-    rss_kb = usage.ru_maxrss
-    out = (work / "eval.out").read_text()
-    result = json.loads(out)
-    m = result["metrics"]
-    return {"n": m["n"], "peak_rss_mib": round(rss_kb / 1024, 1), "wall_s": round(wall, 1),
-            "completion_length": m["completion_length"], "tokens": round(m["completion_length"] * m["n"]),
-            "phi_mean": m["phi_mean"]}
+        wall = time.perf_counter() - t0
+        o.close()
+        e.close()
+        if proc.returncode not in (0, 1):  # 1 = the gate failed, which a random model does
+            raise SystemExit(f"eval {name} failed (exit {proc.returncode}): "
+                             f"{(work / f'eval-{name}.err').read_text()[-2000:]}")
+        m = json.loads((work / f"eval-{name}.out").read_text())["metrics"]
+        results[name] = {"n": m["n"], "peak_rss_mib": round(usage.ru_maxrss / 1024, 1), "wall_s": round(wall, 1),
+                         "cpu_s": round(usage.ru_utime + usage.ru_stime, 1),
+                         "completion_length": m["completion_length"], "tokens": round(m["completion_length"] * m["n"]),
+                         "phi_mean": m["phi_mean"]}
+        print(json.dumps({name: results[name]}), file=sys.stderr, flush=True)
+    return results
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -98,15 +113,16 @@ def main(argv: list[str] | None = None) -> int:
     _config(config, data, model, args.new_tokens)
     if args.large < args.small:
         raise SystemExit("--large must be at least --small")
-    small = measure(work, model, config, args.small)
-    print(json.dumps({"small": small}), file=sys.stderr, flush=True)  # progress: each figure as it is measured
-    large = measure(work, model, config, args.large)
-    print(json.dumps({"large": large}), file=sys.stderr, flush=True)
+    runs = {"small": (args.small, []), "large": (args.large, [])}
+    if args.unbounded_n:
+        runs["unbounded"] = (args.unbounded_n, ["compute.logits_budget_mb=1000000"])
+    res = measure(work, model, config, runs)  # started together: each child's own peak, however they overlap
+    small, large = res["small"], res["large"]
     out = {"bench": "memory", "model": "qwen2 (random init)", "vocab_size": FAMILIES["qwen2"].vocab_size,
            "hidden": args.hidden, "layers": 2, "new_tokens": args.new_tokens, "small": small, "large": large,
            "ratio": round(large["peak_rss_mib"] / small["peak_rss_mib"], 3)}
     if args.unbounded_n:
-        out["unbounded"] = measure(work, model, config, args.unbounded_n, ["compute.logits_budget_mb=1000000"])
+        out["unbounded"] = res["unbounded"]
     print(json.dumps(out, indent=1))
     return 0
 

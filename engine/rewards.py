@@ -99,7 +99,7 @@ def _accepts_logits_to_keep(model) -> bool:
 
 
 def field_from_forward(model, prompt_ids: Sequence[Sequence[int]], completion_ids: Sequence[Sequence[int]],
-                       pad_id: int = 0, *, budget_mb: int | None = None, entropy: bool = False):
+                       pad_id: int = 0, *, budget_mb: float | None = None, entropy: bool = False):
     """No-grad forwards over prompt+completion → (phi [B,T], selected [B,T], mask [B,T]) for the completion
     tokens (T = the longest completion), plus entropy [B,T] when ``entropy``. Rows are right-padded; the logit
     at position ``len(prompt)+t-1`` gives the distribution of completion token t.
@@ -121,7 +121,7 @@ def field_from_forward(model, prompt_ids: Sequence[Sequence[int]], completion_id
     phi = torch.zeros((b, tcomp), dtype=torch.float32)
     sel = torch.zeros((b, tcomp), dtype=torch.float32)
     ent = torch.zeros((b, tcomp), dtype=torch.float32)
-    mask = torch.arange(tcomp).unsqueeze(0) < torch.tensor(clens or [0]).unsqueeze(1)
+    mask = torch.arange(tcomp).unsqueeze(0) < torch.tensor(clens, dtype=torch.long).reshape(-1, 1)
     live = [i for i in range(b) if clens[i] > 0]
     if not live:
         return (phi, sel, mask, ent) if entropy else (phi, sel, mask)

@@ -89,6 +89,14 @@ def test_chunked_field_equals_one_forward_and_logits_stay_in_budget(cap):
         assert torch.allclose(sel[i, : len(c)].double(), want_sel, atol=2e-5)
 
 
+def test_empty_batches_and_empty_completions():
+    model = _model()
+    phi, sel, mask = field_from_forward(model, [], [], 0)
+    assert phi.shape == sel.shape == mask.shape == (0, 1)
+    phi, sel, mask = field_from_forward(model, [[3, 4], [5]], [[], []], 0)
+    assert phi.shape == (2, 1) and not mask.any() and float(phi.abs().sum()) == 0.0
+
+
 def test_model_without_logits_to_keep_is_chunked_by_rows():
     vocab = 40
     inner = _model(vocab)

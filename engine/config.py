@@ -48,6 +48,8 @@ class ModelSection(_Model):
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         "auto", description="Weights dtype; auto = float32 on CPU, bfloat16 on GPUs that support it.")
     trust_remote_code: bool = Field(False, description="Allow the model repo's own Python code (off by default).")
+    quantization: Literal["none", "4bit", "8bit"] = Field(
+        "none", description="Load the base weights in 4 or 8 bit through bitsandbytes (CUDA only; with LoRA).")
 
 
 class DatasetSection(_Model):
@@ -123,8 +125,9 @@ class LoraSection(_Model):
     r: int = Field(16, ge=1, description="LoRA rank.")
     alpha: int = Field(32, ge=1, description="LoRA alpha (scale = alpha / r).")
     dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on the LoRA path.")
-    target_modules: list[str] | Literal["all-linear"] = Field(
-        "all-linear", description="Module names to adapt, or all-linear.")
+    target_modules: list[str] | Literal["all-linear", "auto"] = Field(
+        "all-linear", description="Module names to adapt, or all-linear / auto: every linear layer of a dense "
+                                  "model, the attention projections of a mixture-of-experts model.")
 
 
 class CarlWeights(_Model):
@@ -197,6 +200,9 @@ class ComputeSection(_Model):
     gpus: int = Field(1, ge=0, description="GPUs to use (more than 1 launches with accelerate).")
     vllm: Literal["off", "colocate", "server"] = Field("off", description="Use vLLM for generation.")
     gradient_checkpointing: bool = Field(False, description="Trade compute for memory.")
+    logits_budget_mb: int | None = Field(
+        None, ge=16, description="Memory for logits while a per-token field is computed (eval gate, CARL "
+                                 "forward, infer --score); null = 512 on CPU/MPS, 1/8 of the GPU on CUDA.")
     # more than one process (engine/trainer/launch.py; docs/train.md "More than one process")
     processes: int | None = Field(None, ge=1, description="Training processes over all nodes (default: gpus on "
                                                           "CUDA, 1 on CPU; >1 on CPU runs DDP over gloo).")

@@ -115,6 +115,18 @@ def check_mps() -> Check:
     return Check("mps", "warn", "not available: training runs on CPU")
 
 
+def check_load() -> Check:
+    """What this machine can load (engine.capacity): the largest model per precision, for LoRA GRPO and
+    inference. ``ok`` on a GPU, ``warn`` on CPU (only small models train in reasonable time)."""
+    try:
+        from engine.capacity import this_machine
+
+        cap = this_machine()
+    except Exception as exc:  # torch missing or broken: the torch check says why
+        return Check("load", "warn", f"unknown: {type(exc).__name__}: {exc}".split("\n")[0])
+    return Check("load", "ok" if cap.device == "cuda" else "warn", cap.summary())
+
+
 def check_library(dist: str, shown: str, needed_for: str, required: bool) -> Check:
     try:
         version = metadata.version(dist)
@@ -237,7 +249,7 @@ def run_checks(home: CarlHome | None = None, config: str | Path | None = None,
                sets: list[str] | None = None) -> list[Check]:
     """All checks, in a stable order."""
     home = home or CarlHome.from_env()
-    checks = [check_python(), check_torch(), check_cuda(), check_mps()]
+    checks = [check_python(), check_torch(), check_cuda(), check_mps(), check_load()]
     checks.append(check_hardware())
     checks += [check_library(*lib) for lib in LIBRARIES]
     checks += [check_home(home), check_disk(home)]

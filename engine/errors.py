@@ -210,3 +210,14 @@ ALL_ERRORS: tuple[type[CARLError], ...] = (
     ApprovalRequired, TimeoutError_, ProbeShapeError, ProbeNonFiniteError, RunNotFound, LedgerBrokenChain,
     LedgerSignatureInvalid, LedgerLocked, RemoteSubmitFailed, HFTokenLeak, Interrupted,
 )
+
+
+class ResourceOOM(CARLError):
+    """Out of memory while computing logits or a per-token field; the hint names the budget to lower."""
+
+    code = "carl.resource.oom"
+    exit_code = 1
+    default_hint = "Lower compute.logits_budget_mb (or eval.n_samples / grpo.max_completion_length)."
+
+
+ALL_ERRORS = (*ALL_ERRORS, ResourceOOM)

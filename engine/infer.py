@@ -351,6 +351,7 @@ class LoadedModel:
 
     def __init__(self, ref: ModelRef, model: Any, tokenizer: Any, device: str):
         self.ref, self.model, self.tokenizer, self.device = ref, model, tokenizer, device
+        self.budget_mb: float | None = None  # logits budget for score (None: the device default; engine.memory)
         cfg = getattr(model, "config", None)
         self.max_positions: int | None = None
         for k in ("max_position_embeddings", "n_positions", "max_sequence_length"):
@@ -443,12 +444,12 @@ class LoadedModel:
     # ---- teacher forcing
     def score(self, prompt: str, text: str | None = None, *, token_ids: Sequence[int] | None = None,
               add_eos: bool = False, keep_logits: bool = False, fmt: Any = None,
-              weights: dict[str, float] | None = None) -> InferResult:
-        """The per-token field of ``text`` (or ``token_ids``) following ``prompt``, by one teacher-forced forward:
-        the logits at position t-1 give token t's Phi / entropy / selected_prob."""
-        import torch
-
-        from engine.probe import token_stats
+              weights: dict[str, float] | None = None, budget_mb: float | None = None) -> InferResult:
+        """The per-token field of ``text`` (or ``token_ids``) following ``prompt``, teacher-forced: the logits at
+        position t-1 give token t's Phi / entropy / selected_prob. The text goes through the model in position
+        chunks whose logits fit ``budget_mb`` (None: ``self.budget_mb``, else the device default; see
+        engine.memory), continuing the KV cache between chunks; only the per-token scalars are kept unless
+        ``keep_logits`` asks for the [T, V] logits themselves."""
 
         p_ids = self.encode_prompt(prompt, fmt)
         t_ids = [int(i) for i in token_ids] if token_ids is not None else self.encode_text(text or "")
@@ -460,18 +461,14 @@ class LoadedModel:
             raise ValidationError(f"prompt + text is {total} tokens, the model's context is {self.max_positions}",
                                   hint="Score a shorter text.", context={"n_tokens": total})
         vocab = None
+        logits = None
         if t_ids:
-            ids = torch.tensor([p_ids + t_ids], device=self.device)
-            with torch.inference_mode():
-                logits, _ = self._forward(ids)
-            logits = logits[0, len(p_ids) - 1: total - 1].float()
-            vocab = int(logits.shape[-1])
+            vocab = self._vocab_size()
             if max(t_ids) >= vocab:
                 raise ValidationError(f"token id {max(t_ids)} is outside the model's vocabulary ({vocab})")
-            phi, ent, sel, _ = token_stats(logits, torch.tensor(t_ids, device=logits.device))
-            phi, ent, sel = (x.double().cpu().tolist() for x in (phi, ent, sel))
+            phi, ent, sel, logits = self._score_chunks(p_ids, t_ids, keep_logits, budget_mb)
         else:
-            logits, phi, ent, sel = None, [], [], []
+            phi, ent, sel = [], [], []
         return InferResult(
             mode="score", prompt=prompt, text=self._text(t_ids), tokens=[self._piece(t_ids, k) for k in
                                                                          range(len(t_ids))],
@@ -479,7 +476,50 @@ class LoadedModel:
             finish_reason="scored", vocab_size=vocab or self._vocab_size(), ref=self.ref,
             settings={"add_eos": add_eos}, prompt_tokens=len(p_ids), templated=self.templated(fmt),
             system_prompt=getattr(fmt, "system_prompt", None), weights=weights,
-            logits=logits.detach().cpu() if keep_logits and logits is not None else None)
+            logits=logits if keep_logits else None)
+
+    def _score_chunks(self, p_ids: list[int], t_ids: list[int], keep_logits: bool,
+                      budget_mb: float | None) -> tuple[list[float], list[float], list[float], Any]:
+        import torch
+
+        from engine import memory
+        from engine.probe import token_stats
+
+        budget = memory.budget_mb(budget_mb if budget_mb is not None else self.budget_mb,
+                                  torch.device(self.device).type)
+        vocab = self._vocab_size()
+        cap = memory.positions_per_chunk(budget, vocab, memory.output_bytes(self.model))
+        seq = p_ids + t_ids
+        plen, n = len(p_ids), len(t_ids)
+        phi: list[float] = []
+        ent: list[float] = []
+        sel: list[float] = []
+        kept: list[Any] = []
+        cache = None
+        with torch.inference_mode(), memory.oom_guard("scoring", budget, n_tokens=plen + n, vocab=vocab):
+            for lo in range(0, n, cap):
+                hi = min(n, lo + cap)
+                # the logits predicting t[lo:hi] sit at positions plen-1+lo … plen-2+hi of seq
+                if cache is not None:
+                    logits, cache = self._forward(torch.tensor([seq[plen - 1 + lo: plen - 1 + hi]],
+                                                               device=self.device), cache)
+                else:
+                    kw: dict[str, Any] = {"input_ids": torch.tensor([seq[: plen - 1 + hi]], device=self.device),
+                                          "use_cache": hi < n}
+                    if self._keep_kw:
+                        kw[self._keep_kw] = hi - lo
+                    out = self.model(**kw)
+                    logits = out.logits
+                    cache = (getattr(out, "cache", None) or getattr(out, "past_key_values", None)) if hi < n else None
+                rows = logits[0, -(hi - lo):].float()
+                p, h, q, _ = token_stats(rows, torch.tensor(t_ids[lo:hi], device=rows.device))
+                phi += p.double().cpu().tolist()
+                ent += h.double().cpu().tolist()
+                sel += q.double().cpu().tolist()
+                if keep_logits:
+                    kept.append(rows.detach().cpu())
+                del logits, rows
+        return phi, ent, sel, (torch.cat(kept) if kept else None)
 
     def _vocab_size(self) -> int:
         emb = self.model.get_output_embeddings() if hasattr(self.model, "get_output_embeddings") else None

@@ -12,7 +12,8 @@ Two ways to get the field, both vectorised on torch over the whole batch:
   field of the very distributions the completions were sampled from (no extra forward). Used when sampling is
   untempered (temperature 1, no top-k/top-p/min-p, no repetition penalty), where those scores are the
   policy's own distribution.
-* :func:`field_from_forward` — one batched no-grad forward of the policy over prompt + completion.
+* :func:`field_from_forward` — no-grad forwards of the policy over prompt + completion, in chunks whose
+  logits fit ``compute.logits_budget_mb`` (engine.memory); only per-token scalars are kept.
 
 Never a re-tokenised completion without its prompt.
 """
@@ -25,23 +26,34 @@ DEFAULT_WEIGHTS = {"coherence": 0.5, "cloud": 0.3, "discontinuity": 0.2}
 COMPONENTS = ("coherence", "cloud", "discontinuity")
 
 
+def field_stats(logits, tokens):
+    """``logits`` [..., V] and ``tokens`` [...] → (phi, entropy, selected_prob), each [...] float32.
+
+    ``-inf`` logits count as probability 0 (masked vocabulary); V stays the full last dimension. Memory: the
+    float32 view of ``logits`` plus two working copies (log-softmax, exponentiated in place, and the entropy
+    terms) — :data:`engine.memory.WORK_COPIES` bounds it.
+    """
+    import torch
+
+    from engine.probe import phi_from_entropy
+
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    sel = logp.gather(-1, tokens.long().clamp(min=0).unsqueeze(-1)).squeeze(-1).exp()
+    p = logp.exp_()  # in place: logp is not needed again
+    ent = torch.special.entr(p).sum(-1)  # -Σ p log p, with 0 · log 0 = 0
+    del p, logp
+    v = logits.shape[-1]
+    phi = phi_from_entropy(ent, v) if v > 1 else torch.ones_like(ent)
+    return phi.clamp(0.0, 1.0), ent, sel
+
+
 def phi_and_selected(logits, tokens):
     """``logits`` [..., V] and ``tokens`` [...] → (phi [...], selected_prob [...]) as float32 tensors.
 
     ``-inf`` logits count as probability 0 (masked vocabulary); V stays the full last dimension.
     """
-    import torch
-
-    logits = logits.float()
-    logp = torch.log_softmax(logits, dim=-1)
-    p = logp.exp()
-    ent = -(p * torch.where(torch.isfinite(logp), logp, torch.zeros_like(logp))).sum(-1)
-    from engine.probe import phi_from_entropy
-
-    v = logits.shape[-1]
-    phi = phi_from_entropy(ent, v) if v > 1 else torch.ones_like(ent)
-    sel = p.gather(-1, tokens.long().clamp(min=0).unsqueeze(-1)).squeeze(-1)
-    return phi.clamp(0.0, 1.0), sel
+    phi, _, sel = field_stats(logits, tokens)
+    return phi, sel
 
 
 def carl_from_field(phi, selected, mask, weights: dict[str, float] | None = None) -> dict[str, Any]:
@@ -75,41 +87,96 @@ def pad_field(rows: Sequence[Sequence[float]], fill: float = 0.0):
     return t, mask
 
 
+def _accepts_logits_to_keep(model) -> bool:
+    import inspect
+
+    core = getattr(model, "module", model)  # DDP / accelerate wrappers
+    core = core.get_base_model() if hasattr(core, "get_base_model") else core
+    try:
+        return "logits_to_keep" in inspect.signature(core.forward).parameters
+    except (TypeError, ValueError):  # pragma: no cover
+        return False
+
+
 def field_from_forward(model, prompt_ids: Sequence[Sequence[int]], completion_ids: Sequence[Sequence[int]],
-                       pad_id: int = 0):
-    """One batched no-grad forward over prompt+completion → (phi [B,T], selected [B,T], mask [B,T]) for the
-    completion tokens, T = the longest completion. Rows are right-padded; logits at position ``len(prompt)+t-1``
-    give the distribution of completion token t."""
+                       pad_id: int = 0, *, budget_mb: float | None = None, entropy: bool = False):
+    """No-grad forwards over prompt+completion → (phi [B,T], selected [B,T], mask [B,T]) for the completion
+    tokens (T = the longest completion), plus entropy [B,T] when ``entropy``. Rows are right-padded; the logit
+    at position ``len(prompt)+t-1`` gives the distribution of completion token t.
+
+    Memory is bounded by ``budget_mb`` (``compute.logits_budget_mb``; None = the device default, see
+    engine.memory): rows go through the model in groups whose completion logits fit the budget, the model
+    projects only the completion positions onto the vocabulary (``logits_to_keep`` with per-row positions), a
+    completion longer than the budget allows is split into position ranges (one forward each), and only the
+    per-token scalars are kept — never [B, T, V]. An out-of-memory is ``carl.resource.oom``.
+    """
     import torch
 
+    from engine import memory
+
     b = len(completion_ids)
-    plens = torch.tensor([len(p) for p in prompt_ids])
-    clens = torch.tensor([len(c) for c in completion_ids])
-    width = int((plens + clens).max())
-    tcomp = max(1, int(clens.max()) if b else 1)
-    ids = torch.full((b, width), pad_id, dtype=torch.long)
-    attn = torch.zeros((b, width), dtype=torch.long)
-    comp = torch.full((b, tcomp), pad_id, dtype=torch.long)
-    for i, (p, c) in enumerate(zip(prompt_ids, completion_ids)):
-        seq = list(p) + list(c)
-        ids[i, : len(seq)] = torch.tensor(seq, dtype=torch.long)
-        attn[i, : len(seq)] = 1
-        if len(c):
-            comp[i, : len(c)] = torch.tensor(list(c), dtype=torch.long)
+    plens = [len(p) for p in prompt_ids]
+    clens = [len(c) for c in completion_ids]
+    tcomp = max([1, *clens])
+    phi = torch.zeros((b, tcomp), dtype=torch.float32)
+    sel = torch.zeros((b, tcomp), dtype=torch.float32)
+    ent = torch.zeros((b, tcomp), dtype=torch.float32)
+    mask = torch.arange(tcomp).unsqueeze(0) < torch.tensor(clens, dtype=torch.long).reshape(-1, 1)
+    live = [i for i in range(b) if clens[i] > 0]
+    if not live:
+        return (phi, sel, mask, ent) if entropy else (phi, sel, mask)
     device = next(model.parameters()).device
+    budget = memory.budget_mb(budget_mb, device.type)
+    vocab = memory.vocab_size(getattr(model, "module", model))
+    cap = memory.positions_per_chunk(budget, vocab, memory.output_bytes(model))
+    keep = _accepts_logits_to_keep(model)
+    # without logits_to_keep the model projects every position: a row costs its whole length
+    cost = [clens[i] if keep else plens[i] + clens[i] for i in live]
     was_training = model.training
     model.eval()
-    with torch.no_grad():
-        logits = model(input_ids=ids.to(device), attention_mask=attn.to(device)).logits.float()
-    if was_training:
-        model.train()
-    # position of the logit predicting completion token t of row i: plen_i - 1 + t
-    t_idx = torch.arange(tcomp)
-    pos = (plens.unsqueeze(1) - 1 + t_idx.unsqueeze(0)).clamp(max=width - 1).to(device)
-    sel_logits = logits.gather(1, pos.unsqueeze(-1).expand(-1, -1, logits.shape[-1]))
-    phi, sel = phi_and_selected(sel_logits, comp.to(device))
-    mask = (t_idx.unsqueeze(0) < clens.unsqueeze(1)).to(device)
-    return phi.cpu(), sel.cpu(), mask.cpu()
+    try:
+        with torch.no_grad(), memory.oom_guard("the per-token field forward", budget, rows=b, vocab=vocab):
+            for group, lo, hi in memory.plan_chunks(cost, cap):
+                rows = [live[g] for g in group]
+                if not keep:
+                    if lo > 0:
+                        continue  # the whole row was done with its first piece
+                    lo, hi = 0, max(clens[i] for i in rows)
+                hi = min(hi, max(clens[i] for i in rows))
+                n = hi - lo
+                seqs = [(list(prompt_ids[i]) + list(completion_ids[i]))[: max(1, plens[i] + min(clens[i], hi) - 1)]
+                        for i in rows]
+                width = max(len(s) for s in seqs)
+                ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+                attn = torch.zeros((len(rows), width), dtype=torch.long)
+                pos = torch.zeros((len(rows), n), dtype=torch.long)
+                toks = torch.zeros((len(rows), n), dtype=torch.long)
+                for j, (i, s) in enumerate(zip(rows, seqs)):
+                    ids[j, : len(s)] = torch.tensor(s, dtype=torch.long)
+                    attn[j, : len(s)] = 1
+                    t = torch.arange(lo, hi)
+                    pos[j] = (plens[i] - 1 + t).clamp(min=0, max=len(s) - 1)
+                    c = list(completion_ids[i])[lo:hi]
+                    toks[j, : len(c)] = torch.tensor(c, dtype=torch.long)
+                ids, attn, pos = ids.to(device), attn.to(device), pos.to(device)
+                logits = None
+                if keep:
+                    logits = model(input_ids=ids, attention_mask=attn, logits_to_keep=pos).logits
+                    if tuple(logits.shape[:2]) != (len(rows), n):  # a model that reads logits_to_keep otherwise
+                        logits = None
+                if logits is None:
+                    full = model(input_ids=ids, attention_mask=attn).logits
+                    logits = full.gather(1, pos.unsqueeze(-1).expand(-1, -1, full.shape[-1]))
+                    del full
+                p_c, e_c, s_c = field_stats(logits, toks.to(device))
+                del logits
+                idx = torch.tensor(rows)
+                phi[idx, lo:hi], ent[idx, lo:hi], sel[idx, lo:hi] = p_c.cpu(), e_c.cpu(), s_c.cpu()
+    finally:
+        if was_training:
+            model.train()
+    phi, sel, ent = phi * mask, sel * mask, ent * mask
+    return (phi, sel, mask, ent) if entropy else (phi, sel, mask)
 
 
 class GenerationCapture:

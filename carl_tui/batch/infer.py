@@ -50,6 +50,8 @@ def register(subparsers: Any) -> None:
                         "text (default: dataset.chat_template of the config in force)")
     p.add_argument("--system-prompt", metavar="TEXT", default=None,
                    help="system message (default: dataset.system_prompt of the config in force)")
+    p.add_argument("--logits-budget-mb", type=float, metavar="MB",
+                   help="memory for logits while scoring (default: 512 on CPU, 1/8 of the GPU on CUDA)")
     p.add_argument("--stream", action="store_true", help="one JSON line per token as it is produced, then the "
                                                          "result")
     p.set_defaults(func=run)
@@ -106,6 +108,8 @@ def run(args: argparse.Namespace) -> int:
         raise ValidationError("give --model or --run", hint="--model PATH|HUB_ID|builtin:tiny, or --run RUN_ID.")
     if args.add_eos and args.score is None and not args.prompts:
         raise ValidationError("--add-eos applies to --score", hint="Add --score TEXT.")
+    if args.logits_budget_mb is not None and not args.logits_budget_mb > 0:
+        raise ValidationError(f"--logits-budget-mb must be positive, got {args.logits_budget_mb}")
     sampling = infer.Sampling(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
                               greedy=bool(args.greedy), seed=args.seed).check()
     rows = _read_prompts(args.prompts) if args.prompts else [{"prompt": args.prompt, "score": args.score}]
@@ -124,7 +128,8 @@ def run(args: argparse.Namespace) -> int:
     many = bool(args.prompts)
     for i, row in enumerate(rows):
         if row.get("score") is not None:
-            result = lm.score(row["prompt"], row["score"], add_eos=bool(args.add_eos), fmt=fmt, weights=st.weights)
+            result = lm.score(row["prompt"], row["score"], add_eos=bool(args.add_eos), fmt=fmt, weights=st.weights,
+                              budget_mb=args.logits_budget_mb)
             if args.stream:
                 for step in result.steps:
                     emit(_token_line(step, i, many))

@@ -15,12 +15,19 @@ from pathlib import Path
 from typing import Any, Callable
 
 
-def greedy_completions(model, tok, prompts: list[str], max_new_tokens: int, batch: int = 64, fmt=None):
-    """(completion texts, prompt id lists, completion id lists) by greedy decoding; prompts are rendered by
-    ``fmt`` (engine.prompts.PromptFormat: chat template, system prompt, left truncation), raw when None."""
+def greedy_completions(model, tok, prompts: list[str], max_new_tokens: int, batch: int = 64, fmt=None,
+                       budget_mb: float | None = None):
+    """(completion texts, prompt id lists, completion id lists) by greedy decoding, ``batch`` prompts at a time
+    (fewer when one decoding step's scores would not fit ``budget_mb``; see engine.memory); prompts are rendered
+    by ``fmt`` (engine.prompts.PromptFormat: chat template, system prompt, left truncation), raw when None."""
     from engine.prompts import RAW, encode_many
 
     import torch
+
+    from engine import memory
+
+    budget = memory.budget_mb(budget_mb, memory.device_of(model))
+    batch = min(batch, memory.generation_batch(budget, memory.vocab_size(model), memory.output_bytes(model)))
 
     texts, p_ids, c_ids = [], [], []
     model.eval()
@@ -36,7 +43,7 @@ def greedy_completions(model, tok, prompts: list[str], max_new_tokens: int, batc
         for j, x in enumerate(ids):  # left padding for generation
             inp[j, width - len(x):] = torch.tensor(x)
             attn[j, width - len(x):] = 1
-        with torch.no_grad():
+        with torch.no_grad(), memory.oom_guard("eval generation", budget, batch=len(ids)):
             out = model.generate(input_ids=inp.to(device), attention_mask=attn.to(device), do_sample=False,
                                  max_new_tokens=max_new_tokens, pad_token_id=pad, eos_token_id=eos)
         for j, row in enumerate(out[:, width:].tolist()):
@@ -63,10 +70,12 @@ def evaluate(model, tok, rows: list[dict[str, Any]], cfg, *, n: int | None = Non
 
     rows = rows[: n] if n else rows
     prompts = [r["prompt"] for r in rows]
+    from engine.memory import budget_from, device_of
     from engine.prompts import PromptFormat, as_text
 
+    budget = budget_from(cfg, device_of(model))  # compute.logits_budget_mb: generation and field in bounded chunks
     texts, p_ids, c_ids = greedy_completions(model, tok, prompts, cfg.grpo.max_completion_length,
-                                             fmt=PromptFormat.from_config(cfg))
+                                             fmt=PromptFormat.from_config(cfg), budget_mb=budget)
     metric = task_metric_name(cfg)
     fn = {name: f for name, _, f in build_all(cfg.task)}[metric]
     extra = {k: [r.get(k) for r in rows] for k in rows[0] if k != "prompt"} if rows else {}
@@ -77,7 +86,8 @@ def evaluate(model, tok, rows: list[dict[str, Any]], cfg, *, n: int | None = Non
     nonempty = [i for i, c in enumerate(c_ids) if c]
     if nonempty:
         pad = tok.pad_token_id if tok.pad_token_id is not None else 0
-        phi, sel, mask = field_from_forward(model, [p_ids[i] for i in nonempty], [c_ids[i] for i in nonempty], pad)
+        phi, sel, mask = field_from_forward(model, [p_ids[i] for i in nonempty], [c_ids[i] for i in nonempty], pad,
+                                            budget_mb=budget)
         comps = carl_from_field(phi, sel, mask, cfg.rewards.carl.weights.model_dump())
         m = mask.float()
         out["phi_mean"] = float((phi * m).sum() / m.sum().clamp(min=1))

@@ -79,6 +79,9 @@ def plan(cfg, config_path: Path | None, *, run_dir: str = "<run_dir>") -> dict[s
     make_gate(cfg.cascade, metric)  # refuses unavailable modes now rather than in the worker
     device = resolve_device(cfg)
     from engine.trainer import launch as launch_plan
+    from engine.trainer.families import check_quantization
+
+    check_quantization(cfg, device)
 
     distributed = launch_plan.plan(cfg, run_dir, device)
     here = distributed["commands"][cfg.compute.node_rank]
@@ -163,7 +166,10 @@ class RewardState:
         self.forward_hits += 1
         model = self.trainer.model
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-        return field_from_forward(model, self.prompt_ids, completion_ids, pad)
+        from engine.memory import budget_from, device_of
+
+        return field_from_forward(model, self.prompt_ids, completion_ids, pad,
+                                  budget_mb=budget_from(self.cfg, device_of(model)))
 
     def carl_fn(self) -> Callable[..., list[float]]:
         from engine.rewards import carl_from_field
@@ -272,26 +278,39 @@ def load_model_and_tokenizer(cfg, device: str, log: Callable[[str], None] = lamb
         tok_path = cfg.model.tokenizer or name
     dtype = {"auto": "auto" if device == "cuda" else torch.float32, "float32": torch.float32,
              "bfloat16": torch.bfloat16, "float16": torch.float16}[cfg.model.dtype]
+    from engine.trainer.families import check_quantization, quantization_config
+
+    check_quantization(cfg, device)
+    quant = {"quantization_config": quantization_config(cfg)} if cfg.model.quantization != "none" else {}
     try:
         tok = AutoTokenizer.from_pretrained(tok_path, trust_remote_code=cfg.model.trust_remote_code)
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, trust_remote_code=cfg.model.trust_remote_code)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, trust_remote_code=cfg.model.trust_remote_code,
+                                                     **quant)
     except OSError as exc:
         raise ConfigError(f"cannot load model {name!r}: {exc}".split("\n")[0],
                           hint="Use a local path, a Hub id reachable from here, or builtin:tiny.",
                           context={"model": name}) from None
+    # a quantized base goes to TRL as loaded: GRPOTrainer wraps it with the LoRA config and keeps the adapters in
+    # bf16 (QLoRA), enabling input gradients for gradient checkpointing itself
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     tok.padding_side = "left"
     return model, tok
 
 
-def peft_config(cfg):
+def peft_config(cfg, model=None):
+    """LoRA config; ``all-linear``/``auto`` targets resolve per family (attention-only for MoE models)."""
     if not cfg.lora.enabled:
         return None
     from peft import LoraConfig
 
+    from engine.trainer.families import lora_targets
+
+    targets = lora_targets(model, cfg.lora.target_modules) if model is not None else cfg.lora.target_modules
+    if targets == "auto":
+        targets = "all-linear"
     return LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
-                      target_modules=cfg.lora.target_modules, task_type="CAUSAL_LM")
+                      target_modules=targets, task_type="CAUSAL_LM")
 
 
 def build_trainer(cfg, run_dir: Path, model, tokenizer, train_rows, cascade, *, callbacks=(),
@@ -320,7 +339,7 @@ def build_trainer(cfg, run_dir: Path, model, tokenizer, train_rows, cascade, *, 
 
     dataset = to_dataset(train_rows, tokenizer, PromptFormat.from_config(cfg))  # chat template, system prompt
     trainer = cls(model=model, reward_funcs=funcs, args=args, train_dataset=dataset,
-                  processing_class=tokenizer, peft_config=peft_config(cfg), callbacks=list(callbacks))
+                  processing_class=tokenizer, peft_config=peft_config(cfg, model), callbacks=list(callbacks))
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
     for cb in (PrinterCallback, ProgressCallback):  # frames and stdout.log lines are carl's own

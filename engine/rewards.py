@@ -21,7 +21,6 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-DEFAULT_WEIGHTS = {"coherence": 0.5, "cloud": 0.3, "discontinuity": 0.2}
 COMPONENTS = ("coherence", "cloud", "discontinuity")
 
 
@@ -60,19 +59,6 @@ def carl_from_field(phi, selected, mask, weights: dict[str, float] | None = None
     else:
         out["crystallizations"] = phi.new_zeros(phi.shape[0])
     return out
-
-
-def pad_field(rows: Sequence[Sequence[float]], fill: float = 0.0):
-    import torch
-
-    width = max([len(r) for r in rows] + [1])
-    t = torch.full((len(rows), width), fill, dtype=torch.float32)
-    mask = torch.zeros((len(rows), width), dtype=torch.bool)
-    for i, r in enumerate(rows):
-        if len(r):
-            t[i, : len(r)] = torch.as_tensor(r, dtype=torch.float32)
-            mask[i, : len(r)] = True
-    return t, mask
 
 
 def field_from_forward(model, prompt_ids: Sequence[Sequence[int]], completion_ids: Sequence[Sequence[int]],

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 
@@ -213,3 +215,20 @@ def test_tied_groups_metric_counts_the_groups_that_got_no_carl():
     zeroed = [out[i: i + 4] == [0.0] * 4 for i in range(0, 12, 4)]
     assert zeroed == [False, True, True]
     assert c.last_tied_fraction == pytest.approx(2 / 3)
+
+
+def test_the_evidence_gate_is_a_heuristic_with_a_measured_false_open_rate():
+    """The real EvidenceGate fed binomial draws at a known true rate (bench/evidence_false_open.py; the docs quote
+    its full run). Far below the floor it stays shut; AT the floor it opens often — it is no proof that the rate
+    is above the floor, and clustered prompts (a prompt is solved by most of its G samples or by none) make it
+    open sooner. Seeded: deterministic."""
+    from bench.evidence_false_open import beta_rates, false_open
+
+    sparse = false_open(beta_rates(0.03, math.inf), runs=150, steps=200)
+    sparse_clustered = false_open(beta_rates(0.03, 1.0), runs=150, steps=200)
+    at_floor = false_open(beta_rates(0.10, math.inf), runs=150, steps=200)
+    at_floor_clustered = false_open(beta_rates(0.10, 1.0), runs=150, steps=200)
+    assert sparse["false_open_rate"] == 0.0
+    assert sparse_clustered["false_open_rate"] < 0.05
+    assert 0.2 < at_floor["false_open_rate"] < 0.8
+    assert at_floor_clustered["false_open_rate"] > 0.9

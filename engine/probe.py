@@ -196,8 +196,13 @@ def _numpy_via_torch(x: np.ndarray, tokens: np.ndarray | None, allow_masked: boo
     return ent.double().numpy(), sel.double().numpy(), ids.numpy()
 
 
-def _token_stats_torch(x: Any, tokens: Any, allow_masked: bool) -> tuple[Any, ...]:
-    """Kernel on a 2-D torch ``x`` [N, V] on its own device: (entropy, selected_prob, token ids) tensors [N]."""
+def _token_stats_torch(x: Any, tokens: Any, allow_masked: bool, *, check: bool = True,
+                       with_lse: bool = False) -> tuple[Any, ...]:
+    """Kernel on a 2-D torch ``x`` [N, V] on its own device: (entropy, selected_prob, token ids) tensors [N].
+
+    ``check=False`` skips the one host sync (a non-finite row then reads as NaN entropy instead of raising);
+    ``with_lse`` also returns each row's log-normaliser ``log Σ exp x`` (so one logit read later gives that
+    token's probability, ``exp(x[t] - lse)``, without a second pass over V)."""
     import torch
 
     n, v = x.shape
@@ -207,6 +212,7 @@ def _token_stats_torch(x: Any, tokens: Any, allow_masked: bool) -> tuple[Any, ..
     entropy = torch.empty(n, dtype=work, device=x.device)
     selected = torch.empty(n, dtype=work, device=x.device)
     token_out = torch.empty(n, dtype=torch.int64, device=x.device)
+    lse = torch.empty(n, dtype=work, device=x.device) if with_lse else None
     # two scratch chunks, reused: no allocation (and on CPU no page faults) per chunk
     z_buf = torch.empty((rows, v), dtype=work, device=x.device)
     e_buf = torch.empty((rows, v), dtype=work, device=x.device)
@@ -236,12 +242,15 @@ def _token_stats_torch(x: Any, tokens: Any, allow_masked: bool) -> tuple[Any, ..
             entropy[a:a + rows] = torch.where(torch.isfinite(m[:, 0]), h, torch.full_like(h, math.nan))
             selected[a:a + rows] = sel
             token_out[a:a + rows] = tok
-        finite = torch.isfinite(entropy)
-        if not bool(finite.all()):  # the one host sync
-            i = int(torch.argmin(finite.to(torch.int8)))
-            raise _nonfinite_error(i, (), _describe_row(x[i]))
+            if lse is not None:
+                lse[a:a + rows] = m[:, 0] + torch.log(s)
+        if check:
+            finite = torch.isfinite(entropy)
+            if not bool(finite.all()):  # the one host sync
+                i = int(torch.argmin(finite.to(torch.int8)))
+                raise _nonfinite_error(i, (), _describe_row(x[i]))
         entropy.clamp_(0.0, math.log(v))
-    return entropy, selected, token_out
+    return (entropy, selected, token_out, lse) if with_lse else (entropy, selected, token_out)
 
 
 def token_stats(logits: Any, token_ids: Any = None, *, allow_masked: bool = False,

@@ -52,6 +52,18 @@ def test_short_cascade_run_fixed_gate(tiny_env):
     assert json.loads((d / "checkpoints/checkpoint-2/carl_cascade.json").read_text())["gate"]["opened_at"] == 2
     assert (d / "final" / "config.json").is_file()
     assert set(meta["eval"]) == {"before", "after"}
+    # run.start says what reproduces the run
+    from engine.ledger import Ledger
+
+    start = [b for b in Ledger().iter_blocks() if b["action"] == "run.start"][-1]["payload"]
+    import torch
+    import trl
+
+    assert start["versions"]["torch"] == torch.__version__ and start["versions"]["trl"] == trl.__version__
+    assert start["seed"] == 0 and start["run_id"] == d.name
+    assert len(start["dataset_provenance"]["fingerprint"]) == 64 and start["dataset_provenance"]["train_rows"] > 0
+    assert start["model_provenance"]["builtin"]["sft_steps"] == 10
+    assert start["git"] is None or len(start["git"]["commit"]) == 40
 
 
 def test_metric_gate_fires_on_the_logged_task_reward(tiny_env):

@@ -86,14 +86,17 @@ class Worker:
 
         cfg = validate_dict(yaml.safe_load((self.run_dir / "config.yaml").read_text(encoding="utf-8")),
                             source=str(self.run_dir / "config.yaml"))
-        ledger_record("run.start", {"run_id": self.run_id, "resume": self.resume, "project": cfg.project.name,
-                                    "model": cfg.model.name_or_path, "dataset": cfg.dataset.source,
-                                    "max_steps": cfg.grpo.max_steps, "cascade": cfg.cascade.mode})
         device = grpo.resolve_device(cfg)
         self.log(f"run {self.run_id}: device {device}, model {cfg.model.name_or_path}, "
                  f"{cfg.grpo.max_steps} steps{' (resume)' if self.resume else ''}")
         model, tok = grpo.load_model_and_tokenizer(cfg, device, log=self.log)
         train_rows, eval_rows = load_rows(cfg, cwd=Path.cwd())
+        from engine.provenance import run_start  # what reproduces the run: versions, git, data, model, seed
+
+        ledger_record("run.start", {"run_id": self.run_id, "resume": self.resume, "project": cfg.project.name,
+                                    "model": cfg.model.name_or_path, "dataset": cfg.dataset.source,
+                                    "max_steps": cfg.grpo.max_steps, "cascade": cfg.cascade.mode,
+                                    **run_start(cfg, model, train_rows, eval_rows, cwd=Path.cwd())})
         n_eval = len(eval_rows) if cfg.dataset.source == "builtin:addition" else cfg.eval.n_samples
         if self.should_stop():
             return "stopped"

@@ -14,7 +14,7 @@ Per-prompt rates come from either
                    (kappa=inf: every prompt has the same rate, completions independent).
 
     python bench/evidence_false_open.py [--rates 0.03 0.05 0.08 0.1] [--kappa 1 10 inf] [--model sparse]
-                                        [--runs 2000] [--steps 200]
+                                        [--prompts 600] [--runs 2000] [--steps 200]
 """
 
 from __future__ import annotations
@@ -66,8 +66,9 @@ def false_open(rates, *, runs: int, steps: int, prompts: int = 4, group: int = 8
             "mean_true_rate": float(np.mean(true_rate))}
 
 
-def sparse_start_rates(group: int = 8, seed: int = 0, log=print) -> tuple[list[float], dict]:
-    """Each training prompt's success rate over ``group`` temperature-1 samples of the sparse-start model."""
+def sparse_start_rates(group: int = 8, seed: int = 0, prompts: int = 600, log=print) -> tuple[list[float], dict]:
+    """The success rate of each of ``prompts`` training prompts (a seeded random subset) over ``group``
+    temperature-1 samples of the sparse-start model."""
     import os
 
     import torch
@@ -79,7 +80,10 @@ def sparse_start_rates(group: int = 8, seed: int = 0, log=print) -> tuple[list[f
     path = ensure_tiny(log=log)
     tok = AutoTokenizer.from_pretrained(path)
     model = AutoModelForCausalLM.from_pretrained(path).eval()
+    import random
+
     pairs, _ = split_pairs()
+    pairs = random.Random(seed).sample(pairs, min(prompts, len(pairs)))
     torch.manual_seed(seed)
     rates: list[float] = []
     for i in range(0, len(pairs), 64):
@@ -103,6 +107,7 @@ def main() -> int:
     ap.add_argument("--model", choices=["sparse"], default=None)
     ap.add_argument("--runs", type=int, default=2000)
     ap.add_argument("--steps", type=int, default=200)
+    ap.add_argument("--prompts", type=int, default=600, help="--model sparse: training prompts sampled")
     args = ap.parse_args()
     print("| per-prompt rates | mean true rate | runs | opened | false-open rate | median open step |")
     print("|---|---|---|---|---|---|")
@@ -113,7 +118,7 @@ def main() -> int:
               f"{res['false_open_rate']:.3f} | {med} |", flush=True)
 
     if args.model == "sparse":
-        rates, meta = sparse_start_rates()
+        rates, meta = sparse_start_rates(prompts=args.prompts, log=lambda m: print(m, file=sys.stderr))
         arr = np.asarray(rates)
         print(f"<!-- sparse start: held-out greedy {meta['heldout_accuracy']:.3f}; {len(rates)} prompts × 8 samples:"
               f" sampled success {arr.mean():.4f}, prompts with any success {np.mean(arr > 0):.3f},"

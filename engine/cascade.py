@@ -15,7 +15,9 @@ Gates (``cascade.mode`` in carl.yaml) see one metrics dict per training step and
 * ``evidence``        — opens only on real, sustained task success: the Wilson score lower bound (z =
   ``evidence_z``, 1.96) of the success rate pooled over the last ``evidence_window`` steps (successes = Σ step
   mean × completions, trials = Σ completions) must exceed ``evidence_floor`` on ``evidence_consecutive``
-  consecutive steps. A few lucky successes in a sparse run cannot do that; a sustained rate can.
+  consecutive steps. A few lucky successes in a sparse run rarely do that; a sustained rate does. It is a
+  heuristic, not a test with a known error rate: one prompt's G completions are not independent and the bound
+  is looked at every step. Its false-open rate is measured (bench/evidence_false_open.py, docs/cascade.md).
 * ``off``             — no gate: CARL is in from step 0 (the "ungated" arm of the ablation).
 
 How the CARL reward joins the task reward is :meth:`Cascade.combine` (``cascade.combine``):

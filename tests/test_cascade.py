@@ -224,10 +224,10 @@ def test_the_evidence_gate_is_a_heuristic_with_a_measured_false_open_rate():
     open sooner. Seeded: deterministic."""
     from bench.evidence_false_open import beta_rates, false_open
 
-    sparse = false_open(beta_rates(0.03, math.inf), runs=150, steps=200)
-    sparse_clustered = false_open(beta_rates(0.03, 1.0), runs=150, steps=200)
-    at_floor = false_open(beta_rates(0.10, math.inf), runs=150, steps=200)
-    at_floor_clustered = false_open(beta_rates(0.10, 1.0), runs=150, steps=200)
+    sparse = false_open(beta_rates(0.03, math.inf), runs=120, steps=200)
+    sparse_clustered = false_open(beta_rates(0.03, 1.0), runs=120, steps=200)
+    at_floor = false_open(beta_rates(0.10, math.inf), runs=120, steps=200)
+    at_floor_clustered = false_open(beta_rates(0.10, 1.0), runs=120, steps=200)
     assert sparse["false_open_rate"] == 0.0
     assert sparse_clustered["false_open_rate"] < 0.05
     assert 0.2 < at_floor["false_open_rate"] < 0.8

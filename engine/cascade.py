@@ -16,7 +16,9 @@ Gates (``cascade.mode`` in carl.yaml) see one metrics dict per training step and
 * ``evidence`` (the default) — opens only on real, sustained task success: the Wilson score lower bound (z =
   ``evidence_z``, 1.96) of the success rate pooled over the last ``evidence_window`` steps (successes = Σ step
   mean × completions, trials = Σ completions) must exceed ``evidence_floor`` on ``evidence_consecutive``
-  consecutive steps. A few lucky successes in a sparse run cannot do that; a sustained rate can.
+  consecutive steps. A few lucky successes in a sparse run rarely do that; a sustained rate does. It is a
+  heuristic, not a test with a known error rate: one prompt's G completions are not independent and the bound
+  is looked at every step. Its false-open rate is measured (bench/evidence_false_open.py, docs/cascade.md).
 * ``off``             — no gate: CARL is in from step 0 (the "ungated" arm of the ablation).
 
 How the CARL reward joins the task reward is :meth:`Cascade.combine` (``cascade.combine``):
@@ -27,7 +29,9 @@ How the CARL reward joins the task reward is :meth:`Cascade.combine` (``cascade.
   term is scaled down (uniformly, so the CARL ranking is kept) until its largest magnitude is at most
   ``k · σ_task`` with ``k = cap / (1 + c·cap)``, ``c = sqrt(G/(G-1))`` (TRL's Bessel-corrected std over a group
   of G). Then after TRL's normalisation the CARL-driven part of any advantage, ``|d_i| / std(task + d)``, is at
-  most ``carl_cap``; in a tied group every completion gets 0 (exactly: no CARL-driven advantage). The logged
+  most ``carl_cap`` — in advantage units (one unit = the group's reward std), not a share of each completion's
+  own advantage (see docs/cascade.md); in a tied group every completion gets 0 (exactly: no CARL-driven
+  advantage). :func:`check_bound_settings` refuses TRL settings the bound does not hold under. The logged
   ``rewards/carl/mean`` is then the mean term added (tied groups count 0); frames' ``carl_reward`` stays raw.
 """
 
@@ -255,6 +259,13 @@ def _std(xs: list[float]) -> float:
     return math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1))
 
 
+def carl_free_group(task: list[float], cap: float) -> bool:
+    """True when ``varied_groups`` gives this group's completions no CARL term: its task rewards tie, one of
+    them is unscorable (NaN), or the cap is 0. The one rule both the combination and ``carl/tied_groups`` use."""
+    finite = [x for x in task if x == x]
+    return len(finite) < len(task) or _std(finite) <= 1e-8 or cap <= 0
+
+
 def combine_varied_groups(carl: list[float], task: list[float], group: int, weight: float,
                           cap: float) -> list[float]:
     """The ``varied_groups`` combination (module docstring): per consecutive group of ``group`` completions."""
@@ -263,11 +274,10 @@ def combine_varied_groups(carl: list[float], task: list[float], group: int, weig
         c = [weight * x for x in carl[g0: g0 + group]]
         t = [x for x in task[g0: g0 + group]]
         mean_c = sum(c) / len(c)
-        finite = [x for x in t if x == x]
-        sigma = _std(finite)
-        if len(finite) < len(t) or sigma <= 1e-8 or cap <= 0:
+        if carl_free_group(t, cap):
             out.extend([0.0] * len(c))  # tied (or unscorable) group: exactly no CARL-driven advantage
             continue
+        sigma = _std(t)
         n = len(c)
         k = cap / (1 + math.sqrt(n / (n - 1)) * cap)
         d = [x - mean_c for x in c]
@@ -275,6 +285,38 @@ def combine_varied_groups(carl: list[float], task: list[float], group: int, weig
         scale = min(1.0, k * sigma / biggest) if biggest > 0 else 0.0
         out.extend(mean_c + scale * x for x in d)
     return out
+
+
+# What the varied_groups bound assumes of TRL's GRPOTrainer (1.16): rewards summed with their weights, then
+# centred and divided by the std of each group of num_generations (Bessel-corrected, + 1e-4). Under "batch"
+# scaling or per-function normalisation ("normalize_then_sum") the bound does not hold. The loss type (dapo, grpo,
+# ...) only weights tokens of an advantage already computed, so the bound on the advantage does not depend on it.
+BOUND_SETTINGS = {"scale_rewards": "group", "multi_objective_aggregation": "sum_then_normalize"}
+
+
+def check_bound_settings(trainer, cascade: "Cascade") -> None:
+    """Refuse to train ``combine: varied_groups`` under TRL settings its bound does not hold for: group std
+    scaling, summed rewards, CARL's reward weight 1 (the cascade applies its own), groups of ``cascade.group``.
+    Called once the trainer exists (engine.trainer.grpo.build_trainer); ``trainer`` is TRL's GRPOTrainer."""
+    if cascade.mode != "varied_groups":
+        return
+    found = {k: getattr(trainer, k, None) for k in BOUND_SETTINGS}
+    names = list(getattr(trainer, "reward_func_names", []) or [])
+    weights = getattr(trainer, "reward_weights", None)
+    carl_w = float(weights[names.index("carl")]) if weights is not None and "carl" in names else 1.0
+    groups = int(getattr(trainer, "num_generations", cascade.group) or cascade.group)
+    bad = {k: v for k, v in found.items() if v != BOUND_SETTINGS[k]}
+    if carl_w != 1.0:
+        bad["carl reward weight"] = carl_w
+    if groups != cascade.group:
+        bad["num_generations"] = groups
+    if bad:
+        raise ConfigError(
+            "cascade.combine=varied_groups: its cap on CARL's part of the advantage does not hold under the TRL "
+            f"settings in force ({', '.join(f'{k}={v!r}' for k, v in bad.items())})",
+            hint="Keep TRL's scale_rewards='group' and multi_objective_aggregation='sum_then_normalize', or use "
+                 "cascade.combine: add.",
+            context={"found": {k: str(v) for k, v in bad.items()}, "expected": BOUND_SETTINGS})
 
 
 class Cascade:
@@ -320,7 +362,8 @@ class Cascade:
         group = self.group if self.group > 1 and len(carl) % self.group == 0 else len(carl)
         out = combine_varied_groups(carl, task, group, w, self.cap)
         groups = [task[i: i + group] for i in range(0, len(task), group)]
-        self.last_tied_fraction = sum(1 for g in groups if _std(g) <= 1e-8) / max(1, len(groups))
+        # the groups that got no CARL term (tied, or holding an unscorable reward): what was applied
+        self.last_tied_fraction = sum(1 for g in groups if carl_free_group(g, self.cap)) / max(1, len(groups))
         return out
 
     def state_dict(self) -> dict[str, Any]:

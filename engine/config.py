@@ -172,7 +172,8 @@ class CascadeSection(_Model):
                                              "crystallizations per completion, summed over the last window steps, "
                                              "reach this.")
     evidence_floor: float = Field(0.1, ge=0, lt=1, description="mode=evidence: the success rate whose Wilson "
-                                                              "lower bound must be beaten.")
+                                                              "lower bound must be beaten (a heuristic: see "
+                                                              "docs/cascade.md for its false-open rate).")
     evidence_window: int = Field(10, ge=1, description="mode=evidence: steps pooled for the success rate.")
     evidence_consecutive: int = Field(3, ge=1, description="mode=evidence: consecutive steps above the floor.")
     evidence_z: float = Field(1.96, gt=0, description="mode=evidence: z of the Wilson bound (1.96 ≈ 95%).")

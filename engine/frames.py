@@ -16,7 +16,7 @@ import os
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import orjson
 
@@ -222,10 +222,6 @@ def read_frames(path: str | Path) -> tuple[list[Frame], int]:
     """All complete frames of a file and the number of lines skipped (malformed, or a torn last line)."""
     data = Path(path).read_bytes()
     return parse_frame_lines(data.split(b"\n"))
-
-
-def iter_frames(path: str | Path) -> Iterator[Frame]:
-    yield from read_frames(path)[0]
 
 
 class JsonlTail:

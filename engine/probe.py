@@ -5,10 +5,14 @@ Definitions (each formula lives once, in the function that computes it):
 * per token ``p = softmax(logits)``, ``H = -Σ p·log p`` (nats, ``0·log 0 = 0``), **Phi = 1 - H / log V** with
   ``V`` the full last dimension, ``selected_prob = p[token]`` (the given token, else the argmax).
 * constants :data:`KAPPA` = 64/3, :data:`SIGMA` = 3/16, :data:`DEFECT_THRESHOLD` = 0.03, horizon T* = KAPPA·d.
-* :func:`cloud`, :func:`coherence` (multiscale), :func:`discontinuity`, :func:`carl_reward`,
+* :func:`carl_components` (batched: cloud, multiscale coherence, discontinuity, carl — the one definition that
+  :func:`cloud`, :func:`coherence`, :func:`discontinuity`, :func:`carl_reward` and the trainer's
+  :func:`carl_components_torch` use),
   :func:`crystallizations` / :func:`meltings`, :func:`surprisal`, :func:`kuramoto_r`.
 
-The logits kernel works on row chunks of about a MiB, in float32 for 16/32-bit inputs (float64 for float64
+The logits kernel (H = log Σe − Σe·z / Σe over z = x − max, one pass) has two backends of the same formula: numpy
+(``_numpy_rows``, so the CLI never imports torch) and torch (``_token_stats_torch``, on the tensor's device; the
+trainer's reward and generation capture call it too); tests check they agree. It works on row chunks of about a MiB, in float32 for 16/32-bit inputs (float64 for float64
 inputs): one read of the input, two cache-resident scratch rows, never a float64 (or any) copy of ``[T, V]``.
 Torch tensors stay on their device; only the per-token vectors ``[B, T]`` come back to the host.
 numpy is the only import at module level; torch and safetensors are imported where they are needed.
@@ -196,8 +200,13 @@ def _numpy_via_torch(x: np.ndarray, tokens: np.ndarray | None, allow_masked: boo
     return ent.double().numpy(), sel.double().numpy(), ids.numpy()
 
 
-def _token_stats_torch(x: Any, tokens: Any, allow_masked: bool) -> tuple[Any, ...]:
-    """Kernel on a 2-D torch ``x`` [N, V] on its own device: (entropy, selected_prob, token ids) tensors [N]."""
+def _token_stats_torch(x: Any, tokens: Any, allow_masked: bool, *, check: bool = True,
+                       with_lse: bool = False) -> tuple[Any, ...]:
+    """Kernel on a 2-D torch ``x`` [N, V] on its own device: (entropy, selected_prob, token ids) tensors [N].
+
+    ``check=False`` skips the one host sync (a non-finite row then reads as NaN entropy instead of raising);
+    ``with_lse`` also returns each row's log-normaliser ``log Σ exp x`` (so one logit read later gives that
+    token's probability, ``exp(x[t] - lse)``, without a second pass over V)."""
     import torch
 
     n, v = x.shape
@@ -207,6 +216,7 @@ def _token_stats_torch(x: Any, tokens: Any, allow_masked: bool) -> tuple[Any, ..
     entropy = torch.empty(n, dtype=work, device=x.device)
     selected = torch.empty(n, dtype=work, device=x.device)
     token_out = torch.empty(n, dtype=torch.int64, device=x.device)
+    lse = torch.empty(n, dtype=work, device=x.device) if with_lse else None
     # two scratch chunks, reused: no allocation (and on CPU no page faults) per chunk
     z_buf = torch.empty((rows, v), dtype=work, device=x.device)
     e_buf = torch.empty((rows, v), dtype=work, device=x.device)
@@ -236,12 +246,15 @@ def _token_stats_torch(x: Any, tokens: Any, allow_masked: bool) -> tuple[Any, ..
             entropy[a:a + rows] = torch.where(torch.isfinite(m[:, 0]), h, torch.full_like(h, math.nan))
             selected[a:a + rows] = sel
             token_out[a:a + rows] = tok
-        finite = torch.isfinite(entropy)
-        if not bool(finite.all()):  # the one host sync
-            i = int(torch.argmin(finite.to(torch.int8)))
-            raise _nonfinite_error(i, (), _describe_row(x[i]))
+            if lse is not None:
+                lse[a:a + rows] = m[:, 0] + torch.log(s)
+        if check:
+            finite = torch.isfinite(entropy)
+            if not bool(finite.all()):  # the one host sync
+                i = int(torch.argmin(finite.to(torch.int8)))
+                raise _nonfinite_error(i, (), _describe_row(x[i]))
         entropy.clamp_(0.0, math.log(v))
-    return entropy, selected, token_out
+    return (entropy, selected, token_out, lse) if with_lse else (entropy, selected, token_out)
 
 
 def token_stats(logits: Any, token_ids: Any = None, *, allow_masked: bool = False,
@@ -353,56 +366,87 @@ def delta_phi(phi: Any) -> np.ndarray:
 def cloud(phi: Any, selected_prob: Any) -> float:
     """cloud = mean(selected_prob · Phi); 0.0 for an empty sequence."""
     p, s = _vec(phi), _vec(selected_prob)
-    return float(np.mean(p * s)) if p.size else 0.0
+    return float(carl_components(p[None, :], s[None, :])["cloud"][0])
 
 
 def coherence(phi: Any) -> float:
-    """Multiscale coherence of the Phi field.
-
-    For j = 0, 1, … while 2^j ≤ T (at most :data:`MAX_SCALES` scales): split Phi[:n·2^j] into n = T // 2^j
-    blocks of 2^j tokens, c_j = clamp(1 - mean over blocks of the block's population std, 0, 1). The result is
-    the mean of c_j weighted by 2^(j/2). T = 0 gives 0.5.
-    """
+    """Multiscale coherence of the Phi field (the formula: :func:`carl_components`). T = 0 gives 0.5."""
     p = _vec(phi)
-    t = p.size
-    if t == 0:
-        return 0.5
-    num = den = 0.0
-    j = 0
-    while (1 << j) <= t and j < MAX_SCALES:
-        b = 1 << j
-        n = t // b
-        c_j = min(1.0, max(0.0, 1.0 - float(p[:n * b].reshape(n, b).std(axis=1).mean())))
-        w = 2.0 ** (j / 2.0)
-        num += w * c_j
-        den += w
-        j += 1
-    return num / den
-
-
-def _defect_scores(phi: np.ndarray) -> np.ndarray:
-    d = np.diff(phi)
-    prev = phi[:-1]
-    hit = np.abs(d) > DEFECT_THRESHOLD
-    rise = np.where(prev < 0.5, 0.8, 0.3)
-    fall = np.where(prev > 0.7, 0.2, 0.5)
-    return np.where(d > 0, rise, fall)[hit]
+    return float(carl_components(p[None, :], np.zeros_like(p)[None, :])["coherence"][0])
 
 
 def discontinuity(phi: Any) -> float:
-    """Discontinuity score: for every |ΔPhi_k| > DEFECT_THRESHOLD, a rise scores 0.8 if Phi[k] < 0.5 else 0.3
-    and a fall scores 0.2 if Phi[k] > 0.7 else 0.5; the mean of those scores, or 0.5 when there is none."""
-    scores = _defect_scores(_vec(phi))
-    return float(scores.mean()) if scores.size else 0.5
+    """Discontinuity score (the formula: :func:`carl_components`); 0.5 when there is no jump."""
+    p = _vec(phi)
+    return float(carl_components(p[None, :], np.zeros_like(p)[None, :])["discontinuity"][0])
 
 
 def carl_reward(phi: Any, selected_prob: Any, weights: Mapping[str, float] | None = None) -> dict[str, float]:
     """``{coherence, cloud, discontinuity, carl}`` with carl = w_coh·coherence + w_cloud·cloud + w_disc·discontinuity
-    (default 0.5 / 0.3 / 0.2; the weights are used as given, not renormalised)."""
+    (default 0.5 / 0.3 / 0.2; the weights are used as given, not renormalised) of one sequence."""
+    p, s = _vec(phi), _vec(selected_prob)
+    return {k: float(v[0]) for k, v in carl_components(p[None, :], s[None, :], weights=weights).items()}
+
+
+def carl_components(phi: Any, selected_prob: Any, mask: Any = None,
+                    weights: Mapping[str, float] | None = None) -> dict[str, np.ndarray]:
+    """THE definition of the CARL components, batched: ``{coherence, cloud, discontinuity, carl}``, each [B]
+    float64, of ``phi`` / ``selected_prob`` [B, T] (numpy; ``mask`` [B, T] bool, True = real token, default all;
+    each row's real tokens are taken in order).
+
+    * cloud = mean over the tokens of selected_prob · Phi (0 for an empty row);
+    * coherence: for j = 0, 1, … while 2^j ≤ T (at most :data:`MAX_SCALES` scales) split Phi[:n·2^j] into
+      n = T // 2^j blocks of 2^j tokens, c_j = clamp(1 - mean over blocks of the block's population std, 0, 1);
+      the mean of c_j weighted by 2^(j/2) (0.5 for an empty row);
+    * discontinuity: for every |ΔPhi_k| > :data:`DEFECT_THRESHOLD` a rise scores 0.8 if Phi[k] < 0.5 else 0.3, a
+      fall 0.2 if Phi[k] > 0.7 else 0.5; the mean of those scores (0.5 when there is none);
+    * carl = w_coh·coherence + w_cloud·cloud + w_disc·discontinuity.
+    """
     w = _weights(weights)
-    parts = {"coherence": coherence(phi), "cloud": cloud(phi, selected_prob), "discontinuity": discontinuity(phi)}
-    parts["carl"] = sum(w[k] * parts[k] for k in ("coherence", "cloud", "discontinuity"))
-    return parts
+    phi = np.asarray(phi, dtype=np.float64)
+    sp = np.asarray(selected_prob, dtype=np.float64)
+    if phi.ndim != 2:
+        raise ProbeShapeError(f"phi must be [B, T], got shape {list(phi.shape)}")
+    bsz, t = phi.shape
+    mask = np.ones((bsz, t), dtype=bool) if mask is None else np.asarray(mask, dtype=bool)
+    if t and not bool((mask[:, 1:] <= mask[:, :-1]).all()):  # not right-padded: move real tokens to the front
+        order = np.argsort(~mask, axis=1, kind="stable")
+        phi, sp, mask = (np.take_along_axis(a, order, axis=1) for a in (phi, sp, mask))
+    lengths = mask.sum(axis=1)
+    valid = np.arange(t)[None, :] < lengths[:, None]
+    phi = np.where(valid, phi, 0.0)
+    sp = np.where(valid, sp, 0.0)
+    lf = np.maximum(lengths, 1).astype(np.float64)
+
+    cloud_v = np.where(lengths > 0, (phi * sp).sum(axis=1) / lf, 0.0)
+
+    num = np.zeros(bsz)
+    den = np.zeros(bsz)
+    j = 0
+    while (1 << j) <= t and j < MAX_SCALES:
+        b = 1 << j
+        nb = t // b
+        std = phi[:, :nb * b].reshape(bsz, nb, b).std(axis=2)  # population std per block
+        n_valid = lengths // b  # blocks fully inside the row
+        bvalid = np.arange(nb)[None, :] < n_valid[:, None]
+        c_j = np.clip(1.0 - (std * bvalid).sum(axis=1) / np.maximum(n_valid, 1), 0.0, 1.0)
+        on = (lengths >= b).astype(np.float64)
+        num += on * 2.0 ** (j / 2.0) * c_j
+        den += on * 2.0 ** (j / 2.0)
+        j += 1
+    coh = np.where(lengths > 0, num / np.maximum(den, 1e-30), 0.5)
+
+    if t >= 2:
+        d = phi[:, 1:] - phi[:, :-1]
+        prev = phi[:, :-1]
+        hit = (np.abs(d) > DEFECT_THRESHOLD) & (np.arange(1, t)[None, :] < lengths[:, None])
+        score = np.where(d > 0, np.where(prev < 0.5, 0.8, 0.3), np.where(prev > 0.7, 0.2, 0.5))
+        nhit = hit.sum(axis=1)
+        disc = np.where(nhit > 0, (score * hit).sum(axis=1) / np.maximum(nhit, 1), 0.5)
+    else:
+        disc = np.full(bsz, 0.5)
+    carl = w["coherence"] * coh + w["cloud"] * cloud_v + w["discontinuity"] * disc
+    return {"coherence": coh, "cloud": cloud_v, "discontinuity": disc, "carl": carl}
 
 
 def _weights(weights: Mapping[str, float] | Any | None) -> dict[str, float]:
@@ -451,73 +495,16 @@ def crystallized_fraction(phi: Any) -> float:
 
 def carl_components_torch(phi: Any, selected_prob: Any, mask: Any = None,
                           weights: Mapping[str, float] | None = None) -> dict[str, Any]:
-    """Batched CARL components: ``{coherence, cloud, discontinuity, carl}``, each a [B] tensor.
-
-    ``phi``, ``selected_prob``: [B, T]; ``mask``: [B, T] bool (True = real token; default all). Row b equals
-    :func:`carl_reward` on that row's unmasked tokens taken in order (right padding is the usual case).
-    """
+    """:func:`carl_components` for torch tensors [B, T] (what the trainer calls): one host copy of the [B, T]
+    field (tiny next to the [B, T, V] logits it came from), the one definition, [B] tensors back on the
+    field's device in its float dtype."""
     import torch
 
-    w = _weights(weights)
-    phi = phi.detach()
-    sp = selected_prob.detach().to(phi.dtype)
-    bsz, t = phi.shape
-    dev, dt = phi.device, phi.dtype if phi.is_floating_point() else torch.float32
-    phi = phi.to(dt)
-    if mask is None:
-        mask = torch.ones(bsz, t, dtype=torch.bool, device=dev)
-    mask = mask.to(device=dev, dtype=torch.bool)
-    if t and not bool((mask[:, 1:] <= mask[:, :-1]).all()):  # not right-padded: move real tokens to the front
-        order = torch.argsort((~mask).to(torch.int8), dim=1, stable=True)
-        phi, sp, mask = phi.gather(1, order), sp.gather(1, order), mask.gather(1, order)
-    lengths = mask.sum(dim=1)
-    lf = lengths.to(dt)
-    pos = torch.arange(t, device=dev)
-    valid = pos[None, :] < lengths[:, None]
-    phi = torch.where(valid, phi, torch.zeros((), dtype=dt, device=dev))
-    sp = torch.where(valid, sp, torch.zeros((), dtype=dt, device=dev))
-
-    # cloud
-    cloud_t = torch.where(lengths > 0, (phi * sp).sum(dim=1) / lf.clamp(min=1), torch.zeros((), dtype=dt, device=dev))
-
-    # multiscale coherence
-    num = torch.zeros(bsz, dtype=dt, device=dev)
-    den = torch.zeros(bsz, dtype=dt, device=dev)
-    j = 0
-    while (1 << j) <= t and j < MAX_SCALES:
-        b = 1 << j
-        nb = t // b
-        blocks = phi[:, :nb * b].reshape(bsz, nb, b)
-        mean = blocks.mean(dim=2, keepdim=True)
-        std = ((blocks - mean) ** 2).mean(dim=2).sqrt()  # population std per block
-        n_valid = lengths // b  # blocks fully inside the row
-        bvalid = torch.arange(nb, device=dev)[None, :] < n_valid[:, None]
-        mean_std = (std * bvalid).sum(dim=1) / n_valid.clamp(min=1).to(dt)
-        c_j = (1.0 - mean_std).clamp(0.0, 1.0)
-        on = (lengths >= b).to(dt)
-        wj = 2.0 ** (j / 2.0)
-        num = num + on * wj * c_j
-        den = den + on * wj
-        j += 1
-    coh = torch.where(lengths > 0, num / den.clamp(min=1e-30), torch.full((), 0.5, dtype=dt, device=dev))
-
-    # discontinuity
-    if t >= 2:
-        d = phi[:, 1:] - phi[:, :-1]
-        prev = phi[:, :-1]
-        pvalid = pos[None, 1:] < lengths[:, None]
-        hit = (d.abs() > DEFECT_THRESHOLD) & pvalid
-        def k(v: float) -> Any:
-            return torch.tensor(v, dtype=dt, device=dev)
-
-        score = torch.where(d > 0, torch.where(prev < 0.5, k(0.8), k(0.3)), torch.where(prev > 0.7, k(0.2), k(0.5)))
-        nhit = hit.sum(dim=1)
-        disc = torch.where(nhit > 0, (score * hit).sum(dim=1) / nhit.clamp(min=1).to(dt),
-                           torch.full((), 0.5, dtype=dt, device=dev))
-    else:
-        disc = torch.full((bsz,), 0.5, dtype=dt, device=dev)
-    carl = w["coherence"] * coh + w["cloud"] * cloud_t + w["discontinuity"] * disc
-    return {"coherence": coh, "cloud": cloud_t, "discontinuity": disc, "carl": carl}
+    dev = phi.device
+    dt = phi.dtype if phi.is_floating_point() else torch.float32
+    host = carl_components(phi.detach().double().cpu().numpy(), selected_prob.detach().double().cpu().numpy(),
+                           None if mask is None else mask.detach().cpu().numpy(), weights)
+    return {k: torch.from_numpy(v).to(device=dev, dtype=dt) for k, v in host.items()}
 
 
 # ----------------------------------------------------------------------------------------------------------

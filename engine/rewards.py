@@ -22,36 +22,28 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-DEFAULT_WEIGHTS = {"coherence": 0.5, "cloud": 0.3, "discontinuity": 0.2}
 COMPONENTS = ("coherence", "cloud", "discontinuity")
 
 
 def field_stats(logits, tokens):
-    """``logits`` [..., V] and ``tokens`` [...] → (phi, entropy, selected_prob), each [...] float32.
+    """``logits`` [..., V] and ``tokens`` [...] → (phi, entropy, selected_prob), each [...] float32: the probe's
+    own kernel (:func:`engine.probe.token_stats`, one pass over V, on the logits' device).
 
-    ``-inf`` logits count as probability 0 (masked vocabulary); V stays the full last dimension. Memory: the
-    float32 view of ``logits`` plus two working copies (log-softmax, exponentiated in place, and the entropy
-    terms) — :data:`engine.memory.WORK_COPIES` bounds it.
+    ``-inf`` logits count as probability 0 (masked vocabulary); V stays the full last dimension. Memory: a few
+    float32 working copies of the vocabulary rows — :data:`engine.memory.WORK_COPIES` bounds it.
     """
-    import torch
+    from engine.probe import token_stats
 
-    from engine.probe import phi_from_entropy
-
-    logp = torch.log_softmax(logits.float(), dim=-1)
-    sel = logp.gather(-1, tokens.long().clamp(min=0).unsqueeze(-1)).squeeze(-1).exp()
-    p = logp.exp_()  # in place: logp is not needed again
-    ent = torch.special.entr(p).sum(-1)  # -Σ p log p, with 0 · log 0 = 0
-    del p, logp
-    v = logits.shape[-1]
-    phi = phi_from_entropy(ent, v) if v > 1 else torch.ones_like(ent)
-    return phi.clamp(0.0, 1.0), ent, sel
+    x = logits if logits.dim() in (2, 3) else logits.reshape(-1, logits.shape[-1])
+    tok = tokens.long().clamp(min=0).reshape(x.shape[:-1])
+    phi, ent, sel, _ = token_stats(x, tok, allow_masked=True)
+    shape = tokens.shape
+    return phi.float().clamp(0.0, 1.0).reshape(shape), ent.float().reshape(shape), sel.float().reshape(shape)
 
 
 def phi_and_selected(logits, tokens):
-    """``logits`` [..., V] and ``tokens`` [...] → (phi [...], selected_prob [...]) as float32 tensors.
-
-    ``-inf`` logits count as probability 0 (masked vocabulary); V stays the full last dimension.
-    """
+    """``logits`` [..., V] and ``tokens`` [...] → (phi [...], selected_prob [...]) as float32 tensors
+    (:func:`field_stats` without the entropy)."""
     phi, _, sel = field_stats(logits, tokens)
     return phi, sel
 
@@ -72,19 +64,6 @@ def carl_from_field(phi, selected, mask, weights: dict[str, float] | None = None
     else:
         out["crystallizations"] = phi.new_zeros(phi.shape[0])
     return out
-
-
-def pad_field(rows: Sequence[Sequence[float]], fill: float = 0.0):
-    import torch
-
-    width = max([len(r) for r in rows] + [1])
-    t = torch.full((len(rows), width), fill, dtype=torch.float32)
-    mask = torch.zeros((len(rows), width), dtype=torch.bool)
-    for i, r in enumerate(rows):
-        if len(r):
-            t[i, : len(r)] = torch.as_tensor(r, dtype=torch.float32)
-            mask[i, : len(r)] = True
-    return t, mask
 
 
 def _accepts_logits_to_keep(model) -> bool:
@@ -183,8 +162,8 @@ class GenerationCapture:
     """A logits processor that records the per-token field of the distributions ``generate`` samples from.
 
     At each decoding step it receives the scores for the next token; the token chosen at step t is known at
-    step t+1 (the last column of ``input_ids``) or, for the final step, from the completion ids. Memory is one
-    [B, V] distribution at a time plus [B, T] floats.
+    step t+1 (the last column of ``input_ids``) or, for the final step, from the completion ids. Memory: a reference
+    to the last step's [B, V] scores (no copy) plus [B] floats per step, on the scores' device.
     """
 
     def __init__(self) -> None:
@@ -194,25 +173,32 @@ class GenerationCapture:
     def reset(self) -> None:
         self.phi: list[Any] = []  # per step, [B]
         self.sel: list[Any] = []  # per step, [B] (resolved one step late)
-        self._pending = None  # probabilities of the last step, [B, V]
+        self._pending = None  # (the last step's scores [B, V], their log-normaliser [B])
         self.rows = 0
         self.active = False
 
     def __call__(self, input_ids, scores):
-        import torch
-
+        """One pass of the probe's kernel over this step's scores (entropy and log-normaliser per row); the token
+        sampled from the previous step's scores is read back with one gather. Nothing leaves the device here:
+        the per-step vectors are stacked and copied to the host once, in :meth:`field`."""
         if not self.active:
             return scores
         import time
 
+        import torch
+
+        from engine.probe import _token_stats_torch, phi_from_entropy
+
         t0 = time.perf_counter()
         with torch.no_grad():
             if self._pending is not None:
-                tok = input_ids[:, -1].long()
-                self.sel.append(self._pending.gather(-1, tok.unsqueeze(-1)).squeeze(-1).float().cpu())
-            phi, _ = phi_and_selected(scores, torch.zeros(scores.shape[0], dtype=torch.long, device=scores.device))
-            self.phi.append(phi.float().cpu())
-            self._pending = torch.softmax(scores.float(), dim=-1)
+                prev, lse = self._pending
+                tok = input_ids[:, -1].long().unsqueeze(-1)
+                self.sel.append((prev.gather(-1, tok).squeeze(-1).to(lse.dtype) - lse).exp())
+            ent, _, _, lse = _token_stats_torch(scores, None, True, check=False, with_lse=True)
+            self.phi.append(phi_from_entropy(ent, scores.shape[-1]).clamp(0.0, 1.0))
+            # the scores themselves, not a copy: generate only reads them after the last processor (this one)
+            self._pending = (scores, lse)
             self.rows = scores.shape[0]
         self.seconds += time.perf_counter() - t0
         return scores
@@ -226,11 +212,13 @@ class GenerationCapture:
             return None
         sel = list(self.sel)
         if self._pending is not None:  # the last step's chosen token is in the completion ids
+            prev, lse = self._pending
             last = len(self.phi) - 1
-            tok = torch.tensor([c[last] if len(c) > last else 0 for c in completion_ids], dtype=torch.long)
-            sel.append(self._pending.gather(-1, tok.unsqueeze(-1).to(self._pending.device)).squeeze(-1).float().cpu())
-        phi = torch.stack(self.phi, dim=1)
-        sel_t = torch.stack(sel, dim=1)
+            tok = torch.tensor([c[last] if len(c) > last else 0 for c in completion_ids], dtype=torch.long,
+                               device=prev.device)
+            sel.append((prev.gather(-1, tok.unsqueeze(-1)).squeeze(-1).to(lse.dtype) - lse).exp())
+        both = torch.stack([torch.stack(self.phi, dim=1), torch.stack(sel, dim=1)]).float().cpu()  # one copy
+        phi, sel_t = both[0], both[1]
         clens = torch.tensor([len(c) for c in completion_ids])
         if int(clens.max()) > phi.shape[1]:
             return None

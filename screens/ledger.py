@@ -20,8 +20,8 @@ from textual.containers import Vertical, VerticalScroll
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header, Input, Static
 
-from engine.errors import CARLError
-from engine.ledger import Ledger, VerifyResult
+from engine.errors import CARLError, PermissionDenied
+from engine.ledger import Ledger, VerifyResult, write_failures
 from engine.ledger.keys import key_id
 from screens.context import context_of
 
@@ -137,6 +137,9 @@ class LedgerScreen(Screen):
             err = None
         except CARLError as exc:
             blocks, err = [], exc
+        except OSError as exc:  # e.g. CARL_HOME/ledger is not a directory: say so, never a traceback
+            blocks, err = [], PermissionDenied(f"cannot read the ledger: {exc.strerror or exc}",
+                                               hint="Set CARL_HOME to a writable directory.")
         self.app.call_from_thread(self._loaded, blocks, err)
 
     def _loaded(self, blocks: list[dict[str, Any]], err: CARLError | None) -> None:
@@ -149,6 +152,12 @@ class LedgerScreen(Screen):
                           "press i to initialise the ledger now.", "")
         else:
             self._verdict(f"{len(blocks)} blocks · press v to verify every hash, link and signature", "")
+        failed = write_failures(context_of(self).home)
+        if failed:  # a workbench action whose block never reached the ledger: never unseen
+            last = failed[-1]
+            self._verdict(f"✗ {len(failed)} action{'s' if len(failed) != 1 else ''} not recorded this session"
+                          f" (last: {last['action']}: {last['error']}) — {last['hint'] or 'see the log'}"
+                          + (f" · {err.message}" if err is not None and err.message != last["error"] else ""), "bad")
         self.refresh_table()
 
     def refresh_table(self) -> None:

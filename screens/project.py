@@ -21,6 +21,7 @@ from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.message import Message
 from textual.screen import Screen
 from textual.widgets import Footer, Header, Input, Label, OptionList, Select, Static, Switch
 from textual.widgets.option_list import Option
@@ -359,12 +360,35 @@ class ProjectScreen(Screen):
         except (CARLError, OSError) as exc:
             self.notify(str(exc), severity="error", title="cannot create carl.yaml")
             return
-        record_nowait("project.init", {"path": str(path.resolve()), "preset": name, "project": cfg.project.name,
-                                       "config_hash": config_hash(cfg), "via": "tui"})
+        self._signed(record_nowait("project.init", {"path": str(path.resolve()), "preset": name,
+                                                    "project": cfg.project.name, "config_hash": config_hash(cfg),
+                                                    "via": "tui"}, home=context_of(self).home),
+                     "project.init")
         self.load()
         self._message = f"created from preset {name}"
         self._refresh_status()
         self._update_subtitle()
+
+    class LedgerWriteFailed(Message):
+        def __init__(self, action: str, text: str) -> None:
+            super().__init__()
+            self.action, self.text = action, text
+
+    def _signed(self, fut, action: str) -> None:
+        """A ledger write that fails on the writer thread is shown here (the ledger screen lists it too)."""
+
+        def done(f) -> None:
+            exc = None if f.cancelled() else f.exception()
+            if exc is not None:  # post_message is thread-safe and never blocks the writer thread
+                hint = getattr(exc, "hint", "") or ""
+                self.post_message(self.LedgerWriteFailed(action, f"{getattr(exc, 'message', exc)}"
+                                                                 + (f" — {hint}" if hint else "")))
+
+        fut.add_done_callback(done)
+
+    def on_project_screen_ledger_write_failed(self, event: "ProjectScreen.LedgerWriteFailed") -> None:
+        self.notify(event.text, severity="error", title=f"{event.action} not recorded in the ledger",
+                    timeout=10)
 
     def action_save(self) -> None:
         if self.query_one("#presets-view").display:
@@ -380,9 +404,12 @@ class ProjectScreen(Screen):
             self.notify(exc.message, severity="error", title="not saved")
             return
         self._data = self._config.model_dump(mode="json")
-        record_nowait("project.change", {"path": str(self.path.resolve()), "project": self._config.project.name,
-                                         "changed": changed_fields(self._saved, self._data),
-                                         "config_hash": config_hash(self._config), "via": "tui"})
+        self._signed(record_nowait("project.change", {"path": str(self.path.resolve()),
+                                                      "project": self._config.project.name,
+                                                      "changed": changed_fields(self._saved, self._data),
+                                                      "config_hash": config_hash(self._config), "via": "tui"},
+                                   home=context_of(self).home),
+                     "project.change")
         self._saved = copy.deepcopy(self._data)
         self._message = "written"
         self._refresh_status()

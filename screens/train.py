@@ -23,10 +23,10 @@ from textual.widgets import Footer, Header, Static
 from textual.worker import get_current_worker
 
 from engine.frames import Frame
+from engine.probe import SIGMA
 from screens.context import context_of
 from screens.widgets.charts import MetricChart
 
-SIGMA = 3 / 16
 POLL_S = 0.25
 LOG_LINES = 6
 SAMPLES = 5

@@ -178,3 +178,42 @@ def test_effectful_tool_needs_policy_and_approval(tmp_path):
     denied = reg.call("touch_project", {}, _ctx(tmp_path, approver=lambda s, i, d: True))
     assert not denied.ok and denied.error["code"] == "carl.permission" and "policy" in denied.error["message"]
     assert len(led.blocks(action="project.change")) == 1
+
+
+def test_job_tools_watch_a_remote_job_read_only(hub, tmp_path):
+    """A job submitted to the loopback HF Jobs server: list_jobs, job_status and job_logs see it, need no
+    approval (read-only), and each call is one chat.tool_call block; nothing is submitted or stopped by them."""
+    import json as _json
+
+    import yaml
+
+    from engine.ledger import Ledger
+    from engine.remote.jobs import submit_job
+
+    cfg_path = tmp_path / "carl.yaml"
+    cfg_path.write_text(yaml.safe_dump({"project": {"name": "remote-demo"}, "remote": {
+        "retries": {"max_attempts": 2, "base_delay_s": 0.001, "max_delay_s": 0.002, "timeout_s": 2.0},
+        "poll_interval_s": 0.01, "setup": "", "hf": {"flavor": "a10g-large"}, "hours": 2}}), encoding="utf-8")
+    from engine.config import load_config
+
+    cfg, _ = load_config(cfg_path)
+    job = submit_job(cfg, "hf", approve=True, config_path=cfg_path)
+    hub.set_stage(job["remote_id"], "RUNNING")
+    hub.logs[job["remote_id"]] += ["loading model", _json.dumps({"type": "frame", "step": 7, "phi": 0.3}), "x"]
+    reg = build_registry()
+    assert {"list_jobs", "job_status", "job_logs"} <= set(reg.names())
+    ctx = _ctx(tmp_path, approver=None, config_path=cfg_path)  # no approver: any effect would be refused
+    listed = reg.call("list_jobs", {}, ctx)
+    assert listed.ok and [j["run_id"] for j in listed.result["jobs"]] == [job["run_id"]]
+    status = reg.call("job_status", {"job": job["run_id"][:12]}, ctx)
+    assert status.ok, status.error
+    assert status.result["status"] == "running" and status.result["remote_id"] == job["remote_id"]
+    logs = reg.call("job_logs", {"job": job["run_id"], "tail": 2}, ctx)
+    assert logs.ok, logs.error
+    assert logs.result["n_lines"] == 3 and logs.result["shown"] == 2 and logs.result["last_step"] == 7
+    assert logs.result["lines"][-1] == "x"
+    missing = reg.call("job_status", {"job": "no-such-job"}, ctx)
+    assert not missing.ok and missing.error["code"] == "carl.run.not_found"
+    assert len(hub.calls("POST", "/api/jobs/alice")) == 1  # only the submit above
+    calls = [b["payload"]["tool"] for b in Ledger(ctx.home).iter_blocks() if b["action"] == "chat.tool_call"]
+    assert calls == ["list_jobs", "job_status", "job_logs", "job_status"]

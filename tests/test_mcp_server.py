@@ -108,6 +108,8 @@ async def test_stdio_tools_resources_and_refusal(home, project):
                 assert t.description == spec.description
                 assert t.annotations.read_only_hint is (not spec.effectful)
             assert {t.name for t in tools if not t.annotations.read_only_hint} >= {"start_training", "stop_run"}
+            # remote jobs can be watched, not only submitted: status and logs are read-only tools
+            assert {t.name for t in tools if t.annotations.read_only_hint} >= {"list_jobs", "job_status", "job_logs"}
 
             # -- read-only tools on the real run: the same summary engine.observe computes here
             src = open_source(run=run_id, home=home)

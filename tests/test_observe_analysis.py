@@ -24,13 +24,33 @@ def codes(frames):
     return {f["code"]: f for f in A.health(frames)["findings"]}
 
 
-def test_sigma_is_three_sixteenths():
-    assert A.SIGMA == 3 / 16
-    try:
-        from engine.probe import SIGMA
-    except ImportError:
-        return
-    assert SIGMA == pytest.approx(A.SIGMA)
+def test_sigma_is_three_sixteenths_and_has_one_home():
+    import ast
+    from pathlib import Path
+
+    from engine import probe
+    from engine.config import Config
+
+    assert probe.SIGMA == 3 / 16
+    assert A.SIGMA is probe.SIGMA  # imported, not declared again
+    assert Config().eval.phi_min == probe.SIGMA  # the eval gate's default (config stays numpy-free)
+    root = Path(__file__).resolve().parent.parent
+    again = []
+    for path in [*root.glob("engine/**/*.py"), *root.glob("screens/**/*.py"), *root.glob("carl_tui/**/*.py")]:
+        rel = str(path.relative_to(root))
+        if rel == "engine/probe.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            named = [t.id for t in (node.targets if isinstance(node, ast.Assign) else
+                                    [node.target] if isinstance(node, ast.AnnAssign) else [])
+                     if isinstance(t, ast.Name)]
+            if "SIGMA" in named:
+                again.append(f"{rel}:{node.lineno}: SIGMA declared again")
+            if (isinstance(node, ast.BinOp) and isinstance(node.op, ast.Div)
+                    and [getattr(node.left, "value", None), getattr(node.right, "value", None)] == [3, 16]
+                    and rel != "engine/config.py"):
+                again.append(f"{rel}:{node.lineno}: 3 / 16 written out")
+    assert again == []
 
 
 def test_phases_on_known_trajectories():

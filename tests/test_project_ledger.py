@@ -65,3 +65,46 @@ async def test_project_screen_save_records_the_changed_fields(tmp_path, _isolate
     changes = [b for b in _read_segments(_isolated_home) if b["action"] == "project.change"]
     assert len(changes) == 1
     assert changes[0]["payload"]["changed"] == ["grpo.max_steps"]
+
+
+@pytest.mark.anyio
+async def test_a_failed_ledger_write_from_the_workbench_is_shown(tmp_path):
+    """The project screen's write goes to the background writer; when it fails (here: CARL_HOME's ledger path is
+    a file) the screen notifies and the ledger screen's status names the action that was not recorded."""
+    from pathlib import Path
+
+    from carl_tui.app import CarlApp
+    from engine.config import Config, save_config
+    from engine.ledger import write_failures
+    from screens.context import WorkbenchContext
+
+    broken = CarlHome(Path(tmp_path / "broken-home"))
+    broken.root.mkdir()
+    (broken.root / "ledger").write_text("not a directory")
+    save_config(Config(), tmp_path / "carl.yaml")
+    ctx = WorkbenchContext(home=broken, cwd=tmp_path)
+    app = CarlApp(ctx=ctx, screen="project")
+    async with app.run_test(size=(120, 40)) as pilot:
+        await pilot.pause()
+        screen = app.screen
+        screen._data["grpo"]["max_steps"] = 78
+        screen._config = Config.model_validate(screen._data)
+        await pilot.press("ctrl+s")
+        for _ in range(600):  # the done-callback posts a message; wait for it to be shown
+            if any("not recorded" in (n.title or "") for n in app._notifications):
+                break
+            await pilot.pause(0.05)
+        titles = [n.title for n in app._notifications]
+        assert "project.change not recorded in the ledger" in titles
+        assert [f["action"] for f in write_failures(broken)][:1] == ["project.change"]
+        from screens.ledger import LedgerScreen
+
+        ledger = LedgerScreen()
+        await app.push_screen(ledger)
+        for _ in range(200):
+            if ledger.loaded:
+                break
+            await pilot.pause(0.05)
+        verdict = str(ledger.query_one("#ledger-verdict").render())
+        assert "1 action not recorded" in verdict and "project.change" in verdict
+        assert "Not a directory" in verdict  # and the unreadable ledger is said, not a traceback

@@ -70,10 +70,14 @@ def test_same_key_same_pod_and_500_retry_is_one_pod(pods):
 
 
 def test_429_then_success(pods):
-    pods.fault("GET", r"/v1/pods/.*", status=429, headers={"Retry-After": "0"}, times=1)
-    c = client(pods.url)
+    pods.fault("GET", r"/v1/pods/.*", status=429, headers={"Retry-After": "7"}, times=1)
+    slept: list[float] = []
+    c = RunPodClient(RunPodSettings(base_url=f"{pods.url}/v1"), FAST, sleep=slept.append)
     h = c.submit(plan())
     assert c.status(h.remote_id).remote_id == h.remote_id
+    assert pods.faults[0].times == 0  # the 429 was served …
+    assert len(pods.calls("GET", r"/v1/pods/.*")) == 2  # … then the retry succeeded
+    assert slept == [7.0]  # and the wait was the server's Retry-After, not the (millisecond) backoff
 
 
 def test_timeouts_exhaust_to_network_error(pods, monkeypatch):

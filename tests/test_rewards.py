@@ -140,3 +140,22 @@ def test_python_reward_that_does_not_exist_is_a_config_error():
     assert ei.value.code == "carl.config"
     with pytest.raises(ConfigError):
         task_rewards.make_regex("(unclosed")
+
+
+def test_generation_capture_never_leaves_the_device_while_generating():
+    """Each decoding step is one kernel pass and no host sync: on the meta device (no data) any .cpu(), .item()
+    or bool() of a tensor raises, so __call__ passing three steps proves it copies nothing to the host."""
+    import torch
+
+    from engine.rewards import GenerationCapture
+
+    cap = GenerationCapture()
+    cap.active = True
+    scores = torch.empty(4, 50, device="meta")
+    ids = torch.zeros(4, 3, dtype=torch.long, device="meta")
+    for _ in range(3):
+        assert cap(ids, scores) is scores
+    assert len(cap.phi) == 3 and len(cap.sel) == 2
+    assert all(t.device.type == "meta" for t in cap.phi + cap.sel)
+    with pytest.raises(NotImplementedError):
+        torch.empty(2, device="meta").cpu()  # the premise: a host copy of a meta tensor fails

@@ -58,6 +58,18 @@ def test_short_cascade_run_fixed_gate(tiny_env):
     assert json.loads((d / "checkpoints/checkpoint-2/carl_cascade.json").read_text())["gate"]["opened_at"] == 2
     assert (d / "final" / "config.json").is_file()
     assert set(meta["eval"]) == {"before", "after"}
+    # run.start says what reproduces the run
+    from engine.ledger import Ledger
+
+    start = [b for b in Ledger().iter_blocks() if b["action"] == "run.start"][-1]["payload"]
+    import torch
+    import trl
+
+    assert start["versions"]["torch"] == torch.__version__ and start["versions"]["trl"] == trl.__version__
+    assert start["seed"] == 0 and start["run_id"] == d.name
+    assert len(start["dataset_provenance"]["fingerprint"]) == 64 and start["dataset_provenance"]["train_rows"] > 0
+    assert start["model_provenance"]["builtin"]["sft_steps"] == 10
+    assert start["git"] is None or len(start["git"]["commit"]) == 40
 
 
 def test_metric_gate_fires_on_the_logged_task_reward(tiny_env):
@@ -78,13 +90,51 @@ def test_metric_gate_fires_on_the_logged_task_reward(tiny_env):
     assert meta["gate_opened_at"] == 2
 
 
-def test_tempered_sampling_uses_the_forward_field(tiny_env, monkeypatch):
-    # a tempered sampler cannot reuse generation scores: the CARL field comes from one no-grad forward
-    status, d, frames, events, meta = _run(["grpo.max_steps=2", "grpo.temperature=0.7", 'cascade.mode="off"',
-                                            "cascade.warmup_steps=0", "tracking.trackio=false"])
-    assert status == "completed"
+def _train(sets):
+    """What the worker does, in process, keeping the trainer and the RewardState for inspection."""
+    from engine.cascade import Cascade
+    from engine.config import load_config
+    from engine.runs import RunStore
+    from engine.trainer import grpo
+    from engine.trainer.callbacks import make_callback
+    from engine.trainer.data import load_rows
+    from engine.trainer.grpo import plan
+
+    cfg, path = load_config(None, SMALL + sets)
+    store = RunStore()
+    d = store.run_dir(store.create(cfg.to_yaml(), plan(cfg, path)))
+    model, tok = grpo.load_model_and_tokenizer(cfg, "cpu")
+    train_rows, _ = load_rows(cfg)
+    events: list[dict] = []
+    holder: dict = {}
+    cb = make_callback(d, state_ref=lambda: holder.get("state"), should_stop=lambda: False, on_event=events.append)
+    trainer, state = grpo.build_trainer(cfg, d, model, tok, train_rows,
+                                        Cascade.from_config(cfg, grpo.task_metric_name(cfg)), callbacks=[cb],
+                                        on_event=events.append)
+    holder["state"] = state
+    trainer.train()
+    frames = [json.loads(x) for x in (d / "frames.jsonl").read_text().splitlines()]
+    return trainer, state, frames, events
+
+
+def test_tempered_sampling_uses_the_forward_field(tiny_env):
+    # a tempered sampler cannot reuse generation scores: the CARL field comes from one no-grad forward per batch
+    trainer, state, frames, _ = _train(["grpo.max_steps=2", "grpo.temperature=0.7", 'cascade.mode="off"',
+                                        "cascade.warmup_steps=0", "tracking.trackio=false"])
     assert all(f["gate"] == "B" and f["carl_weight"] == 1.0 for f in frames)
     assert all(0.0 <= f["phi"] <= 1.0 for f in frames)
+    assert state.capture is None
+    assert (state.forward_hits, state.capture_hits) == (2, 0)
+
+
+def test_untempered_sampling_reuses_the_generation_scores(tiny_env):
+    # the converse: at temperature 1 every batch's field comes from the capture on TRL's own `generate` call; a
+    # TRL change that bypasses the patched generate shows up here (forward_hits > 0) instead of as 1.2x step time
+    trainer, state, frames, _ = _train(["grpo.max_steps=2", "grpo.temperature=1.0", 'cascade.mode="off"',
+                                        "cascade.warmup_steps=0", "tracking.trackio=false"])
+    assert all(0.0 <= f["phi"] <= 1.0 for f in frames)
+    assert state.capture is not None
+    assert (state.capture_hits, state.forward_hits) == (2, 0)
 
 
 def test_evidence_gate_and_varied_groups_in_a_real_run(tiny_env):
@@ -102,3 +152,25 @@ def test_evidence_gate_and_varied_groups_in_a_real_run(tiny_env):
     assert [f["gate"] for f in frames] == ["A", "B", "B"]
     assert all(0.0 <= f["extra"]["carl/tied_groups"] <= 1.0 for f in frames[1:])
     assert all(1.0 <= f["extra"]["completions/distinct_per_group"] <= 4.0 for f in frames)
+
+
+def test_varied_groups_adds_carl_where_task_rewards_vary_and_the_metric_says_so(tiny_env):
+    # TRL keeps the last batch's per-completion rewards: in stage B, a group whose task rewards vary got a CARL
+    # term (> 0, CARL is in (0, 1)), a tied group got exactly 0, and carl/tied_groups is the fraction that got 0
+    trainer, state, frames, _ = _train([
+        "grpo.max_steps=2", "grpo.save_steps=10", "task.rewards=[{kind: concise, target_length: 2}]",
+        'cascade.mode="off"', "cascade.warmup_steps=0", "cascade.combine=varied_groups",
+        "tracking.trackio=false"])
+    logs = trainer._logs["rewards"]
+    task, carl = list(logs["concise"]), list(logs["carl"])
+    g = 4
+    assert len(task) == len(carl) == 8
+    tied = 0
+    for i in range(0, 8, g):
+        if len(set(task[i: i + g])) == 1:
+            tied += 1
+            assert carl[i: i + g] == [0.0] * g
+        else:
+            assert all(x > 0 for x in carl[i: i + g])
+    assert frames[-1]["extra"]["carl/tied_groups"] == pytest.approx(tied / 2)
+    assert frames[-1]["rewards"]["carl"] == pytest.approx(sum(carl) / 8, rel=1e-5)

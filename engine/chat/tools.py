@@ -343,6 +343,18 @@ class StartTrainingInput(ToolInput):
         return out
 
 
+class JobRef(ToolInput):
+    job: str = Field(min_length=1, max_length=200, description="the job's run id (or an unambiguous prefix)")
+
+
+class JobLogsInput(JobRef):
+    tail: int = Field(200, ge=1, le=2000, description="show the last this many log lines")
+
+
+class ListJobsInput(ToolInput):
+    limit: int = Field(50, ge=1, le=200)
+
+
 class SubmitJobInput(ToolInput):
     backend: Literal["hf", "runpod", "managed"]
     budget_usd: float | None = Field(None, gt=0, le=10_000, description="spend cap for the job (USD)")
@@ -472,6 +484,23 @@ def _submit_job(args: SubmitJobInput, ctx: ToolContext, deps: dict[str, Any]) ->
                               config_path=ctx.config_path, home=ctx.home)
 
 
+def _job_status(args: JobRef, ctx: ToolContext, deps: dict[str, Any]) -> Any:
+    return deps["job_status"](args.job, ctx.load_config(), home=ctx.home)
+
+
+def _job_logs(args: JobLogsInput, ctx: ToolContext, deps: dict[str, Any]) -> Any:
+    rec, lines = deps["job_logs"](args.job, ctx.load_config(), follow=False, home=ctx.home)
+    got = list(lines)
+    shown = got[-args.tail:]
+    return {"run_id": rec["run_id"], "backend": rec["backend"], "remote_id": rec.get("remote_id"),
+            "lines": shown, "n_lines": len(got), "shown": len(shown), "last_step": rec.get("last_step")}
+
+
+def _list_jobs(args: ListJobsInput, ctx: ToolContext, deps: dict[str, Any]) -> Any:
+    rows = _jsonable(deps["list_jobs"](ctx.home))
+    return {"jobs": rows[: args.limit], "total": len(rows)}
+
+
 # ============================================================================================ the set
 TOOL_SPECS: tuple[ToolSpec, ...] = (
     ToolSpec("probe_logits", "Measure the coherence field Phi over a saved logits file: per-token phi, its mean/std/"
@@ -505,6 +534,15 @@ TOOL_SPECS: tuple[ToolSpec, ...] = (
              ledger_action="run.start"),
     ToolSpec("stop_run", "Stop a running training run gracefully (checkpoint flushed; needs the user's approval).",
              RunRef, ("engine.runs:RunStore",), _stop_run, effectful=True, ledger_action="run.stop"),
+    ToolSpec("list_jobs", "List remote training jobs as carl last saw them (status, backend, start, last step, "
+             "cost so far); job_status asks the backend for fresh state.", ListJobsInput,
+             ("engine.remote.store:list_jobs",), _list_jobs, ledger_action="job.list"),
+    ToolSpec("job_status", "Ask the backend (hf, runpod, managed) for one remote job's state: status, last step, "
+             "cost so far, the remote id. Read-only.", JobRef, ("engine.remote.jobs:job_status",), _job_status,
+             ledger_action="job.status"),
+    ToolSpec("job_logs", "Read a remote job's log lines so far (the last `tail`, default 200; carl frame lines "
+             "carry the step). Read-only; does not follow.", JobLogsInput, ("engine.remote.jobs:job_logs",),
+             _job_logs, ledger_action="job.logs"),
     ToolSpec("submit_remote_job", "Submit the project's training as a remote job on hf, runpod or managed "
              "compute (costs money; needs the user's approval and respects the budget caps).", SubmitJobInput,
              ("engine.remote.jobs:submit_job", "engine.remote.jobs:estimate_job"), _submit_job, effectful=True,

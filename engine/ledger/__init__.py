@@ -7,7 +7,8 @@ The rest of the engine calls one function::
 
 ``record`` initialises the signing key and the genesis block on first use, redacts secrets before hashing,
 takes the cross-process lock, appends, fsyncs and returns the block. UI code that must not block uses
-``record_nowait`` (a single background writer thread; returns a Future).
+``record_nowait`` (a single background writer thread; returns a Future); a write that fails there is also kept
+in ``write_failures()`` so the workbench can show it.
 
 ``evaluate(action, config)`` answers whether an action may go ahead under carl.yaml's ``policy:``
 (allow / deny / needs_approval + the rule), counting today's spend from the ledger itself.
@@ -26,7 +27,7 @@ from engine.ledger.policy import Decision, PolicyModel, load_policy, spend_today
 
 __all__ = ["ACTIONS", "BLOCK_FIELDS", "GENESIS_PREV", "Decision", "Ledger", "PolicyModel", "VerifyResult",
            "block_matches", "evaluate", "format_ts", "init", "load_policy", "record", "record_many",
-           "record_nowait", "spend_today", "verify", "verify_dir", "verify_segments"]
+           "record_nowait", "spend_today", "verify", "verify_dir", "verify_segments", "write_failures"]
 
 # The action vocabulary (any dotted lower-case name is accepted; these are the ones the engine records).
 ACTIONS: dict[str, str] = {
@@ -66,6 +67,28 @@ def record_many(items: list[tuple[Any, ...]], *, home: CarlHome | None = None) -
 
 _executor: ThreadPoolExecutor | None = None
 _executor_lock = threading.Lock()
+_failures: list[dict[str, Any]] = []  # background writes that failed in this process (newest last, bounded)
+_MAX_FAILURES = 20
+
+
+def _note_failure(action: str, home: CarlHome, fut: "Future[dict[str, Any]]") -> None:
+    if fut.cancelled():
+        return
+    exc = fut.exception()
+    if exc is None:
+        return
+    with _executor_lock:
+        _failures.append({"action": action, "home": str(home.root), "error": str(exc),
+                          "code": getattr(exc, "code", type(exc).__name__), "hint": getattr(exc, "hint", "")})
+        del _failures[:-_MAX_FAILURES]
+
+
+def write_failures(home: CarlHome | None = None) -> list[dict[str, Any]]:
+    """The ``record_nowait`` writes that failed in this process (for ``home``, or all): what a UI shows so that
+    a block that never reached the ledger does not vanish unseen. Each: action, home, error, code, hint."""
+    with _executor_lock:
+        out = list(_failures)
+    return [f for f in out if home is None or f["home"] == str(home.root)]
 
 
 def record_nowait(action: str, payload: dict[str, Any] | None = None, *, home: CarlHome | None = None,
@@ -77,7 +100,9 @@ def record_nowait(action: str, payload: dict[str, Any] | None = None, *, home: C
         if _executor is None:
             _executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="carl-ledger")
     home = home or CarlHome.from_env()
-    return _executor.submit(record, action, payload, home=home, ts=ts)
+    fut = _executor.submit(record, action, payload, home=home, ts=ts)
+    fut.add_done_callback(lambda f: _note_failure(action, home, f))
+    return fut
 
 
 def init(home: CarlHome | None = None, *, seed: bytes | str | None = None,

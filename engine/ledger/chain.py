@@ -72,13 +72,6 @@ def format_ts(t: float | str | datetime | None = None) -> str:
     return dt.strftime(TS_FORMAT) + f".{dt.microsecond // 1000:03d}Z"
 
 
-def parse_ts(ts: str) -> datetime | None:
-    try:
-        return datetime.strptime(ts, TS_FORMAT + ".%fZ").replace(tzinfo=timezone.utc)
-    except (TypeError, ValueError):
-        return None
-
-
 def make_block(index: int, ts: str, prev_hash: str, action: str, payload: dict[str, Any],
                signer: _keys.Signer) -> dict[str, Any]:
     """Build and sign a block over an already redacted + normalised payload."""

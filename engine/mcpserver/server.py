@@ -40,7 +40,7 @@ RESOURCE_NOT_FOUND = -32602  # INVALID_PARAMS, what the SDK's own MCPServer answ
 INSTRUCTIONS = """carl is a workbench for Coherence-Aware Reinforcement Learning (CARL): GRPO training runs \
 whose reward includes the coherence field Phi. Read state through the resources (carl://runs, \
 carl://runs/<run_id>, carl://config, carl://ledger/tail) or the read-only tools (list_runs, show_run, \
-observe_run, diff_runs, probe_logits, show_config, validate_config, ledger_*). Tools with effects \
+observe_run, diff_runs, probe_logits, show_config, validate_config, ledger_*, list_jobs, job_status, job_logs). Tools with effects \
 (start_training, stop_run, submit_remote_job) need an approval given when the server was started \
 (`carl mcp --allow ACTION`); without it they return an error naming the approval needed. Every tool call is \
 recorded in carl's signed ledger."""

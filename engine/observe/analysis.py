@@ -24,8 +24,8 @@ from statistics import median
 from typing import Any, Iterable, Sequence
 
 from engine.frames import SCALAR_FIELDS, Frame
+from engine.probe import SIGMA  # the crystallization threshold: one definition, in the probe (re-exported)
 
-SIGMA = 3 / 16  # the crystallization threshold of the CARL probe (engine.probe.SIGMA)
 SMOOTH_WINDOW = 5
 SUSTAIN_WINDOW = 10
 TREND_WINDOW = 10
@@ -47,8 +47,6 @@ STALL_WINDOW = 20  # frames over which Φ must move
 STALL_RANGE = 0.01  # max − min of Φ below this over STALL_WINDOW frames: stalled
 KL_WARN, KL_BAD = 1.0, 10.0  # absolute KL levels
 KL_JUMP = 10.0  # or KL above 10× its early median (and above 0.1)
-
-PHASES = ("guessing", "crystallizing", "knowing")
 
 
 # ── small pure helpers ────────────────────────────────────────────────────────────────────────────────

@@ -14,7 +14,6 @@ Hugging Face token anywhere but ``secrets`` (``carl.remote.hf_token_leak``).
 
 from __future__ import annotations
 
-import os
 import time
 from typing import Any, Callable, Iterator
 
@@ -164,7 +163,3 @@ class ManagedClient:
         if not isinstance(runs, list):
             expect_dict(None, self.backend, "list", "runs")
         return [state_from(r, self.base_url) for r in runs if isinstance(r, dict) and "id" in r]
-
-
-def managed_token_present(settings: ManagedSettings) -> bool:
-    return bool(os.environ.get(settings.token_env))

@@ -69,6 +69,7 @@ def make_callback(run_dir: Path, *, state_ref: Callable[[], Any], should_stop: C
             self.step_started: float | None = None
             self.step_times: list[float] = []
             self.trackio = None
+            self.tracking_failures: set[str] = set()
 
         def on_train_begin(self, args, state, control, **kw):
             if trackio_project and main:
@@ -88,6 +89,7 @@ def make_callback(run_dir: Path, *, state_ref: Callable[[], Any], should_stop: C
                     self.trackio = trackio
                 except Exception as exc:  # tracking must never kill a run
                     print(f"carl: trackio disabled: {type(exc).__name__}: {exc}", flush=True)
+                    self._tracking_failed("init", exc, int(state.global_step))
 
         def on_step_begin(self, args, state, control, **kw):
             self.step_started = time.perf_counter()
@@ -124,7 +126,7 @@ def make_callback(run_dir: Path, *, state_ref: Callable[[], Any], should_stop: C
                 try:
                     self.trackio.log(flat, step=step)
                 except Exception as exc:
-                    print(f"carl: trackio log failed: {exc}", flush=True)
+                    self._tracking_failed("log", exc, step, once=True)
 
         def on_save(self, args, state, control, **kw):
             step = int(state.global_step)
@@ -139,8 +141,17 @@ def make_callback(run_dir: Path, *, state_ref: Callable[[], Any], should_stop: C
                 self.writer.close()
             if self.trackio is not None:
                 try:
-                    self.trackio.finish()
-                except Exception:
-                    pass
+                    self.trackio.finish()  # flushes what trackio still buffers: a failure may lose metrics
+                except Exception as exc:
+                    self._tracking_failed("finish", exc, int(state.global_step))
+
+        def _tracking_failed(self, what: str, exc: Exception, step: int, once: bool = False) -> None:
+            """Tracking never kills a run, but a failure is said: in the worker log and as a run event."""
+            msg = f"{type(exc).__name__}: {exc}".split("\n")[0][:300]
+            print(f"carl: trackio {what} failed at step {step}: {msg}", flush=True)
+            if once and what in self.tracking_failures:
+                return
+            self.tracking_failures.add(what)
+            on_event({"name": "tracking_error", "step": step, "op": f"trackio.{what}", "error": msg})
 
     return CarlCallback()

@@ -64,6 +64,7 @@ def evaluate(model, tok, rows: list[dict[str, Any]], cfg, *, n: int | None = Non
     """Task metric and coherence metrics of greedy completions on ``rows``."""
     import torch
 
+    from engine.probe import SIGMA
     from engine.rewards import carl_from_field, field_from_forward
     from engine.trainer.grpo import task_metric_name
     from engine.trainer.task_rewards import build_all
@@ -93,7 +94,7 @@ def evaluate(model, tok, rows: list[dict[str, Any]], cfg, *, n: int | None = Non
         out["phi_mean"] = float((phi * m).sum() / m.sum().clamp(min=1))
         for k in ("coherence", "cloud", "discontinuity", "carl"):
             out[k] = float(comps[k].mean())
-        out["crystallized_fraction"] = float(((phi >= 3 / 16) & mask).sum() / m.sum().clamp(min=1))
+        out["crystallized_fraction"] = float(((phi >= SIGMA) & mask).sum() / m.sum().clamp(min=1))
     else:
         out.update(phi_mean=None, coherence=None, cloud=None, discontinuity=None, carl=None)
     out["completion_length"] = sum(len(c) for c in c_ids) / max(1, len(c_ids))

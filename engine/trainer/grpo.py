@@ -346,6 +346,10 @@ def build_trainer(cfg, run_dir: Path, model, tokenizer, train_rows, cascade, *, 
         trainer.remove_callback(cb)
     trainer.carl_state = state
     state.trainer = trainer
+    if cfg.rewards.carl.enabled and cascade is not None:
+        from engine.cascade import check_bound_settings
+
+        check_bound_settings(trainer, cascade)  # the varied_groups bound needs TRL's group scaling, summed rewards
     if cfg.rewards.carl.enabled and _untempered(cfg) and os.environ.get("CARL_REWARD_FORWARD") != "1":
         state.capture = GenerationCapture()
         attach_capture(trainer.model, state.capture)

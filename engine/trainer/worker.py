@@ -145,10 +145,6 @@ class Worker:
                 from engine.remote.sync import OutputSync
 
                 self.sync = OutputSync.from_config(cfg, self.run_dir, log=self.log, meta=self.meta)
-            ledger_record("run.start", {"run_id": self.run_id, "resume": self.resume, "project": cfg.project.name,
-                                        "model": cfg.model.name_or_path, "dataset": cfg.dataset.source,
-                                        "max_steps": cfg.grpo.max_steps, "cascade": cfg.cascade.mode,
-                                        "world_size": dist.env_world_size()})
         # sharded models (ZeRO-3, FSDP) generate only with every rank taking part; replicas evaluate on rank 0
         evaluates = RANK0 or cfg.compute.strategy in ("zero3", "fsdp")
         device = grpo.resolve_device(cfg)
@@ -156,6 +152,14 @@ class Worker:
                  f"{cfg.grpo.max_steps} steps{' (resume)' if self.resume else ''}")
         model, tok = grpo.load_model_and_tokenizer(cfg, device, log=self.log)
         train_rows, eval_rows = load_rows(cfg, cwd=Path.cwd())
+        from engine.provenance import run_start  # what reproduces the run: versions, git, data, model, seed
+
+        if RANK0:
+            ledger_record("run.start", {"run_id": self.run_id, "resume": self.resume, "project": cfg.project.name,
+                                        "model": cfg.model.name_or_path, "dataset": cfg.dataset.source,
+                                        "max_steps": cfg.grpo.max_steps, "cascade": cfg.cascade.mode,
+                                        "world_size": dist.env_world_size(),
+                                        **run_start(cfg, model, train_rows, eval_rows, cwd=Path.cwd())})
         n_eval = len(eval_rows) if cfg.dataset.source == "builtin:addition" else cfg.eval.n_samples
         if self.should_stop():
             return "stopped"

@@ -1,7 +1,8 @@
 """`carl --batch eval --run RUN | --adapter PATH [--threshold X] [--push [--repo ID]]`
 
-The eval gate (engine.trainer.evalgate): pass iff task metric ≥ threshold AND phi_mean ≥ SIGMA AND
-0.3 ≤ discontinuity ≤ 0.7 on held-out prompts; fails closed when coherence data is missing. Exit 0 on pass."""
+The eval gate (engine.trainer.evalgate): pass iff task metric ≥ threshold AND phi_mean ≥ SIGMA AND the collapse
+checks pass (distinct answers, top-answer share, Phi spread: engine.trainer.evalchecks) on held-out prompts;
+fails closed when coherence data is missing. Exit 0 on pass."""
 
 from __future__ import annotations
 
@@ -83,8 +84,9 @@ def run(args: argparse.Namespace) -> int:
     threshold = cfg.eval.threshold if args.threshold is None else args.threshold
     passed, reason = decide(metrics, cfg.eval, threshold)
     out: dict[str, Any] = {"pass": passed, "metrics": metrics, "threshold": threshold, "reason": reason,
-                           "gate": {"phi_min": cfg.eval.phi_min, "discontinuity_min": cfg.eval.discontinuity_min,
-                                    "discontinuity_max": cfg.eval.discontinuity_max}, **subject}
+                           "gate": {"phi_min": cfg.eval.phi_min, "min_distinct": cfg.eval.min_distinct,
+                                    "max_top_share": cfg.eval.max_top_share,
+                                    "min_phi_spread": cfg.eval.min_phi_spread}, **subject}
     ledger_record("eval", {**subject, "pass": passed, "reason": reason, "threshold": threshold,
                            "metrics": {k: v for k, v in metrics.items() if k != "samples"}})
     if args.push:

@@ -129,6 +129,7 @@ class RewardState:
         self.sample: str | None = None
         self.capture_hits = 0
         self.forward_hits = 0
+        self.vocab_size: int | None = None
 
     def task_fn(self, name: str, fn: Callable[..., list[float]]) -> Callable[..., list[float]]:
         def reward(prompts, completions, **kwargs):
@@ -317,6 +318,9 @@ def build_trainer(cfg, run_dir: Path, model, tokenizer, train_rows, cascade, *, 
         trainer.remove_callback(cb)
     trainer.carl_state = state
     state.trainer = trainer
+    from engine.coherence import vocab_size_of
+
+    state.vocab_size = vocab_size_of(trainer.model)  # frames derive phi from entropy when CARL is off
     if cfg.rewards.carl.enabled and _untempered(cfg) and os.environ.get("CARL_REWARD_FORWARD") != "1":
         state.capture = GenerationCapture()
         attach_capture(trainer.model, state.capture)

@@ -191,7 +191,7 @@ class EvalSection(_Model):
     discontinuity_min: float = Field(0.3, ge=0, le=1, description="Not checked any more (the band passed "
                                                                     "collapse; issue 16); accepted so old files load.")
     discontinuity_max: float = Field(0.7, ge=0, le=1, description="Not checked any more; see discontinuity_min.")
-    min_distinct: float = Field(0.1, ge=0, le=1, description="Distinct greedy answers / eval prompts needed "
+    min_distinct: float = Field(0.05, ge=0, le=1, description="Distinct greedy answers / eval prompts needed "
                                                              "(0 turns the check off; docs/coherence.md).")
     max_top_share: float = Field(0.5, ge=0, le=1, description="Largest share of eval prompts given the same "
                                                               "answer (1 turns the check off).")

@@ -7,10 +7,12 @@ is whether, and when, it **moved away from where it started**. Computed per fram
 * the start: Φ₀ = median of the first ``BASELINE`` Phi values, its noise s = their standard deviation, at least
   ``NOISE_FLOOR``;
 * a one-sided CUSUM change-point detector (Page 1954) for a rise: S₀ = 0,
-  S_i = max(0, S_{i−1} + (Φ_i − Φ₀ − K·s)); the rise is detected when S_i > H·s. The **crystallization
+  S_i = max(0, S_{i−1} + min(Φ_i − Φ₀, CLIP·s) − K·s); the rise is detected when S_i > H·s (one frame adds
+  at most 3·s, so a spike shorter than three frames is not a change-point). The **crystallization
   step** is the change-point — the frame right after S was last 0 before it crossed — i.e. where the rise
-  began, not where it became certain (``K`` = 0.5, ``H`` = 8: a 1-s shift is found in ~16 frames; pure
-  noise crosses about once in tens of thousands of frames);
+  began, not where it became certain (``K`` = 1, ``H`` = 8: only a rise of more than one baseline standard
+  deviation counts — a drift within the noise, like a sparse run's, does not — and a 2-s shift is found in
+  ~8 frames);
 * **guessing**: no rise detected yet (fewer than ``BASELINE + 1`` frames, a flat trajectory, or Phi back within
   K·s of its start over the last ``TREND_WINDOW`` frames);
 * **crystallizing**: a rise was detected and Phi is still rising — the mean of the last ``TREND_WINDOW`` values
@@ -29,10 +31,11 @@ from typing import Sequence
 
 BASELINE = 10
 NOISE_FLOOR = 0.005
-K = 0.5
+K = 1.0
 H = 8.0
 TREND_WINDOW = 10
 RISING = 1.5
+CLIP = 4.0  # one frame adds at most (CLIP − K)·s to the CUSUM: a spike of a few frames is not a change-point
 
 
 def start_level(phis: Sequence[float]) -> tuple[float, float] | None:
@@ -52,7 +55,7 @@ def change_point(phis: Sequence[float]) -> int | None:
     acc = 0.0
     began = BASELINE
     for i in range(BASELINE, len(phis)):
-        acc = max(0.0, acc + (phis[i] - phi0 - K * s))
+        acc = max(0.0, acc + min(phis[i] - phi0, CLIP * s) - K * s)
         if acc == 0.0:
             began = i + 1
         elif acc > H * s:

@@ -132,6 +132,9 @@ class CarlRewardSection(_Model):
     weight: float = Field(1.0, ge=0, description="weight of the CARL reward next to the task rewards (stage B)")
     weights: CarlWeights = Field(default_factory=CarlWeights,
                                  description="CARL = 0.5·coherence + 0.3·cloud + 0.2·discontinuity by default.")
+    version: Literal["upstream"] = Field(
+        "upstream", description="The CARL formulas: upstream = carl-core 0.20's, matched to 1e-7 (the only one; a "
+                                "corrected version waits for the ablation, docs/coherence.md).")
 
 
 class RewardsSection(_Model):

@@ -16,7 +16,8 @@ is whether, and when, it **moved away from where it started**. Computed per fram
 * **guessing**: no rise detected yet (fewer than ``BASELINE + 1`` frames, a flat trajectory, or Phi back within
   K·s of its start over the last ``TREND_WINDOW`` frames);
 * **crystallizing**: a rise was detected and Phi is still rising — the mean of the last ``TREND_WINDOW`` values
-  exceeds the mean of the ``TREND_WINDOW`` before them by more than ``RISING`` · s;
+  exceeds the mean of the ``TREND_WINDOW`` before them by more than ``RISING`` · s and by more than
+  ``RISING_FRACTION`` of the rise so far (or the rise is younger than two windows);
 * **knowing**: a rise was detected and Phi has levelled off above its start.
 
 SIGMA (3/16) stays on the charts as the probe's reference line; it no longer decides the phase. A collapsing
@@ -35,6 +36,7 @@ K = 1.0
 H = 8.0
 TREND_WINDOW = 10
 RISING = 1.5
+RISING_FRACTION = 0.1
 CLIP = 4.0  # one frame adds at most (CLIP − K)·s to the CUSUM: a spike of a few frames is not a change-point
 
 
@@ -76,7 +78,8 @@ def phase_of(phis: Sequence[float]) -> str | None:
     if level - phi0 <= K * s:
         return "guessing"
     before = list(phis[-2 * TREND_WINDOW: -TREND_WINDOW])
-    if len(before) == TREND_WINDOW and level - sum(before) / TREND_WINDOW > RISING * s:
+    if len(before) == TREND_WINDOW and level - sum(before) / TREND_WINDOW > max(RISING * s,
+                                                                             RISING_FRACTION * (level - phi0)):
         return "crystallizing"
     if len(before) < TREND_WINDOW:  # the rise is too recent to tell a plateau
         return "crystallizing"

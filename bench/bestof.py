@@ -18,34 +18,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
-def sample(model, tok, prompts, n, max_new, seed):
-    """(texts [P][N], phi [P][N][T], sel [P][N][T]) of N samples per prompt, field from the raw logits."""
-    import torch
-
-    from engine.rewards import phi_and_selected
-
-    torch.manual_seed(seed)
-    enc = tok(text=prompts, padding=True, return_tensors="pt")
-    with torch.no_grad():
-        out = model.generate(**enc, do_sample=True, temperature=1.0, top_k=0, top_p=1.0, max_new_tokens=max_new,
-                             num_return_sequences=n, output_logits=True, return_dict_in_generate=True,
-                             pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
-    width = enc["input_ids"].shape[1]
-    seqs = out.sequences[:, width:]
-    logits = torch.stack(out.logits, dim=1)  # [P·N, T, V] raw
-    phi, sel = phi_and_selected(logits, seqs)
-    texts, phis, sels = [], [], []
-    eos = tok.eos_token_id
-    for r in range(seqs.shape[0]):
-        ids = seqs[r].tolist()
-        k = ids.index(eos) + 1 if eos in ids else len(ids)
-        texts.append(tok.decode(ids[:k], skip_special_tokens=True))
-        phis.append(phi[r, :k].tolist())
-        sels.append(sel[r, :k].tolist())
-    group = lambda xs: [xs[i * n:(i + 1) * n] for i in range(len(prompts))]  # noqa: E731
-    return group(texts), group(phis), group(sels)
-
-
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("models", nargs="+")
@@ -54,7 +26,7 @@ def main() -> int:
     args = ap.parse_args()
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from engine.bestof import SELECTIONS, Candidate, choose, score_candidates
+    from engine.bestof import SELECTIONS, Candidate, choose, sample_batch, score_candidates
     from engine.trainer.evalgate import greedy_completions
     from engine.trainer.tiny import rows, split_pairs
 
@@ -73,7 +45,7 @@ def main() -> int:
         for n in args.n:
             acc = {s: [] for s in SELECTIONS + ("oracle",)}
             for seed in args.seeds:
-                texts, phis, sels = sample(model, tok, prompts, n, 8, seed)
+                texts, phis, sels = sample_batch(model, tok, prompts, n, 8, seed)
                 right = {s: 0 for s in acc}
                 for p in range(len(prompts)):
                     cands = [Candidate(i, texts[p][i], phis[p][i], sels[p][i]) for i in range(n)]

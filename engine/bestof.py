@@ -88,3 +88,47 @@ def choose(cands: Sequence[Candidate], select: str, *, seed: int | None = None) 
         if key(i) > key(best):
             best = i
     return best
+
+
+def sample_batch(model, tok, prompts: Sequence[str], n: int, max_new_tokens: int, seed: int, *,
+                 temperature: float = 1.0):
+    """N samples per prompt in one batched ``generate`` (left-padded), with the field of each sampled token read
+    on the raw logits of its step: (texts [P][N], phi [P][N][T], selected_prob [P][N][T])."""
+    import torch
+
+    from engine.rewards import phi_and_selected
+
+    torch.manual_seed(seed)
+    enc = tok(text=list(prompts), padding=True, return_tensors="pt")
+    device = next(model.parameters()).device
+    enc = {k: v.to(device) for k, v in enc.items()}
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    with torch.no_grad():
+        out = model.generate(**enc, do_sample=True, temperature=temperature, top_k=0, top_p=1.0,
+                             max_new_tokens=max_new_tokens, num_return_sequences=n, output_logits=True,
+                             return_dict_in_generate=True, pad_token_id=pad, eos_token_id=tok.eos_token_id)
+    width = enc["input_ids"].shape[1]
+    seqs = out.sequences[:, width:]
+    phi, sel = phi_and_selected(torch.stack(out.logits, dim=1), seqs)
+    texts, phis, sels = [], [], []
+    eos = tok.eos_token_id
+    for r in range(seqs.shape[0]):
+        ids = seqs[r].tolist()
+        k = ids.index(eos) + 1 if eos in ids else len(ids)
+        texts.append(tok.decode(ids[:k], skip_special_tokens=True))
+        phis.append(phi[r, :k].tolist())
+        sels.append(sel[r, :k].tolist())
+    group = lambda xs: [xs[i * n:(i + 1) * n] for i in range(len(prompts))]  # noqa: E731
+    return group(texts), group(phis), group(sels)
+
+
+def best_of_texts(model, tok, prompts: Sequence[str], n: int, select: str, max_new_tokens: int, seed: int = 0,
+                  weights: dict[str, float] | None = None) -> list[str]:
+    """The selected completion per prompt (the eval verb's ``--best-of``)."""
+    texts, phis, sels = sample_batch(model, tok, prompts, n, max_new_tokens, seed)
+    chosen = []
+    for p in range(len(prompts)):
+        cands = [Candidate(i, texts[p][i], phis[p][i], sels[p][i]) for i in range(n)]
+        score_candidates(cands, weights)
+        chosen.append(cands[choose(cands, select, seed=seed * 100003 + p)].text)
+    return chosen

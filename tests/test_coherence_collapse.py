@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 DATA = Path(__file__).parent / "data" / "coherence"
-COLLAPSING = ["sparse-ungated-0"]  # ungated CARL from the sparse start: distinct answers per group 7.5 → ~3
+# ungated CARL from the sparse start: distinct answers per group 7.5 → ~3.5; task only from the same start
+COLLAPSING = ["sparse-ungated-0", "sparse-ungated-1"]
 HEALTHY = ["sparse-task-0"]
 
 

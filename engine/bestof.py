@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 SELECTIONS = ("phi", "carl", "logprob", "majority", "random")
-DEFAULT_SELECT = "phi"  # docs/coherence.md: the best-of-N table
+DEFAULT_SELECT = "logprob"  # the evidence: docs/coherence.md, best-of-N table (phi picked worst)
 
 
 def normalise_answer(text: str) -> str:

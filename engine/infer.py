@@ -692,7 +692,7 @@ def score(prompt: str, text: str, *, model: str | None = None, adapter: str | No
     return load(resolve(model, adapter=adapter, run=run, home=home)).score(prompt, text, add_eos=add_eos)
 
 
-def best_of(lm: "LoadedModel", prompt: str, n: int, select: str = "phi", sampling: Sampling | None = None,
+def best_of(lm: "LoadedModel", prompt: str, n: int, select: str = "logprob", sampling: Sampling | None = None,
             *, weights: dict[str, float] | None = None) -> dict[str, Any]:
     """Best-of-N (engine.bestof): N sampled candidates (seeds ``seed``, ``seed+1`` … when a seed is given), each
     with its scores, and the one ``select`` chose. Returns ``{"best_of", "select", "chosen", "candidates",

@@ -26,8 +26,8 @@ def register(sub: Any) -> None:
     p.add_argument("--repo", help="Hub repo id for --push (default eval.push_to)")
     p.add_argument("--best-of", type=int, metavar="N", help="also report the task metric of best-of-N sampled "
                                                              "completions (the gate itself stays on greedy)")
-    p.add_argument("--select", default="phi", choices=("phi", "carl", "logprob", "majority", "random"),
-                   help="how --best-of picks (default phi; docs/coherence.md)")
+    p.add_argument("--select", default="logprob", choices=("phi", "carl", "logprob", "majority", "random"),
+                   help="how --best-of picks (default logprob; docs/coherence.md)")
     p.set_defaults(func=run)
 
 

@@ -48,8 +48,9 @@ def register(subparsers: Any) -> None:
                                                          "result")
     p.add_argument("--best-of", type=int, metavar="N", help="sample N candidates and keep one (--select); the "
                                                              "output lists every candidate with its scores")
-    p.add_argument("--select", default="phi", choices=("phi", "carl", "logprob", "majority", "random"),
-                   help="how --best-of picks: mean Phi (default), CARL reward, mean log-prob, majority answer, random")
+    p.add_argument("--select", default="logprob", choices=("phi", "carl", "logprob", "majority", "random"),
+                   help="how --best-of picks: mean log-prob (default; docs/coherence.md), mean Phi, CARL reward, "
+                        "majority answer, random")
     p.set_defaults(func=run)
 
 

@@ -327,6 +327,7 @@ class Cascade:
         self.gate, self.weight, self.warmup_steps = gate, weight, warmup_steps
         self.mode, self.cap, self.group = combine, cap, group
         self.last_tied_fraction: float | None = None
+        self.closed_at: int | None = None  # cascade.on_collapse=close_gate: CARL off from this step on, for good
 
     @classmethod
     def from_config(cls, cfg, metric: str) -> "Cascade":
@@ -335,7 +336,12 @@ class Cascade:
 
     @property
     def stage(self) -> str:
-        return "B" if self.gate.is_open else "A"
+        return "B" if self.gate.is_open and self.closed_at is None else "A"
+
+    def close(self, step: int) -> None:
+        """Back to stage A for the rest of the run (the collapse warning's ``close_gate`` action)."""
+        if self.closed_at is None:
+            self.closed_at = step
 
     def observe(self, step: int, metrics: dict[str, float]) -> GateEvent | None:
         if self.gate.observe(step, metrics):
@@ -343,7 +349,7 @@ class Cascade:
         return None
 
     def carl_weight(self, step: int) -> float:
-        if not self.gate.is_open:
+        if not self.gate.is_open or (self.closed_at is not None and step >= self.closed_at):
             return 0.0
         if self.warmup_steps <= 0:
             return self.weight
@@ -368,7 +374,8 @@ class Cascade:
 
     def state_dict(self) -> dict[str, Any]:
         return {"gate": self.gate.state_dict(), "weight": self.weight, "warmup_steps": self.warmup_steps,
-                "combine": self.mode, "cap": self.cap}
+                "combine": self.mode, "cap": self.cap, "closed_at": self.closed_at}
 
     def load_state_dict(self, d: dict[str, Any]) -> None:
         self.gate.load_state_dict(d.get("gate", {}))
+        self.closed_at = d.get("closed_at")

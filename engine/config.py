@@ -147,6 +147,9 @@ class CarlRewardSection(_Model):
     weight: float = Field(1.0, ge=0, description="weight of the CARL reward next to the task rewards (stage B)")
     weights: CarlWeights = Field(default_factory=CarlWeights,
                                  description="CARL = 0.5·coherence + 0.3·cloud + 0.2·discontinuity by default.")
+    version: Literal["upstream"] = Field(
+        "upstream", description="The CARL formulas: upstream = carl-core 0.20's, matched to 1e-7 (the only one; a "
+                                "corrected version waits for the ablation, docs/coherence.md).")
 
 
 class RewardsSection(_Model):
@@ -182,6 +185,9 @@ class CascadeSection(_Model):
                            "vary, capped (see docs/cascade.md).")
     carl_cap: float = Field(0.25, ge=0, le=1, description="combine=varied_groups: the largest CARL-driven "
                                                           "advantage, in units of the group's reward std.")
+    on_collapse: Literal["warn", "stop", "close_gate"] = Field(
+        "warn", description="When the collapse early warning fires (observe's collapse.onset, docs/coherence.md): "
+                            "warn (event + banner), stop the run gracefully, or close_gate (CARL off for good).")
 
     @field_validator("mode", mode="before")
     @classmethod
@@ -231,8 +237,15 @@ class EvalSection(_Model):
     threshold: float = Field(0.5, ge=0, le=1, description="task metric needed to pass")
     n_samples: int = Field(64, ge=1, description="Eval prompts.")
     phi_min: float = Field(3 / 16, ge=0, le=1, description="phi_mean needed to pass (SIGMA)")
-    discontinuity_min: float = Field(0.3, ge=0, le=1, description="Lowest acceptable discontinuity score.")
-    discontinuity_max: float = Field(0.7, ge=0, le=1, description="Highest acceptable discontinuity score.")
+    discontinuity_min: float = Field(0.3, ge=0, le=1, description="Not checked any more (the band passed "
+                                                                    "collapse; issue 16); accepted so old files load.")
+    discontinuity_max: float = Field(0.7, ge=0, le=1, description="Not checked any more; see discontinuity_min.")
+    min_distinct: float = Field(0.05, ge=0, le=1, description="Distinct greedy answers / eval prompts needed "
+                                                             "(0 turns the check off; docs/coherence.md).")
+    max_top_share: float = Field(0.5, ge=0, le=1, description="Largest share of eval prompts given the same "
+                                                              "answer (1 turns the check off).")
+    min_phi_spread: float = Field(0.0, ge=0, le=1, description="Std of per-completion mean Phi over the eval set "
+                                                               "needed (0 turns the check off).")
     push_to: str | None = Field(None, description="Hub repo id to push to after a pass (--push)")
 
     @model_validator(mode="after")

@@ -783,5 +783,36 @@ def score(prompt: str, text: str, *, model: str | None = None, adapter: str | No
     return load(ref).score(prompt, text, add_eos=add_eos, fmt=st.prompt_format(), weights=st.weights)
 
 
+def best_of(lm: "LoadedModel", prompt: str, n: int, select: str = "logprob", sampling: Sampling | None = None,
+            *, weights: dict[str, float] | None = None, fmt: Any = None) -> dict[str, Any]:
+    """Best-of-N (engine.bestof): N sampled candidates (seeds ``seed``, ``seed+1`` … when a seed is given), each
+    with its scores, and the one ``select`` chose. Returns ``{"best_of", "select", "chosen", "candidates",
+    "result"}`` — ``result`` is the chosen candidate's full :meth:`InferResult.to_dict`."""
+    from engine.bestof import SELECTIONS, Candidate, choose, score_candidates
+
+    if not isinstance(n, int) or not 1 <= n <= 64:
+        raise ValidationError(f"--best-of must be in [1, 64], got {n}", context={"best_of": n})
+    if select not in SELECTIONS:
+        raise ValidationError(f"unknown --select {select!r}", hint=f"Use one of {', '.join(SELECTIONS)}.",
+                              context={"select": select})
+    s = sampling or Sampling()
+    if s.is_greedy and n > 1:
+        raise ValidationError("best-of-N needs sampling: greedy decoding gives N identical candidates",
+                              hint="Drop --greedy / use a temperature > 0.", context={"best_of": n})
+    results, cands = [], []
+    for i in range(n):
+        si = Sampling(max_new_tokens=s.max_new_tokens, temperature=s.temperature, top_p=s.top_p, greedy=s.greedy,
+                      seed=None if s.seed is None else s.seed + i)
+        r = lm.generate(prompt, si, fmt=fmt, weights=weights)
+        results.append(r)
+        cands.append(Candidate(i, r.text, list(r.phi), list(r.selected_prob), seed=si.seed,
+                               finish_reason=r.finish_reason))
+    score_candidates(cands, weights)
+    k = choose(cands, select, seed=s.seed)
+    return {"best_of": n, "select": select, "chosen": k, "candidates": [c.as_dict() for c in cands],
+            "result": results[k].to_dict()}
+
+
 __all__ = ["ModelRef", "TokenStep", "InferResult", "Sampling", "LoadedModel", "Generation", "resolve",
-           "parse_spec", "run_model_dir", "load", "cached", "clear_cache", "generate", "score", "settings_for"]
+           "parse_spec", "run_model_dir", "load", "cached", "clear_cache", "generate", "score", "settings_for",
+           "best_of"]

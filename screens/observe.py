@@ -332,7 +332,11 @@ class ObserveScreen(Screen):
             if self.frames:
                 parts.append(f"step {self.frames[0].step}–{self.frames[-1].step}")
             if s.get("crystallization_step") is not None:
-                parts.append(f"Φ≥σ@{s['crystallization_step']}")
+                parts.append(f"Φ↑@{s['crystallization_step']}")
+            onset = next((f for f in (s.get("health") or {}).get("findings") or []
+                          if f.get("code") == "collapse.onset"), None)
+            if onset is not None:
+                parts.append(f"[b red]⚠ collapse onset @ step {onset.get('step')}[/]")
             if s.get("skipped_lines"):
                 parts.append(f"{s['skipped_lines']} bad lines")
         self.query_one("#obs-source", Static).update(" · ".join(parts))

@@ -288,6 +288,10 @@ class TrainScreen(Screen):
                       f"Φ {_fmt(last.phi if last else None)} · task {_fmt(last.task_reward if last else None)} · "
                       f"CARL {_fmt(last.carl_reward if last else None)} · entropy {_fmt(last.entropy if last else None)}"
                       f"{acc}")
+            onset = next((e for e in self.events if e.get("name") == "collapse_onset"), None)
+            if onset is not None:
+                status += (f"\n[b red]⚠ collapse onset at step {onset.get('step')}[/] "
+                           f"(cascade.on_collapse: {onset.get('action')}) — see observe's health tab")
             if self.meta.get("error") and st == "failed":
                 status += f"\n[red]{self.meta['error']}[/red]"
         else:

@@ -54,30 +54,42 @@ def test_sigma_is_three_sixteenths_and_has_one_home():
 
 
 def test_phases_on_known_trajectories():
+    """Phase from change-points in the run's own Phi trajectory (engine.observe.trajectory), not from SIGMA."""
     assert A.phase([]) is None
     assert A.phase(run(30, phi=0.05)) == "guessing"
-    assert A.phase(run(30, phi=0.40)) == "knowing"
-    # rising through sigma, not yet sustained above it
+    # flat at a high level: a trained LM's Phi is above SIGMA from step 1, which says nothing
+    assert A.phase(run(30, phi=0.40)) == "guessing"
+    # rising away from its start, still rising
     assert A.phase(run(30, phi=lambda s: 0.01 * s)) == "crystallizing"
-    # rising but far below sigma: still guessing
-    assert A.phase(run(30, phi=lambda s: 0.001 * s)) == "guessing"
-    # was knowing, fell back below sigma and flat
+    # rose, then levelled off above its start
+    assert A.phase(run(100, phi=lambda s: 0.35 if s >= 40 else 0.05)) == "knowing"
+    # rose and fell back to where it started
+    assert A.phase(run(80, phi=lambda s: 0.35 if 20 <= s < 50 else 0.05)) == "guessing"
+    # fell from its start: no rise
     assert A.phase(run(60, phi=lambda s: 0.4 if s < 30 else 0.05)) == "guessing"
-    # short run above sigma: not sustained yet
-    assert A.phase(run(5, phi=0.3)) == "crystallizing"
+    # too short to know its start
+    assert A.phase(run(5, phi=0.3)) == "guessing"
 
 
-def test_crystallization_step_is_where_the_sustained_crossing_begins():
-    # phi steps from 0.05 to 0.35 at step 40; smoothed (window 5) crosses sigma when 3 of 5 are high: step 42
+def test_crystallization_step_is_where_the_rise_began():
     frames = run(100, phi=lambda s: 0.35 if s >= 40 else 0.05)
-    assert A.crystallization_step(frames) == 42
-    # a brief spike above sigma (3 frames) does not count
-    spiky = run(100, phi=lambda s: 0.5 if 10 <= s < 13 else (0.35 if s >= 60 else 0.05))
-    assert A.crystallization_step(spiky) == 62
+    assert A.crystallization_step(frames) == 40
+    # a brief spike (2 frames) is not a change-point; the later sustained rise is
+    spiky = run(100, phi=lambda s: 0.5 if 20 <= s < 22 else (0.35 if s >= 60 else 0.05))
+    assert A.crystallization_step(spiky) == 60
     assert A.crystallization_step(run(50, phi=0.05)) is None
+    assert A.crystallization_step(run(50, phi=0.5)) is None
+    # noise around a flat level: no change-point; a rise of a few noise widths is found where it starts
+    import random
+
+    rng = random.Random(0)
+    noisy = [0.5 + rng.gauss(0, 0.02) for _ in range(300)]
+    assert A.crystallization_step(run(300, phi=lambda s: noisy[s])) is None
+    risen = run(300, phi=lambda s: noisy[s] + (0.08 if s >= 150 else 0.0))
+    assert 125 <= A.crystallization_step(risen) <= 160  # where the CUSUM last left 0: close to, not exactly, 150
     # steps need not be contiguous: the answer is a step, not an index
     sparse = [Frame(step=10 * i, phi=f.phi) for i, f in enumerate(frames)]
-    assert A.crystallization_step(sparse) == 420
+    assert A.crystallization_step(sparse) == 400
 
 
 def test_healthy_run_has_no_findings():
@@ -134,7 +146,8 @@ def test_nonfinite_loss_stalled_phi_kl_blowup():
     assert codes(run(20, loss=lambda s: math.inf if s == 3 else 1.0))["nonfinite_loss"]["first_step"] == 3
     stalled = codes(run(40, phi=0.1))["stalled_phi"]
     assert (stalled["first_step"], stalled["last_step"], stalled["severity"]) == (20, 39, "warn")
-    assert "stalled_phi" not in codes(run(40, phi=0.4))  # flat but knowing: that is the goal, not a stall
+    # rose, then levelled off (knowing): that is the goal, not a stall
+    assert "stalled_phi" not in codes(run(40, phi=lambda s: 0.05 if s < 12 else 0.4))
     kl = codes(run(30, kl=lambda s: 0.01 if s < 20 else 0.5))["kl_blowup"]
     assert kl["first_step"] == 20 and kl["severity"] == "warn"
     assert codes(run(30, kl=lambda s: 0.01 if s < 20 else 50.0))["kl_blowup"]["severity"] == "bad"
@@ -147,7 +160,7 @@ def test_summary_fields_and_status():
     assert out["n_frames"] == 30 and out["first_step"] == 0 and out["last_step"] == 29
     assert out["phi"] == {"first": 0.05, "last": 0.35, "min": 0.05, "max": 0.35,
                           "mean": pytest.approx((10 * 0.05 + 20 * 0.35) / 30)}
-    assert out["phase"] == "knowing" and out["crystallization_step"] == 12
+    assert out["phase"] == "knowing" and out["crystallization_step"] == 10
     assert out["health"]["status"] == "bad" and out["skipped_lines"] == 2
     assert out["metrics"] == ["phi", "loss", "rewards/acc", "grad_norm"]
     assert A.summarize([], source="e", run=None)["phase"] is None
@@ -158,7 +171,7 @@ def test_diff_runs_aligned_by_step():
     b = run(60, phi=lambda s: 0.35 if s >= 10 else 0.05, reward_mean=lambda s: 0.3, rewards=lambda s: {"acc": 0.5})
     d = diff_runs(a, b)
     assert d["aligned_steps"] == 50 and d["only_a"] == 0 and d["only_b"] == 10
-    assert d["crystallization_step"] == {"a": 22, "b": 12, "delta": -10}
+    assert d["crystallization_step"] == {"a": 20, "b": 10, "delta": -10}
     assert d["phi"]["mean_delta"] == pytest.approx(10 * 0.3 / 50)
     assert d["phi"]["last_delta"] == 0 and d["phi"]["max_abs_delta"] == pytest.approx(0.3)
     assert d["rewards"]["reward_mean"]["mean_delta"] == pytest.approx(0.2)

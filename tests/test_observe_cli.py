@@ -51,7 +51,7 @@ def test_summary_of_a_carl_run_by_prefix(capsys, _isolated_home):
     assert CONTRACT_KEYS <= set(res)
     assert res["run"] == "20250101-120000-abcd" and res["kind"] == "carl"
     assert res["n_frames"] == 30 and res["first_step"] == 0 and res["last_step"] == 29
-    assert res["phase"] == "knowing" and res["crystallization_step"] == 12
+    assert res["phase"] == "knowing" and res["crystallization_step"] == 10  # where Φ rose from its start
     assert res["phi"]["first"] == 0.05 and res["phi"]["last"] == 0.35
     assert res["skipped_lines"] == 2 and res["health"]["status"] == "ok"
     assert res["metrics"][:3] == ["phi", "entropy", "reward_mean"]

@@ -224,3 +224,23 @@ async def test_chart_redraws_are_bounded_whatever_the_frame_rate(tmp_path):
         # ≤ 10 per second (+2: the first tick and the explicit flush in settle), and far fewer than batches
         assert redraws <= elapsed * 10 + 2, (redraws, elapsed)
         assert redraws < 100
+
+
+@pytest.mark.parametrize("size", SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
+def test_collapse_onset_banner_snapshot(snap_compare, snap_home, snap_env, size):
+    """A recorded real collapsing run (tests/data/coherence): the header says where the collapse began, key 2
+    opens the health tab with the collapse.onset finding."""
+    src = Path(__file__).parent / "data" / "coherence" / "frames" / "sparse-ungated-0.jsonl"
+    d = snap_home / "home" / "runs" / "20250101-collapse"
+    d.mkdir(parents=True)
+    (d / "frames.jsonl").write_bytes(src.read_bytes())
+    (d / "meta.json").write_text(json.dumps({"run_id": "20250101-collapse", "status": "completed"}))
+    app = make_app(snap_home, run="20250101-collapse")
+
+    async def run_before(pilot):
+        screen = await settle(pilot, 200, ended=True)
+        assert any(f["code"] == "collapse.onset" for f in screen.summary["health"]["findings"])
+        await pilot.press("2")
+        await pilot.pause()
+
+    assert snap_compare(app, terminal_size=size, run_before=run_before)

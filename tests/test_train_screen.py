@@ -167,3 +167,24 @@ async def test_y_opens_the_try_panel_on_the_open_run_and_esc_returns(tmp_path):
             await pilot.press("escape")
             await pilot.pause()
         assert isinstance(app.screen, TrainScreen)
+
+
+@pytest.mark.parametrize("size", SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
+def test_collapse_onset_banner_snapshot(snap_compare, snap_home, snap_env, size):
+    """A run whose worker reported the collapse early warning shows the banner with its step."""
+    d = make_run(snap_home / "home", "20250101-120000-dcba", range(1, 41))
+    with open(d / "events.jsonl", "a") as fh:
+        fh.write(json.dumps({"name": "collapse_onset", "step": 31, "since": 27, "action": "warn",
+                             "message": "collapse onset at step 31"}) + "\n")
+    app = make_app(snap_home, run="20250101-120000-dcba")
+
+    async def run_before(pilot):
+        screen = await settle(pilot, 40)
+        for _ in range(400):
+            if any(e.get("name") == "collapse_onset" for e in screen.events):
+                break
+            await pilot.pause(0.02)
+        screen.refresh_text()
+        await pilot.pause()
+
+    assert snap_compare(app, terminal_size=size, run_before=run_before)

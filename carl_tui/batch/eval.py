@@ -1,7 +1,8 @@
 """`carl --batch eval --run RUN | --adapter PATH [--threshold X] [--push [--repo ID]]`
 
-The eval gate (engine.trainer.evalgate): pass iff task metric ≥ threshold AND phi_mean ≥ SIGMA AND
-0.3 ≤ discontinuity ≤ 0.7 on held-out prompts; fails closed when coherence data is missing. Exit 0 on pass."""
+The eval gate (engine.trainer.evalgate): pass iff task metric ≥ threshold AND phi_mean ≥ SIGMA AND the collapse
+checks pass (distinct answers, top-answer share, Phi spread: engine.trainer.evalchecks) on held-out prompts;
+fails closed when coherence data is missing. Exit 0 on pass."""
 
 from __future__ import annotations
 
@@ -23,6 +24,10 @@ def register(sub: Any) -> None:
     p.add_argument("--n", type=int, help="held-out prompts to use (default eval.n_samples; the demo uses all 200)")
     p.add_argument("--push", action="store_true", help="after a pass, push the model to the Hub (HF_ENDPOINT respected)")
     p.add_argument("--repo", help="Hub repo id for --push (default eval.push_to)")
+    p.add_argument("--best-of", type=int, metavar="N", help="also report the task metric of best-of-N sampled "
+                                                             "completions (the gate itself stays on greedy)")
+    p.add_argument("--select", default="logprob", choices=("phi", "carl", "logprob", "majority", "random"),
+                   help="how --best-of picks (default logprob; docs/coherence.md)")
     p.set_defaults(func=run)
 
 
@@ -80,11 +85,14 @@ def run(args: argparse.Namespace) -> int:
     _, rows = load_rows(cfg)
     n = args.n or (len(rows) if cfg.dataset.source == "builtin:addition" else cfg.eval.n_samples)
     metrics = evaluate(model, tok, rows, cfg, n=n)
+    if args.best_of is not None:
+        metrics["best_of"] = _best_of(model, tok, rows[:n], cfg, args.best_of, args.select)
     threshold = cfg.eval.threshold if args.threshold is None else args.threshold
     passed, reason = decide(metrics, cfg.eval, threshold)
     out: dict[str, Any] = {"pass": passed, "metrics": metrics, "threshold": threshold, "reason": reason,
-                           "gate": {"phi_min": cfg.eval.phi_min, "discontinuity_min": cfg.eval.discontinuity_min,
-                                    "discontinuity_max": cfg.eval.discontinuity_max}, **subject}
+                           "gate": {"phi_min": cfg.eval.phi_min, "min_distinct": cfg.eval.min_distinct,
+                                    "max_top_share": cfg.eval.max_top_share,
+                                    "min_phi_spread": cfg.eval.min_phi_spread}, **subject}
     ledger_record("eval", {**subject, "pass": passed, "reason": reason, "threshold": threshold,
                            "metrics": {k: v for k, v in metrics.items() if k != "samples"}})
     if args.push:
@@ -97,3 +105,21 @@ def run(args: argparse.Namespace) -> int:
     progress(f"carl: eval {'PASS' if passed else 'FAIL'}: {reason}")
     emit(out)
     return 0 if passed else 1
+
+
+def _best_of(model, tok, rows, cfg, n: int, select: str) -> dict[str, Any]:
+    """Task metric of the best-of-N selected completion per held-out prompt (engine.bestof)."""
+    from engine.bestof import best_of_texts
+    from engine.errors import ValidationError
+    from engine.trainer.grpo import task_metric_name
+    from engine.trainer.task_rewards import build_all
+
+    if not 1 <= n <= 64:
+        raise ValidationError(f"--best-of must be in [1, 64], got {n}", context={"best_of": n})
+    prompts = [r["prompt"] for r in rows]
+    texts = best_of_texts(model, tok, prompts, n, select, cfg.grpo.max_completion_length, seed=cfg.grpo.seed,
+                          weights=cfg.rewards.carl.weights.model_dump())
+    fn = {name: f for name, _, f in build_all(cfg.task)}[task_metric_name(cfg)]
+    extra = {k: [r.get(k) for r in rows] for k in rows[0] if k != "prompt"} if rows else {}
+    scores = [float(s) for s in fn(prompts, texts, **extra) if s is not None] if rows else []
+    return {"n": n, "select": select, "task_metric": sum(scores) / len(scores) if scores else None}

@@ -3,11 +3,14 @@
     carl --batch infer (--model M [--adapter A] | --run RUN [--model BASE]) (--prompt TEXT | --prompts FILE.jsonl)
                        [--score TEXT] [--add-eos] [--max-new-tokens N] [--temperature T] [--top-p P] [--greedy]
                        [--seed S] [--device D] [--dtype DT] [--config FILE] [--chat-template auto|none]
-                       [--system-prompt TEXT] [--stream]
+                       [--system-prompt TEXT] [--logits-budget-mb MB] [--stream]
+                       [--best-of N [--select HOW]]
 
 One prompt → one JSON object; ``--prompts`` → one JSON line per prompt (each line of the file is
 ``{"prompt": …, "score": …?}`` or a JSON string; ``-`` reads stdin). ``--stream`` prints one
 ``{"type": "token", …}`` line per token as it is produced, then the result with ``"type": "result"``.
+``--best-of N`` prints ``{"best_of", "select", "chosen", "candidates": [{"index", "text", "answer", "scores": {phi,
+carl, logprob, majority}, …}], "result": <the chosen candidate's result>}`` (docs/coherence.md).
 Fields are documented in docs/infer.md. torch/transformers are imported only when the verb runs.
 """
 
@@ -54,6 +57,11 @@ def register(subparsers: Any) -> None:
                    help="memory for logits while scoring (default: 512 on CPU, 1/8 of the GPU on CUDA)")
     p.add_argument("--stream", action="store_true", help="one JSON line per token as it is produced, then the "
                                                          "result")
+    p.add_argument("--best-of", type=int, metavar="N", help="sample N candidates and keep one (--select); the "
+                                                             "output lists every candidate with its scores")
+    p.add_argument("--select", default="logprob", choices=("phi", "carl", "logprob", "majority", "random"),
+                   help="how --best-of picks: mean log-prob (default; docs/coherence.md), mean Phi, CARL reward, "
+                        "majority answer, random")
     p.set_defaults(func=run)
 
 
@@ -126,6 +134,15 @@ def run(args: argparse.Namespace) -> int:
         fmt = replace(fmt, system_prompt=args.system_prompt or None)
     lm = infer.load(ref, device=args.device, dtype=args.dtype, log=progress)
     many = bool(args.prompts)
+    if args.best_of is not None:
+        if args.stream or any(r.get("score") is not None for r in rows):
+            raise ValidationError("--best-of does not combine with --stream or --score",
+                                  hint="Drop --stream / --score for best-of-N.")
+        for i, row in enumerate(rows):
+            out = infer.best_of(lm, row["prompt"], args.best_of, args.select, sampling, weights=st.weights,
+                                 fmt=fmt)
+            emit({"type": "result", "index": i, **out} if many else out)
+        return 0
     for i, row in enumerate(rows):
         if row.get("score") is not None:
             result = lm.score(row["prompt"], row["score"], add_eos=bool(args.add_eos), fmt=fmt, weights=st.weights,

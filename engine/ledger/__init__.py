@@ -40,6 +40,7 @@ ACTIONS: dict[str, str] = {
     "run.complete": "a run finished",
     "run.fail": "a run crashed or its worker went stale",
     "gate.open": "the cascade gate opened (stage A → B)",
+    "collapse.onset": "the collapse early warning fired in a run (step, evidence, cascade.on_collapse action)",
     "checkpoint": "a checkpoint was saved",
     "eval": "an eval gate result (pass, metrics, threshold)",
     "push": "an adapter/model was pushed to the Hub",

@@ -4,16 +4,9 @@ Every window and threshold is defined once here (and documented in docs/observe.
 *frames* (logged steps), not optimizer steps, so they mean the same for a run logged every step and one
 logged every 10 steps.
 
-Phase, from the Φ trajectory against SIGMA = 3/16:
-
-- Φ̄ is the trailing rolling mean of Φ over ``SMOOTH_WINDOW`` frames.
-- **knowing**: Φ̄ ≥ SIGMA on each of the last ``SUSTAIN_WINDOW`` frames.
-- **crystallizing**: not knowing, and either the mean of the last ``TREND_WINDOW`` raw Φ values is ≥ SIGMA
-  (above the line but not yet sustained), or Φ is rising (least-squares slope over the last
-  ``TREND_WINDOW`` frames > 0) and the latest Φ̄ is within ``RISE_BAND`` below SIGMA.
-- **guessing**: otherwise. No Φ at all: phase ``None``.
-- **crystallization step**: the step of the first frame of the first run of ``SUSTAIN_WINDOW``
-  consecutive frames with Φ̄ ≥ SIGMA (the sustained crossing); ``None`` if there is none yet.
+Phase and crystallization step come from change-points in the run's own Φ trajectory relative to its start
+(engine/observe/trajectory.py; SIGMA = 3/16 stays the charts' reference line). The collapse early warning
+(``collapse.onset``) is engine/observe/collapse.py.
 """
 
 from __future__ import annotations
@@ -27,9 +20,6 @@ from engine.frames import SCALAR_FIELDS, Frame
 from engine.probe import SIGMA  # the crystallization threshold: one definition, in the probe (re-exported)
 
 SMOOTH_WINDOW = 5
-SUSTAIN_WINDOW = 10
-TREND_WINDOW = 10
-RISE_BAND = SIGMA / 4
 
 # health thresholds
 ENTROPY_COLLAPSE_FRAC = 0.10  # entropy below 10 % of its starting level …
@@ -109,29 +99,17 @@ def correlation(xs: Sequence[float], ys: Sequence[float]) -> float:
 
 
 def phase_of(phis: Sequence[float]) -> str | None:
-    """The current phase of a Φ trajectory (see the module docstring)."""
-    if not phis:
-        return None
-    sm = rolling_mean(phis, SMOOTH_WINDOW)
-    if len(sm) >= SUSTAIN_WINDOW and all(v >= SIGMA for v in sm[-SUSTAIN_WINDOW:]):
-        return "knowing"
-    recent = list(phis[-TREND_WINDOW:])
-    if sum(recent) / len(recent) >= SIGMA:
-        return "crystallizing"
-    if slope(recent) > 0 and sm[-1] >= SIGMA - RISE_BAND:
-        return "crystallizing"
-    return "guessing"
+    """The current phase of a Φ trajectory, from its own change-points (engine.observe.trajectory)."""
+    from engine.observe import trajectory as _phase
+
+    return _phase.phase_of(phis)
 
 
 def crystallization_index(phis: Sequence[float]) -> int | None:
-    """Index of the first frame of the first run of SUSTAIN_WINDOW frames with smoothed Φ ≥ SIGMA."""
-    sm = rolling_mean(phis, SMOOTH_WINDOW)
-    run = 0
-    for i, v in enumerate(sm):
-        run = run + 1 if v >= SIGMA else 0
-        if run >= SUSTAIN_WINDOW:
-            return i - SUSTAIN_WINDOW + 1
-    return None
+    """Index of the change-point where Φ began its first detected rise above its start (engine.observe.trajectory)."""
+    from engine.observe import trajectory as _phase
+
+    return _phase.change_point(phis)
 
 
 def crystallization_step(frames: Sequence[Frame]) -> int | None:
@@ -155,9 +133,15 @@ class Finding:
     last_step: int
     message: str  # one line: what happened
     hint: str  # one line: what to do
+    step: int | None = None  # collapse.onset: the step where the warning is first known
+    evidence: dict[str, Any] | None = None  # collapse.onset: start vs now of each signal
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        d = asdict(self)
+        for k in ("step", "evidence"):
+            if d[k] is None:
+                del d[k]
+        return d
 
 
 def _spans(flags: Sequence[bool], min_len: int = 1) -> list[tuple[int, int]]:
@@ -262,7 +246,7 @@ def detect_stalled_phi(frames: Sequence[Frame]) -> list[Finding]:
         return []
     return [Finding("stalled_phi", "warn", steps[-STALL_WINDOW], steps[-1],
                     f"Φ has not moved over the last {STALL_WINDOW} frames (range {max(win) - min(win):.4f}, "
-                    f"mean {sum(win) / len(win):.3f} < σ {SIGMA:.4f})",
+                    f"mean {sum(win) / len(win):.3f}, not above its start)",
                     "Training is not changing coherence: check the learning rate, the gate and the CARL weight.")]
 
 
@@ -284,7 +268,20 @@ def detect_kl_blowup(frames: Sequence[Frame]) -> list[Finding]:
                     "The policy is drifting fast: raise beta, lower the learning rate or clip harder.")]
 
 
-DETECTORS = (detect_nonfinite, detect_entropy_collapse, detect_length_hacking, detect_zero_std, detect_clipped,
+def detect_collapse_onset(frames: Sequence[Frame]) -> list[Finding]:
+    """The collapse early warning (engine/observe/collapse.py), replayed over the frames."""
+    from engine.observe.collapse import detect_collapse
+
+    alarm = detect_collapse(frames)
+    if alarm is None:
+        return []
+    return [Finding("collapse.onset", "bad", alarm.since, alarm.step, alarm.message(),
+                    "The policy is collapsing onto a few answers while the task reward is flat: stop, or keep CARL "
+                    "out of tied groups (cascade.combine: varied_groups, cascade.on_collapse: close_gate).",
+                    step=alarm.step, evidence=alarm.evidence)]
+
+
+DETECTORS = (detect_collapse_onset, detect_nonfinite, detect_entropy_collapse, detect_length_hacking, detect_zero_std, detect_clipped,
              detect_kl_blowup, detect_stalled_phi)
 
 

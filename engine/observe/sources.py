@@ -304,7 +304,12 @@ class TrainerStateSource(Source):
             isinstance(gs, int) and isinstance(ms, int) and ms > 0 and gs >= ms)
         st = p.stat()
         self._sig = (str(p), st.st_mtime_ns, st.st_size)
-        return merge_by_step(frames), skipped
+        frames = merge_by_step(frames)
+        from engine.coherence import fill_phi, vocab_size_from_dir
+
+        # phi from the logged entropy when the checkpoint's config.json tells the vocabulary size
+        fill_phi(frames, vocab_size_from_dir(p.parent, self.root if self.root.is_dir() else self.root.parent))
+        return frames, skipped
 
     def _snapshot(self) -> tuple[list[Frame], int]:
         return self._read()

@@ -38,8 +38,13 @@ def frame_from_logs(step: int, logs: dict[str, Any], state, step_time: float | N
         gate = "B" if stage_b > 0 else "A"
     else:
         gate = state.cascade.stage if state is not None and state.cascade is not None else "A"
+    phi = _f(logs, "carl/phi")
+    if phi is None:  # CARL off (or not yet run): the same mean Phi from the logged entropy (engine.coherence)
+        from engine.coherence import phi_from_mean_entropy
+
+        phi = phi_from_mean_entropy(_f(logs, "entropy"), getattr(state, "vocab_size", None))
     return Frame(
-        step=step, phi=_f(logs, "carl/phi"), entropy=_f(logs, "entropy"), reward_mean=_f(logs, "reward"),
+        step=step, phi=phi, entropy=_f(logs, "entropy"), reward_mean=_f(logs, "reward"),
         task_reward=task, carl_reward=carl_raw, rewards=rewards,
         carl_components={k: float(logs[f"carl/{k}"]) for k in ("coherence", "cloud", "discontinuity")
                          if isinstance(logs.get(f"carl/{k}"), (int, float))},

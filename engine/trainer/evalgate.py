@@ -1,10 +1,12 @@
 """The eval gate: greedy completions on a held-out set, scored by the task metric and the coherence field.
 
-``pass`` iff ``task_metric >= threshold`` AND ``phi_mean >= eval.phi_min`` (SIGMA = 3/16) AND
-``eval.discontinuity_min <= discontinuity <= eval.discontinuity_max`` (0.3 / 0.7). It **fails closed**: when
-the coherence metrics cannot be computed (no completions, non-finite values) the gate fails with a reason.
-``phi_mean`` is the mean Phi over all completion tokens; ``discontinuity`` the mean per-completion score; both
-come from the policy's own next-token distributions conditioned on the prompt.
+``pass`` iff ``task_metric >= threshold`` AND ``phi_mean >= eval.phi_min`` (SIGMA = 3/16) AND the collapse
+checks of :mod:`engine.trainer.evalchecks` pass (distinct answers over the eval set, the most common answer's
+share, the spread of Phi across completions; they replaced the discontinuity band, which passed collapse).
+It **fails closed**: when the coherence metrics cannot be computed (no completions, non-finite values) the gate
+fails with a reason. ``phi_mean`` is the mean Phi over all completion tokens; ``discontinuity`` (still
+reported, no longer checked) the mean per-completion score; both come from the policy's own next-token
+distributions conditioned on the prompt.
 """
 
 from __future__ import annotations
@@ -66,6 +68,7 @@ def evaluate(model, tok, rows: list[dict[str, Any]], cfg, *, n: int | None = Non
 
     from engine.probe import SIGMA
     from engine.rewards import carl_from_field, field_from_forward
+    from engine.trainer.evalchecks import answer_stats, phi_spread
     from engine.trainer.grpo import task_metric_name
     from engine.trainer.task_rewards import build_all
 
@@ -95,15 +98,20 @@ def evaluate(model, tok, rows: list[dict[str, Any]], cfg, *, n: int | None = Non
         for k in ("coherence", "cloud", "discontinuity", "carl"):
             out[k] = float(comps[k].mean())
         out["crystallized_fraction"] = float(((phi >= SIGMA) & mask).sum() / m.sum().clamp(min=1))
+        out["phi_spread"] = phi_spread(phi, mask)
     else:
-        out.update(phi_mean=None, coherence=None, cloud=None, discontinuity=None, carl=None)
+        out.update(phi_mean=None, coherence=None, cloud=None, discontinuity=None, carl=None, phi_spread=None)
+    out.update(answer_stats(texts))
     out["completion_length"] = sum(len(c) for c in c_ids) / max(1, len(c_ids))
     out["samples"] = [{"prompt": as_text(p), "completion": t} for p, t in list(zip(prompts, texts))[:3]]
     return out
 
 
 def decide(metrics: dict[str, Any], ecfg, threshold: float | None = None) -> tuple[bool, str]:
-    """(pass, reason). Fails closed on missing task or coherence data."""
+    """(pass, reason). Fails closed on missing task or coherence data. The collapse checks (distinct answers,
+    top-answer share, Phi spread) are engine.trainer.evalchecks."""
+    from engine.trainer.evalchecks import check_collapse
+
     thr = ecfg.threshold if threshold is None else threshold
 
     def ok(v):
@@ -111,20 +119,20 @@ def decide(metrics: dict[str, Any], ecfg, threshold: float | None = None) -> tup
 
     if not ok(metrics.get("task_metric")):
         return False, "task metric missing: no scored completions"
-    if not ok(metrics.get("phi_mean")) or not ok(metrics.get("discontinuity")):
-        return False, "coherence data missing: phi/discontinuity could not be computed (fails closed)"
-    fails = []
+    if not ok(metrics.get("phi_mean")):
+        return False, "coherence data missing: phi could not be computed (fails closed)"
+    fails, missing = check_collapse(metrics, ecfg)
+    if missing:
+        return False, f"coherence data missing: {missing} could not be computed (fails closed)"
     if metrics["task_metric"] < thr:
-        fails.append(f"task metric {metrics['task_metric']:.3f} < threshold {thr:.3f}")
+        fails.insert(0, f"task metric {metrics['task_metric']:.3f} < threshold {thr:.3f}")
     if metrics["phi_mean"] < ecfg.phi_min:
         fails.append(f"phi_mean {metrics['phi_mean']:.3f} < SIGMA {ecfg.phi_min:.4f}")
-    d = metrics["discontinuity"]
-    if not (ecfg.discontinuity_min <= d <= ecfg.discontinuity_max):
-        fails.append(f"discontinuity {d:.3f} outside [{ecfg.discontinuity_min}, {ecfg.discontinuity_max}]")
     if fails:
         return False, "; ".join(fails)
     return True, (f"task metric {metrics['task_metric']:.3f} >= {thr:.3f}, phi_mean {metrics['phi_mean']:.3f} >= "
-                  f"SIGMA, discontinuity {d:.3f} in range")
+                  f"SIGMA, no collapse (distinct {metrics.get('distinct_fraction', 0):.2f}, top answer "
+                  f"{metrics.get('top_answer_share', 0):.0%}, phi spread {metrics.get('phi_spread', 0):.4f})")
 
 
 def load_for_eval(path: Path, cfg):

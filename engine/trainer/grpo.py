@@ -128,6 +128,7 @@ class RewardState:
         self.forward_hits = 0
         self.local_n: int | None = None  # completions one reward call sees on this process
         self.global_n: int | None = None  # … and on all processes together (what the gate and combine see)
+        self.vocab_size: int | None = None
 
     def task_fn(self, name: str, fn: Callable[..., list[float]]) -> Callable[..., list[float]]:
         def reward(prompts, completions, **kwargs):
@@ -350,6 +351,9 @@ def build_trainer(cfg, run_dir: Path, model, tokenizer, train_rows, cascade, *, 
         from engine.cascade import check_bound_settings
 
         check_bound_settings(trainer, cascade)  # the varied_groups bound needs TRL's group scaling, summed rewards
+    from engine.coherence import vocab_size_of
+
+    state.vocab_size = vocab_size_of(trainer.model)  # frames derive phi from entropy when CARL is off
     if cfg.rewards.carl.enabled and _untempered(cfg) and os.environ.get("CARL_REWARD_FORWARD") != "1":
         state.capture = GenerationCapture()
         attach_capture(trainer.model, state.capture)

@@ -114,7 +114,8 @@ class Worker:
         if name == "gate_open":
             self.meta(gate_opened_at=e.get("step"))
             self.log(f"gate opened at step {e.get('step')} ({e.get('mode')}): stage B, CARL on")
-        action = {"gate_open": "gate.open", "checkpoint": "checkpoint", "eval": "eval"}.get(name)
+        action = {"gate_open": "gate.open", "checkpoint": "checkpoint", "eval": "eval",
+                  "collapse_onset": "collapse.onset"}.get(name)
         if action:
             ledger_record(action, {"run_id": self.run_id, **e})
         if name == "checkpoint" and self.sync is not None and e.get("path"):
@@ -179,8 +180,14 @@ class Worker:
         self.meta(max_steps=cfg.grpo.max_steps)
         holder: dict[str, Any] = {}
 
+        from engine.trainer.collapse_watch import CollapseWatch
+
+        watch = CollapseWatch(cfg.cascade.on_collapse, on_event=self.event, request_stop=self.stop_requested.set,
+                              cascade=cascade, log=self.log)
+
         def on_frame(frame) -> None:
             self.step = frame.step
+            watch(frame)
 
         tracking = (cfg.tracking.project or cfg.project.name) if cfg.tracking.trackio and RANK0 else None
         callback = make_callback(self.run_dir, state_ref=lambda: holder.get("state"), should_stop=self.should_stop_all,

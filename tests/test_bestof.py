@@ -1,0 +1,65 @@
+"""Best-of-N (engine.bestof, engine.infer.best_of, `infer --best-of N --select …`) on the tiny model."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from carl_tui.batch import main
+from engine import infer
+from engine.bestof import Candidate, choose, score_candidates
+from tests._tiny_fixture import tiny_cache, tiny_env  # noqa: F401
+from tests.test_infer import PROMPT, tiny_path
+
+
+def test_selections_on_known_candidates():
+    c = [Candidate(0, "12", [0.9, 0.9], [0.5, 0.5]), Candidate(1, " 19 ", [0.2, 0.4], [0.9, 0.9]),
+         Candidate(2, "19", [0.3, 0.3], [0.6, 0.6]), Candidate(3, "7", [0.95, 0.1], [0.1, 0.2])]
+    score_candidates(c)
+    assert c[1].answer == c[2].answer == "19" and c[1].scores["majority"] == 2.0
+    assert choose(c, "phi") == 0  # mean Phi 0.9
+    assert choose(c, "logprob") == 1  # mean log 0.9
+    assert choose(c, "majority") == 1  # "19" twice; tie broken by logprob
+    assert c[0].scores["logprob"] == pytest.approx(math.log(0.5))
+    from engine.probe import carl_reward
+
+    assert c[3].scores["carl"] == pytest.approx(carl_reward([0.95, 0.1], [0.1, 0.2])["carl"])
+    assert choose(c, "carl") == max(range(4), key=lambda i: c[i].scores["carl"])
+    picks = {choose(c, "random", seed=s) for s in range(40)}
+    assert picks == {0, 1, 2, 3} and choose(c, "random", seed=5) == choose(c, "random", seed=5)
+    from engine.errors import ValidationError
+
+    with pytest.raises(ValidationError):
+        choose(c, "vibes")
+
+
+@pytest.fixture
+def tiny(tiny_env):  # noqa: F811
+    infer.clear_cache()
+    yield tiny_path(tiny_env)
+    infer.clear_cache()
+
+
+def test_best_of_through_the_cli(tiny, capsys):
+    rc = main(["infer", "--model", str(tiny), "--prompt", PROMPT, "--best-of", "4", "--select", "phi",
+               "--seed", "3", "--max-new-tokens", "5"])
+    out = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+    assert rc == 0 and len(out) == 1
+    d = out[0]
+    assert d["best_of"] == 4 and d["select"] == "phi" and len(d["candidates"]) == 4
+    assert [c["seed"] for c in d["candidates"]] == [3, 4, 5, 6]
+    scores = [c["scores"]["phi"] for c in d["candidates"]]
+    assert d["chosen"] == scores.index(max(scores))
+    chosen = d["candidates"][d["chosen"]]
+    assert d["result"]["text"] == chosen["text"] and d["result"]["settings"]["seed"] == chosen["seed"]
+    assert chosen["scores"]["phi"] == pytest.approx(d["result"]["phi_mean"])
+    # each candidate is exactly the single generation with its seed
+    lm = infer.load(infer.resolve(str(tiny)), device="cpu")
+    one = lm.generate(PROMPT, infer.Sampling(max_new_tokens=5, seed=4))
+    assert d["candidates"][1]["text"] == one.text
+    # greedy best-of-N is refused with a typed error
+    rc = main(["infer", "--model", str(tiny), "--prompt", PROMPT, "--best-of", "4", "--greedy"])
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert rc == 2 and json.loads(err)["error"]["code"].startswith("carl.")

@@ -227,7 +227,8 @@ class Sandbox:
             script.unlink()
         self.write_file(".carl_exec.py", code)
         try:
-            return self.run([sandbox_python(), "-I", "-B", str(script)])
+            # -E -s, not -I: the working directory stays importable (the model imports its own files)
+            return self.run([sandbox_python(), "-E", "-s", "-B", str(script)])
         finally:
             if script.exists() or script.is_symlink():
                 script.unlink()

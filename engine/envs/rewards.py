@@ -97,7 +97,7 @@ def sql_matches(result: dict[str, Any] | None, row: dict[str, Any]) -> bool:
     return len(rows) == 1 and len(rows[0]) == 1 and _cell_eq(rows[0][0], answer)
 
 
-def sql_result(prompts, completions, environments=None, **kwargs) -> list[float]:
+def _sql_scores(prompts, completions, environments=None, **kwargs) -> list[float]:
     envs = environments or [None] * len(completions)
     return [float(env is not None and sql_matches(getattr(env, "last_result", None), getattr(env, "row", {})))
             for env in envs]
@@ -118,14 +118,14 @@ def code_passes(env: Any) -> bool:
         return False
 
 
-def code_tests(prompts, completions, environments=None, **kwargs) -> list[float]:
+def _code_scores(prompts, completions, environments=None, **kwargs) -> list[float]:
     envs = environments or [None] * len(completions)
     return [float(env is not None and code_passes(env)) for env in envs]
 
 
 ENV_REWARDS: dict[str, tuple[str, Callable[..., list[float]]]] = {
-    "sql": ("sql_result", sql_result),
-    "code": ("code_tests", code_tests),
+    "sql": ("sql_result", _sql_scores),
+    "code": ("code_tests", _code_scores),
 }
 
 
@@ -181,3 +181,9 @@ def make_env_reward(kind: str) -> tuple[str, Callable[..., list[float]]]:
 
     reward.__name__ = name
     return name, reward
+
+
+# What carl.yaml names (``task.rewards: [{kind: python, function: "engine.envs.rewards:sql_result"}]``): the
+# environment's score, which also logs agent/task_completion, agent/tool_format, agent/tool_calls_per_task.
+sql_result = make_env_reward("sql")[1]
+code_tests = make_env_reward("code")[1]

@@ -5,7 +5,7 @@ A TRL 1.16 environment (``environment_factory``): ``reset(**row)`` builds the da
 tool schemas the model sees). The row's columns:
 
 - ``schema`` — SQL DDL (one string, several statements) or a list of statements;
-- ``data`` — ``{table: [{column: value, …}, …]}`` rows to insert (optional);
+- ``data`` — ``{table: [{column: value, …}, …]}`` rows to insert (optional; an object or its JSON text);
 - ``allow_writes`` — ``true`` lets queries and ``insert_data`` change the database (default: read-only);
 - ``answer`` — what the final query must return (see engine/envs/rewards.py).
 
@@ -68,11 +68,17 @@ def build_database(row: dict[str, Any]) -> sqlite3.Connection:
     """A fresh in-memory database from a row's ``schema`` and ``data`` (writable; the caller locks it)."""
     conn = sqlite3.connect(":memory:", check_same_thread=False)
     schema = row.get("schema") or []
+    data = row.get("data") or {}
+    if isinstance(data, str):  # datasets keep a per-row {table: rows} most simply as JSON text
+        try:
+            data = json.loads(data) if data.strip() else {}
+        except json.JSONDecodeError:
+            raise SandboxError("the row's data is not valid JSON", code="carl.sandbox.row") from None
     statements = [schema] if isinstance(schema, str) else list(schema)
     try:
         for stmt in statements:
             conn.executescript(str(stmt))
-        for table, rows in dict(row.get("data") or {}).items():
+        for table, rows in dict(data).items():
             for r in rows or []:
                 cols = list(r)
                 conn.execute(f"INSERT INTO {_ident(table)} ({', '.join(_ident(c) for c in cols)}) "

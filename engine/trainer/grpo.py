@@ -72,6 +72,8 @@ def grpo_args(cfg, output_dir: str | Path, device: str) -> dict[str, Any]:
     }
     if cfg.compute.vllm != "off":
         args.update(use_vllm=True, vllm_mode=cfg.compute.vllm)
+    if getattr(cfg, "environment", None) is not None:  # agent training: TRL runs the tool loop
+        args["max_tool_calling_iterations"] = cfg.environment.max_tool_calls
     return args
 
 
@@ -106,6 +108,7 @@ def plan(cfg, config_path: Path | None, *, run_dir: str = "<run_dir>") -> dict[s
         "device": device, "gpus": cfg.compute.gpus, "vllm": cfg.compute.vllm,
         "grpo": {k: v for k, v in grpo_args(cfg, "<run_dir>/checkpoints", device).items() if k != "output_dir"},
         "tracking": {"trackio": cfg.tracking.trackio, "project": cfg.tracking.project or cfg.project.name},
+        "environment": cfg.environment.model_dump() if getattr(cfg, "environment", None) else None,
         "launch": launch, "command": cmd,
     }
 
@@ -128,6 +131,7 @@ class RewardState:
         self.task_weights: dict[str, float] = {}
         self.sample: str | None = None
         self.capture_hits = 0
+        self.tool_mask: list[list[int]] | None = None  # this batch's TRL tool mask (1 = generated), agents only
         self.forward_hits = 0
 
     def task_fn(self, name: str, fn: Callable[..., list[float]]) -> Callable[..., list[float]]:
@@ -170,6 +174,7 @@ class RewardState:
         return field_from_forward(model, self.prompt_ids, completion_ids, pad)
 
     def carl_fn(self) -> Callable[..., list[float]]:
+        from engine.envs.training import apply_tool_mask
         from engine.rewards import carl_from_field
 
         weights = self.cfg.rewards.carl.weights.model_dump()
@@ -181,6 +186,7 @@ class RewardState:
             step = int(getattr(trainer_state, "global_step", 0) or 0) + 1  # the step these rewards train
             metric_value = self.task_means.get(self.metric, float("nan"))
             phi, sel, mask = self.field(completion_ids)
+            mask = apply_tool_mask(mask, self.tool_mask)  # CARL over generated tokens only (tool results out)
             comps = carl_from_field(phi, sel, mask, weights)
             cryst = float(comps["crystallizations"].mean())
             event = self.cascade.observe(step, {self.metric: metric_value, "crystallization": cryst,
@@ -199,6 +205,12 @@ class RewardState:
                 log_metric("carl/crystallization", cryst)
                 log_metric("carl/weight", self.cascade.carl_weight(step))
                 log_metric("carl/stage_b", 1.0 if self.cascade.stage == "B" else 0.0)
+                if self.tool_mask is not None:
+                    from engine.envs.training import generated_fraction
+
+                    frac = generated_fraction(self.tool_mask)
+                    if frac is not None:  # the share of completion tokens CARL scored (the rest: tool results)
+                        log_metric("agent/generated_fraction", frac)
                 if self.cascade.last_tied_fraction is not None:
                     log_metric("carl/tied_groups", self.cascade.last_tied_fraction)
             # CARL's own cost this batch: this function (field, components, gate, combine) + the generation capture
@@ -230,6 +242,13 @@ def make_trainer_class():
             out = super()._tokenize_prompts(prompts)
             if self.carl_state is not None:
                 self.carl_state.prompt_ids = [list(p) for p in out[0]]
+            return out
+
+        def _generate(self, prompts):
+            out = super()._generate(prompts)
+            if self.carl_state is not None:  # the tool loop re-tokenizes extended prompts: keep the originals
+                self.carl_state.prompt_ids = [list(p) for p in out[0]]
+                self.carl_state.tool_mask = out[2]
             return out
 
     return CarlGRPOTrainer
@@ -309,8 +328,11 @@ def build_trainer(cfg, run_dir: Path, model, tokenizer, train_rows, cascade, *, 
         weights.append(1.0)  # the cascade applies the CARL weight and its warm-up
     args.reward_weights = weights
     cls = make_trainer_class()
+    from engine.envs.training import factory_for
+
     trainer = cls(model=model, reward_funcs=funcs, args=args, train_dataset=to_dataset(train_rows),
-                  processing_class=tokenizer, peft_config=peft_config(cfg), callbacks=list(callbacks))
+                  processing_class=tokenizer, peft_config=peft_config(cfg), callbacks=list(callbacks),
+                  environment_factory=factory_for(cfg))
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
     for cb in (PrinterCallback, ProgressCallback):  # frames and stdout.log lines are carl's own

@@ -15,21 +15,35 @@ MODEL_KW = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_
                 num_key_value_heads=2, max_position_embeddings=8192, tie_word_embeddings=True)
 
 
-def build_tokenizer():
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+def _wrap(tok):
     from transformers import PreTrainedTokenizerFast
     from trl.chat_template_utils import qwen2_5_chat_template
 
-    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
-    vocab = {ch: i for i, ch in enumerate(alphabet)}
-    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
-    tok.decoder = decoders.ByteLevel()
-    tok.add_special_tokens(SPECIAL)
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>",
                                    chat_template=qwen2_5_chat_template)
     fast.padding_side = "left"
     return fast
+
+
+def build_tokenizer(corpus: Sequence[str] | None = None, vocab_size: int = 2048):
+    """Byte-level; with a ``corpus`` (e.g. rendered prompts and transcripts), BPE merges are trained on it so the
+    long tool-schema system prompt becomes a few tokens: every byte still encodes, only faster."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    if corpus:
+        tok = Tokenizer(models.BPE())
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+        tok.decoder = decoders.ByteLevel()
+        trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL, initial_alphabet=alphabet,
+                                      show_progress=False, min_frequency=2)
+        tok.train_from_iterator(list(corpus), trainer=trainer)
+        return _wrap(tok)
+    tok = Tokenizer(models.BPE(vocab={ch: i for i, ch in enumerate(alphabet)}, merges=[]))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.add_special_tokens(SPECIAL)
+    return _wrap(tok)
 
 
 def build_model(tokenizer, seed: int = 0):
@@ -85,7 +99,7 @@ def warm_start(model, tokenizer, examples: Sequence[tuple[list[dict], list[dict]
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
         if stop is not None and stop(step, losses[-1]):
             break
     model.eval()
@@ -93,8 +107,11 @@ def warm_start(model, tokenizer, examples: Sequence[tuple[list[dict], list[dict]
 
 
 def save(model, tokenizer, path: str | Path) -> Path:
+    """The model in ``path``, the tokenizer in ``path/tokenizer`` (set ``model.tokenizer`` to it): beside a
+    qwen2 ``config.json`` AutoTokenizer would load a Qwen2Tokenizer, whose own pre-tokenizer splits text
+    differently from the merges trained here; alone, the tokenizer loads as itself."""
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(path)
-    tokenizer.save_pretrained(path)
+    tokenizer.save_pretrained(path / "tokenizer")
     return path

@@ -64,9 +64,11 @@ def transcript_ids(tokenizer, prompt: list[dict[str, Any]], reply: list[dict[str
     full = tokenizer.apply_chat_template(prompt + reply, tools=list(tools or []) or None, tokenize=False)
     if not full.startswith(p):
         raise ValueError("the chat template does not extend the prompt with the reply")
+    # prompt and reply tokenized apart, as generation sees them: merges trained across the whole text would
+    # otherwise span the boundary and the warm start would learn from a prompt the model never gets
     pid = tokenizer(p, add_special_tokens=False)["input_ids"]
-    fid = tokenizer(full, add_special_tokens=False)["input_ids"]
-    return fid, len(pid)
+    rid = tokenizer(full[len(p):], add_special_tokens=False)["input_ids"]
+    return pid + rid, len(pid)
 
 
 def warm_start(model, tokenizer, examples: Sequence[tuple[list[dict], list[dict]]], tools: Sequence[Callable],

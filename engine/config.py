@@ -16,6 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic import ValidationError as PydanticValidationError
 
+from engine.envs.config import EnvironmentSection
 from engine.errors import ConfigError
 
 CONFIG_FILENAME = "carl.yaml"
@@ -292,6 +293,7 @@ class Config(_Model):
     tracking: TrackingSection = Field(default_factory=TrackingSection)
     budget: BudgetSection = Field(default_factory=BudgetSection)
     train: TrainSection = Field(default_factory=TrainSection)
+    environment: EnvironmentSection | None = Field(None, description="tool environment for agent training")
     # Sections owned by later issues are plain dicts validated by their own modules until they land.
     policy: dict[str, Any] = Field(default_factory=dict)
     remote: dict[str, Any] = Field(default_factory=dict)

@@ -344,5 +344,10 @@ def summarize(frames: Sequence[Frame], *, source: str, run: str | None, skipped:
         "health": health(frames),
         "skipped_lines": skipped,
     }
+    from engine.envs.metrics import agent_summary
+
+    agent = agent_summary(frames)  # agent runs only: task completion, tool format, tool calls per task
+    if agent is not None:
+        out["agent"] = agent
     out.update(extra)
     return out

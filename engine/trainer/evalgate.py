@@ -72,6 +72,10 @@ def evaluate(model, tok, rows: list[dict[str, Any]], cfg, *, n: int | None = Non
     from engine.trainer.grpo import task_metric_name
     from engine.trainer.task_rewards import build_all
 
+    if getattr(cfg, "environment", None) is not None:  # agents: the tool loop, scored by the environment
+        from engine.envs.evaluate import evaluate_agent
+
+        return evaluate_agent(model, tok, rows, cfg, n)
     rows = rows[: n] if n else rows
     prompts = [r["prompt"] for r in rows]
     from engine.memory import budget_from, device_of

@@ -66,6 +66,8 @@ def grpo_args(cfg, output_dir: str | Path, device: str) -> dict[str, Any]:
     }
     if cfg.compute.vllm != "off":
         args.update(use_vllm=True, vllm_mode=cfg.compute.vllm)
+    if getattr(cfg, "environment", None) is not None:  # agent training: TRL runs the tool loop
+        args["max_tool_calling_iterations"] = cfg.environment.max_tool_calls
     return args
 
 
@@ -102,6 +104,7 @@ def plan(cfg, config_path: Path | None, *, run_dir: str = "<run_dir>") -> dict[s
         "device": device, "gpus": cfg.compute.gpus, "vllm": cfg.compute.vllm,
         "grpo": {k: v for k, v in grpo_args(cfg, "<run_dir>/checkpoints", device).items() if k != "output_dir"},
         "tracking": {"trackio": cfg.tracking.trackio, "project": cfg.tracking.project or cfg.project.name},
+        "environment": cfg.environment.model_dump() if getattr(cfg, "environment", None) else None,
         "launch": launch, "command": cmd,
         "world_size": distributed["world_size"], "distributed": distributed,
     }
@@ -125,6 +128,7 @@ class RewardState:
         self.task_weights: dict[str, float] = {}
         self.sample: str | None = None
         self.capture_hits = 0
+        self.tool_mask: list[list[int]] | None = None  # this batch's TRL tool mask (1 = generated), agents only
         self.forward_hits = 0
         self.local_n: int | None = None  # completions one reward call sees on this process
         self.global_n: int | None = None  # … and on all processes together (what the gate and combine see)
@@ -173,6 +177,7 @@ class RewardState:
                                   budget_mb=budget_from(self.cfg, device_of(model)))
 
     def carl_fn(self) -> Callable[..., list[float]]:
+        from engine.envs.training import apply_tool_mask
         from engine.rewards import carl_from_field
 
         weights = self.cfg.rewards.carl.weights.model_dump()
@@ -185,6 +190,7 @@ class RewardState:
             t0 = time.perf_counter()
             step = int(getattr(trainer_state, "global_step", 0) or 0) + 1  # the step these rewards train
             phi, sel, mask = self.field(completion_ids)
+            mask = apply_tool_mask(mask, self.tool_mask)  # CARL over generated tokens only (tool results out)
             comps = carl_from_field(phi, sel, mask, weights)
             raw = comps["carl"].tolist()
             # the gate and the combination see the whole generation batch of every process (docs/train.md)
@@ -209,6 +215,12 @@ class RewardState:
                 log_metric("carl/crystallization", cryst)
                 log_metric("carl/weight", self.cascade.carl_weight(step))
                 log_metric("carl/stage_b", 1.0 if self.cascade.stage == "B" else 0.0)
+                if self.tool_mask is not None:
+                    from engine.envs.training import generated_fraction
+
+                    frac = generated_fraction(self.tool_mask)
+                    if frac is not None:  # the share of completion tokens CARL scored (the rest: tool results)
+                        log_metric("agent/generated_fraction", frac)
                 if self.cascade.last_tied_fraction is not None:
                     log_metric("carl/tied_groups", self.cascade.last_tied_fraction)
             # CARL's own cost this batch: this function (field, components, gate, combine) + the generation capture
@@ -244,6 +256,13 @@ def make_trainer_class():
                 keep = self.carl_state.cfg.grpo.max_prompt_length
                 out = ([truncate_left(p, keep) for p in out[0]], *out[1:])
                 self.carl_state.prompt_ids = [list(p) for p in out[0]]
+            return out
+
+        def _generate(self, prompts):
+            out = super()._generate(prompts)
+            if self.carl_state is not None:  # the tool loop re-tokenizes extended prompts: keep the originals
+                self.carl_state.prompt_ids = [list(p) for p in out[0]]
+                self.carl_state.tool_mask = out[2]
             return out
 
     return CarlGRPOTrainer
@@ -336,11 +355,13 @@ def build_trainer(cfg, run_dir: Path, model, tokenizer, train_rows, cascade, *, 
         weights.append(1.0)  # the cascade applies the CARL weight and its warm-up
     args.reward_weights = weights
     cls = make_trainer_class()
+    from engine.envs.training import factory_for
     from engine.prompts import PromptFormat
 
     dataset = to_dataset(train_rows, tokenizer, PromptFormat.from_config(cfg))  # chat template, system prompt
     trainer = cls(model=model, reward_funcs=funcs, args=args, train_dataset=dataset,
-                  processing_class=tokenizer, peft_config=peft_config(cfg, model), callbacks=list(callbacks))
+                  processing_class=tokenizer, peft_config=peft_config(cfg, model), callbacks=list(callbacks),
+                  environment_factory=factory_for(cfg))
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
     for cb in (PrinterCallback, ProgressCallback):  # frames and stdout.log lines are carl's own

@@ -281,8 +281,10 @@ class Worker:
 
 
 def _brief(m: dict[str, Any]) -> dict[str, Any]:
-    return {k: m.get(k) for k in ("task_metric_name", "task_metric", "phi_mean", "discontinuity", "coherence",
-                                  "cloud", "completion_length", "n")}
+    out = {k: m.get(k) for k in ("task_metric_name", "task_metric", "phi_mean", "discontinuity", "coherence",
+                                 "cloud", "completion_length", "n")}
+    out.update({k: m[k] for k in ("task_completion", "tool_format", "tool_calls_per_task") if k in m})  # agents
+    return out
 
 
 def _read_eval(run_dir: Path) -> dict[str, Any]:

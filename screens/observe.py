@@ -32,6 +32,7 @@ from engine.observe.sources import Source, list_runs, open_source, parse_source_
 from engine.observe.view import MAX_OVERLAY, View, fmt, metric_choices, overlay, overlay_diff, series_of
 from screens.context import context_of
 from screens.widgets.charts import COLORS, MetricChart
+from screens.widgets.completion_table import CompletionTable
 from screens.widgets.frame_table import FrameTable
 
 FIXED = ("phi", "reward_mean", "task_reward", "carl_reward", "entropy")
@@ -93,6 +94,7 @@ class ObserveScreen(Screen):
     ObserveScreen #obs-view { height: 1; padding: 0 1; color: $text-muted; display: none; }
     ObserveScreen #obs-overlay { height: 1fr; display: none; }
     ObserveScreen #obs-diff { width: 32; height: 1fr; padding: 0 1; }
+    ObserveScreen #obs-completions-note { height: 1; padding: 0 1; color: $text-muted; }
     """
 
     BINDINGS = [
@@ -109,6 +111,7 @@ class ObserveScreen(Screen):
         Binding("2", "show_tab('health')", "Health", show=False),
         Binding("3", "show_tab('frames')", "Frames", show=False),
         Binding("4", "show_tab('source')", "Source", show=False),
+        Binding("5", "show_tab('completions')", "Completions", show=False),
     ]
 
     def __init__(self, **kwargs: Any):
@@ -164,6 +167,11 @@ class ObserveScreen(Screen):
                     yield Static("", id="obs-error")
                     yield Static("Recent runs in CARL_HOME (↓ into the list · enter opens the highlighted run):")
                     yield RunList(id="obs-runs")
+            with TabPane("5 Completions", id="completions"):
+                with Vertical():
+                    yield Static("Sampled completions per step (* one sample, the step's mean reward and Φ)",
+                                 id="obs-completions-note")
+                    yield CompletionTable(id="obs-completions")
         yield Footer()
 
     def on_mount(self) -> None:
@@ -205,6 +213,7 @@ class ObserveScreen(Screen):
         for chart in self.query(MetricChart):
             chart.clear()
         self.query_one(FrameTable).reset()
+        self.query_one(CompletionTable).reset()
         self.query_one("#obs-error", Static).update("")
         self._refresh_header()
         self._run_source(source, self._token, self._stop, self.following)
@@ -272,6 +281,7 @@ class ObserveScreen(Screen):
                     for chart in self.query(MetricChart):
                         chart.clear()
                     self.query_one(FrameTable).reset()
+                    self.query_one(CompletionTable).reset()
                 new.extend(msg.frames)
                 summary = msg.summary or summary
                 self.ended = self.ended or msg.ended
@@ -282,6 +292,7 @@ class ObserveScreen(Screen):
                 self.summary = summary
             self._append_to_charts(new)
             self.query_one(FrameTable).add_frames(new)
+            self.query_one(CompletionTable).add_frames(new)
             self._refresh_header()
             if summary is not None:
                 self._refresh_health()
@@ -667,6 +678,8 @@ class ObserveScreen(Screen):
         self.query_one(TabbedContent).active = tab
         if tab == "frames":
             self.query_one(FrameTable).focus()
+        elif tab == "completions":
+            self.query_one(CompletionTable).focus()
 
     def action_toggle_follow(self) -> None:
         self.following = not self.following

@@ -60,9 +60,8 @@ class OverlayLoaded(Message):
 
 
 class RunList(OptionList):
-    """The picker's recent runs: space marks up to four of them to overlay (Enter then opens the overlay)."""
-
-    BINDINGS = [Binding("space", "screen.mark_run", "Mark", show=False)]
+    """The picker's recent runs: space marks up to four of them to overlay (Enter then opens the overlay; the
+    key is the screen's, so `?` lists it)."""
 
 
 class SourceInput(Input):
@@ -112,6 +111,7 @@ class ObserveScreen(Screen):
         Binding("3", "show_tab('frames')", "Frames", show=False),
         Binding("4", "show_tab('source')", "Source", show=False),
         Binding("5", "show_tab('completions')", "Completions", show=False),
+        Binding("space", "mark_run", "Mark a run to overlay (picker list)", show=False),
     ]
 
     def __init__(self, **kwargs: Any):
@@ -469,6 +469,8 @@ class ObserveScreen(Screen):
 
     def action_mark_run(self) -> None:
         """space in the recent-runs list: mark / unmark the highlighted run for an overlay (2–4 runs)."""
+        if not isinstance(self.focused, RunList):
+            return
         run_id = self._highlighted_run()
         if not run_id:
             return

@@ -42,6 +42,8 @@ class Frame:
     step_time: float | None = None
     timestamp: float | None = None
     sample: str | None = None
+    # a bounded sample of the step's completions: [{"prompt", "completion", "reward", "task", "carl", "phi"}]
+    samples: list[dict[str, Any]] | None = None
     extra: dict[str, float] = field(default_factory=dict)  # any other numeric metric
     system: dict[str, Any] | None = None  # the worker's CPU/RAM and the GPUs at this step (engine/system.py)
 

@@ -29,8 +29,10 @@ from engine.observe.analysis import SIGMA, metric_names, summarize
 from engine.observe.empty import empty_source_error
 from engine.observe.follow import follow
 from engine.observe.sources import Source, list_runs, open_source, parse_source_spec
+from engine.observe.view import MAX_OVERLAY, View, fmt, metric_choices, overlay, overlay_diff, series_of
 from screens.context import context_of
-from screens.widgets.charts import MetricChart
+from screens.widgets.charts import COLORS, MetricChart
+from screens.widgets.completion_table import CompletionTable
 from screens.widgets.frame_table import FrameTable
 
 FIXED = ("phi", "reward_mean", "task_reward", "carl_reward", "entropy")
@@ -49,6 +51,17 @@ class SourceFailed(Message):
     def __init__(self, token: int, error: CARLError):
         super().__init__()
         self.token, self.error = token, error
+
+
+class OverlayLoaded(Message):
+    def __init__(self, token: int, runs: list[tuple[str, list[Frame]]], errors: list[str]):
+        super().__init__()
+        self.token, self.runs, self.errors = token, runs, errors
+
+
+class RunList(OptionList):
+    """The picker's recent runs: space marks up to four of them to overlay (Enter then opens the overlay; the
+    key is the screen's, so `?` lists it)."""
 
 
 class SourceInput(Input):
@@ -77,6 +90,10 @@ class ObserveScreen(Screen):
     ObserveScreen #obs-spec { margin-bottom: 1; }
     ObserveScreen #obs-error { color: $error; height: auto; }
     ObserveScreen #obs-runs { height: 1fr; }
+    ObserveScreen #obs-view { height: 1; padding: 0 1; color: $text-muted; display: none; }
+    ObserveScreen #obs-overlay { height: 1fr; display: none; }
+    ObserveScreen #obs-diff { width: 32; height: 1fr; padding: 0 1; }
+    ObserveScreen #obs-completions-note { height: 1; padding: 0 1; color: $text-muted; }
     """
 
     BINDINGS = [
@@ -84,12 +101,17 @@ class ObserveScreen(Screen):
         Binding("m", "cycle_metric(1)", "Metric"),
         Binding("shift+m", "cycle_metric(-1)", "Prev metric", show=False),
         Binding("r", "reload", "Reload"),
+        Binding("e", "cycle_smoothing", "EMA"),
+        Binding("x", "cycle_x", "X-axis", show=False),
+        Binding("shift+l", "toggle_log", "Log-y", show=False),  # l alone is the ledger screen
         Binding("s", "show_tab('source')", "Source"),
         Binding("escape", "back", "Charts", show=False),
         Binding("1", "show_tab('charts')", "Charts", show=False),
         Binding("2", "show_tab('health')", "Health", show=False),
         Binding("3", "show_tab('frames')", "Frames", show=False),
         Binding("4", "show_tab('source')", "Source", show=False),
+        Binding("5", "show_tab('completions')", "Completions", show=False),
+        Binding("space", "mark_run", "Mark a run to overlay (picker list)", show=False),
     ]
 
     def __init__(self, **kwargs: Any):
@@ -102,6 +124,12 @@ class ObserveScreen(Screen):
         self.error: str | None = None
         self.loading = False
         self.other_metric: str | None = None
+        self.view = View()  # smoothing, x-axis, log-y (e / x / l)
+        self.marked: list[str] = []  # run ids marked in the picker (space) to overlay
+        self.overlay_runs: list[tuple[str, list[Frame]]] = []  # the other runs of an overlay (the first is open)
+        self.overlay_metric: str | None = None
+        self.overlay_ids: list[str] = []
+        self.overlay_pending = False
         self.poll_interval = 0.5
         self._token = 0
         self._stop = threading.Event()
@@ -116,6 +144,10 @@ class ObserveScreen(Screen):
             yield Static(" — ", id="obs-phase", classes="phase-none")
         with TabbedContent(initial="charts", id="obs-tabs"):
             with TabPane("1 Charts", id="charts"):
+                yield Static("", id="obs-view")
+                with Horizontal(id="obs-overlay"):
+                    yield MetricChart("overlay", id="chart-overlay")
+                    yield Static("", id="obs-diff")
                 with Grid(id="obs-grid"):
                     yield MetricChart("Φ  (σ = 3/16)", sigma=SIGMA, id="chart-phi")
                     yield MetricChart("reward: task vs CARL", id="chart-reward")
@@ -134,7 +166,12 @@ class ObserveScreen(Screen):
                     yield spec
                     yield Static("", id="obs-error")
                     yield Static("Recent runs in CARL_HOME (↓ into the list · enter opens the highlighted run):")
-                    yield OptionList(id="obs-runs")
+                    yield RunList(id="obs-runs")
+            with TabPane("5 Completions", id="completions"):
+                with Vertical():
+                    yield Static("Sampled completions per step (* one sample, the step's mean reward and Φ)",
+                                 id="obs-completions-note")
+                    yield CompletionTable(id="obs-completions")
         yield Footer()
 
     def on_mount(self) -> None:
@@ -161,8 +198,11 @@ class ObserveScreen(Screen):
         self._stop.set()
 
     # ── opening and following a source ─────────────────────────────────────────────────────────────────
-    def open(self, source: Source) -> None:
+    def open(self, source: Source, *, keep_overlay: bool = False) -> None:
         """Show a new source (replacing the current one) and start its loader/follower worker."""
+        if not keep_overlay:
+            self.overlay_runs = []
+            self._show_overlay(False)
         self._stop.set()
         self._stop = threading.Event()
         self._token += 1
@@ -173,6 +213,7 @@ class ObserveScreen(Screen):
         for chart in self.query(MetricChart):
             chart.clear()
         self.query_one(FrameTable).reset()
+        self.query_one(CompletionTable).reset()
         self.query_one("#obs-error", Static).update("")
         self._refresh_header()
         self._run_source(source, self._token, self._stop, self.following)
@@ -240,6 +281,7 @@ class ObserveScreen(Screen):
                     for chart in self.query(MetricChart):
                         chart.clear()
                     self.query_one(FrameTable).reset()
+                    self.query_one(CompletionTable).reset()
                 new.extend(msg.frames)
                 summary = msg.summary or summary
                 self.ended = self.ended or msg.ended
@@ -250,6 +292,7 @@ class ObserveScreen(Screen):
                 self.summary = summary
             self._append_to_charts(new)
             self.query_one(FrameTable).add_frames(new)
+            self.query_one(CompletionTable).add_frames(new)
             self._refresh_header()
             if summary is not None:
                 self._refresh_health()
@@ -266,6 +309,9 @@ class ObserveScreen(Screen):
 
     def _append_to_charts(self, new: list[Frame]) -> None:
         if not new:
+            return
+        if self.overlay_runs or not self.view.is_default:  # smoothed / rescaled lines are redrawn whole
+            self._redraw_charts()
             return
         phi = self.query_one("#chart-phi", MetricChart)
         reward = self.query_one("#chart-reward", MetricChart)
@@ -286,7 +332,7 @@ class ObserveScreen(Screen):
 
     def _other_choices(self) -> list[str]:
         names = (self.summary or {}).get("metrics") or metric_names(self.frames[-200:])
-        rest = [n for n in names if n not in FIXED]
+        rest = metric_choices(names, exclude=FIXED)  # TRL's diagnostics (frac_reward_zero_std, kl, …) first
         return rest or [n for n in names if n != "phi"]
 
     def _set_other(self, name: str) -> None:
@@ -294,9 +340,173 @@ class ObserveScreen(Screen):
         chart = self.query_one("#chart-other", MetricChart)
         chart.clear()
         chart.set_title(f"{name}  (m: next)")
-        chart.set_series(name, *self._xy(self.frames, name))
+        if self.view.is_default:
+            chart.set_series(name, *self._xy(self.frames, name))
+        else:
+            ser = series_of(self.frames, name, self.view)
+            chart.set_log_y(self.view.log_y)
+            chart.set_series(name, ser.xs, ser.ys)
+
+    def _redraw_charts(self) -> None:
+        """Every chart from all frames under the current view (smoothing, x-axis, log-y) and the overlay."""
+        v = self.view
+        if self.other_metric is None:
+            choices = self._other_choices()
+            if choices:
+                self.other_metric = choices[0]
+                self.query_one("#chart-other", MetricChart).set_title(f"{choices[0]}  (m: next)")
+        specs = [("#chart-phi", (("phi", "phi"),)),
+                 ("#chart-reward", (("task_reward", "task"), ("carl_reward", "carl"), ("reward_mean", "mean"))),
+                 ("#chart-entropy", (("entropy", "entropy"),))]
+        if self.other_metric is not None:
+            specs.append(("#chart-other", ((self.other_metric, self.other_metric),)))
+        for sel, lines in specs:
+            chart = self.query_one(sel, MetricChart)
+            chart.clear()
+            chart.set_log_y(v.log_y)
+            for name, label in lines:
+                ser = series_of(self.frames, name, v, label)
+                if ser.xs or sel != "#chart-reward":
+                    chart.set_series(label, ser.xs, ser.ys)
+        if self.overlay_runs:
+            self._redraw_overlay()
+        self._refresh_view_line()
+
+    # ── overlay of 2–4 runs ───────────────────────────────────────────────────────────────────────────
+    def _overlay_all(self) -> list[tuple[str, list[Frame]]]:
+        src = self.source
+        label = (src.run or src.label) if src is not None else "?"
+        return [(label, self.frames)] + self.overlay_runs
+
+    def _overlay_choices(self) -> list[str]:
+        names = metric_names(self.frames[-200:])
+        head = [n for n in ("phi", "reward_mean") if n in names]
+        return head + metric_choices(names, exclude=head)
+
+    def _redraw_overlay(self) -> None:
+        runs = self._overlay_all()
+        choices = self._overlay_choices()
+        if self.overlay_metric is None or (choices and self.overlay_metric not in choices):
+            self.overlay_metric = choices[0] if choices else "phi"
+        metric = self.overlay_metric
+        chart = self.query_one("#chart-overlay", MetricChart)
+        chart.clear()
+        chart.sigma = SIGMA if metric == "phi" else None
+        chart.set_log_y(self.view.log_y)
+        chart.set_title(f"{metric} · {len(runs)} runs  (m: next)")
+        for ser in overlay(runs, metric, self.view):
+            chart.set_series(ser.label, ser.xs, ser.ys)
+        ref = runs[0][0]
+        lines = [f"[b]run diff[/b] vs ref · {escape(metric)}", f"[{COLORS[0]}]■[/] {escape(ref[:24])} (ref)"]
+        for i, row in enumerate(overlay_diff(runs, metric), start=1):
+            m, phi, cs = row["metric"] or {}, row["phi"] or {}, row["crystallization_step"]
+            lines.append(f"[{COLORS[i % len(COLORS)]}]■[/] {escape(row['label'][:24])}")
+            lines.append(f"  {row['aligned_steps']} steps · Δmean {fmt(m.get('mean_delta'))}")
+            lines.append(f"  Δlast {fmt(m.get('last_delta'))} · max|Δ| {fmt(m.get('max_abs_delta'))}")
+            if metric != "phi" and phi:
+                lines.append(f"  ΔΦ mean {fmt(phi.get('mean_delta'))}")
+            if cs["a"] is not None or cs["b"] is not None:
+                lines.append(f"  Φ≥σ@ {cs['a'] if cs['a'] is not None else '—'} → "
+                             f"{cs['b'] if cs['b'] is not None else '—'}")
+        self.query_one("#obs-diff", Static).update("\n".join(lines))
+
+    def _show_overlay(self, on: bool) -> None:
+        self.query_one("#obs-overlay").display = on
+        self.query_one("#obs-grid").display = not on
+        self._refresh_view_line()
+
+    def _refresh_view_line(self) -> None:
+        line = self.query_one("#obs-view", Static)
+        on = bool(self.overlay_runs) or self.overlay_pending or not self.view.is_default
+        line.display = on
+        if on:
+            text = self.view.describe()
+            if self.overlay_runs or self.overlay_pending:
+                text += f" · overlay {1 + len(self.overlay_runs)} runs" + (" (loading…)" if self.overlay_pending else "")
+            line.update(text + "  [dim](e EMA · x axis · L log)[/dim]")
+
+    def _open_overlay(self, run_ids: list[str]) -> None:
+        home = context_of(self).home
+        try:
+            sources = [open_source(run=r, home=home) for r in run_ids]
+        except CARLError as exc:
+            self._show_error(exc)
+            return
+        self.marked = []
+        self._show_charts()
+        self.open(sources[0], keep_overlay=True)
+        self.overlay_ids = list(run_ids)
+        self.overlay_runs, self.overlay_metric, self.overlay_pending = [], None, True
+        self.query_one("#chart-overlay", MetricChart).clear()
+        self.query_one("#obs-diff", Static).update("")
+        self._show_overlay(True)
+        self._load_overlay(sources[1:], self._token)
+
+    @work(thread=True, exclusive=True, group="observe-overlay")
+    def _load_overlay(self, sources: list[Source], token: int) -> None:
+        runs: list[tuple[str, list[Frame]]] = []
+        errors: list[str] = []
+        for src in sources:
+            try:
+                frames, _ = src.load()
+            except CARLError as exc:
+                errors.append(f"{src.run or src.label}: {exc.message}")
+                continue
+            frames.sort(key=lambda f: f.step)
+            runs.append((src.run or src.label, frames))
+        self.post_message(OverlayLoaded(token, runs, errors))
+
+    def on_overlay_loaded(self, msg: OverlayLoaded) -> None:
+        if msg.token != self._token:
+            return
+        self.overlay_pending = False
+        self.overlay_runs = msg.runs
+        for e in msg.errors:
+            self.notify(f"overlay: {e}", severity="warning")
+        if not self.overlay_runs:
+            self._show_overlay(False)
+        self._redraw_charts()
+
+    def action_mark_run(self) -> None:
+        """space in the recent-runs list: mark / unmark the highlighted run for an overlay (2–4 runs)."""
+        if not isinstance(self.focused, RunList):
+            return
+        run_id = self._highlighted_run()
+        if not run_id:
+            return
+        if run_id in self.marked:
+            self.marked.remove(run_id)
+        elif len(self.marked) >= MAX_OVERLAY:
+            self.notify(f"At most {MAX_OVERLAY} runs overlay on one chart.", severity="warning")
+            return
+        else:
+            self.marked.append(run_id)
+        self._fill_runs(keep_highlight=True)
+        n = len(self.marked)
+        self.query_one("#obs-error", Static).update(
+            "" if not n else f"{n} marked to overlay · " + ("enter opens them" if n > 1 else "mark one more")
+            + " · space unmarks")
+
+    def action_cycle_smoothing(self) -> None:
+        self.view = self.view.next_smoothing()
+        self._redraw_charts()
+
+    def action_cycle_x(self) -> None:
+        self.view = self.view.next_x()
+        self._redraw_charts()
+
+    def action_toggle_log(self) -> None:
+        self.view = self.view.toggle_log()
+        self._redraw_charts()
 
     def action_cycle_metric(self, delta: int) -> None:
+        if self.overlay_runs:
+            choices = self._overlay_choices()
+            if choices:
+                i = choices.index(self.overlay_metric) if self.overlay_metric in choices else -delta
+                self.overlay_metric = choices[(i + delta) % len(choices)]
+                self._redraw_overlay()
+            return
         choices = self._other_choices()
         if not choices:
             self.notify("No other metric in this run yet.", severity="warning")
@@ -386,20 +596,26 @@ class ObserveScreen(Screen):
         self.query_one(TabbedContent).active = "source"
 
     # ── source picker ─────────────────────────────────────────────────────────────────────────────────
-    def _fill_runs(self) -> None:
+    def _fill_runs(self, *, keep_highlight: bool = False) -> None:
         runs = list_runs(context_of(self).home, limit=30)
         ol = self.query_one("#obs-runs", OptionList)
+        prev = ol.highlighted if keep_highlight else None
         ol.clear_options()
         if not runs:
             ol.add_option(Option("(no runs yet — start one on the train screen, key t)", id="", disabled=True))
         for r in runs:
-            ol.add_option(Option(f"{r['run_id']}  [dim]{r['status'] or ''}[/dim]", id=r["run_id"]))
+            mark = "● " if r["run_id"] in self.marked else ""
+            ol.add_option(Option(f"{mark}{r['run_id']}  [dim]{r['status'] or ''}[/dim]", id=r["run_id"]))
         if runs:
-            ol.highlighted = 0  # Enter on an empty source box opens this one
+            # Enter on an empty source box opens this one
+            ol.highlighted = prev if prev is not None and prev < len(runs) else 0
 
     @on(Input.Submitted, "#obs-spec")
     def _spec_submitted(self, event: Input.Submitted) -> None:
         if not event.value.strip():  # nothing typed: Enter opens the highlighted recent run
+            if len(self.marked) > 1:
+                self._open_overlay(list(self.marked))
+                return
             run_id = self._highlighted_run()
             if run_id:
                 self._open_run_id(run_id)
@@ -437,7 +653,10 @@ class ObserveScreen(Screen):
 
     @on(OptionList.OptionSelected, "#obs-runs")
     def _run_picked(self, event: OptionList.OptionSelected) -> None:
-        if event.option.id:
+        if len(self.marked) > 1:  # runs marked with space: Enter overlays them
+            self._open_overlay(list(self.marked))
+        elif event.option.id:
+            self.marked = []
             self._open_run_id(event.option.id)
 
     def _open_run_id(self, run_id: str) -> None:
@@ -465,6 +684,8 @@ class ObserveScreen(Screen):
         self.query_one(TabbedContent).active = tab
         if tab == "frames":
             self.query_one(FrameTable).focus()
+        elif tab == "completions":
+            self.query_one(CompletionTable).focus()
 
     def action_toggle_follow(self) -> None:
         self.following = not self.following
@@ -474,8 +695,10 @@ class ObserveScreen(Screen):
             self._stop.set()
             self._refresh_header()
         else:
-            self.open(self.source)  # re-read from the top, then follow
+            self.open(self.source, keep_overlay=bool(self.overlay_runs))  # re-read from the top, then follow
 
     def action_reload(self) -> None:
-        if self.source is not None:
+        if self.overlay_runs and self.overlay_ids:
+            self._open_overlay(list(self.overlay_ids))
+        elif self.source is not None:
             self.open(self.source)

@@ -8,7 +8,9 @@
   ``get_logs``) when the imported trackio points at the same directory, else the project's SQLite file
   opened read-only (``file:…?mode=ro``): no write, no lock held, a live writer is never locked out;
 - :class:`TrackioRemoteSource` — a trackio dashboard URL or Space id, over its HTTP API (``POST
-  /api/get_logs`` …, api_version 1).
+  /api/get_logs`` …, api_version 1);
+- :class:`engine.observe.tensorboard.TensorBoardSource` — a TensorBoard event directory (``report_to=
+  "tensorboard"``), picked by :func:`file_source` for a directory of event files or an event file.
 
 A source has ``load() -> (frames, skipped)`` (everything so far) and ``poll() -> (frames, skipped,
 reset)`` (what arrived since), and ``ended()`` (the run says it is over).
@@ -675,10 +677,19 @@ def file_source(path: str | Path) -> Source:
     if p.is_dir():
         if (p / "frames.jsonl").exists() or (p / "meta.json").exists():
             return JsonlSource(p / "frames.jsonl", run=p.name, run_dir=p)
+        if not (p / "trainer_state.json").exists() and not any(p.glob("checkpoint-*/trainer_state.json")):
+            from engine.observe.tensorboard import TensorBoardSource, is_event_dir
+
+            if is_event_dir(p):  # a TensorBoard logging dir (report_to="tensorboard")
+                return TensorBoardSource(p)
         return TrainerStateSource(p)
     if not p.exists():
         raise ValidationError(f"cannot read {p}: no such file or directory", hint="Check the path.",
                               context={"path": str(p)})
+    if p.name.startswith("events.out.tfevents."):
+        from engine.observe.tensorboard import TensorBoardSource
+
+        return TensorBoardSource(p)
     if p.name == "trainer_state.json" or p.suffix == ".json":
         return TrainerStateSource(p)
     if p.name == "frames.jsonl":  # carl's own run layout: the directory is the run
@@ -715,6 +726,10 @@ def parse_source_spec(text: str, home: CarlHome | None = None) -> Source:
     text = text.strip()
     if not text:
         raise ValidationError("empty source", hint="Type a path, trackio:PROJECT[/RUN], a URL or a run id.")
+    if text.startswith("tb:"):  # a TensorBoard logging dir or event file, said explicitly
+        from engine.observe.tensorboard import TensorBoardSource
+
+        return TensorBoardSource(text[3:].strip())
     if text.startswith("trackio:"):
         proj, _, run = text[8:].partition("/")
         return TrackioLocalSource(proj, run=run or None)

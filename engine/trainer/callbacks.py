@@ -52,7 +52,15 @@ def frame_from_logs(step: int, logs: dict[str, Any], state, step_time: float | N
         kl=_f(logs, "kl"), completion_length=_f(logs, "completions/mean_length"),
         clipped_ratio=_f(logs, "completions/clipped_ratio"), frac_reward_zero_std=_f(logs, "frac_reward_zero_std"),
         step_time=step_time, timestamp=time.time(), sample=state.sample if state is not None else None,
-        extra=extra)
+        samples=_samples(state), extra=extra)
+
+
+def _samples(state) -> list[dict[str, Any]] | None:
+    from engine.trainer.samples import finish
+
+    if state is None or not getattr(state, "samples", None):
+        return None
+    return finish(state.samples, getattr(state, "task_values", {}) or {}, getattr(state, "task_weights", {}) or {})
 
 
 def make_callback(run_dir: Path, *, state_ref: Callable[[], Any], should_stop: Callable[[], bool],

@@ -127,6 +127,7 @@ class RewardState:
         self.task_values: dict[str, list[float]] = {}  # this batch's per-completion values, per task reward
         self.task_weights: dict[str, float] = {}
         self.sample: str | None = None
+        self.samples: list[dict[str, Any]] | None = None  # a bounded sample of the batch (engine/trainer/samples.py)
         self.capture_hits = 0
         self.tool_mask: list[list[int]] | None = None  # this batch's TRL tool mask (1 = generated), agents only
         self.forward_hits = 0
@@ -143,6 +144,9 @@ class RewardState:
             if name == self.metric and completions:
                 p, c = prompts[0], completions[0]
                 self.sample = (f"{_as_text(p)}{_as_text(c)}")[-SAMPLE_CHARS:]
+                from engine.trainer import samples as _samples
+
+                self.samples = _samples.take(prompts, completions, _as_text)
                 log_metric = kwargs.get("log_metric")
                 if log_metric is not None:  # collapse detectors: distinct completions per group and overall
                     texts = [_as_text(x).strip() for x in completions]
@@ -207,6 +211,10 @@ class RewardState:
             task = [sum(self.task_weights.get(k, 1.0) * v[i] for k, v in task_all.items())
                     for i in range(len(raw_all))] if task_all else None
             out = self.cascade.combine(raw_all, step, task)[offset: offset + len(raw)]
+            from engine.trainer import samples as _samples
+
+            # this process's samples: the local slice of the combined CARL part
+            _samples.score(self.samples, carl_part=out, carl=raw, phi=comps["phi_mean"].tolist())
             if log_metric is not None:
                 log_metric("carl/reward", float(comps["carl"].mean()))
                 for k in ("coherence", "cloud", "discontinuity"):

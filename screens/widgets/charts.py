@@ -12,6 +12,7 @@ plotext's "hd" marker draws 2×2 dots per cell, so nothing visible is lost.
 
 from __future__ import annotations
 
+import math
 import os
 from typing import Sequence
 
@@ -37,6 +38,7 @@ class MetricChart(PlotextPlot):
         self.marker = marker or DEFAULT_MARKER
         self.y_label = y_label
         self._series: dict[str, tuple[list[float], list[float]]] = {}
+        self.log_y = False  # draw log10 of the values (all > 0: engine.observe.view drops the rest), decade ticks
         self._dirty = True
         self.redraws = 0  # how many times the plot was rebuilt (tests check the rate bound)
 
@@ -60,6 +62,11 @@ class MetricChart(PlotextPlot):
     def set_title(self, title: str) -> None:
         if title != self.title:
             self.title = title
+            self._dirty = True
+
+    def set_log_y(self, on: bool) -> None:
+        if on != self.log_y:
+            self.log_y = on
             self._dirty = True
 
     def series_names(self) -> list[str]:
@@ -98,6 +105,9 @@ class MetricChart(PlotextPlot):
 
     def _replot(self) -> None:
         plt = self.plt
+        if getattr(self, "_decade_ticks", False) and not self.log_y:
+            plt.clear_figure()  # forget the log axis's custom ticks (the theme is set again on render)
+            self._decade_ticks = False
         plt.clear_data()
         plt.clear_color() if hasattr(plt, "clear_color") else None
         plt.title(self.title)
@@ -109,16 +119,30 @@ class MetricChart(PlotextPlot):
             if not xs:
                 continue
             txs, tys = self._thin(xs, ys)
+            if self.log_y:
+                keep = [(x, math.log10(y)) for x, y in zip(txs, tys) if y > 0]
+                if not keep:
+                    continue
+                txs, tys = [x for x, _ in keep], [y for _, y in keep]
             plt.plot(txs, tys, marker=self.marker, color=COLORS[i % len(COLORS)],
                      label=name if len(self._series) > 1 else None)
             drawn += 1
             lo = min(tys) if lo is None else min(lo, min(tys))
             hi = max(tys) if hi is None else max(hi, max(tys))
-        if self.sigma is not None and drawn:
-            plt.hline(self.sigma, "red")
-            lo, hi = min(lo, self.sigma), max(hi, self.sigma)
+        sigma = self.sigma
+        if sigma is not None and self.log_y:
+            sigma = math.log10(sigma) if sigma > 0 else None
+        if sigma is not None and drawn:
+            plt.hline(sigma, "red")
+            lo, hi = min(lo, sigma), max(hi, sigma)
         if drawn and lo is not None and hi is not None:
             pad = (hi - lo) * 0.08 or abs(hi) * 0.1 or 0.1
             plt.ylim(lo - pad, hi + pad)
+            if self.log_y:  # ticks at the decades in range, labelled with the values themselves
+                ticks = list(range(math.floor(lo - pad), math.ceil(hi + pad) + 1))
+                if len(ticks) < 2:
+                    ticks = [lo, hi]
+                plt.yticks(ticks, [f"{10 ** t:.2g}" for t in ticks])
+                self._decade_ticks = True
         if not drawn:
             plt.title(f"{self.title} — no data")

@@ -12,7 +12,7 @@ from engine.trainer.samples import COMPLETION_CHARS, SAMPLES_PER_FRAME, finish, 
 from screens.widgets.completion_table import CompletionTable
 from tests._tiny_fixture import tiny_cache, tiny_env  # noqa: F401
 from tests.test_observe_screen import SIZES, make_app, settle
-from tests.test_observe_view_screen import underline_settled, until
+from tests.test_observe_view_screen import settle_underline, until
 from tests.test_trainer import _run
 
 
@@ -73,10 +73,7 @@ def test_completions_table_snapshot(snap_compare, snap_home, snap_env, size):
         screen = await settle(pilot, 12, ended=True)
         await pilot.press("5")
         await until(pilot, lambda: screen.query_one(CompletionTable).has_focus)
-        for _ in range(500):  # the tab underline moves after a refresh (best effort)
-            if underline_settled(screen):
-                break
-            await pilot.pause(0.02)
+        await settle_underline(pilot, screen)
         await pilot.pause()
         table = screen.query_one(CompletionTable)
         assert table.has_focus and table.row_total == 2 + 10 * 3  # 2 step-level samples, then 3 per step

@@ -61,6 +61,19 @@ def underline_settled(screen) -> bool:
     return ul.show_highlight and (ul.highlight_start, ul.highlight_end) == span
 
 
+async def settle_underline(pilot, screen) -> None:
+    """The tab underline is placed after a refresh from the active tab's region; under load that region can still
+    be the pre-layout one, and the underline then stays put until the next resize. Ask again (without animation)
+    until it sits under the active tab, so a snapshot never depends on timing."""
+    tabs = screen.query_one("#obs-tabs Tabs")
+    for _ in range(3000):
+        if underline_settled(screen):
+            return
+        tabs._highlight_active(animate=False)  # what Tabs does itself on a resize
+        await pilot.pause(0.02)
+    raise AssertionError("the tab underline never settled")
+
+
 async def open_overlay(pilot, marks: int = 2) -> ObserveScreen:
     """Picker → ↓ into the runs → space marks `marks` runs → Enter overlays them."""
     screen = pilot.app.screen
@@ -73,10 +86,7 @@ async def open_overlay(pilot, marks: int = 2) -> ObserveScreen:
     await pilot.press("enter")
     await until(pilot, lambda: not screen.overlay_pending and len(screen.overlay_runs) == marks - 1
                 and len(screen.frames) == 60 and screen.summary_current)
-    for _ in range(500):  # the tab underline moves after a refresh (best effort: see the report on flakiness)
-        if underline_settled(screen):
-            break
-        await pilot.pause(0.02)
+    await settle_underline(pilot, screen)
     screen.flush()
     await pilot.pause()
     screen.flush()

@@ -30,7 +30,7 @@ def config(tmp_path: Path, **train: object) -> Path:
         "compute": {"device": "cpu"},
         "tracking": {"trackio": False},
         # a gate any finite eval passes: this test is about the final model reaching the repo after it
-        "eval": {"threshold": 0.0, "phi_min": 0.0, "discontinuity_min": 0.0, "discontinuity_max": 1.0},
+        "eval": {"threshold": 0.0, "phi_min": 0.0, "min_distinct": 0.0, "max_top_share": 1.0},
         "train": {"output_repo": REPO_ID, **train},
         "remote": {"hf": {"flavor": "cpu-basic"}, "hours": 0.1, "retries": FAST_RETRIES, "poll_interval_s": 0.05},
     }

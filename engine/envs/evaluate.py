@@ -85,7 +85,9 @@ def evaluate_agent(model, tok, rows: list[dict[str, Any]], cfg, n: int | None = 
     from engine.envs.factory import make_factory
     from engine.envs.rewards import ENV_REWARDS, agent_metrics
     from engine.envs.training import apply_tool_mask
+    from engine.probe import SIGMA
     from engine.rewards import carl_from_field, field_from_forward
+    from engine.trainer.evalchecks import answer_stats, phi_spread
 
     rows = rows[:n] if n else rows
     if getattr(tok, "response_template", None) is None and getattr(tok, "response_schema", None) is None:
@@ -123,9 +125,12 @@ def evaluate_agent(model, tok, rows: list[dict[str, Any]], cfg, n: int | None = 
         out["phi_mean"] = float((phi * m).sum() / m.sum().clamp(min=1))
         for k in ("coherence", "cloud", "discontinuity", "carl"):
             out[k] = float(comps[k].mean())
-        out["crystallized_fraction"] = float(((phi >= 3 / 16) & mask.bool()).sum() / m.sum().clamp(min=1))
+        out["crystallized_fraction"] = float(((phi >= SIGMA) & mask.bool()).sum() / m.sum().clamp(min=1))
+        out["phi_spread"] = phi_spread(phi, mask.bool())
     else:
-        out.update(phi_mean=None, coherence=None, cloud=None, discontinuity=None, carl=None)
+        out.update(phi_mean=None, coherence=None, cloud=None, discontinuity=None, carl=None, phi_spread=None)
+    # the eval gate's collapse checks read the final answers (the last assistant message of each rollout)
+    out.update(answer_stats([_final_text(c) for c in completions]))
     out["completion_length"] = sum(sum(o["mask"]) for o in outs) / max(1, len(outs))
     out["samples"] = [{"prompt": r["prompt"], "completion": c} for r, c in list(zip(rows, completions))[:3]]
     for e in envs:
@@ -133,3 +138,14 @@ def evaluate_agent(model, tok, rows: list[dict[str, Any]], cfg, n: int | None = 
         if close:
             close()
     return out
+
+
+def _final_text(messages: Any) -> str:
+    """The text of a rollout's last assistant message ('' when there is none)."""
+    if isinstance(messages, str):
+        return messages
+    for m in reversed(list(messages or [])):
+        if isinstance(m, dict) and m.get("role") == "assistant":
+            content = m.get("content")
+            return content if isinstance(content, str) else str(content or "")
+    return ""

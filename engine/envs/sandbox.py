@@ -58,6 +58,21 @@ class SandboxError(CARLError):
         return f"[{self.code}] {super().__str__()}"
 
 
+def limits_from_dict(cls, data: dict[str, Any] | None, what: str):
+    """A limits dataclass ``cls`` from a carl.yaml mapping: unknown names and non-positive values are refused."""
+    data = dict(data or {})
+    unknown = set(data) - set(cls.__dataclass_fields__)
+    if unknown:
+        raise SandboxError(f"unknown {what} limit(s): {', '.join(sorted(unknown))}", code="carl.sandbox.limits",
+                           hint=f"Known limits: {', '.join(cls.__dataclass_fields__)}.")
+    out = cls(**data)
+    for name, value in asdict(out).items():
+        if not isinstance(value, (int, float)) or value <= 0:
+            raise SandboxError(f"{what} limit {name} must be a positive number (got {value!r})",
+                               code="carl.sandbox.limits")
+    return out
+
+
 @dataclass
 class SandboxLimits:
     wall_s: float = 10.0
@@ -70,17 +85,7 @@ class SandboxLimits:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any] | None) -> "SandboxLimits":
-        data = dict(data or {})
-        unknown = set(data) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise SandboxError(f"unknown sandbox limit(s): {', '.join(sorted(unknown))}", code="carl.sandbox.limits",
-                               hint=f"Known limits: {', '.join(cls.__dataclass_fields__)}.")
-        out = cls(**data)
-        for name, value in asdict(out).items():
-            if not isinstance(value, (int, float)) or value <= 0:
-                raise SandboxError(f"sandbox limit {name} must be a positive number (got {value!r})",
-                                   code="carl.sandbox.limits")
-        return out
+        return limits_from_dict(cls, data, "sandbox")
 
 
 @dataclass

@@ -21,10 +21,10 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
-from engine.envs.sandbox import SandboxError
+from engine.envs.sandbox import SandboxError, limits_from_dict
 
 
 @dataclass
@@ -35,17 +35,7 @@ class SqlLimits:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any] | None) -> "SqlLimits":
-        data = dict(data or {})
-        unknown = set(data) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise SandboxError(f"unknown sql limit(s): {', '.join(sorted(unknown))}", code="carl.sandbox.limits",
-                               hint=f"Known limits: {', '.join(cls.__dataclass_fields__)}.")
-        out = cls(**data)
-        for name, value in asdict(out).items():
-            if not isinstance(value, (int, float)) or value <= 0:
-                raise SandboxError(f"sql limit {name} must be a positive number (got {value!r})",
-                                   code="carl.sandbox.limits")
-        return out
+        return limits_from_dict(cls, data, "sql")
 
 
 _DENIED = {sqlite3.SQLITE_ATTACH, sqlite3.SQLITE_DETACH, sqlite3.SQLITE_PRAGMA}

@@ -182,6 +182,14 @@ class Source:
     def poll(self) -> tuple[list[Frame], int, bool]:
         raise NotImplementedError
 
+    def _newer(self, frames: list[Frame]) -> list[Frame]:
+        """Of a whole re-read, the frames past the last step seen (all of them before any), advancing that step."""
+        last = self._last_step
+        new = frames if last is None else [f for f in frames if f.step > last]
+        if frames:
+            self._last_step = frames[-1].step if last is None else max(last, frames[-1].step)
+        return new
+
     def ended(self) -> bool:
         return False
 
@@ -477,11 +485,7 @@ class TrackioLocalSource(Source):
             frames, skipped = self._frames()
         except ValidationError:  # caught the store mid-write (e.g. being created): try again next poll
             return [], 0, False
-        last = self._last_step
-        new = frames if last is None else [f for f in frames if f.step > last]
-        if frames:
-            self._last_step = max(frames[-1].step, last or frames[-1].step)
-        return new, skipped, False
+        return self._newer(frames), skipped, False
 
 
 def _canonical_project(project: str) -> str:
@@ -613,11 +617,7 @@ class TrackioRemoteSource(Source):
 
     def poll(self) -> tuple[list[Frame], int, bool]:
         frames, skipped = self._frames()
-        last = self._last_step
-        new = frames if last is None else [f for f in frames if f.step > last]
-        if frames:
-            self._last_step = max(frames[-1].step, last or frames[-1].step)
-        return new, skipped, False
+        return self._newer(frames), skipped, False
 
 
 # ── carl runs and source resolution ───────────────────────────────────────────────────────────────────

@@ -106,8 +106,4 @@ class TensorBoardSource(Source):
             frames, skipped = self._frames()
         except ValidationError:  # a record caught mid-write: the next poll reads it whole
             return [], 0, False
-        last = self._last_step
-        new = frames if last is None else [f for f in frames if f.step > last]
-        if frames:
-            self._last_step = max(frames[-1].step, last if last is not None else frames[-1].step)
-        return new, skipped, False
+        return self._newer(frames), skipped, False

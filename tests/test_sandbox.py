@@ -138,7 +138,36 @@ def test_new_session_and_own_pid_namespace(box):
     first, second = res.stdout.splitlines()
     assert int(first.split()[1]) < 10  # a fresh PID namespace
     assert max(eval(second)) < 10  # only its own processes are visible, none of the host's
-    assert os.getsid(0) != 0
+
+
+@needs_isolation
+def test_sandboxed_code_runs_in_a_session_of_its_own(box):
+    # Seen from the host (inside the namespace the session leader is invisible, and the test process itself may
+    # run where its own leader is invisible too): every process of a running sandbox has a session id other
+    # than the test's, so a signal to the test's session or terminal never reaches it, nor the reverse.
+    import threading
+    import time
+
+    done = threading.Event()
+    worker = threading.Thread(target=lambda: (box.run_python("import time\ntime.sleep(3)\n"), done.set()))
+    worker.start()
+    try:
+        pids: list[int] = []
+        deadline = time.monotonic() + 20
+        while not pids and time.monotonic() < deadline and not done.is_set():
+            pids = [int(line.split(":")[0]) for line in _procs_with(str(box.root))]
+            time.sleep(0.05)
+        assert pids, "the sandbox's processes never appeared"
+        ours = os.getsid(0)
+        sessions = set()
+        for pid in pids:
+            try:
+                sessions.add(os.getsid(pid))
+            except ProcessLookupError:
+                pass
+        assert sessions and ours not in sessions
+    finally:
+        worker.join(timeout=30)
 
 
 @needs_isolation

@@ -25,7 +25,7 @@ import sqlite3
 import time
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 from urllib.parse import parse_qsl, urlencode, urlparse, urlunparse
 
 import orjson
@@ -200,6 +200,40 @@ class Source:
         return d
 
 
+class RereadSource(Source):
+    """A source that reads its whole store again on every poll (trackio's SQLite or server, TensorBoard events)
+    and hands on only the frames past the last step seen. ``POLL_RETRY`` errors mean a store caught mid-write:
+    that poll yields nothing and the next one reads it whole."""
+
+    POLL_RETRY: tuple[type[BaseException], ...] = ()
+
+    def _frames(self) -> tuple[list[Frame], int]:
+        raise NotImplementedError
+
+    def _snapshot(self) -> tuple[list[Frame], int]:
+        return self._frames()
+
+    def poll(self) -> tuple[list[Frame], int, bool]:
+        try:
+            frames, skipped = self._frames()
+        except self.POLL_RETRY:
+            return [], 0, False
+        return self._newer(frames), skipped, False
+
+
+def frames_from_metrics(rows: Iterable[dict[str, Any]],
+                        bad: tuple[type[BaseException], ...] = (ValueError, TypeError)) -> tuple[list[Frame], int]:
+    """Metric dicts → frames merged by step, and how many rows could not be read as a frame."""
+    frames: list[Frame] = []
+    skipped = 0
+    for d in rows:
+        try:
+            frames.append(normalize_metrics(d))
+        except bad:
+            skipped += 1
+    return merge_by_step(frames), skipped
+
+
 TERMINAL_STATUSES = ("completed", "failed", "stopped")
 
 
@@ -356,10 +390,11 @@ def default_trackio_dir() -> Path:
     return Path(hf_home).expanduser() / "trackio"
 
 
-class TrackioLocalSource(Source):
+class TrackioLocalSource(RereadSource):
     """A trackio project on this machine (one run of it: --run NAME, else the most recent)."""
 
     kind = "trackio"
+    POLL_RETRY = (ValidationError,)  # the store caught mid-write (e.g. being created)
 
     def __init__(self, project: str, run: str | None = None, trackio_dir: str | Path | None = None):
         self.project = project
@@ -468,24 +503,7 @@ class TrackioLocalSource(Source):
                                       hint="Check the file; trackio may be mid-migration.",
                                       context={"path": str(self.db_path)}) from exc
             self.via = "sqlite-ro"
-        frames: list[Frame] = []
-        skipped = 0
-        for d in rows:
-            try:
-                frames.append(normalize_metrics(d))
-            except (ValueError, TypeError):
-                skipped += 1
-        return merge_by_step(frames), skipped
-
-    def _snapshot(self) -> tuple[list[Frame], int]:
-        return self._frames()
-
-    def poll(self) -> tuple[list[Frame], int, bool]:
-        try:
-            frames, skipped = self._frames()
-        except ValidationError:  # caught the store mid-write (e.g. being created): try again next poll
-            return [], 0, False
-        return self._newer(frames), skipped, False
+        return frames_from_metrics(rows)
 
 
 def _canonical_project(project: str) -> str:
@@ -519,7 +537,7 @@ def split_dashboard_url(url: str) -> tuple[str, dict[str, str]]:
     return base, params
 
 
-class TrackioRemoteSource(Source):
+class TrackioRemoteSource(RereadSource):
     """A run on a trackio dashboard (local ``trackio show`` or a Space), read with its HTTP API."""
 
     kind = "trackio-remote"
@@ -604,20 +622,7 @@ class TrackioRemoteSource(Source):
     def _frames(self) -> tuple[list[Frame], int]:
         self._ensure_target()
         logs = self.call("get_logs", self.project, self.run, scalar_only=True) or []
-        frames, skipped = [], 0
-        for d in logs:
-            try:
-                frames.append(normalize_metrics(d))
-            except (ValueError, TypeError, AttributeError):
-                skipped += 1
-        return merge_by_step(frames), skipped
-
-    def _snapshot(self) -> tuple[list[Frame], int]:
-        return self._frames()
-
-    def poll(self) -> tuple[list[Frame], int, bool]:
-        frames, skipped = self._frames()
-        return self._newer(frames), skipped, False
+        return frames_from_metrics(logs, (ValueError, TypeError, AttributeError))
 
 
 # ── carl runs and source resolution ───────────────────────────────────────────────────────────────────

@@ -17,7 +17,7 @@ from typing import Any
 
 from engine.errors import ValidationError
 from engine.frames import Frame
-from engine.observe.sources import Source, merge_by_step, normalize_metrics
+from engine.observe.sources import RereadSource, frames_from_metrics
 
 EVENT_GLOB = "events.out.tfevents.*"
 
@@ -49,11 +49,12 @@ def latest_run_dir(root: Path) -> Path:
     return newest.parent
 
 
-class TensorBoardSource(Source):
+class TensorBoardSource(RereadSource):
     """A TensorBoard run directory (or one event file), read with TensorBoard's event accumulator."""
 
     kind = "tensorboard"
     via = "tensorboard-event-accumulator"
+    POLL_RETRY = (ValidationError,)  # a record caught mid-write
 
     def __init__(self, path: str | Path):
         self.root = Path(path).expanduser()
@@ -90,20 +91,4 @@ class TensorBoardSource(Source):
                 d = by_step.setdefault(int(ev.step), {"step": int(ev.step)})
                 d[tag] = float(ev.value)
                 d["timestamp"] = max(float(ev.wall_time), d.get("timestamp") or 0.0)
-        frames, skipped = [], 0
-        for step in sorted(by_step):
-            try:
-                frames.append(normalize_metrics(by_step[step]))
-            except (ValueError, TypeError):
-                skipped += 1
-        return merge_by_step(frames), skipped
-
-    def _snapshot(self) -> tuple[list[Frame], int]:
-        return self._frames()
-
-    def poll(self) -> tuple[list[Frame], int, bool]:
-        try:
-            frames, skipped = self._frames()
-        except ValidationError:  # a record caught mid-write: the next poll reads it whole
-            return [], 0, False
-        return self._newer(frames), skipped, False
+        return frames_from_metrics(by_step[step] for step in sorted(by_step))

@@ -1,7 +1,8 @@
 """A run pulled with `run pull` opens in every screen that opens a local run, driven by keys only: the train
 screen (a attaches, y tries its model, x on a remote run that is still going says where to stop it), observe
 (picker → Enter; space marks it for an overlay with a local run), the try panel, and the batch verbs `run show`,
-`run diff`, `observe --run`, `infer --run`. Snapshots of the train, observe and try screens on it (80×24, 120×40).
+`run diff`, `observe --run`, `infer --run`, `eval --run`, `probe --run`. Snapshots of the train, observe and try
+screens on it (80×24, 120×40).
 
 The run is shaped in a "container" directory like the worker leaves it (the tiny model as its checkpoint and final
 model, frames with the container's hardware, paths of the container in meta/plan/events), uploaded by the worker's
@@ -157,7 +158,7 @@ async def try_prompt(pilot):
 
 # ── the pulled run's files point at this machine ──────────────────────────────────────────────────────
 
-def test_a_pulled_run_points_here_and_every_batch_verb_reads_it(pulled, capsys):
+def test_a_pulled_run_points_here_and_every_batch_verb_reads_it(pulled, capsys, tmp_path):
     meta, plan = read_json(pulled / "meta.json"), read_json(pulled / "plan.json")
     assert meta["config_path"] == str(pulled / "config.yaml") and plan["config"] == str(pulled / "config.yaml")
     assert meta["remote"]["in_container"]["config_path"].endswith("tmp/carl-job.yaml")
@@ -176,6 +177,16 @@ def test_a_pulled_run_points_here_and_every_batch_verb_reads_it(pulled, capsys):
     code, out, err = carl(capsys, "infer", "--run", RID, "--prompt", PROMPT, "--greedy", "--max-new-tokens", "4")
     assert code == 0, err
     assert str(pulled / "final") in json.dumps(out[-1]) and out[-1]["tokens"]
+    code, out, err = carl(capsys, "eval", "--run", RID, "--n", "4", "--threshold", "0")
+    assert out, err  # exit 0 (gate passed) or 1 (failed): either way the pulled model and its config were read
+    assert code in (0, 1) and out[0]["run_id"] == RID and out[0]["model_path"] == str(pulled / "final")
+    assert out[0]["metrics"]["n"] == 4
+    import numpy as np
+
+    np.save(tmp_path / "logits.npy", np.random.default_rng(0).normal(size=(6, 32)).astype("float32"))
+    code, out, err = carl(capsys, "probe", "--logits", str(tmp_path / "logits.npy"), "--run", RID)
+    assert code == 0, err
+    assert out[0]["weights_from"] == f"run {RID}"
 
 
 def test_a_followed_replay_after_a_pull_appends_no_event_twice(pulled):

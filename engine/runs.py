@@ -324,7 +324,8 @@ class RunStore:
             log.close()
         now = time.time()
         fields: dict[str, Any] = {"status": "running", "pid": proc.pid, "pid_start": _proc_start(proc.pid),
-                                  "heartbeat": now, "ended_at": None, "error": None}
+                                  "heartbeat": now, "ended_at": None, "error": None,
+                                  "backend": "local"}  # a pulled remote run resumed here now runs here
         if not resume:
             fields["started_at"] = now
         update_meta(d, **fields)
@@ -355,6 +356,10 @@ class RunStore:
         meta = self.meta(run_id)
         if meta.get("status") in TERMINAL or meta.get("status") == "created":
             return {"run_id": run_id, "status": meta.get("status"), "stopped": False}
+        if (meta.get("backend") or "local") != "local":  # no worker here to ask: the job is the backend's
+            raise ValidationError(f"run {run_id} runs on {meta['backend']}, not on this machine",
+                                  hint=f"Stop its job: `carl --batch jobs stop {run_id}` (or x on the jobs panel).",
+                                  context={"run": run_id, "backend": meta["backend"]})
         (d / "stop.request").write_text(str(time.time()), encoding="utf-8")
         pid = meta.get("pid")
         if pid and pid_alive(pid, meta.get("pid_start")):

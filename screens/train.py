@@ -359,7 +359,13 @@ class TrainScreen(Screen):
         if not self.run_id or self.meta.get("status") != "running":
             self._say("no running run to stop")
             return
-        self.store.stop(self.run_id, wait=0)
+        from engine.errors import CARLError
+
+        try:
+            self.store.stop(self.run_id, wait=0)
+        except CARLError as exc:  # a remote run: its job is stopped on the jobs panel
+            self._say(f"[red]{escape(exc.message)}[/red] — {escape(exc.hint or '')}")
+            return
         self._say("stop requested: the worker finishes the step and checkpoints")
 
     def action_detach(self) -> None:

@@ -3,7 +3,7 @@ it through a private repo on the loopback Hub → the loopback HF Jobs server re
 venv that has carl's dependencies but not carl (tests/_job_container.py) → the job downloads and installs the
 wheel, trains the tiny demo and uploads checkpoints, frames, events, meta, config and (after the eval gate) the
 final model to train.output_repo → `jobs logs --follow` puts the frames into the local run while the job runs →
-`run pull` brings the run home → `run show`, `observe` and `infer --run` work on it."""
+`run pull` brings the run home → `run show`, `observe`, `infer --run` and the train screen work on it."""
 
 from __future__ import annotations
 
@@ -112,6 +112,30 @@ def test_submit_train_upload_follow_pull_infer(hub, tiny_env, tmp_path, capsys):
     res = out[-1]
     assert isinstance(res["text"], str) and res["tokens"], res
     assert str(local / "final") in json.dumps(res)
+    # the pulled run opens in the workbench like a local one (each screen: tests/test_remote_pulled.py)
+    import asyncio
+
+    asyncio.run(open_in_train_screen(rid, local))
     from tests.test_jobs_cli import assert_no_secret_under
 
     assert_no_secret_under(CarlHome.from_env().root, hub.token)
+
+
+async def open_in_train_screen(rid: str, local: Path) -> None:
+    """Keys only: the train screen, a (attach to the newest run) — the pulled run, with all its frames, its final
+    eval and its config here (not the container's)."""
+    from carl_tui.app import CarlApp
+    from engine.home import CarlHome
+    from screens.context import WorkbenchContext
+    from tests.test_observe_view_screen import until
+    from tests.test_remote_pulled import settle
+
+    app = CarlApp(ctx=WorkbenchContext(home=CarlHome.from_env(), cwd=local.parent), screen="train")
+    async with app.run_test(size=(120, 40)) as pilot:
+        await settle(pilot)
+        await pilot.press("a")
+        screen = app.screen
+        await until(pilot, lambda: screen.run_id == rid and len(screen.frames) == STEPS)
+        assert screen.meta["status"] == "completed" and not screen.following
+        assert str(local / "config.yaml") in str(screen.query_one("#plan").render())
+        assert "held-out" in str(screen.query_one("#status").render())

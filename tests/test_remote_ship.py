@@ -100,3 +100,58 @@ def test_output_repo_on_a_backend_whose_job_has_no_hf_token_is_refused(pods):
     with pytest.raises(ConfigError) as ei:
         submit_job(cfg, "runpod", approve=True)
     assert ei.value.context["field"] == "remote.runpod.hf_token_secret" and pods.requests == []
+
+
+def _install_part(script: str) -> str:
+    """The script's steps before it writes the config and starts training: remote.setup + installing carl."""
+    return script.split(' && printf "%s" "$CARL_CONFIG_YAML"')[0]
+
+
+@pytest.mark.slow
+def test_a_runpod_pod_installs_the_shipped_wheel_in_a_clean_environment(hub, pods, tmp_path, capsys):
+    """RunPod: the wheel goes to the user's private Hub repo at submit (as for HF Jobs); the pod reads it with
+    the HF token RunPod puts in its env from the secret `remote.runpod.hf_token_secret`. The pod's own start
+    command, run up to the training in a venv that has carl's dependencies but not carl, installs carl."""
+    import subprocess
+
+    from tests._job_container import LocalContainer, make_deps_venv
+    from tests.test_jobs_cli import carl, write_config
+
+    cfg = write_config(tmp_path, {"default_backend": "runpod",
+                                  "runpod": {"base_url": f"{pods.url}/v1", "hf_token_secret": "hf_read"}})
+    code, out, err = carl(capsys, "jobs", "submit", "--config", str(cfg), "--approve")
+    assert code == 0, err
+    assert out[0]["ship"] == "wheel"
+    (pod,) = pods.pods.values()
+    assert pod["env"]["HF_TOKEN"] == "{{ RUNPOD_SECRET_hf_read }}" and pod["env"]["HF_ENDPOINT"] == hub.url
+    wheels = hub.repos["alice/carl-wheels"]
+    (path,) = wheels.files
+    script = pod["dockerStartCmd"][-1]
+    assert pod["dockerStartCmd"][:2] == ["sh", "-c"] and f"alice/carl-wheels {path} {wheels.sha}" in script
+
+    venv = make_deps_venv(tmp_path / "pod")
+    box = LocalContainer(venv, tmp_path / "pods")
+    env = {**box.env(pod["id"]), **{k: v for k, v in pod["env"].items() if k.startswith(("CARL_", "HF_"))},
+           "HF_TOKEN": hub.token}  # what RunPod resolves the secret reference to
+    check = "python -c 'import engine.remote.ship, carl_tui.cli' && carl --batch --help >/dev/null"
+    proc = subprocess.run(["sh", "-c", f"{_install_part(script)} && {check}"], env=env, cwd=box.workdir(pod["id"]),
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    site = next((venv / "lib").glob("python3.*/site-packages"))
+    assert any(p.name.startswith("carl_workbench-") for p in site.iterdir()), "carl was installed into the pod"
+
+
+def test_managed_runs_the_same_install_with_the_token_in_its_secrets(managed, tmp_path, capsys):
+    from tests.test_jobs_cli import carl, write_config
+
+    cfg = write_config(tmp_path, {"default_backend": "managed", "hf": {"namespace": "alice"},
+                                  "prices": {"managed:gpu-1x": 2.0},
+                                  "managed": {"url": f"{managed.url}/api", "send_hf_token": True}})
+    code, out, err = carl(capsys, "jobs", "submit", "--config", str(cfg), "--dry-run")
+    assert code == 0, err
+    body, ship = out[0]["request"]["json"], out[0]["shipment"]
+    assert body["command"] == ["sh", "-c", out[0]["setup_script"]] and body["secrets"] == {"HF_TOKEN": "***"}
+    assert ship["mode"] == "wheel" and ship["wheel_repo"] == "alice/carl-wheels"
+    install = _install_part(out[0]["setup_script"])
+    assert install == " && ".join(ship["steps"]) and f"alice/carl-wheels {ship['wheel_path']} main" in install
+    assert managed.requests == [], "a dry run sends nothing"

@@ -8,7 +8,6 @@ batch verbs print) and raise engine.errors types. Ledger blocks: ``approval`` (b
 
 from __future__ import annotations
 
-import json
 import re
 import time
 from pathlib import Path
@@ -22,6 +21,7 @@ from engine.remote import store
 from engine.remote.approval import Estimate, enforce, estimate, record_approval
 from engine.remote.base import JobClient, JobPlan, JobStatus, RetryPolicy, new_idempotency_key, require_token
 from engine.remote.config import BACKENDS, RemoteSettings, remote_settings
+from engine.remote.mirror import LocalMirror, parse_json_line
 
 CONFIG_IN_CONTAINER = '"${TMPDIR:-/tmp}/carl-job.yaml"'  # shell text: $TMPDIR when the container sets it
 
@@ -265,8 +265,6 @@ def submit_job(cfg: Config, backend: str | None = None, *, approve: bool = False
     rec["namespace"] = getattr(client, "_ns", None)
     _apply_state(rec, handle.state)
     store.save(rec, home)
-    from engine.remote.mirror import LocalMirror
-
     LocalMirror(run_id, home).create(rec, cfg.to_yaml())
     ledger.record("job.submit", {"job_id": run_id, "remote_id": handle.remote_id, "backend": backend,
                                  "flavor": est.flavor, "gpu_count": est.gpu_count, "hours": est.hours,
@@ -303,7 +301,6 @@ def job_status(ref: str, cfg: Config, *, home: CarlHome | None = None,
 
 def _mirror_status(rec: dict[str, Any], home: CarlHome) -> None:
     """Carry a job's status to its local run (running, or terminal when the run did not say so itself)."""
-    from engine.remote.mirror import LocalMirror
     from engine.runs import read_json
 
     m = LocalMirror(rec["run_id"], home)
@@ -337,16 +334,8 @@ def stop_job(ref: str, cfg: Config, *, home: CarlHome | None = None,
 
 def parse_frame(line: str) -> dict[str, Any] | None:
     """A carl frame line (``{"type": "frame", "step": …}``) as a dict, else None."""
-    s = line.strip()
-    if not s.startswith("{"):
-        return None
-    try:
-        obj = json.loads(s)
-    except ValueError:
-        return None
-    if isinstance(obj, dict) and obj.get("type") == "frame" and isinstance(obj.get("step"), int):
-        return obj
-    return None
+    obj = parse_json_line(line)
+    return obj if obj is not None and obj.get("type") == "frame" and isinstance(obj.get("step"), int) else None
 
 
 def job_logs(ref: str, cfg: Config, *, follow: bool = False, home: CarlHome | None = None,
@@ -363,8 +352,6 @@ def job_logs(ref: str, cfg: Config, *, follow: bool = False, home: CarlHome | No
             store.update(rec["run_id"], lambda fresh: fresh.__setitem__(
                 "last_step", max(step, fresh.get("last_step") or step)), home)
 
-    from engine.remote.mirror import LocalMirror, parse_json_line
-
     mirror = LocalMirror(rec["run_id"], home)
 
     def lines() -> Iterator[str]:
@@ -374,12 +361,11 @@ def job_logs(ref: str, cfg: Config, *, follow: bool = False, home: CarlHome | No
                 obj = parse_json_line(line)
                 if obj is not None:
                     mirror.feed(obj)
-                fr = parse_frame(line)
-                if fr is not None:
-                    rec["last_step"] = fr["step"]
-                    if time.monotonic() - last_saved > 2:
-                        save_step()
-                        last_saved = time.monotonic()
+                    if obj.get("type") == "frame" and isinstance(obj.get("step"), int):
+                        rec["last_step"] = obj["step"]
+                        if time.monotonic() - last_saved > 2:
+                            save_step()
+                            last_saved = time.monotonic()
                 yield line
         finally:
             save_step()

@@ -23,7 +23,12 @@ STATUS = {"queued": "created", "unknown": "created", "running": "running", "comp
 
 
 def _event_key(e: dict[str, Any]) -> str:
-    return json.dumps({k: e.get(k) for k in ("name", "step", "phase", "path")}, sort_keys=True, default=str)
+    """What makes an event the same one again. A checkpoint's path counts by its last part only: ``run pull``
+    points it at this machine (engine.remote.sync.localize), and a later replay still names the container's."""
+    key = {k: e.get(k) for k in ("name", "step", "phase")}
+    if isinstance(e.get("path"), str):
+        key["path"] = Path(e["path"]).name
+    return json.dumps(key, sort_keys=True, default=str)
 
 
 class LocalMirror:

@@ -14,8 +14,9 @@ says why it was held back. An upload that fails never fails the run: it is logge
 ``meta.json.output.errors`` and retried with the next upload (the files are re-sent).
 
 ``pull_run`` downloads ``runs/<run_id>/`` (``snapshot_download``) into ``CARL_HOME/runs/<run_id>/`` and marks
-the run's meta with ``backend`` (the job's) and ``remote`` (repo, revision, pulled_at), so observe, infer, eval,
-the try panel and ``run diff`` read it like a local run.
+the run's meta with ``backend`` (the job's) and ``remote`` (repo, revision, pulled_at), and points its paths at
+this machine (:func:`localize`), so observe, infer, eval, the train screen, the try panel and ``run diff`` read it
+like a local run.
 """
 
 from __future__ import annotations
@@ -187,6 +188,38 @@ def final_policy(cfg: Any, gate: tuple[bool, str] | None) -> tuple[bool, str]:
 
 
 # ------------------------------------------------------------------------------------------ pull
+def localize(run_dir: Path) -> None:
+    """Point a pulled run's own files at this machine instead of the container: ``plan.json``'s ``config`` is
+    the run's ``config.yaml`` here (the train screen shows it), and a ``checkpoint`` event's ``path`` is the
+    pulled checkpoint (``checkpoints/<name>``). The container's values stay in ``remote.in_container`` (meta)
+    and ``plan.json``'s ``command``/``launch`` (a record of how the job ran)."""
+    import json
+
+    from engine.runs import read_json, write_json
+
+    plan = read_json(run_dir / "plan.json")
+    if plan and plan.get("config"):
+        write_json(run_dir / "plan.json", {**plan, "config": str(run_dir / "config.yaml")})
+    events = run_dir / "events.jsonl"
+    if not events.is_file():
+        return
+    out, changed = [], False
+    for line in events.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            e = json.loads(line)
+        except ValueError:
+            e = None
+        if isinstance(e, dict) and e.get("name") == "checkpoint" and isinstance(e.get("path"), str):
+            here = run_dir / "checkpoints" / Path(e["path"]).name
+            if e["path"] != str(here):
+                line, changed = json.dumps({**e, "path": str(here)}, separators=(",", ":")), True
+        out.append(line)
+    if changed:
+        tmp = events.with_name(events.name + ".tmp")
+        tmp.write_text("".join(x + "\n" for x in out), encoding="utf-8")
+        os.replace(tmp, events)
+
+
 def pull_run(ref: str, *, repo_id: str | None = None, revision: str | None = None,
              home: CarlHome | None = None) -> dict[str, Any]:
     """Download a remote run into the local run store; see the module docstring."""
@@ -242,8 +275,9 @@ def pull_run(ref: str, *, repo_id: str | None = None, revision: str | None = Non
     status = meta.get("status") or "unknown"
     if rec is not None and rec.get("status") in store.TERMINAL and status not in store.TERMINAL:
         status = rec["status"]  # the job ended without the run saying so (killed, timed out)
-    remote_run = {k: meta.get(k) for k in ("run_id", "pid") if meta.get(k) is not None}
-    meta.update(run_id=run_id, status=status, pid=None, pid_start=None,
+    remote_run = {k: meta.get(k) for k in ("run_id", "pid", "config_path") if meta.get(k) is not None}
+    localize(dest)
+    meta.update(run_id=run_id, status=status, pid=None, pid_start=None, config_path=str(dest / "config.yaml"),
                 backend=(rec or {}).get("backend") or "hub",
                 remote={"repo_id": repo_id, "revision": sha, "path": prefix, "pulled_at": time.time(),
                         "job": (rec or {}).get("remote_id"), "in_container": remote_run})

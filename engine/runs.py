@@ -386,6 +386,12 @@ class RunStore:
                                   context={"run": run_id})
         if meta.get("status") == "completed":
             raise ValidationError(f"run {run_id} already completed", context={"run": run_id})
+        from engine.trainer.pipeline import is_pipeline, prepare_resume
+
+        if is_pipeline(d):  # train --send-it: restart at the stage (and checkpoint) where the run stopped
+            step = prepare_resume(d)
+            update_meta(d, resumed_from=step)
+            return run_id, step
         ck = last_checkpoint(d)
         if ck is None:
             raise ValidationError(f"run {run_id} has no checkpoint to resume from",

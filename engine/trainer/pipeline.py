@@ -63,9 +63,13 @@ def write_state(run_dir: Path, state: dict[str, Any]) -> None:
 
 
 def init_state(run_dir: Path, cfg) -> dict[str, Any]:
+    from engine.runs import update_meta
+
     state = {"stages": [{"name": n, "status": "waiting", "started": None, "ended": None, "key": None,
                          "key_name": KEY_NAMES[n], "detail": {}, "error": None} for n in cfg.pipeline.stages]}
     write_state(run_dir, state)
+    update_meta(run_dir, pipeline=[{"name": n, "status": "waiting", "key": None, "key_name": KEY_NAMES[n]}
+                                   for n in cfg.pipeline.stages])
     return state
 
 
@@ -132,6 +136,10 @@ def prepare_resume(run_dir: Path) -> int:
         _truncate_jsonl(run_dir / "frames.jsonl", lambda f: int(f.get("step", 0)) <= step)
     st.update(status="waiting", error=None, resumed_from=step)
     write_state(run_dir, state)
+    from engine.runs import update_meta
+
+    update_meta(run_dir, pipeline=[{k: s.get(k) for k in ("name", "status", "key", "key_name")}
+                                   for s in state["stages"]])
     return step
 
 
@@ -188,7 +196,7 @@ class Pipeline:
                 s.update(fields)
                 st.update(s)
         write_state(self.run_dir, state)
-        self.w.meta(pipeline={s["name"]: s["status"] for s in state["stages"]})
+        self.w.meta(pipeline=[{k: s.get(k) for k in ("name", "status", "key", "key_name")} for s in state["stages"]])
 
     def _stage(self, name: str) -> dict[str, Any]:
         return next((s for s in read_state(self.run_dir)["stages"] if s["name"] == name), {})

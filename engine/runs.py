@@ -287,7 +287,8 @@ class RunStore:
                "pid": meta.get("pid"), "run_dir": str(d), "started_at": meta.get("started_at"),
                "ended_at": meta.get("ended_at"), "last_step": meta.get("last_step", 0), "config": config,
                "world_size": int(meta.get("world_size") or 1)}
-        for k in ("error", "eval", "max_steps", "gate_opened_at", "heartbeat", "strategy", "launcher"):
+        for k in ("error", "eval", "max_steps", "gate_opened_at", "heartbeat", "strategy", "launcher", "pipeline",
+                  "pushed_revision"):
             if meta.get(k) is not None:
                 out[k] = meta[k]
         ck = last_checkpoint(d)

@@ -190,6 +190,11 @@ class Pipeline:
         self.run_dir = Path(worker.run_dir)
 
     def _save(self, st: dict[str, Any], **fields: Any) -> None:
+        from engine.trainer.worker import RANK0
+
+        if not RANK0:  # several processes: the main one keeps the state
+            st.update(fields)
+            return
         state = read_state(self.run_dir)
         for s in state["stages"]:
             if s["name"] == st["name"]:
@@ -216,14 +221,20 @@ class Pipeline:
             if self.w.should_stop():
                 self._save(st, status="stopped")
                 return "stopped"
-            status, key, detail, error, verdict = getattr(self, "_" + name)(st)
+            try:
+                status, key, detail, error, verdict = getattr(self, "_" + name)(st)
+            except Exception as exc:  # a crash inside the stage: say where; resume restarts the stage
+                self._save(st, status="stopped" if self.w.stop_requested.is_set() else "failed", ended=time.time(),
+                           error=f"{type(exc).__name__}: {exc}".split("\n")[0][:300])
+                raise
             self._save(st, status=status, key=key, detail={**st.get("detail", {}), **detail}, error=error,
                        ended=time.time(), **({"verdict": verdict} if verdict else {}))
             self.w.event({"name": "stage_end", "stage": name, "status": status, "key": key,
                           "key_name": KEY_NAMES[name], **({"error": error} if error else {}), "step": 0})
-            ledger_record("pipeline.stage", {"run_id": self.w.run_id, "stage": name, "status": status,
-                                             "key": key, "key_name": KEY_NAMES[name],
-                                             **({"reason": error} if error else {})})
+            if self.w.rank == 0 or not self.w.supervisor:
+                ledger_record("pipeline.stage", {"run_id": self.w.run_id, "stage": name, "status": status,
+                                                 "key": key, "key_name": KEY_NAMES[name],
+                                                 **({"reason": error} if error else {})})
             self.w.log(f"pipeline: stage {name} {status}" + (f" ({KEY_NAMES[name]} {key})" if key is not None else "")
                        + (f": {error}" if error else ""))
             if status == "stopped":
@@ -344,8 +355,9 @@ class Pipeline:
                       "threshold": self.cfg.eval.threshold})
         from engine.runs import ledger_record
 
-        ledger_record("eval", {"run_id": self.w.run_id, "pass": ok, "reason": why, "stage": "eval",
-                               "task_metric": after.get("task_metric"), "threshold": self.cfg.eval.threshold})
+        if self.w.rank == 0 or not self.w.supervisor:
+            ledger_record("eval", {"run_id": self.w.run_id, "pass": ok, "reason": why, "stage": "eval",
+                                   "task_metric": after.get("task_metric"), "threshold": self.cfg.eval.threshold})
         if ok:
             return "done", "pass", {"reason": why}, None, "pass"
         return "failed", "fail", {"reason": why}, f"eval gate failed: {why}; nothing pushed", "fail"

@@ -17,7 +17,8 @@ import pytest
 from tests._tiny_fixture import tiny_cache, tiny_env  # noqa: F401
 
 # every stage in seconds: a fixed short SFT, two GRPO steps, gates that let a barely trained model through
-FAST = ["pipeline.sft.steps=20", "pipeline.sft.save_steps=10", "pipeline.sft.batch_size=32", "pipeline.gate.min_task_metric=0",
+FAST = ["pipeline.sft.steps=20", "pipeline.sft.save_steps=10", "pipeline.sft.batch_size=32",
+        "pipeline.gate.min_task_metric=0",
         "grpo.max_steps=2", "grpo.save_steps=1", "grpo.batch_size=8", "grpo.num_generations=4",
         "grpo.max_completion_length=5", "dataset.max_samples=256", "eval.threshold=0", "eval.min_distinct=0",
         "eval.max_top_share=1", "eval.phi_min=0", "tracking.trackio=false"]

@@ -20,8 +20,8 @@ def register(sub: Any) -> None:
     p.add_argument("--dry-run", action="store_true", help="print the resolved plan as one JSON object; touch nothing")
     p.add_argument("--detach", action="store_true", help="print {run_id, pid, run_dir} and return; the run goes on")
     p.add_argument("--send-it", dest="send_it", action="store_true",
-                   help="the whole pipeline in one run: sft → gate → grpo → eval → push (pipeline: in carl.yaml; "
-                        "resume with `run resume RUN`)")
+                   help="the whole pipeline in one run: sft → gate → grpo → eval → push (pipeline: in "
+                        "carl.yaml; resume with `run resume RUN`)")
     p.set_defaults(func=run)
 
 

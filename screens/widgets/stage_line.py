@@ -29,7 +29,8 @@ def stage_line(stages: list[dict[str, Any]] | None) -> str:
     parts = []
     for s in stages or []:
         key = key_text(s)
-        parts.append(f"{escape(str(s.get('name')))} {MARKS.get(s.get('status'), '?')}" + (f" {escape(key)}" if key else ""))
+        mark = MARKS.get(s.get("status"), "?")
+        parts.append(f"{escape(str(s.get('name')))} {mark}" + (f" {escape(key)}" if key else ""))
     return "stages: " + "  ".join(parts) if parts else ""
 
 

@@ -186,3 +186,47 @@ def test_a_kill_in_each_stage_resumes_at_that_stage(tiny_env):
     assert st["sft"]["ended"] == sft_ended, "a finished stage never runs again"
     starts = [json.loads(x) for x in (run_dir / "events.jsonl").read_text().splitlines()]
     assert [e["stage"] for e in starts if e["name"] == "stage_end"] == ["sft", "gate", "grpo", "eval", "push"]
+
+
+def test_resume_cuts_what_the_unfinished_stage_wrote_after_its_checkpoint(tmp_path):
+    """No training: a run dir shaped like one killed in grpo after its step-3 checkpoint."""
+    from engine.config import validate_dict
+    from engine.errors import ValidationError
+    from engine.trainer.pipeline import init_state, prepare_resume, read_state, write_state
+
+    d = tmp_path / "run"
+    (d / "checkpoints" / "checkpoint-3").mkdir(parents=True)
+    (d / "checkpoints" / "checkpoint-3" / "trainer_state.json").write_text("{}")
+    (d / "meta.json").write_text("{}")
+    state = init_state(d, validate_dict({}))
+    for s in state["stages"][:2]:
+        s["status"] = "done"
+    state["stages"][2]["status"] = "running"
+    write_state(d, state)
+    (d / "frames.jsonl").write_text("".join(json.dumps({"step": i, "stage": "grpo"}) + "\n" for i in range(1, 6)))
+    events = [{"name": "sft", "stage": "sft", "step": 20}, {"name": "stage_end", "stage": "sft", "step": 0},
+              {"name": "stage_start", "stage": "grpo", "step": 0}, {"name": "checkpoint", "stage": "grpo", "step": 3},
+              {"name": "checkpoint", "stage": "grpo", "step": 4}]
+    (d / "events.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events))
+    assert prepare_resume(d) == 3
+    assert [json.loads(x)["step"] for x in (d / "frames.jsonl").read_text().splitlines()] == [1, 2, 3]
+    kept = [(e["name"], e["stage"], e["step"]) for e in map(json.loads, (d / "events.jsonl").read_text().splitlines())]
+    assert kept == [("sft", "sft", 20), ("stage_end", "sft", 0), ("checkpoint", "grpo", 3)]
+    st = {s["name"]: s for s in read_state(d)["stages"]}
+    assert st["grpo"]["status"] == "waiting" and st["grpo"]["resumed_from"] == 3 and st["sft"]["status"] == "done"
+    assert json.loads((d / "meta.json").read_text())["pipeline"][2] == {"name": "grpo", "status": "waiting",
+                                                                         "key": None, "key_name": "held-out"}
+    st["grpo"].update(status="failed", verdict="fail", error="x")
+    write_state(d, {"stages": list(st.values())})
+    with pytest.raises(ValidationError, match="failed its check"):
+        prepare_resume(d)
+
+
+@pytest.mark.parametrize("stages", [["grpo", "sft"], ["sft", "sft"], []])
+def test_pipeline_stages_are_an_ordered_subset(stages):
+    from engine.config import validate_dict
+    from engine.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="pipeline.stages"):
+        validate_dict({"pipeline": {"stages": stages}})
+    assert validate_dict({"pipeline": {"stages": ["grpo", "eval"]}}).pipeline.stages == ["grpo", "eval"]

@@ -277,7 +277,9 @@ class Worker:
                 status = "stopped"
         self.done.set()
         final = dict(status=status, ended_at=time.time(), last_step=self.step, heartbeat=time.time(), error=error)
-        if self.sync is not None and not self.sync_finished:  # before the status turns terminal: whoever waits for it finds the upload done
+        # before the status turns terminal: whoever waits for it finds the upload done (a pipeline's push stage
+        # already made this last upload)
+        if self.sync is not None and not self.sync_finished:
             from engine.remote.sync import final_policy
 
             allowed, why = final_policy(self.cfg, self.gate) if status == "completed" else (False, status)

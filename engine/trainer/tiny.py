@@ -108,15 +108,20 @@ def sft_settings(steps: int | None = None, target: float | None = None):
 
 
 def warm_start(model, tok, *, steps: int | None, target: float | None, log=None, output_dir: Path):
-    """The demo's warm start: engine.trainer.sft.train_sft on the training pairs, stopping on the validation
-    slice. Returns (model, SFTResult)."""
+    """The demo's warm start: exactly the pipeline's sft stage on the demo config (engine/trainer/pipeline.py):
+    engine.trainer.sft.train_sft on the demo's training rows (engine.trainer.data.load_rows), stopping on the
+    task metric of its validation slice. Returns (model, SFTResult)."""
+    from engine.config import Config
+    from engine.trainer.data import load_rows
+    from engine.trainer.pipeline import task_accuracy
     from engine.trainer.sft import train_sft
 
-    train_pairs, _ = split_pairs()
+    cfg = Config()
+    train_rows, _ = load_rows(cfg)
     settings = sft_settings(steps, target)
-    val = train_pairs[:settings.val_n]
-    return train_sft(model, tok, rows(train_pairs), settings, output_dir=output_dir, device="cpu",
-                     val_metric=lambda m: greedy_accuracy(m, tok, val), log=log)
+    val = train_rows[:settings.val_n]
+    return train_sft(model, tok, train_rows, settings, output_dir=output_dir, device="cpu",
+                     val_metric=lambda m: task_accuracy(m, tok, val, cfg), log=log)
 
 
 def greedy_accuracy(model, tok, pairs, *, max_new_tokens: int = 5, batch: int = 100) -> float:

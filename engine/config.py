@@ -275,6 +275,57 @@ class TrainSection(_Model):
     output_private: bool = Field(True, description="Create output_repo as a private repo.")
 
 
+STAGES = ("sft", "gate", "grpo", "eval", "push")
+
+
+class PipelineSFT(_Model):
+    """The ``sft`` stage (engine/trainer/sft.py): TRL's SFTTrainer on prompt → answer pairs, loss on the answer
+    only. Defaults are the built-in demo's warm start (its cached model is built with exactly these)."""
+
+    steps: int | None = Field(None, ge=1, description="A fixed number of SFT steps; null: train until the "
+                                                        "validation target (at most max_steps).")
+    target: float = Field(0.35, gt=0, le=1, description="Stop once the task metric on the validation slice "
+                                                         "(training rows, never the held-out set) reaches this.")
+    max_steps: int = Field(400, ge=1, description="The most SFT steps when training to the target (also the "
+                                                   "length of the learning-rate schedule).")
+    check_every: int = Field(5, ge=1, description="Steps between two validation checks (and SFT progress events).")
+    val_n: int = Field(256, ge=1, description="Validation rows: the first val_n training rows.")
+    learning_rate: float = Field(3e-3, gt=0, lt=1, description="Peak learning rate (the demo's; ~2e-5 for "
+                                                                "a full fine-tune of a real model).")
+    warmup_steps: int = Field(40, ge=0, description="Linear warm-up steps, then cosine decay to 5% of the peak.")
+    batch_size: int = Field(128, ge=1, description="Rows per optimizer step.")
+    lora: bool = Field(False, description="Train LoRA adapters (the lora: section's r/alpha/targets), merged "
+                                          "into the model at the end of the stage; false: all weights.")
+    save_steps: int = Field(50, ge=1, description="Checkpoint every N SFT steps (resume continues from it).")
+    max_length: int = Field(512, ge=8, description="Tokens kept per prompt + answer row.")
+    seed: int = Field(0, description="Seed of the SFT data order.")
+
+
+class PipelineGate(_Model):
+    min_task_metric: float = Field(0.2, ge=0, le=1, description="Held-out task metric the SFT model needs "
+                                                                "before GRPO starts; below it the run stops "
+                                                                "(failed) and says why.")
+
+
+class PipelineSection(_Model):
+    """``carl --batch train --send-it``: SFT → gate → GRPO → eval → push in one run (docs/train.md)."""
+
+    stages: list[Literal["sft", "gate", "grpo", "eval", "push"]] = Field(
+        default_factory=lambda: list(STAGES), min_length=1,
+        description="The stages to run, in this order (any subset of sft, gate, grpo, eval, push).")
+    sft: PipelineSFT = Field(default_factory=PipelineSFT)
+    gate: PipelineGate = Field(default_factory=PipelineGate)
+
+    @field_validator("stages")
+    @classmethod
+    def _order(cls, v: list[str]) -> list[str]:
+        if len(set(v)) != len(v):
+            raise ValueError(f"a stage is listed twice: {v}")
+        if v != sorted(v, key=STAGES.index):
+            raise ValueError(f"stages run in the order {list(STAGES)}; got {v}")
+        return v
+
+
 class Config(_Model):
     """The whole carl.yaml."""
 
@@ -293,6 +344,7 @@ class Config(_Model):
     tracking: TrackingSection = Field(default_factory=TrackingSection)
     budget: BudgetSection = Field(default_factory=BudgetSection)
     train: TrainSection = Field(default_factory=TrainSection)
+    pipeline: PipelineSection = Field(default_factory=PipelineSection)
     environment: EnvironmentSection | None = Field(None, description="tool environment for agent training")
     # Sections owned by later issues are plain dicts validated by their own modules until they land.
     policy: dict[str, Any] = Field(default_factory=dict)

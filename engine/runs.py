@@ -287,7 +287,8 @@ class RunStore:
                "pid": meta.get("pid"), "run_dir": str(d), "started_at": meta.get("started_at"),
                "ended_at": meta.get("ended_at"), "last_step": meta.get("last_step", 0), "config": config,
                "world_size": int(meta.get("world_size") or 1)}
-        for k in ("error", "eval", "max_steps", "gate_opened_at", "heartbeat", "strategy", "launcher"):
+        for k in ("error", "eval", "max_steps", "gate_opened_at", "heartbeat", "strategy", "launcher", "pipeline",
+                  "pushed_revision"):
             if meta.get(k) is not None:
                 out[k] = meta[k]
         ck = last_checkpoint(d)
@@ -391,6 +392,12 @@ class RunStore:
                                   context={"run": run_id})
         if meta.get("status") == "completed":
             raise ValidationError(f"run {run_id} already completed", context={"run": run_id})
+        from engine.trainer.pipeline import is_pipeline, prepare_resume
+
+        if is_pipeline(d):  # train --send-it: restart at the stage (and checkpoint) where the run stopped
+            step = prepare_resume(d)
+            update_meta(d, resumed_from=step)
+            return run_id, step
         ck = last_checkpoint(d)
         if ck is None:
             raise ValidationError(f"run {run_id} has no checkpoint to resume from",

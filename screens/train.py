@@ -26,6 +26,7 @@ from engine.frames import Frame
 from engine.probe import SIGMA
 from screens.context import context_of
 from screens.widgets.charts import MetricChart
+from screens.widgets.stage_line import StageLine
 
 POLL_S = 0.25
 LOG_LINES = 6
@@ -110,6 +111,7 @@ class TrainScreen(Screen):
         with Vertical(id="train-head"):
             yield Static("", id="plan")
             yield Static("", id="status")
+            yield StageLine("", id="stages")
             yield Static("", id="hw")
         with Horizontal(id="charts"):
             yield MetricChart("Φ  (σ = 3/16)", sigma=SIGMA, id="chart-phi")
@@ -299,6 +301,7 @@ class TrainScreen(Screen):
         if self.message_text:
             status += f"\n{self.message_text}"
         self.query_one("#status", Static).update(status)
+        self.query_one("#stages", StageLine).show(self.meta.get("pipeline") if self.run_id else None)
         self.query_one("#hw", Static).update(escape(self.hardware_text()))
         self.query_one("#samples", Static).update("\n".join(self.samples) or "–")
         self.query_one("#log", Static).update("\n".join(ln[-120:] for ln in self.log_lines) or "–")

@@ -1,4 +1,4 @@
-"""`carl --batch train [--config carl.yaml] [--dry-run] [--detach] [--set key.path=value …]`
+"""`carl --batch train [--config carl.yaml] [--dry-run] [--detach] [--send-it] [--set key.path=value …]`
 
 Streams JSON lines (frame / event / done) while a worker process trains; see docs/train.md."""
 
@@ -19,6 +19,9 @@ def register(sub: Any) -> None:
                    help="override a config field (repeatable)")
     p.add_argument("--dry-run", action="store_true", help="print the resolved plan as one JSON object; touch nothing")
     p.add_argument("--detach", action="store_true", help="print {run_id, pid, run_dir} and return; the run goes on")
+    p.add_argument("--send-it", dest="send_it", action="store_true",
+                   help="the whole pipeline in one run: sft → gate → grpo → eval → push (pipeline: in "
+                        "carl.yaml; resume with `run resume RUN`)")
     p.set_defaults(func=run)
 
 
@@ -30,12 +33,21 @@ def run(args: argparse.Namespace) -> int:
     cfg, path = load_config(args.config, args.sets)
     store = RunStore()
     the_plan = plan(cfg, path, run_dir=str(store.root / "<run_id>"))
+    if getattr(args, "send_it", False):
+        from engine.trainer.pipeline import stage_plan
+
+        the_plan["send_it"] = True
+        the_plan["pipeline"] = {"stages": stage_plan(cfg)}
     if args.dry_run:
         from engine.prompts import preview
 
         emit({"dry_run": True, **the_plan, **preview(cfg)})
         return 0
     run_id = store.create(cfg.to_yaml(), the_plan, config_path=str(path) if path else None)
+    if the_plan.get("send_it"):
+        from engine.trainer.pipeline import init_state
+
+        init_state(store.run_dir(run_id), cfg)
     pid = store.spawn(run_id, gpus=cfg.compute.gpus)
     run_dir = str(store.run_dir(run_id))
     if args.detach:
@@ -79,6 +91,16 @@ def _describe(line: dict[str, Any], max_steps: int | None) -> None:
                      f"{_r(line.get('task_metric'))} (n={line.get('n')}), phi_mean {_r(line.get('phi_mean'))}")
         elif name == "gate_open":
             progress(f"gate opened at step {line.get('step')} ({line.get('mode')}): stage B, CARL on")
+        elif name == "stage_start":
+            progress(f"stage {line.get('stage')}: running")
+        elif name == "stage_end":
+            key = f" ({line.get('key_name')} {_r(line.get('key'))})" if line.get("key") is not None else ""
+            progress(f"stage {line.get('stage')}: {line.get('status')}{key}"
+                     + (f" — {line['error']}" if line.get("error") else ""))
+        elif name == "sft":
+            val = line.get("val_metric")
+            progress(f"sft step {line.get('step')}  loss {_r(line.get('loss'))}"
+                     + (f"  validation {_r(val)}" if val is not None else ""))
     elif t == "done":
         ev = line.get("eval") or {}
         b, a = (ev.get("before") or {}).get("task_metric"), (ev.get("after") or {}).get("task_metric")

@@ -44,6 +44,7 @@ ACTIONS: dict[str, str] = {
     "checkpoint": "a checkpoint was saved",
     "eval": "an eval gate result (pass, metrics, threshold)",
     "push": "an adapter/model was pushed to the Hub",
+    "pipeline.stage": "a stage of a `train --send-it` run ended (stage, status, key number, reason)",
     "approval": "a human approved a paid action (estimated_usd, job_id)",
     "job.submit": "a remote job was submitted (backend, flavor, estimated_usd, job_id)",
     "job.stop": "a remote job was stopped",

@@ -32,7 +32,8 @@ from typing import Any, Callable, Iterator
 from engine.errors import CARLError, ConfigError, CredentialError, NetworkError, RunNotFound
 from engine.home import CarlHome
 
-RUN_FILES = ("meta.json", "config.yaml", "plan.json", "frames.jsonl", "events.jsonl", "stdout.log")
+RUN_FILES = ("meta.json", "config.yaml", "plan.json", "frames.jsonl", "events.jsonl", "stdout.log",
+             "pipeline.json")  # pipeline.json: train --send-it runs only
 SKIP_NAMES = {".DS_Store"}
 
 

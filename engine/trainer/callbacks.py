@@ -66,9 +66,10 @@ def _samples(state) -> list[dict[str, Any]] | None:
 def make_callback(run_dir: Path, *, state_ref: Callable[[], Any], should_stop: Callable[[], bool],
                   on_event: Callable[[dict[str, Any]], None], on_frame: Callable[[Frame], None] | None = None,
                   trackio_project: str | None = None, run_name: str | None = None, config: dict | None = None,
-                  skip_until: int = 0, main: bool = True):
+                  skip_until: int = 0, main: bool = True, stage: str | None = None):
     """Build the TrainerCallback (transformers is imported here, not at module import). With several processes
-    every rank has one, but only the ``main`` one writes frames, trackio and the cascade state."""
+    every rank has one, but only the ``main`` one writes frames, trackio and the cascade state. ``stage``: a
+    pipeline run's stage, written into every frame (engine/trainer/pipeline.py)."""
     from transformers import TrainerCallback
 
     run_dir = Path(run_dir)
@@ -127,7 +128,7 @@ def make_callback(run_dir: Path, *, state_ref: Callable[[], Any], should_stop: C
                 frame.system = self.system.sample()
             except Exception as exc:  # measuring must never kill a run; the frame says why it has no numbers
                 frame.system = {"error": f"{type(exc).__name__}: {exc}"}
-            self.writer.write(frame)
+            self.writer.write(frame if stage is None else {**frame.to_dict(), "stage": stage})
             if on_frame is not None:
                 on_frame(frame)
             if self.trackio is not None:

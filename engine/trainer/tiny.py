@@ -11,26 +11,22 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
 import time
 from pathlib import Path
 from typing import Any
 
-VERSION = 2
+VERSION = 3  # 3: the warm start is engine/trainer/sft.py (TRL's SFTTrainer), the pipeline's sft stage
 CHARS = list("0123456789+=")
 PAD, EOS, BOS = "<pad>", "<eos>", "<bos>"
 HELDOUT_N = 200
 HELDOUT_SEED = 1234
 VAL_N = 256  # a validation slice of the *training* pairs: the warm start stops on it, never on the held-out set
-# The warm start: AdamW, linear warm-up then cosine decay over SFT_MAX_STEPS, gradient clipping 1.0. By default it
-# stops at the first check (every SFT_CHECK_EVERY steps) where greedy accuracy on the validation slice reaches
-# SFT_TARGET: a partly trained model (~35% held-out) that GRPO can visibly improve. Learning on this task is a
-# steep transition (≈5% → 50% within ~40 steps), so a fixed step count lands anywhere in it; a target does not.
+# The warm start is the pipeline's sft stage (engine/trainer/sft.py) with config.PipelineSFT's defaults: by
+# default it stops at the first check (every check_every steps) where greedy accuracy on the validation slice
+# reaches the target (0.35): a partly trained model (~33% held-out) that GRPO can visibly improve. Learning on
+# this task is a steep transition (≈5% → 50% within ~40 steps), so a fixed step count lands anywhere in it.
 SFT_TARGET = 0.35
-SFT_MAX_STEPS = 400
-SFT_WARMUP = 40
-SFT_CHECK_EVERY = 5
-SFT_BATCH = 128
-SFT_LR = 3e-3
 MODEL_KW = dict(hidden_size=96, intermediate_size=288, num_hidden_layers=2, num_attention_heads=4,
                 num_key_value_heads=4, max_position_embeddings=32)
 
@@ -103,64 +99,29 @@ def build_tokenizer():
     return fast
 
 
-def _encode_example(tok, a: int, b: int) -> tuple[list[int], int]:
-    ids = tok(prompt_of(a, b), add_special_tokens=False)["input_ids"]
-    ans = tok(str(a + b), add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
-    return ids + ans, len(ids)
+def sft_settings(steps: int | None = None, target: float | None = None):
+    """The demo's warm-start settings: the pipeline's sft defaults, with a fixed step count or a target."""
+    from engine.config import PipelineSFT
+
+    s = PipelineSFT(val_n=VAL_N)
+    return s.model_copy(update={"steps": steps, "target": target if target is not None else s.target})
 
 
-def _lr_factor(step: int, total: int, warmup: int) -> float:
-    import math
+def warm_start(model, tok, *, steps: int | None, target: float | None, log=None, output_dir: Path):
+    """The demo's warm start: exactly the pipeline's sft stage on the demo config (engine/trainer/pipeline.py):
+    engine.trainer.sft.train_sft on the demo's training rows (engine.trainer.data.load_rows), stopping on the
+    task metric of its validation slice. Returns (model, SFTResult)."""
+    from engine.config import Config
+    from engine.trainer.data import load_rows
+    from engine.trainer.pipeline import task_accuracy
+    from engine.trainer.sft import train_sft
 
-    if step < warmup:
-        return (step + 1) / warmup
-    return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
-
-
-def _sft(model, tok, pairs, steps: int | None, seed: int, *, target: float | None = None, val=None,
-         log=None) -> tuple[int, float | None]:
-    """Supervised warm start: loss on the answer tokens + EOS only (prompt positions masked with -100), rows
-    right-padded (prompts all have the same length, so positions match generation). ``steps`` fixed, or
-    (``steps`` None) up to SFT_MAX_STEPS stopping once greedy accuracy on ``val`` ≥ ``target``.
-    Returns (steps done, last validation accuracy or None)."""
-    import torch
-
-    torch.manual_seed(seed)
-    rng = random.Random(seed)
-    total = steps if steps is not None else SFT_MAX_STEPS
-    warmup = min(SFT_WARMUP, max(1, total // 10))
-    opt = torch.optim.AdamW(model.parameters(), lr=SFT_LR, weight_decay=0.0, betas=(0.9, 0.98))
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _lr_factor(s, total, warmup))
-    encoded = {p: _encode_example(tok, *p) for p in pairs}
-    val_acc = None
-    done = 0
-    model.train()
-    for step in range(total):
-        batch = [encoded[rng.choice(pairs)] for _ in range(SFT_BATCH)]
-        width = max(len(ids) for ids, _ in batch)
-        input_ids = torch.full((len(batch), width), tok.pad_token_id)
-        labels = torch.full((len(batch), width), -100)
-        attn = torch.zeros((len(batch), width), dtype=torch.long)
-        for i, (ids, plen) in enumerate(batch):
-            input_ids[i, : len(ids)] = torch.tensor(ids)
-            attn[i, : len(ids)] = 1
-            labels[i, plen: len(ids)] = torch.tensor(ids[plen:])
-        out = model(input_ids=input_ids, attention_mask=attn, labels=labels)
-        opt.zero_grad()
-        out.loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        sched.step()
-        done = step + 1
-        if log and done % 50 == 0:
-            log(f"tiny: warm start step {done} loss {out.loss.item():.3f}")
-        if steps is None and target is not None and val and done % SFT_CHECK_EVERY == 0 and out.loss.item() < 1.2:
-            val_acc = greedy_accuracy(model, tok, val)
-            model.train()
-            if val_acc >= target:
-                break
-    model.eval()
-    return done, val_acc
+    cfg = Config()
+    train_rows, _ = load_rows(cfg)
+    settings = sft_settings(steps, target)
+    val = train_rows[:settings.val_n]
+    return train_sft(model, tok, train_rows, settings, output_dir=output_dir, device="cpu",
+                     val_metric=lambda m: task_accuracy(m, tok, val, cfg), log=log)
 
 
 def greedy_accuracy(model, tok, pairs, *, max_new_tokens: int = 5, batch: int = 100) -> float:
@@ -208,12 +169,15 @@ def ensure_tiny(root: Path | None = None, *, sft_steps: int | None = None, targe
         config = LlamaConfig(vocab_size=len(tok), pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
                              bos_token_id=tok.bos_token_id, tie_word_embeddings=True, **MODEL_KW)
         model = LlamaForCausalLM(config)
-        train_pairs, heldout = split_pairs()
-        val = train_pairs[:VAL_N]
-        done, val_acc = _sft(model, tok, train_pairs, sft_steps, seed=0, target=None if sft_steps is not None else target,
-                             val=val, log=log) if sft_steps != 0 else (0, None)
-        acc = greedy_accuracy(model, tok, heldout)
+        _, heldout = split_pairs()
         tmp = out.with_name(out.name + f".tmp{os.getpid()}")
+        done, val_acc = 0, None
+        if sft_steps != 0:
+            model, res = warm_start(model, tok, steps=sft_steps, target=target, log=log,
+                                    output_dir=tmp.with_name(tmp.name + "-sft"))
+            done, val_acc = res.steps, res.val_metric
+            shutil.rmtree(tmp.with_name(tmp.name + "-sft"), ignore_errors=True)
+        acc = greedy_accuracy(model, tok, heldout)
         model.generation_config.pad_token_id = tok.pad_token_id
         model.generation_config.eos_token_id = tok.eos_token_id
         model.save_pretrained(tmp)
@@ -223,8 +187,6 @@ def ensure_tiny(root: Path | None = None, *, sft_steps: int | None = None, targe
              "val_accuracy": val_acc, "heldout_accuracy": acc, "build_s": time.time() - t0,
              "n_params": sum(p.numel() for p in model.parameters())}), encoding="utf-8")
         if out.exists():  # a torn earlier build
-            import shutil
-
             shutil.rmtree(out)
         tmp.rename(out)
         if log:

@@ -44,6 +44,8 @@ class Worker:
         self.rank = dist.env_rank()
         self.supervisor = int(os.environ.get(SUPERVISOR_ENV, "0") or 0) or None
         self.rank_info: dict[str, Any] = {}
+        self.stage: str | None = None  # a pipeline run's current stage (engine/trainer/pipeline.py)
+        self.sync_finished = False  # the pipeline's push stage made the last upload
 
     # ---- bookkeeping
     def log(self, msg: str) -> None:
@@ -107,6 +109,8 @@ class Worker:
             self._events = FrameWriter(self.run_dir / "events.jsonl")
         e = {k: v for k, v in e.items() if k != "type"}
         e.setdefault("step", self.step)
+        if self.stage:
+            e.setdefault("stage", self.stage)
         self._events.write(e)
         if self._telemetry is not None:
             self._telemetry.emit(str(e.get("name")), e)
@@ -118,19 +122,18 @@ class Worker:
                   "collapse_onset": "collapse.onset"}.get(name)
         if action:
             ledger_record(action, {"run_id": self.run_id, **e})
-        if name == "checkpoint" and self.sync is not None and e.get("path"):
+        if name == "checkpoint" and self.sync is not None and e.get("path") and e.get("stage") in (None, "grpo"):
             self.sync.checkpoint(int(e.get("step") or 0), Path(e["path"]))
+        if name == "checkpoint" and e.get("stage") == "grpo":
+            from engine.trainer.pipeline import maybe_hold
+
+            maybe_hold("grpo", int(e.get("step") or 0), self.should_stop)
 
     # ---- the run
     def run(self) -> str:
         import yaml
 
-        from engine.cascade import Cascade
         from engine.config import validate_dict
-        from engine.trainer import grpo
-        from engine.trainer.callbacks import CASCADE_FILE, make_callback
-        from engine.trainer.data import load_rows
-        from engine.trainer.evalgate import evaluate
 
         cfg = validate_dict(yaml.safe_load((self.run_dir / "config.yaml").read_text(encoding="utf-8")),
                             source=str(self.run_dir / "config.yaml"))
@@ -146,29 +149,47 @@ class Worker:
                 from engine.remote.sync import OutputSync
 
                 self.sync = OutputSync.from_config(cfg, self.run_dir, log=self.log, meta=self.meta)
+        from engine.trainer.pipeline import is_pipeline
+
+        if is_pipeline(self.run_dir):  # train --send-it: sft → gate → grpo → eval → push (engine/trainer/pipeline.py)
+            from engine.trainer.pipeline import Pipeline
+
+            return Pipeline(self, cfg).run()
+        return self.grpo(cfg, resume=self.resume)[0]
+
+    def grpo(self, cfg, *, resume: bool, before: dict[str, Any] | None = None) -> tuple[str, dict[str, Any] | None]:
+        """The cascade GRPO run (the whole run, or the pipeline's grpo stage): (status, the held-out eval after).
+        ``before``: the held-out eval of the starting model when already known (the pipeline's sft stage)."""
+        from engine.cascade import Cascade
+        from engine.trainer import grpo
+        from engine.trainer.callbacks import CASCADE_FILE, make_callback
+        from engine.trainer.data import load_rows
+        from engine.trainer.evalgate import evaluate
+
+        after = None
         # sharded models (ZeRO-3, FSDP) generate only with every rank taking part; replicas evaluate on rank 0
         evaluates = RANK0 or cfg.compute.strategy in ("zero3", "fsdp")
         device = grpo.resolve_device(cfg)
         self.log(f"run {self.run_id}: device {device}, model {cfg.model.name_or_path}, "
-                 f"{cfg.grpo.max_steps} steps{' (resume)' if self.resume else ''}")
+                 f"{cfg.grpo.max_steps} steps{' (resume)' if resume else ''}")
         model, tok = grpo.load_model_and_tokenizer(cfg, device, log=self.log)
         train_rows, eval_rows = load_rows(cfg, cwd=Path.cwd())
         from engine.provenance import run_start  # what reproduces the run: versions, git, data, model, seed
 
         if RANK0:
-            ledger_record("run.start", {"run_id": self.run_id, "resume": self.resume, "project": cfg.project.name,
+            ledger_record("run.start", {"run_id": self.run_id, "resume": resume, "project": cfg.project.name,
                                         "model": cfg.model.name_or_path, "dataset": cfg.dataset.source,
                                         "max_steps": cfg.grpo.max_steps, "cascade": cfg.cascade.mode,
                                         "world_size": dist.env_world_size(),
                                         **run_start(cfg, model, train_rows, eval_rows, cwd=Path.cwd())})
         n_eval = len(eval_rows) if cfg.dataset.source == "builtin:addition" else cfg.eval.n_samples
         if self.should_stop():
-            return "stopped"
-        ck = last_checkpoint(self.run_dir) if self.resume else None
-        if self.resume and ck is None:
+            return "stopped", None
+        ck = last_checkpoint(self.run_dir) if resume else None
+        if resume and ck is None:
             raise RuntimeError("no checkpoint to resume from")
-        if not self.resume and eval_rows and evaluates:
-            before = evaluate(model, tok, eval_rows, cfg, n=n_eval)
+        if not resume and eval_rows and evaluates:
+            before = before or evaluate(model, tok, eval_rows, cfg, n=n_eval)
             self.log(f"before: held-out {before['task_metric_name']} {before['task_metric']:.3f} "
                      f"(n={before['n']}), phi_mean {before.get('phi_mean')}")
             self.meta(eval={"before": _brief(before)})
@@ -193,7 +214,7 @@ class Worker:
         callback = make_callback(self.run_dir, state_ref=lambda: holder.get("state"), should_stop=self.should_stop_all,
                                  on_event=self.event, on_frame=on_frame, trackio_project=tracking,
                                  run_name=self.run_id, config=cfg.model_dump(mode="json"),
-                                 skip_until=ck[0] if ck else 0, main=RANK0)
+                                 skip_until=ck[0] if ck else 0, main=RANK0, stage=self.stage)
         trainer, state = grpo.build_trainer(cfg, self.run_dir, model, tok, train_rows, cascade,
                                             callbacks=[callback], on_event=self.event)
         holder["state"] = state
@@ -205,7 +226,7 @@ class Worker:
                        local_completions_per_step=state.local_n)
         self.log(f"CARL field: {state.capture_hits} batches from generation logits, {state.forward_hits} by forward")
         if self.stop_requested.is_set() and self.step < cfg.grpo.max_steps:
-            return "stopped"
+            return "stopped", None
         final = self.run_dir / "final"
         trainer.save_model(str(final))  # every rank (DeepSpeed/FSDP gather the weights); the main one writes
         if RANK0:
@@ -222,7 +243,7 @@ class Worker:
                 from engine.trainer.evalgate import decide
 
                 self.gate = decide(after, cfg.eval)
-        return "completed"
+        return "completed", after
 
     def main(self) -> int:
         if self.supervisor:  # one of several processes: the supervisor's pid is the run's pid
@@ -256,7 +277,9 @@ class Worker:
                 status = "stopped"
         self.done.set()
         final = dict(status=status, ended_at=time.time(), last_step=self.step, heartbeat=time.time(), error=error)
-        if self.sync is not None:  # before the status turns terminal: whoever waits for it finds the upload done
+        # before the status turns terminal: whoever waits for it finds the upload done (a pipeline's push stage
+        # already made this last upload)
+        if self.sync is not None and not self.sync_finished:
             from engine.remote.sync import final_policy
 
             allowed, why = final_policy(self.cfg, self.gate) if status == "completed" else (False, status)

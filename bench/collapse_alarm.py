@@ -51,7 +51,7 @@ def main() -> int:
     print("|---|---|---|---|---|---|---|---|---|")
     healthy, false_alarms = [], []
     plain_runs, flagged_before, late_or_missed, unconfirmed, mismatch = [], [], [], [], []
-    leads = []
+    leads, live_mismatch = [], []
     for d in sorted(p for p in out.iterdir() if (p / "frames.jsonl").is_file() and (p / "meta.json").is_file()):
         frames = [json.loads(x) for x in (d / "frames.jsonl").read_text().splitlines()]
         arm = d.name.split("-")[1]
@@ -60,6 +60,11 @@ def main() -> int:
         seen = observe_finding(d / "frames.jsonl")
         if (seen["step"] if seen else None) != (alarm.step if alarm else None):
             mismatch.append(d.name)
+        events = [json.loads(x) for x in (d / "events.jsonl").read_text().splitlines()] \
+            if (d / "events.jsonl").is_file() else []
+        live = next((e["step"] for e in events if e.get("name") == "collapse_onset"), None)
+        if live != (alarm.step if alarm else None):
+            live_mismatch.append(d.name)
         dpg = [(f["step"], (f.get("extra") or {}).get(DPG)) for f in frames]
         raw = next((s for s, v in dpg if v is not None and v < 3), None)
         plain = plain_collapse_step(frames)
@@ -95,6 +100,8 @@ def main() -> int:
     print("alarms on collapsing arms with no plain collapse in the run: " + (", ".join(unconfirmed) or "none"))
     print("carl --batch observe reports the replayed alarm on every run: "
           + ("yes" if not mismatch else f"NO ({', '.join(mismatch)})"))
+    print("the training worker raised it live (events.jsonl) at the replayed step on every run: "
+          + ("yes" if not live_mismatch else f"NO ({', '.join(live_mismatch)})"))
     return 0
 
 

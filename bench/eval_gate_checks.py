@@ -4,7 +4,7 @@ For each run directory written by ``bench/coherence_runs.py`` (``OUT/<start>-<ar
 held-out accuracy, distinct answers / prompts, the top answer's share, Phi spread, the old discontinuity score
 and the gate's decision, plus whether observe's collapse warning fired on the run's frames.
 
-    python bench/eval_gate_checks.py OUT
+    python bench/eval_gate_checks.py OUT [RUN ...]      # (only these runs)
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 def main() -> int:
     out = Path(sys.argv[1])
+    only = set(sys.argv[2:])
     from engine.config import load_config
     from engine.observe.collapse import detect_collapse
     from engine.trainer.data import load_rows
@@ -28,7 +29,8 @@ def main() -> int:
     print("| run | acc | distinct answers | top answer share | phi spread | discontinuity | old band | gate "
           "(threshold 0) | collapse.onset |")
     print("|---|---|---|---|---|---|---|---|---|")
-    for d in sorted(p for p in out.iterdir() if (p / "final" / "config.json").is_file()):
+    for d in sorted(p for p in out.iterdir() if (p / "final" / "config.json").is_file()
+                    and (not only or p.name in only)):
         model, tok = load_for_eval(d / "final", cfg)
         m = evaluate(model, tok, rows, cfg, n=len(rows))
         ok, why = decide(m, cfg.eval, 0.0)

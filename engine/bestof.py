@@ -90,6 +90,33 @@ def choose(cands: Sequence[Candidate], select: str, *, seed: int | None = None) 
     return best
 
 
+def generate_candidates(lm, prompt: str, n: int, select: str, sampling, *, weights: dict[str, float] | None = None,
+                        fmt: Any = None, cancel: Any = None, progress: Any = None):
+    """Best-of-N on a loaded model (engine.infer.LoadedModel), one candidate after another: candidate ``i`` is
+    the single generation with seed ``sampling.seed + i`` (so ``infer --seed S`` reproduces any of them).
+    ``progress(i, result)`` after each candidate; a set ``cancel`` stops between two candidates (the ones done
+    are scored and one of them chosen). Returns (results, candidates, chosen index); results are InferResults."""
+    from engine.infer import Sampling
+
+    s = sampling
+    results, cands = [], []
+    for i in range(n):
+        if cancel is not None and cancel.is_set():
+            break
+        si = Sampling(max_new_tokens=s.max_new_tokens, temperature=s.temperature, top_p=s.top_p, greedy=s.greedy,
+                      seed=None if s.seed is None else s.seed + i)
+        r = lm.generate(prompt, si, fmt=fmt, weights=weights)
+        results.append(r)
+        cands.append(Candidate(i, r.text, list(r.phi), list(r.selected_prob), seed=si.seed,
+                               finish_reason=r.finish_reason))
+        if progress is not None:
+            progress(i, r)
+    if not cands:
+        return results, cands, None
+    score_candidates(cands, weights)
+    return results, cands, choose(cands, select, seed=s.seed)
+
+
 def sample_batch(model, tok, prompts: Sequence[str], n: int, max_new_tokens: int, seed: int, *,
                  temperature: float = 1.0):
     """N samples per prompt in one batched ``generate`` (left-padded), with the field of each sampled token read

@@ -788,7 +788,7 @@ def best_of(lm: "LoadedModel", prompt: str, n: int, select: str = "logprob", sam
     """Best-of-N (engine.bestof): N sampled candidates (seeds ``seed``, ``seed+1`` … when a seed is given), each
     with its scores, and the one ``select`` chose. Returns ``{"best_of", "select", "chosen", "candidates",
     "result"}`` — ``result`` is the chosen candidate's full :meth:`InferResult.to_dict`."""
-    from engine.bestof import SELECTIONS, Candidate, choose, score_candidates
+    from engine.bestof import SELECTIONS, generate_candidates
 
     if not isinstance(n, int) or not 1 <= n <= 64:
         raise ValidationError(f"--best-of must be in [1, 64], got {n}", context={"best_of": n})
@@ -799,16 +799,7 @@ def best_of(lm: "LoadedModel", prompt: str, n: int, select: str = "logprob", sam
     if s.is_greedy and n > 1:
         raise ValidationError("best-of-N needs sampling: greedy decoding gives N identical candidates",
                               hint="Drop --greedy / use a temperature > 0.", context={"best_of": n})
-    results, cands = [], []
-    for i in range(n):
-        si = Sampling(max_new_tokens=s.max_new_tokens, temperature=s.temperature, top_p=s.top_p, greedy=s.greedy,
-                      seed=None if s.seed is None else s.seed + i)
-        r = lm.generate(prompt, si, fmt=fmt, weights=weights)
-        results.append(r)
-        cands.append(Candidate(i, r.text, list(r.phi), list(r.selected_prob), seed=si.seed,
-                               finish_reason=r.finish_reason))
-    score_candidates(cands, weights)
-    k = choose(cands, select, seed=s.seed)
+    results, cands, k = generate_candidates(lm, prompt, n, select, s, weights=weights, fmt=fmt)
     return {"best_of": n, "select": select, "chosen": k, "candidates": [c.as_dict() for c in cands],
             "result": results[k].to_dict()}
 

@@ -6,6 +6,11 @@ second line of block glyphs ``▁▂▃▄▅▆▇█`` under it so the field r
 sequence's CARL reward components sit under the tokens. ``c`` sets a second model (another checkpoint, run or
 path) and the same prompt then runs on both, side by side, with one cursor for both.
 
+``b`` runs best-of-N on model A (engine.bestof; N cycles 4 → 8 → 16 with ``n``, the selection phi → carl →
+logprob → majority → random with ``s``; default 8 by ``logprob``): N sampled candidates (seeds seed, seed+1 …,
+sampling even when the panel is greedy), listed beside the tokens with every score, the chosen one marked ▶;
+pane A then shows the chosen candidate's tokens. Enter goes back to a single generation.
+
 Generation runs in a worker thread (engine.infer: the model is loaded once and kept warm) and posts one message per
 token; Esc cancels between two tokens. Models are named as in :func:`engine.infer.parse_spec`: ``run:RUN``, a run
 id prefix, a path, a Hub id, ``builtin:tiny``, or ``BASE + ADAPTER``.
@@ -20,6 +25,7 @@ from typing import Any
 from rich.cells import cell_len
 from rich.color import Color
 from rich.style import Style
+from rich.table import Table
 from rich.text import Text
 from textual import on, work
 from textual.app import ComposeResult
@@ -31,12 +37,15 @@ from textual.screen import Screen
 from textual.widget import Widget
 from textual.widgets import Footer, Header, Input, Static
 
+from engine.bestof import DEFAULT_SELECT, SELECTIONS
 from engine.errors import CARLError
 from engine.infer import InferResult, ModelRef, Sampling, TokenStep
 from screens.context import context_of
 from screens.widgets.phi_strip import glyph, phi_color
 
 DEFAULT_MAX_NEW_TOKENS = 32
+BEST_OF_NS = (4, 8, 16)
+DEFAULT_BEST_OF = 8
 
 
 def token_label(token: str) -> str:
@@ -218,6 +227,25 @@ def legend(no_color: bool) -> Text:
     return t
 
 
+def candidates_table(cands: list[Any], chosen: int | None, select: str) -> Table:
+    """The best-of-N candidates: answer and every score; the chosen row marked ▶ and bold, the column of the
+    selection that chose it underlined."""
+    table = Table(box=None, padding=(0, 1, 0, 0), show_edge=False, expand=True, header_style="dim")
+    key_of = {"logp": "logprob", "Φ": "phi", "CARL": "carl", "vote": "majority"}
+    for name, width in (("", 1), ("#", 2), ("answer", None), ("logp", 5), ("Φ", 5), ("CARL", 5), ("vote", 4)):
+        hs = "bold underline" if key_of.get(name) == select else "dim"
+        table.add_column(Text(name, style=hs), justify="left" if name in ("", "answer") else "right",
+                         no_wrap=True, overflow="ellipsis", ratio=1 if width is None else None,
+                         min_width=6 if width is None else width)
+    for c in cands:
+        mine = c.index == chosen
+        sc = c.scores
+        row = [Text("▶" if mine else " "), str(c.index), Text(token_label(c.answer) if c.answer else "∅"),
+               f"{sc['logprob']:.2f}", f"{sc['phi']:.3f}", f"{sc['carl']:.3f}", f"{sc['majority']:.0f}"]
+        table.add_row(*row, style="bold" if mine else None)
+    return table
+
+
 # ----------------------------------------------------------------------------------------------------------
 # Messages from the worker
 # ----------------------------------------------------------------------------------------------------------
@@ -251,6 +279,9 @@ class TryScreen(Screen):
     TryScreen .try-detail { height: auto; }
     TryScreen .try-rewards { height: auto; }
     TryScreen #try-legend { height: 1; }
+    TryScreen #try-pane-best { width: 1fr; height: 1fr; border: round $panel; padding: 0 1; }
+    TryScreen #try-pane-best.hidden { display: none; }
+    TryScreen #try-best-table { height: auto; max-height: 1fr; overflow-y: auto; }
     """
 
     BINDINGS = [
@@ -259,6 +290,9 @@ class TryScreen(Screen):
         Binding("c", "set_model(1)", "Compare"),
         Binding("g", "toggle_greedy", "Sampling"),  # greedy ⇄ sample (short: the footer fits at 80)
         Binding("ctrl+r", "generate", "Run again"),
+        Binding("b", "best_of", "Best-of", show=False),  # the models line says "b best-of N by …"
+        Binding("n", "cycle_best_n", "Best-of N", show=False),
+        Binding("s", "cycle_select", "Best-of selection", show=False),
         Binding("slash", "focus_prompt", "Prompt", show=False),
     ]
 
@@ -277,6 +311,13 @@ class TryScreen(Screen):
             super().__init__()
             self.run, self.text = run, text
 
+    class BestDone(Message):
+        def __init__(self, gen: int, results: list[InferResult], cands: list[Any], chosen: int | None, n: int,
+                     select: str, error: CARLError | None = None) -> None:
+            super().__init__()
+            self.gen, self.results, self.cands, self.chosen = gen, results, cands, chosen
+            self.n, self.select, self.error = n, select, error
+
     def __init__(self, model: str | None = None, *, adapter: str | None = None, run: str | None = None,
                  compare: str | None = None, prompt: str | None = None,
                  max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS, greedy: bool = True, temperature: float = 1.0,
@@ -293,6 +334,9 @@ class TryScreen(Screen):
         self._cancel = threading.Event()
         self._generating = False
         self._editing: int | None = None
+        self.best_n, self.best_select = DEFAULT_BEST_OF, DEFAULT_SELECT
+        self.best: dict[str, Any] | None = None  # the last best-of-N: results, candidates, chosen, n, select
+        self._best_mode = False  # pane A shows the chosen candidate, the candidates pane is up
 
     # ---- layout
     def compose(self) -> ComposeResult:
@@ -318,6 +362,9 @@ class TryScreen(Screen):
                         yield TokenView(id=f"try-view-{i}", classes="try-tokens")
                         yield Static(" ", classes="try-detail", id=f"try-detail-{i}")
                         yield Static(" ", classes="try-rewards", id=f"try-rewards-{i}")
+                with Vertical(classes="hidden", id="try-pane-best"):
+                    yield Static("best-of", classes="try-title", id="try-best-title")
+                    yield Static(" ", id="try-best-table")
             yield Static(id="try-legend")
         yield Footer()
 
@@ -376,10 +423,12 @@ class TryScreen(Screen):
         mode = "greedy" if s.is_greedy else f"sampling T {s.temperature:g} · top-p {s.top_p:g} · seed {s.seed}"
         labels = [(r.label if r else "no model (m)") for r in self.refs]
         compare = "" if self.refs[1] is not None else " · c compare"
-        self.query_one("#try-models", Static).update(f"{mode} · ≤{s.max_new_tokens} new tokens{compare}")
+        best = f" · b best-of {self.best_n} by {self.best_select}"
+        self.query_one("#try-models", Static).update(f"{mode} · ≤{s.max_new_tokens} new tokens{compare}{best}")
         for i in range(2):
             self.query_one(f"#try-title-{i}", Static).update(Text(f"{'AB'[i]} · {labels[i]}"))
-        self.query_one("#try-pane-1").set_class(self.refs[1] is None, "hidden")
+        self.query_one("#try-pane-1").set_class(self.refs[1] is None or self._best_mode, "hidden")
+        self.query_one("#try-pane-best").set_class(not self._best_mode, "hidden")
 
     def action_set_model(self, pane: int) -> None:
         self._editing = pane
@@ -451,6 +500,9 @@ class TryScreen(Screen):
         self._cancel = threading.Event()
         self._gen += 1
         self._generating = True
+        if self._best_mode:  # back to a single generation (and the compare pane, if any)
+            self._best_mode = False
+            self._show_models()
         panes = [i for i in range(2) if self.refs[i] is not None]
         for i in panes:
             self.results[i] = None
@@ -523,6 +575,104 @@ class TryScreen(Screen):
                 view0 = self.query_one("#try-view-0", TokenView)
                 if view0.steps:
                     view0.focus()
+
+    # ---- best-of-N
+    def action_cycle_best_n(self) -> None:
+        i = BEST_OF_NS.index(self.best_n) if self.best_n in BEST_OF_NS else -1
+        self.best_n = BEST_OF_NS[(i + 1) % len(BEST_OF_NS)]
+        self._show_models()
+
+    def action_cycle_select(self) -> None:
+        self.best_select = SELECTIONS[(SELECTIONS.index(self.best_select) + 1) % len(SELECTIONS)]
+        self._show_models()
+
+    def best_sampling(self) -> Sampling:
+        """Best-of-N samples (greedy would give N identical candidates): the panel's temperature and top-p, its
+        seed (0 when none), candidate i with seed + i."""
+        s = self.sampling
+        return Sampling(max_new_tokens=s.max_new_tokens, temperature=s.temperature, top_p=s.top_p, greedy=False,
+                        seed=s.seed if s.seed is not None else 0)
+
+    def action_best_of(self) -> None:
+        prompt = self.query_one("#try-prompt", Input).value
+        if self.refs[0] is None:
+            self._set_status("No model yet: press m and name one (run:RUN, a path, a Hub id or builtin:tiny).",
+                             error=True)
+            return
+        if not prompt.strip():
+            self._set_status("Type a prompt first.", error=True)
+            return
+        self._cancel.set()
+        self._cancel = threading.Event()
+        self._gen += 1
+        self._generating = True
+        self._best_mode = True
+        self.best = None
+        self.results[0] = None
+        self.query_one("#try-view-0", TokenView).clear("waiting …")
+        self._update_pane(0)
+        self.query_one("#try-best-title", Static).update(Text(f"best of {self.best_n} by {self.best_select}"))
+        self.query_one("#try-best-table", Static).update(Text(" "))
+        self._show_models()
+        self._set_status(f"best-of {self.best_n}: sampling … (esc cancels)")
+        self._best_of(self._gen, prompt, self.refs[0], self.best_n, self.best_select, self.best_sampling(),
+                      self._cancel)
+
+    @work(thread=True, exclusive=True, group="try-generate")
+    def _best_of(self, gen: int, prompt: str, ref: ModelRef, n: int, select: str, sampling: Sampling,
+                 cancel: threading.Event) -> None:
+        from engine import infer
+        from engine.bestof import generate_candidates
+
+        run = _Run(gen, 0)
+        try:
+            self.post_message(self.Status(run, f"loading {ref.label} …"))
+            ctx = context_of(self)
+            st = infer.settings_for(ref, config_path=ctx.config_path, cwd=ctx.cwd, home=ctx.home)
+            lm = infer.load(ref)
+            progress = lambda i, r: self.post_message(  # noqa: E731
+                self.Status(run, f"best-of {n}: candidate {i + 1}/{n} done (esc cancels)"))
+            results, cands, chosen = generate_candidates(lm, prompt, n, select, sampling, weights=st.weights,
+                                                         fmt=st.prompt_format(), cancel=cancel, progress=progress)
+            self.post_message(self.BestDone(gen, results, cands, chosen, n, select))
+        except CARLError as exc:
+            self.post_message(self.BestDone(gen, [], [], None, n, select, exc))
+        except Exception as exc:  # a model that fails mid-generation: say so, keep the app
+            self.post_message(self.BestDone(gen, [], [], None, n, select, CARLError(f"{type(exc).__name__}: {exc}")))
+
+    def on_try_screen_best_done(self, message: "TryScreen.BestDone") -> None:
+        if message.gen != self._gen:
+            return
+        self._generating = False
+        view = self.query_one("#try-view-0", TokenView)
+        if message.error is not None:
+            view.set_placeholder(f"{message.error.code}: {message.error.message}")
+            self._set_status(f"best-of: {message.error.code}: {message.error.message} — {message.error.hint}",
+                             error=True)
+            return
+        if message.chosen is None:
+            view.set_placeholder("cancelled before the first candidate")
+            self._set_status("cancelled · no candidate")
+            return
+        k = message.chosen
+        self.best = {"results": message.results, "candidates": message.cands, "chosen": k, "n": message.n,
+                     "select": message.select}
+        chosen = message.results[k]
+        view.clear()
+        for step in chosen.steps:
+            view.append(step)
+        self.results[0] = chosen
+        self._update_pane(0)
+        done = len(message.cands)
+        of = f"{done} of {message.n} (cancelled)" if done < message.n else f"{message.n}"
+        seeds = [c.seed for c in message.cands]
+        temp = self.best_sampling().temperature
+        self.query_one("#try-best-title", Static).update(
+            Text(f"best of {of} by {message.select} · seeds {seeds[0]}–{seeds[-1]} · T {temp:g}"))
+        self.query_one("#try-best-table", Static).update(candidates_table(message.cands, k, message.select))
+        self._set_status(f"best-of {of}: chosen #{k} by {message.select} ({message.cands[k].answer!r}) · "
+                         f"←/→ move the cursor")
+        view.focus()
 
     def action_cancel(self) -> None:
         if self._editing is not None:

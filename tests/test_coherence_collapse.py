@@ -9,9 +9,12 @@ from pathlib import Path
 import pytest
 
 DATA = Path(__file__).parent / "data" / "coherence"
-# ungated CARL from the sparse start: distinct answers per group 7.5 → ~3.5; task only from the same start
-COLLAPSING = ["sparse-ungated-0", "sparse-ungated-1"]
-HEALTHY = ["sparse-task-0"]
+# ungated CARL from the sparse start: distinct answers per group 7.5 → ~3.5; ungated from the untrained start
+# (answers shrink to one token, 7.6 → 1.8); percentile-gated CARL from the sparse start (7.6 → 1.8)
+COLLAPSING = ["sparse-ungated-0", "sparse-ungated-1", "untrained-ungated-0", "sparse-percentile-1"]
+# task only from the sparse, warm and untrained starts; ungated CARL from the warm start, which does not collapse
+# (its task reward rises, held-out 0.33 → 0.445): none may be flagged
+HEALTHY = ["sparse-task-0", "warm-task-0", "untrained-task-0", "warm-ungated-0"]
 
 
 def frames_of(name):
@@ -49,6 +52,13 @@ def test_no_collapse_warning_on_a_healthy_run(name):
 
     s = summarize(frames_of(name), source=name, run=name)
     assert "collapse.onset" not in {f["code"] for f in s["health"]["findings"]}
+
+
+def test_the_sparse_task_only_run_is_still_guessing():
+    from engine.observe.analysis import summarize
+
+    name = "sparse-task-0"
+    s = summarize(frames_of(name), source=name, run=name)
     # the sparse start's Phi does not move: no crystallization, still guessing (SIGMA would say "knowing")
     assert s["phi"]["first"] > 3 / 16
     assert s["crystallization_step"] is None and s["phase"] == "guessing"

@@ -111,6 +111,24 @@ def test_try_panel_side_by_side_compare(snap_compare, snap_home, snap_env, runs,
                         terminal_size=size)
 
 
+BEST_OF = ([*PROMPT, "escape"], ["b"])  # prompt typed, Esc to the tokens (letters are keys), b: best-of 8
+
+
+@pytest.mark.parametrize("size", SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
+def test_try_panel_best_of_candidates(snap_compare, snap_home, snap_env, runs, size):
+    """b: best-of-8 by logprob (seeds 0–7) — the 8 candidates with their scores, the chosen one marked ▶, pane A
+    shows the chosen candidate's tokens."""
+    app = make_app(snap_home, run=BASE)
+    assert snap_compare(app, run_before=keys(*BEST_OF), terminal_size=size)
+
+
+def test_try_panel_best_of_4_by_carl(snap_compare, snap_home, snap_env, runs):
+    """n cycles N (8 → 16 → 4), s cycles the selection (logprob → majority → random → phi → carl)."""
+    app = make_app(snap_home, run=BASE)
+    assert snap_compare(app, run_before=keys([*PROMPT, "escape"], ["n", "n", "s", "s", "s", "s"], ["b"]),
+                        terminal_size=(80, 24))
+
+
 def test_try_panel_no_color_reads_through_glyphs(snap_compare, snap_home, snap_env, runs, monkeypatch):
     monkeypatch.setenv("NO_COLOR", "1")
     app = make_app(snap_home, run=LORA)
@@ -239,3 +257,46 @@ async def test_a_runs_model_is_scored_with_the_runs_carl_weights(runs, tmp_path)
         assert res.rewards["carl"] == pytest.approx(res.rewards["cloud"])
         assert res.rewards["carl"] != pytest.approx(0.5 * res.rewards["coherence"] + 0.3 * res.rewards["cloud"]
                                                     + 0.2 * res.rewards["discontinuity"])
+
+
+@pytest.mark.anyio
+async def test_best_of_lists_the_engines_candidates_and_marks_the_chosen_one(runs, tmp_path):
+    """The panel's best-of-N is engine.infer.best_of's: same candidates (seed i = seed + i), same scores, same
+    choice; Enter goes back to a single generation."""
+    import io
+
+    from engine.bestof import SELECTIONS
+
+    app = make_app(tmp_path, run=BASE, compare=f"run:{LORA}")
+    async with app.run_test(size=(120, 40)) as pilot:
+        await settle(pilot)
+        await pilot.press(*PROMPT, "escape", "s")  # logprob → majority
+        await pilot.press("b")
+        await settle(pilot)
+        scr = app.screen
+        assert scr.best_select == "majority" == SELECTIONS[(SELECTIONS.index("logprob") + 1) % len(SELECTIONS)]
+        best = scr.best
+        assert best is not None and best["n"] == 8 and len(best["candidates"]) == 8
+        assert scr.query_one("#try-pane-1").has_class("hidden")  # the candidates take the compare pane's place
+        assert not scr.query_one("#try-pane-best").has_class("hidden")
+        lm = infer.load(infer.resolve(run=BASE))
+        ref = infer.best_of(lm, PROMPT, 8, "majority", infer.Sampling(max_new_tokens=32, seed=0))
+        assert [c.text for c in best["candidates"]] == [c["text"] for c in ref["candidates"]]
+        assert [c.scores for c in best["candidates"]] == [pytest.approx(c["scores"]) for c in ref["candidates"]]
+        assert best["chosen"] == ref["chosen"]
+        k = best["chosen"]
+        # pane A holds the chosen candidate's tokens; the table marks it
+        assert [s.token_id for s in views(app)[0].steps] == ref["result"]["token_ids"]
+        from rich.console import Console
+
+        console = Console(width=60, record=True, file=io.StringIO())
+        console.print(scr.query_one("#try-best-table").content)
+        table = console.export_text()
+        marked = [line for line in table.splitlines() if line.lstrip().startswith("▶")]
+        assert len(marked) == 1 and marked[0].split()[1] == str(k)
+        assert f"chosen #{k} by majority" in status(app)
+        await pilot.press("slash", "enter")  # back to one generation: the compare pane returns
+        await settle(pilot)
+        assert not scr.query_one("#try-pane-1").has_class("hidden")
+        assert scr.query_one("#try-pane-best").has_class("hidden")
+        assert scr.results[0] is not None and scr.results[1] is not None

@@ -131,6 +131,9 @@ def make_callback(run_dir: Path, *, state_ref: Callable[[], Any], should_stop: C
             self.writer.write(frame if stage is None else {**frame.to_dict(), "stage": stage})
             if on_frame is not None:
                 on_frame(frame)
+                if should_stop():  # e.g. cascade.on_collapse=stop fired on this frame: stop at this very step
+                    control.should_save = True  # (the Trainer saves after on_log, then ends the loop)
+                    control.should_training_stop = True
             if self.trackio is not None:
                 d = frame.to_dict()
                 flat = {k: v for k, v in d.items() if isinstance(v, (int, float)) and k not in ("step", "timestamp")}

@@ -2,6 +2,7 @@
 
     python bench/coherence_runs.py /tmp/coherence-exp/runs ...     # the runs (docs/coherence.md)
     python tests/data/make_coherence_data.py /tmp/coherence-exp/runs
+    python tests/data/make_coherence_data.py /tmp/coh-runs/runs RUN [RUN …]   # only these runs' frames, no models
 
 Frames keep the fields the collapse warning and the phase read (step, phi, entropy, task_reward,
 completion_length, clipped_ratio, frac_reward_zero_std and the two distinct-completion counts); a run recorded
@@ -25,12 +26,13 @@ MODELS = {"collapsed": "sparse-ungated-0", "healthy": "sparse-task-0"}
 
 def main() -> int:
     src = Path(sys.argv[1])
+    only = set(sys.argv[2:])
     dst = Path(__file__).parent / "coherence"
     (dst / "frames").mkdir(parents=True, exist_ok=True)
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
     from engine.coherence import phi_from_mean_entropy, vocab_size_from_dir
 
-    for d in sorted(p for p in src.iterdir() if (p / "frames.jsonl").is_file()):
+    for d in sorted(p for p in src.iterdir() if (p / "frames.jsonl").is_file() and (not only or p.name in only)):
         lines = []
         vocab = vocab_size_from_dir(d / "final")
         for line in (d / "frames.jsonl").read_text().splitlines():
@@ -41,6 +43,8 @@ def main() -> int:
             out["extra"] = {k: f["extra"][k] for k in EXTRA if k in (f.get("extra") or {})}
             lines.append(json.dumps(out, separators=(",", ":")))
         (dst / "frames" / f"{d.name}.jsonl").write_text("\n".join(lines) + "\n")
+    if only:
+        return 0
     import torch
     from safetensors.torch import load_file, save_file
 

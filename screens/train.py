@@ -25,6 +25,7 @@ from textual.worker import get_current_worker
 from engine.frames import Frame
 from engine.probe import SIGMA
 from screens.context import context_of
+from screens.widgets.agent import AgentPanel
 from screens.widgets.charts import MetricChart
 
 POLL_S = 0.25
@@ -111,6 +112,7 @@ class TrainScreen(Screen):
             yield Static("", id="plan")
             yield Static("", id="status")
             yield Static("", id="hw")
+            yield AgentPanel("", id="agent")  # agent runs: task completion, tool format, tool calls/task
         with Horizontal(id="charts"):
             yield MetricChart("Φ  (σ = 3/16)", sigma=SIGMA, id="chart-phi")
             yield MetricChart("reward: task vs CARL", id="chart-reward")
@@ -189,6 +191,7 @@ class TrainScreen(Screen):
         self.samples.clear()
         for chart in self.query(MetricChart):
             chart.clear()
+        self.query_one(AgentPanel).set_frames([])
         self.plan = read_json(d / "plan.json") or self.plan
         self._tails = (JsonlTail(d / "frames.jsonl"), JsonlTail(d / "events.jsonl"))
         meta = self.store.meta(run_id)
@@ -248,6 +251,7 @@ class TrainScreen(Screen):
             for f in new:
                 if f.sample:
                     self.samples.append(f"{f.step:>4}  {f.sample}")
+            self.query_one(AgentPanel).set_frames(self.frames)
         self.refresh_text()
 
     # ---- text

@@ -313,7 +313,7 @@ PRESET_DESCRIPTIONS: dict[str, str] = {
     "tiny-cpu": "The built-in demo: tiny local model, 2-digit addition, CPU, no downloads (minutes).",
     "lora-7b": "LoRA GRPO on Qwen2.5-7B-Instruct with GSM8K (one 24-80 GB GPU).",
     "full-gpu": "Full fine-tune of Qwen2.5-1.5B-Instruct with GSM8K on 4 GPUs.",
-    "agent-sql-cpu": "Agent demo: a tiny local model calls an SQL tool; GRPO raises held-out task completion (CPU).",
+    "agent-sql-cpu": "Agent demo: a tiny local model answers with an SQL tool, trained by GRPO on CPU (no downloads).",
 }
 # Qwen2.5's recommended system prompt for math; the presets' reward reads the answer from the last \boxed{}.
 MATH_SYSTEM_PROMPT = "Please reason step by step, and put your final answer within \\boxed{}."

@@ -365,6 +365,7 @@ PRESET_DESCRIPTIONS: dict[str, str] = {
     "tiny-cpu": "The built-in demo: tiny local model, 2-digit addition, CPU, no downloads (minutes).",
     "lora-7b": "LoRA GRPO on Qwen2.5-7B-Instruct with GSM8K (one 24-80 GB GPU).",
     "full-gpu": "Full fine-tune of Qwen2.5-1.5B-Instruct with GSM8K on 4 GPUs.",
+    "agent-sql-cpu": "Agent demo: a tiny local model answers with an SQL tool, trained by GRPO on CPU (no downloads).",
 }
 # Qwen2.5's recommended system prompt for math; the presets' reward reads the answer from the last \boxed{}.
 MATH_SYSTEM_PROMPT = "Please reason step by step, and put your final answer within \\boxed{}."
@@ -390,6 +391,18 @@ PRESETS: dict[str, dict[str, Any]] = {
         "grpo": {"max_steps": 1000, "learning_rate": 1e-6, "batch_size": 64, "num_generations": 8,
                  "max_prompt_length": 512, "max_completion_length": 1024, "logging_steps": 5, "save_steps": 200},
         "compute": {"device": "cuda", "gpus": 4, "gradient_checkpointing": True},
+    },
+    # the agent demo (docs/agents.md): a tiny tool-calling model built locally, generated SQL tasks, TRL's tool loop
+    "agent-sql-cpu": {
+        "project": {"name": "carl-agent-sql", "description": "A tiny model learns to answer with one SQL tool call."},
+        "model": {"name_or_path": "builtin:agent-sql"},
+        "dataset": {"source": "builtin:sql-tasks"},
+        "environment": {"kind": "sql", "max_tool_calls": 1},
+        "task": {"rewards": [{"kind": "python", "function": "engine.envs.rewards:sql_result"}]},
+        "grpo": {"max_steps": 40, "learning_rate": 1e-3, "batch_size": 32, "num_generations": 8,
+                 "max_prompt_length": 128, "max_completion_length": 48, "save_steps": 20},
+        "compute": {"device": "cpu"},
+        "eval": {"n_samples": 64},
     },
 }
 

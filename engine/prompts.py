@@ -169,6 +169,10 @@ def load_tokenizer(cfg: Any) -> Any:
 
             return AutoTokenizer.from_pretrained(str(d))
         return tiny.build_tokenizer()
+    if name == "builtin:agent-sql" and not cfg.model.tokenizer:  # the agent demo (engine/envs/demo.py)
+        from engine.envs import demo
+
+        return demo.tokenizer()
     from transformers import AutoTokenizer
 
     src = cfg.model.tokenizer or name

@@ -25,6 +25,7 @@ from textual.worker import get_current_worker
 from engine.frames import Frame
 from engine.probe import SIGMA
 from screens.context import context_of
+from screens.widgets.agent import AgentPanel
 from screens.widgets.charts import MetricChart
 from screens.widgets.stage_line import StageLine
 
@@ -113,6 +114,7 @@ class TrainScreen(Screen):
             yield Static("", id="status")
             yield StageLine("", id="stages")
             yield Static("", id="hw")
+            yield AgentPanel("", id="agent")  # agent runs: task completion, tool format, tool calls/task
         with Horizontal(id="charts"):
             yield MetricChart("Φ  (σ = 3/16)", sigma=SIGMA, id="chart-phi")
             yield MetricChart("reward: task vs CARL", id="chart-reward")
@@ -191,6 +193,7 @@ class TrainScreen(Screen):
         self.samples.clear()
         for chart in self.query(MetricChart):
             chart.clear()
+        self.query_one(AgentPanel).set_frames([])
         self.plan = read_json(d / "plan.json") or self.plan
         self._tails = (JsonlTail(d / "frames.jsonl"), JsonlTail(d / "events.jsonl"))
         meta = self.store.meta(run_id)
@@ -250,6 +253,7 @@ class TrainScreen(Screen):
             for f in new:
                 if f.sample:
                     self.samples.append(f"{f.step:>4}  {f.sample}")
+            self.query_one(AgentPanel).set_frames(self.frames)
         self.refresh_text()
 
     # ---- text

@@ -64,3 +64,25 @@ def test_agent_block_in_the_observe_summary():
     assert set(out["agent"]) == {"task_completion", "tool_format", "tool_calls_per_task", "call_frequency"}
     assert "agent" not in summarize([Frame(step=1, phi=0.5)], source="test", run=None)
     assert agent_summary([]) is None
+    turned = [Frame(step=s, extra={"agent/task_completion": 0.5, "agent/phi_turn_1": 0.8, "agent/phi_turn_2": p})
+              for s, p in ((1, 0.6), (2, 0.7))]
+    block = summarize(turned, source="test", run=None)["agent"]
+    assert block["phi_turn_1"]["last"] == 0.8 and block["phi_turn_2"] == {"first": 0.6, "last": 0.7,
+                                                                           "mean": pytest.approx(0.65), "steps": 2}
+
+
+def test_phi_per_assistant_turn_over_generated_tokens():
+    from engine.envs.training import phi_per_turn, turn_index
+
+    assert turn_index([1, 1, 0, 0, 1, 1, 1, 0, 1]) == [1, 1, 0, 0, 2, 2, 2, 0, 3]
+    assert turn_index([0, 1]) == [0, 1] and turn_index([]) == []
+    # two rollouts, padded to 6: row 0 = turn 1 (2 tokens), a tool result (2), turn 2 (2); row 1 = one turn of
+    # 3 tokens and padding (mask 0) whose Phi must not count
+    phi = torch.tensor([[0.2, 0.4, 0.9, 0.9, 0.8, 1.0], [0.6, 0.6, 0.9, 0.1, 0.1, 0.1]])
+    mask = torch.tensor([[1, 1, 1, 1, 1, 1], [1, 1, 1, 0, 0, 0]])
+    tool_mask = [[1, 1, 0, 0, 1, 1], [1, 1, 1]]
+    masked = apply_tool_mask(mask, tool_mask)
+    turns = phi_per_turn(phi, masked, tool_mask)
+    assert turns == pytest.approx([(0.3 + 0.7) / 2, 0.9])  # turn 1: mean of the rollouts' means; turn 2: row 0
+    assert phi_per_turn(phi, mask, None) == pytest.approx([(0.7 + 0.7) / 2])  # no tool mask: one turn each
+    assert phi_per_turn(phi, torch.zeros_like(mask), tool_mask) == []

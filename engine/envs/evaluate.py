@@ -120,6 +120,9 @@ def evaluate_agent(model, tok, rows: list[dict[str, Any]], cfg, n: int | None = 
         phi, sel, mask = field_from_forward(model, [outs[i]["prompt_ids"] for i in keep],
                                             [outs[i]["completion_ids"] for i in keep], pad)
         mask = apply_tool_mask(mask, [outs[i]["mask"] for i in keep])
+        from engine.envs.training import phi_per_turn
+
+        out["phi_turns"] = phi_per_turn(phi, mask, [outs[i]["mask"] for i in keep])  # mean Phi per assistant turn
         comps = carl_from_field(phi, sel, mask, cfg.rewards.carl.weights.model_dump())
         m = mask.float()
         out["phi_mean"] = float((phi * m).sum() / m.sum().clamp(min=1))
@@ -128,7 +131,8 @@ def evaluate_agent(model, tok, rows: list[dict[str, Any]], cfg, n: int | None = 
         out["crystallized_fraction"] = float(((phi >= SIGMA) & mask.bool()).sum() / m.sum().clamp(min=1))
         out["phi_spread"] = phi_spread(phi, mask.bool())
     else:
-        out.update(phi_mean=None, coherence=None, cloud=None, discontinuity=None, carl=None, phi_spread=None)
+        out.update(phi_mean=None, coherence=None, cloud=None, discontinuity=None, carl=None, phi_spread=None,
+                   phi_turns=[])
     # the eval gate's collapse checks read the final answers (the last assistant message of each rollout)
     out.update(answer_stats([_final_text(c) for c in completions]))
     out["completion_length"] = sum(sum(o["mask"]) for o in outs) / max(1, len(outs))

@@ -2,7 +2,8 @@
 
 Frames carry them as extra metrics logged by the environment's task reward each step (engine/envs/rewards.py):
 ``agent/task_completion``, ``agent/tool_format``, ``agent/tool_calls_per_task``; TRL adds
-``tools/call_frequency`` and ``tools/failure_frequency``.
+``tools/call_frequency`` and ``tools/failure_frequency``; the CARL reward logs ``agent/phi_turn_1``, ``…_2`` (mean
+Phi per assistant turn), summarised here too.
 """
 
 from __future__ import annotations
@@ -11,12 +12,16 @@ from typing import Any, Sequence
 
 AGENT_METRICS = ("agent/task_completion", "agent/tool_format", "agent/tool_calls_per_task")
 TRL_TOOL_METRICS = ("tools/call_frequency", "tools/failure_frequency")
+TURN_PREFIX = "agent/phi_turn_"  # mean Phi of assistant turn N (engine/envs/training.py: phi_per_turn)
 
 
 def agent_summary(frames: Sequence[Any]) -> dict[str, Any] | None:
     """``{name: {"first", "last", "mean", "steps"}}`` for each agent metric present; None for a non-agent run."""
     out: dict[str, Any] = {}
-    for name in AGENT_METRICS + TRL_TOOL_METRICS:
+    names = {k for f in frames for k in (getattr(f, "extra", None) or {})}
+    turns = sorted({k for k in names if k.startswith(TURN_PREFIX) and k[len(TURN_PREFIX):].isdigit()},
+                   key=lambda k: int(k[len(TURN_PREFIX):]))
+    for name in AGENT_METRICS + TRL_TOOL_METRICS + tuple(turns):
         vals = []
         for f in frames:
             v = f.get(name)

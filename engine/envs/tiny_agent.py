@@ -25,34 +25,40 @@ def _wrap(tok):
     return fast
 
 
-def build_tokenizer(corpus: Sequence[str] | None = None, vocab_size: int = 2048):
+def build_tokenizer(corpus: Sequence[str] | None = None, vocab_size: int = 2048, *, split_digits: bool = False):
     """Byte-level; with a ``corpus`` (e.g. rendered prompts and transcripts), BPE merges are trained on it so the
-    long tool-schema system prompt becomes a few tokens: every byte still encodes, only faster."""
+    long tool-schema system prompt becomes a few tokens: every byte still encodes, only faster.
+    ``split_digits``: every digit is its own token (no merge spans one), so a number reads and writes the same
+    in a question, a query and a tool result."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
     alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    pre = pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True), byte_level]) \
+        if split_digits else byte_level
     if corpus:
         tok = Tokenizer(models.BPE())
-        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+        tok.pre_tokenizer = pre
         tok.decoder = decoders.ByteLevel()
         trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL, initial_alphabet=alphabet,
                                       show_progress=False, min_frequency=2)
         tok.train_from_iterator(list(corpus), trainer=trainer)
         return _wrap(tok)
     tok = Tokenizer(models.BPE(vocab={ch: i for i, ch in enumerate(alphabet)}, merges=[]))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    tok.pre_tokenizer = pre
     tok.decoder = decoders.ByteLevel()
     tok.add_special_tokens(SPECIAL)
     return _wrap(tok)
 
 
-def build_model(tokenizer, seed: int = 0):
+def build_model(tokenizer, seed: int = 0, **sizes: Any):
+    """A random-init Qwen2-architecture model (``sizes`` override MODEL_KW's)."""
     import torch
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
     torch.manual_seed(seed)
     cfg = Qwen2Config(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
-                      eos_token_id=tokenizer.eos_token_id, bos_token_id=None, **MODEL_KW)
+                      eos_token_id=tokenizer.eos_token_id, bos_token_id=None, **{**MODEL_KW, **sizes})
     return Qwen2ForCausalLM(cfg)
 
 

@@ -44,3 +44,38 @@ def generated_fraction(tool_mask: Sequence[Sequence[int]] | None) -> float | Non
         return None
     total = sum(len(r) for r in tool_mask)
     return (sum(int(x) for r in tool_mask for x in r) / total) if total else None
+
+
+def turn_index(tool_mask_row: Sequence[int]) -> list[int]:
+    """Per completion token: the assistant turn it belongs to (1, 2, …; a turn is a maximal run of generated
+    tokens, tool_mask 1) or 0 for a tool-result token TRL spliced in."""
+    out, turn, prev = [], 0, 0
+    for x in tool_mask_row:
+        x = int(x)
+        if x and not prev:
+            turn += 1
+        out.append(turn if x else 0)
+        prev = x
+    return out
+
+
+def phi_per_turn(phi: Any, mask: Any, tool_mask: Sequence[Sequence[int]] | Any | None) -> list[float]:
+    """Mean Phi of each assistant turn: ``[turn 1, turn 2, …]``, each the mean over the rollouts that have that
+    turn of the rollout's mean Phi over the turn's scored tokens (``mask`` 1: generated, not padding).
+    Without a tool mask every completion is one turn. ``phi``/``mask``: [B, T] aligned at the first completion
+    token (what the CARL reward sees)."""
+    rows = [list(map(int, r.tolist() if hasattr(r, "tolist") else r)) for r in tool_mask] \
+        if tool_mask is not None else None
+    ph = phi.detach().float().cpu().tolist()
+    mk = mask.detach().cpu().tolist()
+    sums: dict[int, list[float]] = {}
+    for i, (p_row, m_row) in enumerate(zip(ph, mk)):
+        turns = turn_index(rows[i]) if rows is not None and i < len(rows) else [1] * len(p_row)
+        per: dict[int, list[float]] = {}
+        for j, (p, m) in enumerate(zip(p_row, m_row)):
+            t = turns[j] if j < len(turns) else (turns[-1] if turns and turns[-1] else 0)
+            if m and t:
+                per.setdefault(t, []).append(float(p))
+        for t, vals in per.items():
+            sums.setdefault(t, []).append(sum(vals) / len(vals))
+    return [sum(sums[t]) / len(sums[t]) for t in sorted(sums)] if sums else []

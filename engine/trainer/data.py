@@ -75,8 +75,12 @@ def load_rows(cfg, cwd: Path | None = None) -> tuple[list[dict[str, Any]], list[
         if cfg.dataset.max_samples:
             train = train[: cfg.dataset.max_samples]
         return train, tiny.rows(heldout)
+    if src == "builtin:sql-tasks":  # the agent demo's SQL tasks (engine/envs/demo.py)
+        from engine.envs import demo
+
+        return demo.load_rows(cfg)
     if src.startswith("builtin:"):
-        raise ConfigError(f"unknown built-in dataset {src!r}", hint="Built-ins: builtin:addition.",
+        raise ConfigError(f"unknown built-in dataset {src!r}", hint="Built-ins: builtin:addition, builtin:sql-tasks.",
                           context={"source": src})
     rows = _normalise(_load_rows(src, cfg.dataset.split, cwd), cfg)
     if cfg.dataset.eval_split:

@@ -229,6 +229,10 @@ class RewardState:
                     frac = generated_fraction(self.tool_mask)
                     if frac is not None:  # the share of completion tokens CARL scored (the rest: tool results)
                         log_metric("agent/generated_fraction", frac)
+                    from engine.envs.training import phi_per_turn
+
+                    for k, v in enumerate(phi_per_turn(phi, mask, self.tool_mask), 1):  # per assistant turn
+                        log_metric(f"agent/phi_turn_{k}", v)
                 if self.cascade.last_tied_fraction is not None:
                     log_metric("carl/tied_groups", self.cascade.last_tied_fraction)
             # CARL's own cost this batch: this function (field, components, gate, combine) + the generation capture
@@ -301,6 +305,11 @@ def load_model_and_tokenizer(cfg, device: str, log: Callable[[str], None] = lamb
 
         path = str(ensure_tiny(log=log))
         tok_path = path
+    elif name == "builtin:agent-sql":  # the agent demo's tool-calling model (engine/envs/demo.py)
+        from engine.envs.demo import ensure
+
+        path = str(ensure(log=log))
+        tok_path = cfg.model.tokenizer or str(Path(path) / "tokenizer")
     else:
         path = name
         tok_path = cfg.model.tokenizer or name

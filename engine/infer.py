@@ -707,7 +707,9 @@ def load(ref: ModelRef, *, device: str | None = None, dtype: str = "auto",
 
 def _load_uncached(ref: ModelRef, device: str, dtype: str, log: Callable[[str], None] | None) -> LoadedModel:
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
+
+    from engine.hf_load import load_tokenizer
 
     if log:
         log(f"loading {ref.label or ref.model}" + (f" + adapter {ref.adapter}" if ref.adapter else "") + f" on {device}")
@@ -722,7 +724,7 @@ def _load_uncached(ref: ModelRef, device: str, dtype: str, log: Callable[[str], 
     hf_logging.disable_progress_bar()  # no tqdm on a terminal the workbench owns; progress is ours to report
     try:
         try:
-            tok = AutoTokenizer.from_pretrained(ref.tokenizer or ref.model)
+            tok = load_tokenizer(ref.tokenizer or ref.model)
             model = AutoModelForCausalLM.from_pretrained(ref.model, dtype=torch_dtype)
         except (OSError, ValueError, KeyError) as exc:
             offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")

@@ -165,19 +165,19 @@ def load_tokenizer(cfg: Any) -> Any:
 
         d = tiny.tiny_dir()
         if (d / "tokenizer.json").is_file():
-            from transformers import AutoTokenizer
+            from engine.hf_load import load_tokenizer
 
-            return AutoTokenizer.from_pretrained(str(d))
+            return load_tokenizer(d)
         return tiny.build_tokenizer()
     if name == "builtin:agent-sql" and not cfg.model.tokenizer:  # the agent demo (engine/envs/demo.py)
         from engine.envs import demo
 
         return demo.tokenizer()
-    from transformers import AutoTokenizer
+    from engine.hf_load import load_tokenizer
 
     src = cfg.model.tokenizer or name
     try:
-        return AutoTokenizer.from_pretrained(src, trust_remote_code=cfg.model.trust_remote_code)
+        return load_tokenizer(src, trust_remote_code=cfg.model.trust_remote_code)
     except (OSError, ValueError) as exc:
         first = (str(exc).strip().splitlines() or [""])[0][:300]
         if "couldn't connect" in str(exc) and not Path(src).expanduser().exists():

@@ -89,3 +89,19 @@ def test_preset_resolves_and_runs_end_to_end(tmp_path):
         assert "agent/task_completion" in f["extra"] and "agent/tool_calls_per_task" in f["extra"]
         if f["extra"]["agent/tool_calls_per_task"] > 0 and "agent/generated_fraction" in f["extra"]:
             assert 0.0 <= f["extra"]["agent/phi_turn_1"] <= 1.0  # per-turn Phi of the first assistant turn
+
+    # The run's own final/ (a Qwen2 config beside the digit-splitting tokenizer) loads the tokenizer it was
+    # trained with, so eval --run scores the model on the text it learnt (engine/hf_load.py).
+    from engine.hf_load import load_tokenizer
+
+    probe = "SELECT COUNT(*) FROM t WHERE x > 37"
+    cached = Path(env["CARL_HOME"]) / "cache" / f"agent-sql-v{demo.VERSION}-w5" / "tokenizer"
+    assert load_tokenizer(run_dir / "final")(probe)["input_ids"] == load_tokenizer(cached)(probe)["input_ids"]
+    r = carl("eval", "--run", done[0]["run_id"], "--n", "4", "--threshold", "0")
+    assert r.returncode in (0, 1), r.stderr[-3000:]  # 1: the gate's verdict (a 5-step warm start may collapse)
+    verdict = json.loads(r.stdout)
+    assert verdict["pass"] is (r.returncode == 0)
+    for k in ("task_metric", "task_completion", "tool_format", "tool_calls_per_task"):
+        a, b = verdict["metrics"][k], meta["eval"]["after"][k]  # the same greedy rollouts the worker scored
+        nan = lambda v: v is None or v != v  # noqa: E731 — no tool call at all: no format rate (NaN; JSON null)
+        assert a == b or (nan(a) and nan(b)), (k, a, b)

@@ -182,9 +182,9 @@ def tokenizer(root: Path | None = None):
     """The cached demo's tokenizer, else the same one built in memory (what ``train --dry-run`` shows)."""
     d = cache_dir(root) / "tokenizer"
     if (d / "tokenizer.json").is_file():
-        from transformers import AutoTokenizer
+        from engine.hf_load import load_tokenizer
 
-        return AutoTokenizer.from_pretrained(str(d))
+        return load_tokenizer(d)
     return build_tokenizer()
 
 

@@ -141,7 +141,9 @@ def decide(metrics: dict[str, Any], ecfg, threshold: float | None = None) -> tup
 
 def load_for_eval(path: Path, cfg):
     """A model (full or LoRA adapter) and tokenizer from a run's final/ or checkpoint dir, or an adapter path."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
+
+    from engine.hf_load import load_tokenizer
 
     path = Path(path)
     if (path / "adapter_config.json").is_file():
@@ -161,7 +163,7 @@ def load_for_eval(path: Path, cfg):
     else:
         model = AutoModelForCausalLM.from_pretrained(str(path))
         tok_src = path
-    tok = AutoTokenizer.from_pretrained(str(tok_src))
+    tok = load_tokenizer(tok_src)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     tok.padding_side = "left"

@@ -297,7 +297,9 @@ def attach_capture(model, capture) -> None:
 
 def load_model_and_tokenizer(cfg, device: str, log: Callable[[str], None] = lambda m: None):
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
+
+    from engine.hf_load import load_tokenizer
 
     name = cfg.model.name_or_path
     if name == "builtin:tiny":
@@ -320,7 +322,7 @@ def load_model_and_tokenizer(cfg, device: str, log: Callable[[str], None] = lamb
     check_quantization(cfg, device)
     quant = {"quantization_config": quantization_config(cfg)} if cfg.model.quantization != "none" else {}
     try:
-        tok = AutoTokenizer.from_pretrained(tok_path, trust_remote_code=cfg.model.trust_remote_code)
+        tok = load_tokenizer(tok_path, trust_remote_code=cfg.model.trust_remote_code)
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, trust_remote_code=cfg.model.trust_remote_code,
                                                      **quant)
     except OSError as exc:

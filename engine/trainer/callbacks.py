@@ -120,7 +120,10 @@ def make_callback(run_dir: Path, *, state_ref: Callable[[], Any], should_stop: C
             if "loss" not in logs and "reward" not in logs:  # the final train summary, not a step
                 return
             step = int(state.global_step)
-            if step <= skip_until or self.writer is None:
+            if step <= skip_until:
+                return
+            if self.writer is None:  # not the main process: it takes part in the main one's stop decision below
+                self._stop_here(control)
                 return
             times = self.step_times[-max(1, args.logging_steps):]
             frame = frame_from_logs(step, logs, state_ref(), sum(times) / len(times) if times else None)
@@ -131,9 +134,7 @@ def make_callback(run_dir: Path, *, state_ref: Callable[[], Any], should_stop: C
             self.writer.write(frame if stage is None else {**frame.to_dict(), "stage": stage})
             if on_frame is not None:
                 on_frame(frame)
-                if should_stop():  # e.g. cascade.on_collapse=stop fired on this frame: stop at this very step
-                    control.should_save = True  # (the Trainer saves after on_log, then ends the loop)
-                    control.should_training_stop = True
+            self._stop_here(control)
             if self.trackio is not None:
                 d = frame.to_dict()
                 flat = {k: v for k, v in d.items() if isinstance(v, (int, float)) and k not in ("step", "timestamp")}
@@ -144,6 +145,14 @@ def make_callback(run_dir: Path, *, state_ref: Callable[[], Any], should_stop: C
                     self.trackio.log(flat, step=step)
                 except Exception as exc:
                     self._tracking_failed("log", exc, step, once=True)
+
+        def _stop_here(self, control) -> None:
+            """A stop asked for by this frame (e.g. cascade.on_collapse=stop fired in ``on_frame``) ends the run at
+            this very step: the Trainer saves after on_log, then leaves the loop. ``should_stop`` may be a collective
+            (several processes: any rank asked), so every rank calls it here, once per logged step."""
+            if on_frame is not None and should_stop():
+                control.should_save = True
+                control.should_training_stop = True
 
         def on_save(self, args, state, control, **kw):
             step = int(state.global_step)

@@ -487,14 +487,21 @@ class TryScreen(Screen):
     def _prompt_submitted(self, event: Input.Submitted) -> None:
         self.action_generate()
 
-    def action_generate(self) -> None:
+    def _ready_prompt(self) -> str | None:
+        """The prompt, when there is a model and a prompt to run; else None, with the status saying what is missing."""
         prompt = self.query_one("#try-prompt", Input).value
         if self.refs[0] is None:
             self._set_status("No model yet: press m and name one (run:RUN, a path, a Hub id or builtin:tiny).",
                              error=True)
-            return
+            return None
         if not prompt.strip():
             self._set_status("Type a prompt first.", error=True)
+            return None
+        return prompt
+
+    def action_generate(self) -> None:
+        prompt = self._ready_prompt()
+        if prompt is None:
             return
         self._cancel.set()  # a stale generation stops at its next token
         self._cancel = threading.Event()
@@ -594,13 +601,8 @@ class TryScreen(Screen):
                         seed=s.seed if s.seed is not None else 0)
 
     def action_best_of(self) -> None:
-        prompt = self.query_one("#try-prompt", Input).value
-        if self.refs[0] is None:
-            self._set_status("No model yet: press m and name one (run:RUN, a path, a Hub id or builtin:tiny).",
-                             error=True)
-            return
-        if not prompt.strip():
-            self._set_status("Type a prompt first.", error=True)
+        prompt = self._ready_prompt()
+        if prompt is None:
             return
         self._cancel.set()
         self._cancel = threading.Event()

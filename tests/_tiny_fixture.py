@@ -26,3 +26,23 @@ def tiny_env(tiny_cache, tmp_path, monkeypatch):
 
 
 SMALL = ["grpo.batch_size=8", "grpo.num_generations=4", "grpo.max_completion_length=5", "grpo.learning_rate=1e-3"]
+
+
+def run_worker(sets: list[str]):
+    """One run of the demo config with ``sets`` through the worker in this process:
+    (status, run_dir, frames, events, meta)."""
+    import json
+
+    from engine.config import load_config
+    from engine.runs import RunStore, read_json
+    from engine.trainer.grpo import plan
+    from engine.trainer.worker import Worker
+
+    cfg, path = load_config(None, sets)
+    store = RunStore()
+    run_id = store.create(cfg.to_yaml(), plan(cfg, path))
+    d = store.run_dir(run_id)
+    status = Worker(d).run()
+    frames = [json.loads(x) for x in (d / "frames.jsonl").read_text().splitlines()]
+    events = [json.loads(x) for x in (d / "events.jsonl").read_text().splitlines()]
+    return status, d, frames, events, read_json(d / "meta.json")

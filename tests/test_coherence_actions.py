@@ -13,7 +13,7 @@ import json
 
 import pytest
 
-from tests._tiny_fixture import tiny_cache, tiny_env  # noqa: F401
+from tests._tiny_fixture import run_worker, tiny_cache, tiny_env  # noqa: F401
 
 FORCED = ["grpo.batch_size=16", "grpo.num_generations=4", "grpo.max_completion_length=4",
           "grpo.learning_rate=5e-3", 'cascade.mode="off"', "cascade.warmup_steps=0", "cascade.combine=add",
@@ -21,20 +21,9 @@ FORCED = ["grpo.batch_size=16", "grpo.num_generations=4", "grpo.max_completion_l
 
 
 def _run(sets):
-    from engine.config import load_config
-    from engine.runs import RunStore, read_json
-    from engine.trainer.grpo import plan
-    from engine.trainer.worker import Worker
-
-    cfg, path = load_config(None, FORCED + sets)
-    store = RunStore()
-    run_id = store.create(cfg.to_yaml(), plan(cfg, path))
-    d = store.run_dir(run_id)
-    status = Worker(d).run()
-    frames = [json.loads(x) for x in (d / "frames.jsonl").read_text().splitlines()]
-    events = [json.loads(x) for x in (d / "events.jsonl").read_text().splitlines()]
+    status, d, frames, events, meta = run_worker(FORCED + sets)
     onsets = [e for e in events if e.get("name") == "collapse_onset"]
-    return d, status, frames, onsets, read_json(d / "meta.json")
+    return d, status, frames, onsets, meta
 
 
 @pytest.mark.slow

@@ -7,25 +7,13 @@ import os
 
 import pytest
 
-from tests._tiny_fixture import SMALL, tiny_cache, tiny_env  # noqa: F401
+from tests._tiny_fixture import SMALL, run_worker, tiny_cache, tiny_env  # noqa: F401
 
 pytestmark = pytest.mark.slow
 
 
 def _run(sets):
-    from engine.config import load_config
-    from engine.runs import RunStore, read_json
-    from engine.trainer.grpo import plan
-    from engine.trainer.worker import Worker
-
-    cfg, path = load_config(None, SMALL + sets)
-    store = RunStore()
-    run_id = store.create(cfg.to_yaml(), plan(cfg, path))
-    d = store.run_dir(run_id)
-    status = Worker(d).run()
-    frames = [json.loads(x) for x in (d / "frames.jsonl").read_text().splitlines()]
-    events = [json.loads(x) for x in (d / "events.jsonl").read_text().splitlines()]
-    return status, d, frames, events, read_json(d / "meta.json")
+    return run_worker(SMALL + sets)
 
 
 def test_short_cascade_run_fixed_gate(tiny_env):

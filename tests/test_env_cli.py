@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import json
 
-import pytest
-
-from engine.envs import sandbox as sb
+from tests._isolation import needs_isolation
 from tests.test_cli_contract import carl, ok_json
 
 ROW = json.dumps({"schema": "CREATE TABLE t(id INTEGER PRIMARY KEY, name TEXT);",
@@ -30,9 +28,8 @@ def test_env_call_sql():
               "--row", ROW), "carl.sandbox.read_only")
 
 
+@needs_isolation
 def test_env_call_code(tmp_path):
-    if sb.isolation()[0] is None:
-        pytest.skip("no sandbox isolation here")
     row = tmp_path / "row.json"
     row.write_text(json.dumps({"files": {"a.txt": "hello"}}))
     out = ok_json(carl("--batch", "env", "call", "code", "run_shell", "--args", '{"command": "cat a.txt"}',

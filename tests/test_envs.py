@@ -7,14 +7,13 @@ import json
 
 import pytest
 
-from engine.envs import sandbox as sb
 from engine.envs.code import CodeEnvironment
 from engine.envs.factory import call_tool, make_factory, tool_names, tool_schemas
 from engine.envs.rewards import agent_metrics, attempted_calls, code_tests, make_env_reward, sql_matches, sql_result
 from engine.envs.sandbox import SandboxError
 from engine.envs.sql import SqlEnvironment
+from tests._isolation import needs_isolation
 
-needs_isolation = pytest.mark.skipif(sb.isolation()[0] is None, reason="no sandbox isolation here")
 
 ROW = {
     "schema": "CREATE TABLE emp(id INTEGER PRIMARY KEY, name TEXT, dept TEXT, salary REAL);"

@@ -15,9 +15,8 @@ import pytest
 
 from engine.envs import sandbox as sb
 from engine.envs.sandbox import Sandbox, SandboxError, SandboxLimits
+from tests._isolation import needs_isolation
 
-ISOLATION, HOW = sb.isolation()
-needs_isolation = pytest.mark.skipif(ISOLATION is None, reason=f"no isolation here: {HOW}")
 
 
 @pytest.fixture

@@ -5,6 +5,8 @@
   the last successful install (a stamp file), so re-running is instant.
   If the Python running this script already has a CUDA build of torch, the venv is created with
   ``--system-site-packages`` and that torch is used instead of the CPU pin.
+  As root on a machine with apt-get, bubblewrap (the code sandbox's jail, engine/envs/sandbox.py) is installed
+  when missing; elsewhere the sandbox falls back to unshare, and ``carl --batch doctor`` says which it has.
 - ``run``: install, then open ``carl`` (the workbench on the built-in tiny demo).
 - ``test``: install, then run the test suite (pytest); exits with pytest's code.
 """
@@ -49,9 +51,22 @@ def _fingerprint() -> str:
     return hashlib.sha256((ROOT / "pyproject.toml").read_bytes()).hexdigest()
 
 
+def _system_packages() -> None:
+    """bubblewrap for the code sandbox, where this script may install it (root, apt-get); best effort."""
+    import shutil
+
+    if shutil.which("bwrap") or not shutil.which("apt-get") or not hasattr(os, "geteuid") or os.geteuid() != 0:
+        return
+    try:
+        _run(["apt-get", "install", "-y", "--no-install-recommends", "bubblewrap"])
+    except (OSError, subprocess.CalledProcessError):
+        _say("could not install bubblewrap: the sandbox uses its unshare fallback (see `carl --batch doctor`)")
+
+
 def install() -> Path:
     if sys.version_info < (3, 11):
         sys.exit("carl needs Python 3.11 or newer")
+    _system_packages()
     if not _bin("python").exists():
         args = [sys.executable, "-m", "venv"]
         if _host_has_gpu_torch():

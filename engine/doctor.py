@@ -245,6 +245,20 @@ def check_hardware() -> Check:
     return Check("hardware", status, detail)  # type: ignore[arg-type]
 
 
+def check_sandbox() -> Check:
+    """Which jail model-written code (the code environment's tools, the code_tests reward) runs in here."""
+    from engine.envs.sandbox import isolation
+
+    backend, how = isolation()
+    if backend is None:
+        return Check("sandbox", "warn", f"no isolation here ({how}): the code environment's tools and the "
+                                         "code_tests reward refuse to run (install bubblewrap, or allow "
+                                         "unprivileged user namespaces)")
+    if backend == "unshare":
+        return Check("sandbox", "ok", f"{how} (bubblewrap is not installed; the unshare fallback is in use)")
+    return Check("sandbox", "ok", how)
+
+
 def run_checks(home: CarlHome | None = None, config: str | Path | None = None,
                sets: list[str] | None = None) -> list[Check]:
     """All checks, in a stable order."""
@@ -252,7 +266,7 @@ def run_checks(home: CarlHome | None = None, config: str | Path | None = None,
     checks = [check_python(), check_torch(), check_cuda(), check_mps(), check_load()]
     checks.append(check_hardware())
     checks += [check_library(*lib) for lib in LIBRARIES]
-    checks += [check_home(home), check_disk(home)]
+    checks += [check_home(home), check_disk(home), check_sandbox()]
     checks += check_credentials()
     checks.append(check_config(config, sets))
     checks.append(check_entitlements(config, sets))

@@ -1,23 +1,31 @@
-"""The code sandbox: a throwaway directory and a confined child process for model-written code.
+"""The code sandbox: a throwaway directory and a jailed child process for model-written code.
 
-What it guarantees (tests/test_sandbox.py checks each one):
+What it guarantees, for carl run as root and as an ordinary user alike (tests/test_sandbox.py and
+tests/test_hostile.py try each escape for real, the latter also as a throwaway non-root uid):
 
 - ``read_file`` / ``write_file`` stay inside the sandbox directory: relative paths only, no ``..`` component,
   and the resolved path (symlinks followed) must lie inside the directory; a symlink as the last component is
   refused on write (``O_NOFOLLOW``). Refusals are ``carl.sandbox.path``.
-- ``run`` starts the child in a new session with a *clean* environment (``PATH``, ``HOME``, ``TMPDIR``, ``LANG``
-  only: none of carl's variables — tokens, keys — reach it) and resource limits: wall time (the whole process
-  tree is killed), CPU seconds (``RLIMIT_CPU``), address space (``RLIMIT_AS``), process count (``RLIMIT_NPROC``),
-  file size (``RLIMIT_FSIZE``), open files, and captured output bytes.
-- It runs in fresh network, PID and mount namespaces (``unshare --net --pid --fork --kill-child --mount-proc``):
-  no interface but a loopback that is down, so no connection leaves it (not even to the host's loopback); its
-  ``/proc`` shows only its own processes (not carl's environment); when its first process ends, the kernel kills
-  every process left in the PID namespace, so nothing it started outlives the call.
-- As root, ``RLIMIT_NPROC`` does not apply, so the child drops to ``nobody`` (``setpriv --reuid 65534``,
-  ``--no-new-privs``) and the directory is handed to that uid. As another user, a user namespace makes the
-  namespaces possible without privileges, and the process limit is counted on top of what the user already runs.
-- Where neither works (no ``unshare``/``setpriv``, namespaces forbidden), ``run`` refuses with
-  ``carl.sandbox.isolation`` instead of running model-written code unconfined.
+- ``run`` starts the child in a *private root*: the box directory (writable, mounted at ``/box``, also its
+  ``HOME``), a private ``/tmp`` (a second throwaway directory), the system's ``/usr`` (and ``/bin``, ``/lib``...
+  where they are not symlinks into it) read-only, the few ``/etc`` files the dynamic loader reads, a minimal
+  ``/dev`` and its own ``/proc``. Nothing else of the host's file system exists in there: not the user's HOME
+  (tokens, ``~/.bashrc``, carl's venv, ``CARL_HOME``), not the host's ``/tmp``, not ``/run`` (so no pathname
+  socket -- docker, ssh-agent, D-Bus -- can be reached).
+- Fresh user, network, PID, IPC and UTS namespaces: no interface but a loopback that is down, so no connection
+  leaves it; its ``/proc`` shows only its own processes; when its first process ends, every process left in the
+  PID namespace is killed. Capabilities are dropped and ``no_new_privs`` is set. As root the whole jail runs as
+  ``nobody`` (the directories are handed to that uid); as another user it runs as that user.
+- A *clean* environment (``PATH``, ``HOME``, ``TMPDIR``, ``LANG``): none of carl's variables reach it.
+- Resource limits, set by an exec prefix (``prlimit``; no ``preexec_fn``, which is unsafe in threaded
+  processes): wall time (the whole process tree is killed), CPU seconds, address space, process count, file size,
+  open files, and captured output bytes.
+- The jail is built by bubblewrap (``bwrap``) where installed, else by ``unshare`` (user+mount namespaces) and a
+  ``pivot_root`` into a tmpfs; where neither works, ``run`` refuses with ``carl.sandbox.unavailable`` instead of
+  running model-written code unjailed. ``carl --batch doctor`` reports which one this machine has.
+
+What it does not promise: the disk used by the box and ``/tmp`` directories is bounded per file (``file_bytes``),
+not in total; CPU time is limited per process; the kernel is shared (a kernel exploit is out of scope).
 
 Limits that are hit are reported as :class:`SandboxError` with codes ``carl.sandbox.timeout``, ``.cpu``,
 ``.memory`` and ``.processes``; output beyond the cap is cut (``truncated``) and the run stopped.
@@ -27,9 +35,10 @@ from __future__ import annotations
 
 import functools
 import os
-import resource
+import shlex
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import tempfile
@@ -107,35 +116,149 @@ class RunResult:
 
 # --------------------------------------------------------------------------------------------- isolation
 
+BOX_MOUNT = "/box"  # where the box directory appears inside the jail
+_ETC_FILES = ("/etc/ld.so.cache", "/etc/ld.so.conf", "/etc/ld.so.conf.d", "/etc/alternatives", "/etc/localtime")
+_DEVICES = ("null", "zero", "full", "random", "urandom")
 
-@functools.lru_cache(maxsize=1)
-def isolation() -> tuple[tuple[str, ...] | None, str]:
-    """The command prefix that confines a child, and a description; ``(None, reason)`` where none works here."""
-    unshare, setpriv = shutil.which("unshare"), shutil.which("setpriv")
-    if not unshare or not setpriv:
-        return None, "the unshare and setpriv tools (util-linux) are not installed"
-    base = [unshare, "--net", "--pid", "--fork", "--kill-child", "--mount-proc"]
-    if os.geteuid() == 0:
-        prefix = base + ["--", setpriv, f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups",
-                         "--no-new-privs", "--"]
-        how = "network+pid namespaces, uid nobody"
-    else:
-        prefix = [unshare, "--user", *base[1:], "--", setpriv, "--no-new-privs", "--"]
-        how = "user+network+pid namespaces"
+
+def _system_dirs() -> tuple[list[str], list[tuple[str, str]]]:
+    """Read-only directories to bind (``/usr`` and any top-level ones that are real directories) and the
+    top-level symlinks to recreate (merged-/usr systems: ``/bin -> usr/bin``)."""
+    binds, links = ["/usr"], []
+    for top in ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32"):
+        if os.path.islink(top):
+            links.append((os.readlink(top), top))
+        elif os.path.isdir(top):
+            binds.append(top)
+    py = sandbox_python()
+    prefix = os.path.realpath(sys.base_prefix) if py == sys.executable else None
+    if prefix and not any(prefix == b or prefix.startswith(b + "/") for b in binds):
+        binds.append(prefix)
+    binds += [p for p in _ETC_FILES if os.path.exists(p)]
+    return binds, links
+
+
+def _bwrap_argv(bwrap: str, box: Path, tmp: Path) -> list[str]:
+    binds, links = _system_dirs()
+    argv = [bwrap, "--unshare-all", "--die-with-parent", "--new-session", "--cap-drop", "ALL"]
+    for path in binds:
+        argv += ["--ro-bind", path, path]
+    for target, link in links:
+        argv += ["--symlink", target, link]
+    argv += ["--bind", str(box), BOX_MOUNT, "--bind", str(tmp), "/tmp", "--proc", "/proc", "--dev", "/dev",
+             "--remount-ro", "/", "--chdir", BOX_MOUNT, "--"]
+    return argv
+
+
+def _unshare_argv(unshare: str, setpriv: str, box: Path, tmp: Path, newroot: Path) -> list[str]:
+    """The fallback jail: ``unshare`` makes the namespaces, a shell mounts a tmpfs root with the same binds as
+    the bwrap jail, ``pivot_root``s into it, detaches the host's tree, and ``setpriv`` drops every capability."""
+    q = shlex.quote
+    t = _tools()
+    mount, umount, pivot = q(t["mount"] or "mount"), q(t["umount"] or "umount"), q(t["pivot_root"] or "pivot_root")
+    binds, links = _system_dirs()
+    r = q(str(newroot))
+    lines = ["set -e", f"{mount} -t tmpfs -o mode=0755,size=1m carl-root {r}"]
+    for path in binds:
+        dst = q(str(newroot) + path)
+        make = f"mkdir -p {dst}" if os.path.isdir(path) else f"mkdir -p {q(os.path.dirname(str(newroot) + path))}; touch {dst}"
+        lines += [make, f"{mount} --rbind {q(path)} {dst}", f"{mount} -o remount,bind,ro {dst}"]
+    for target, link in links:
+        lines.append(f"ln -s {q(target)} {q(str(newroot) + link)}")
+    lines += [f"mkdir {r}/box {r}/tmp {r}/proc {r}/dev {r}/.old",
+              f"{mount} --bind {q(str(box))} {r}/box", f"{mount} --bind {q(str(tmp))} {r}/tmp",
+              f"{mount} -t proc proc {r}/proc"]
+    for dev in _DEVICES:
+        lines += [f"touch {r}/dev/{dev}", f"{mount} --bind /dev/{dev} {r}/dev/{dev}"]
+    lines += [f"cd {r}", f"{pivot} . .old", f"{umount} -l /.old", "rmdir /.old", f"{mount} -o remount,ro,bind /",
+              f"cd {BOX_MOUNT}",
+              # uid 0 of the user namespace keeps no capability across exec (noroot), none can come back
+              f"exec {q(setpriv)} --no-new-privs --inh-caps=-all --bounding-set=-all "
+              "--securebits=+noroot,+noroot_locked,+no_setuid_fixup,+no_setuid_fixup_locked,+keep_caps_locked "
+              "-- /bin/sh -c '\"$@\"; exit $?' carl-sandbox \"$@\""]
+    return [unshare, "--user", "--map-root-user", "--mount", "--pid", "--net", "--ipc", "--uts", "--fork",
+            "--kill-child", "--", "/bin/sh", "-c", "\n".join(lines), "carl-jail"]
+
+
+def _tools() -> dict[str, str | None]:
+    return {name: shutil.which(name, path=_SAFE_PATH + ":/usr/sbin:/sbin")
+            for name in ("bwrap", "unshare", "setpriv", "prlimit", "mount", "umount", "pivot_root")}
+
+
+def _drop_prefix(setpriv: str) -> list[str]:
+    """As root, the jail itself is entered as ``nobody`` (the user namespace is then an unprivileged one)."""
+    if os.geteuid() != 0:
+        return []
+    return [setpriv, f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", "--no-new-privs", "--"]
+
+
+def jail_argv(backend: str, box: Path, tmp: Path, newroot: Path) -> list[str]:
+    """The command prefix (without limits) that runs a command inside the jail, for ``backend``."""
+    t = _tools()
+    if backend == "bwrap":
+        return [*_drop_prefix(t["setpriv"]), *_bwrap_argv(t["bwrap"], box, tmp)]
+    return [*_drop_prefix(t["setpriv"]), *_unshare_argv(t["unshare"], t["setpriv"], box, tmp, newroot)]
+
+
+def _probe(backend: str) -> str | None:
+    """None when ``backend`` builds a working jail here (a command in it sees its private root), else why not."""
+    base = Path(tempfile.mkdtemp(prefix="carl-sandbox-probe-"))
     try:
-        probe = subprocess.run([*prefix, "true"], capture_output=True, timeout=20, env={"PATH": _SAFE_PATH},
-                               stdin=subprocess.DEVNULL)
+        dirs = [base / "box", base / "tmp", base / "root"]
+        for d in dirs:
+            d.mkdir()
+            if os.geteuid() == 0:
+                os.chown(d, NOBODY, NOBODY)
+        if os.geteuid() == 0:
+            os.chown(base, NOBODY, NOBODY)
+        argv = [*jail_argv(backend, *dirs), "/bin/sh", "-c", "test -d /box && test ! -e /root && echo jailed"]
+        probe = subprocess.run(argv, capture_output=True, timeout=20, env={"PATH": _SAFE_PATH},
+                               stdin=subprocess.DEVNULL, cwd="/")
     except (OSError, subprocess.TimeoutExpired) as exc:
-        return None, f"namespaces are not available: {exc}"
-    if probe.returncode != 0:
-        reason = probe.stderr.decode("utf-8", "replace").strip().splitlines()
-        return None, f"namespaces are not available: {reason[-1] if reason else probe.returncode}"
-    return tuple(prefix), how
+        return str(exc)
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+    if probe.returncode == 0 and probe.stdout.strip() == b"jailed":
+        return None
+    reason = probe.stderr.decode("utf-8", "replace").strip().splitlines()
+    return reason[-1] if reason else f"exit {probe.returncode}"
+
+
+BACKENDS = ("bwrap", "unshare")
+
+
+def isolation() -> tuple[str | None, str]:
+    """Which jail this machine can build (``"bwrap"`` or ``"unshare"``) and a description; ``(None, reason)``
+    where neither works here. ``CARL_SANDBOX=bwrap|unshare`` restricts the choice to one (tests run both)."""
+    return _isolation(os.environ.get("CARL_SANDBOX", "").strip().lower() or None)
+
+
+@functools.lru_cache(maxsize=4)
+def _isolation(only: str | None) -> tuple[str | None, str]:
+    t = _tools()
+    if not t["prlimit"] or not t["setpriv"]:
+        return None, "the prlimit and setpriv tools (util-linux) are not installed"
+    if only is not None and only not in BACKENDS:
+        return None, f"CARL_SANDBOX={only} is not one of {', '.join(BACKENDS)}"
+    why: list[str] = []
+    who = "as nobody" if os.geteuid() == 0 else "as the user"
+    for backend in BACKENDS:
+        if only is not None and backend != only:
+            continue
+        if not t[backend]:
+            why.append(f"{backend} is not installed")
+            continue
+        err = _probe(backend)
+        if err is None:
+            what = "bubblewrap" if backend == "bwrap" else "unshare+pivot_root"
+            return backend, f"{what}: private root, user+pid+net+ipc namespaces, {who}"
+        why.append(f"{backend}: {err}")
+    return None, "; ".join(why)
 
 
 def sandbox_python() -> str:
     """The interpreter model-written Python runs under: the system's ``python3`` (carl's own, often in a
-    virtualenv under a private home, may be unreadable to the sandbox uid), else carl's."""
+    virtualenv under a private home, is not mounted in the jail), else carl's."""
     return shutil.which("python3", path=_SAFE_PATH) or sys.executable
 
 
@@ -156,14 +279,20 @@ def _tail(text: str, n: int = 400) -> str:
 
 
 class Sandbox:
-    """One throwaway directory (``root``) and the confined runs in it. ``close()`` removes everything."""
+    """One throwaway directory (``root``, the box) and the jailed runs in it. ``close()`` removes everything."""
 
     def __init__(self, limits: SandboxLimits | None = None, *, base_dir: str | None = None):
         self.limits = limits or SandboxLimits()
-        self.root = Path(tempfile.mkdtemp(prefix="carl-sandbox-", dir=base_dir)).resolve()
+        self._base = Path(tempfile.mkdtemp(prefix="carl-sandbox-", dir=base_dir)).resolve()
+        self.root = self._base / "box"
+        self._tmp = self._base / "tmp"
+        self._newroot = self._base / "root"
         self._as_nobody = os.geteuid() == 0
+        for d in (self.root, self._tmp, self._newroot):
+            d.mkdir(mode=0o700)
         if self._as_nobody:
-            os.chown(self.root, NOBODY, NOBODY)
+            for d in (self._base, self.root, self._tmp, self._newroot):
+                os.chown(d, NOBODY, NOBODY)
 
     # ------------------------------------------------------------------------------------------ files
 
@@ -202,9 +331,9 @@ class Sandbox:
         text = data[: self.limits.output_bytes].decode("utf-8", "replace")
         return text + ("\n…[truncated]" if len(data) > self.limits.output_bytes else "")
 
-    def write_file(self, path: str, content: str) -> int:
+    def write_file(self, path: str, content: str | bytes) -> int:
         target = self.resolve(path, for_write=True)
-        data = content.encode("utf-8")
+        data = content.encode("utf-8") if isinstance(content, str) else bytes(content)
         if len(data) > self.limits.file_bytes:
             raise SandboxError(f"file too large: {len(data)} bytes > {self.limits.file_bytes}",
                                code="carl.sandbox.file_size")
@@ -222,7 +351,26 @@ class Sandbox:
         return len(data)
 
     def list_files(self) -> list[str]:
-        return sorted(str(p.relative_to(self.root)) for p in self.root.rglob("*") if p.is_file())
+        return sorted(str(p.relative_to(self.root)) for p in self.root.rglob("*") if p.is_file()
+                      and not p.is_symlink())
+
+    def copy_files_from(self, other: "Sandbox") -> int:
+        """Copy ``other``'s regular files (no symlinks, no special files) into this box; returns how many."""
+        n = 0
+        for rel in other.list_files():
+            src = other.resolve(rel)
+            try:
+                fd = os.open(src, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+            except OSError:
+                continue
+            with os.fdopen(fd, "rb") as fh:
+                if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
+                    continue
+                data = fh.read(self.limits.file_bytes + 1)
+            if len(data) <= self.limits.file_bytes:
+                self.write_file(rel, data)
+                n += 1
+        return n
 
     # ------------------------------------------------------------------------------------------ processes
 
@@ -233,7 +381,7 @@ class Sandbox:
         self.write_file(".carl_exec.py", code)
         try:
             # -E -s, not -I: the working directory stays importable (the model imports its own files)
-            return self.run([sandbox_python(), "-E", "-s", "-B", str(script)])
+            return self.run([sandbox_python(), "-E", "-s", "-B", f"{BOX_MOUNT}/.carl_exec.py"])
         finally:
             if script.exists() or script.is_symlink():
                 script.unlink()
@@ -241,36 +389,27 @@ class Sandbox:
     def run_shell(self, command: str) -> RunResult:
         return self.run(["/bin/sh", "-c", command])
 
-    def run(self, argv: list[str]) -> RunResult:
-        prefix, how = isolation()
-        if prefix is None:
-            raise SandboxError(f"refusing to run model-written code without isolation: {how}",
-                               code="carl.sandbox.isolation",
-                               hint="Run carl on Linux with util-linux and namespaces allowed (root, or "
-                                    "unprivileged user namespaces).")
+    def _limit_prefix(self) -> list[str]:
         lim = self.limits
-        nproc = lim.max_processes + (0 if self._as_nobody else _nproc_in_use(os.getuid()))
-        if self._as_nobody:
-            nproc += _nproc_in_use(NOBODY)
-        env = {"PATH": _SAFE_PATH, "HOME": str(self.root), "TMPDIR": str(self.root), "LANG": "C.UTF-8",
+        nproc = lim.max_processes + (_nproc_in_use(NOBODY) if self._as_nobody else _nproc_in_use(os.getuid()))
+        mem = int(lim.memory_mb) * 1024 * 1024
+        return [_tools()["prlimit"] or "prlimit", f"--as={mem}", f"--cpu={int(lim.cpu_s)}:{int(lim.cpu_s) + 1}",
+                f"--nproc={nproc}", f"--fsize={int(lim.file_bytes)}", f"--nofile={int(lim.open_files)}",
+                "--core=0", "--"]
+
+    def run(self, argv: list[str]) -> RunResult:
+        backend, how = isolation()
+        if backend is None:
+            raise SandboxError(f"refusing to run model-written code without a jail: {how}",
+                               code="carl.sandbox.unavailable",
+                               hint="Install bubblewrap (apt-get install bubblewrap), or allow unprivileged user "
+                                    "namespaces; `carl --batch doctor` shows what is missing.")
+        lim = self.limits
+        env = {"PATH": _SAFE_PATH, "HOME": BOX_MOUNT, "TMPDIR": "/tmp", "LANG": "C.UTF-8",
                "PYTHONDONTWRITEBYTECODE": "1", "PYTHONUNBUFFERED": "1"}
-
-        def limit_child() -> None:  # runs in the child between fork and exec
-            mem = int(lim.memory_mb) * 1024 * 1024
-            resource.setrlimit(resource.RLIMIT_AS, (mem, mem))
-            resource.setrlimit(resource.RLIMIT_CPU, (int(lim.cpu_s), int(lim.cpu_s) + 1))
-            resource.setrlimit(resource.RLIMIT_NPROC, (nproc, nproc))
-            resource.setrlimit(resource.RLIMIT_FSIZE, (int(lim.file_bytes), int(lim.file_bytes)))
-            resource.setrlimit(resource.RLIMIT_NOFILE, (int(lim.open_files), int(lim.open_files)))
-            resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-            signal.signal(signal.SIGINT, signal.SIG_DFL)
-            signal.signal(signal.SIGPIPE, signal.SIG_DFL)
-
-        # pid 1 of the new PID namespace is a shell that waits for the command: the command itself is an
-        # ordinary process (signals such as SIGXCPU act on it), and when the shell ends the namespace dies.
-        full = [*prefix, "/bin/sh", "-c", '"$@"; exit $?', "carl-sandbox", *argv]
-        proc = subprocess.Popen(full, cwd=self.root, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, start_new_session=True, preexec_fn=limit_child)
+        full = [*self._limit_prefix(), *jail_argv(backend, self.root, self._tmp, self._newroot), *argv]
+        proc = subprocess.Popen(full, cwd="/", env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, start_new_session=True)
         cap = int(lim.output_bytes)
         bufs: dict[str, bytearray] = {"stdout": bytearray(), "stderr": bytearray()}
         state = {"total": 0, "over": False}
@@ -353,7 +492,7 @@ class Sandbox:
             pass
 
     def close(self) -> None:
-        shutil.rmtree(self.root, ignore_errors=True)
+        shutil.rmtree(self._base, ignore_errors=True)
 
     def __enter__(self) -> "Sandbox":
         return self

@@ -7,8 +7,13 @@ per-rollout ``environments`` TRL passes them (one instance per completion, after
   ``answer_query`` returns on a fresh copy of the database), else 0. ``answer`` may be a scalar (the result must be
   one cell), a list of scalars (one column) or a list of rows; rows compare as a multiset unless the row says
   ``ordered: true``; numbers compare within 1e-6.
-* ``code_tests`` — 1 when the row's ``tests`` (Python source) exit 0 when run in the rollout's own sandbox
-  directory (with the files the model wrote), else 0; a test run stopped at a limit scores 0.
+* ``code_tests`` — 1 when the row's ``tests`` (Python source) pass, else 0. They run in a *fresh* sandbox that
+  holds copies of the regular files the model left (not its running processes, symlinks or directory), through a
+  harness read from stdin (nothing of it is on disk or on a command line) that runs the tests and then, after the
+  last assertion, writes a random per-call nonce: a pass is exit code 0 *and* that nonce on stdout. A
+  ``solution.py`` that calls ``os._exit(0)`` or ``sys.exit(0)`` on import, or kills its own process, scores 0;
+  a test run stopped at a limit scores 0. Not covered: model code that digs the nonce out of the harness's own
+  frames in the same interpreter (``sys._getframe``) — the tests are ordinary Python run in-process.
 
 :func:`agent_metrics` computes, per batch, the seed's three numbers (docs/agents.md):
 
@@ -106,16 +111,48 @@ def _sql_scores(prompts, completions, environments=None, **kwargs) -> list[float
 # ------------------------------------------------------------------------------------------------ code
 
 
-def code_passes(env: Any) -> bool:
-    from engine.envs.sandbox import SandboxError
+_HARNESS = """\
+import os as _carl_os, sys as _carl_sys
+_carl_write = _carl_os.write
+_carl_flush = _carl_sys.stdout.flush
+_carl_tests = {tests!r}
+_carl_nonce = {nonce!r}
+exec(compile(_carl_tests, "tests.py", "exec"), {{"__name__": "__main__", "__file__": "tests.py"}})
+del _carl_tests
+_carl_flush()
+_carl_write(1, ("\\n" + _carl_nonce + "\\n").encode())
+"""
+
+
+def run_code_tests(env: Any) -> tuple[bool, str]:
+    """Run the row's tests against the model's files (see the module docstring); ``(passed, why)``."""
+    import secrets
+
+    from engine.envs.sandbox import Sandbox, SandboxError, sandbox_python
 
     tests = (getattr(env, "row", None) or {}).get("tests")
     if not tests:
-        return False
+        return False, "the row has no tests"
+    nonce = "carl-tests-passed-" + secrets.token_hex(16)
+    source = env.sandbox
+    fresh = Sandbox(source.limits)
     try:
-        return env.sandbox.run_python(str(tests)).exit_code == 0
-    except SandboxError:
-        return False
+        fresh.copy_files_from(source)
+        harness = _HARNESS.format(tests=str(tests), nonce=nonce).encode("utf-8")
+        res = fresh.run([sandbox_python(), "-E", "-s", "-B", "-"], stdin=harness)
+    except SandboxError as exc:
+        return False, exc.code
+    finally:
+        fresh.close()
+    if res.exit_code != 0:
+        return False, f"exit code {res.exit_code}"
+    if res.truncated or nonce not in res.stdout.splitlines():
+        return False, "the tests did not run to the end (no nonce after the last assertion)"
+    return True, "passed"
+
+
+def code_passes(env: Any) -> bool:
+    return run_code_tests(env)[0]
 
 
 def _code_scores(prompts, completions, environments=None, **kwargs) -> list[float]:

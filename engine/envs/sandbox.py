@@ -397,7 +397,7 @@ class Sandbox:
                 f"--nproc={nproc}", f"--fsize={int(lim.file_bytes)}", f"--nofile={int(lim.open_files)}",
                 "--core=0", "--"]
 
-    def run(self, argv: list[str]) -> RunResult:
+    def run(self, argv: list[str], *, stdin: bytes | None = None) -> RunResult:
         backend, how = isolation()
         if backend is None:
             raise SandboxError(f"refusing to run model-written code without a jail: {how}",
@@ -408,8 +408,21 @@ class Sandbox:
         env = {"PATH": _SAFE_PATH, "HOME": BOX_MOUNT, "TMPDIR": "/tmp", "LANG": "C.UTF-8",
                "PYTHONDONTWRITEBYTECODE": "1", "PYTHONUNBUFFERED": "1"}
         full = [*self._limit_prefix(), *jail_argv(backend, self.root, self._tmp, self._newroot), *argv]
-        proc = subprocess.Popen(full, cwd="/", env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, start_new_session=True)
+        proc = subprocess.Popen(full, cwd="/", env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                stdin=subprocess.DEVNULL if stdin is None else subprocess.PIPE,
+                                start_new_session=True)
+        if stdin is not None:
+            def feed() -> None:
+                try:
+                    proc.stdin.write(stdin)
+                except OSError:
+                    pass
+                finally:
+                    try:
+                        proc.stdin.close()
+                    except OSError:
+                        pass
+            threading.Thread(target=feed, daemon=True).start()
         cap = int(lim.output_bytes)
         bufs: dict[str, bytearray] = {"stdout": bytearray(), "stderr": bytearray()}
         state = {"total": 0, "over": False}

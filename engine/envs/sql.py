@@ -12,6 +12,13 @@ tool schemas the model sees). The row's columns:
 Read-only is enforced by SQLite itself (``PRAGMA query_only``), and an authorizer refuses ``ATTACH`` (which
 would create files), ``PRAGMA`` and extension loading in model queries. A query runs at most ``timeout_s`` seconds
 (a progress handler interrupts it); results are cut at ``max_rows`` rows and ``max_result_chars`` characters.
+SQLite itself bounds what one query can build: no string or blob longer than ``max_value_bytes``
+(``sqlite3`` ``setlimit``: ``randomblob(999999999)``, ``zeroblob``, a ``group_concat`` over a recursive CTE fail
+at once), no statement longer than ``max_sql_chars``, bounded expression depth and compound selects, temporary
+tables and sorts kept in memory, and the SQLite heap of the whole process capped at ``heap_mb``
+(``PRAGMA hard_heap_limit``: a recursive CTE that sorts or de-duplicates without end fails with
+``carl.sandbox.memory`` instead of taking the trainer's memory). The heap limit is process-wide (SQLite has no
+per-connection one): the trainer's other SQLite users share it, and it is only ever lowered, never raised.
 Refusals and failures raise :class:`~engine.envs.sandbox.SandboxError` (``carl.sandbox.sql``,
 ``carl.sandbox.read_only``, ``carl.sandbox.timeout``), which TRL turns into ``{"error": …}`` tool results.
 """
@@ -32,6 +39,9 @@ class SqlLimits:
     max_rows: int = 50
     max_result_chars: int = 4000
     timeout_s: float = 2.0
+    max_value_bytes: int = 1_000_000
+    max_sql_chars: int = 100_000
+    heap_mb: int = 256
 
     @classmethod
     def from_dict(cls, data: dict[str, Any] | None) -> "SqlLimits":
@@ -81,6 +91,25 @@ def build_database(row: dict[str, Any]) -> sqlite3.Connection:
     return conn
 
 
+_FIXED_LIMITS = {"SQLITE_LIMIT_EXPR_DEPTH": 200, "SQLITE_LIMIT_COMPOUND_SELECT": 50,
+                 "SQLITE_LIMIT_FUNCTION_ARG": 32, "SQLITE_LIMIT_LIKE_PATTERN_LENGTH": 1000,
+                 "SQLITE_LIMIT_VARIABLE_NUMBER": 1000, "SQLITE_LIMIT_TRIGGER_DEPTH": 10, "SQLITE_LIMIT_ATTACHED": 0}
+
+
+def bound_connection(conn: sqlite3.Connection, limits: "SqlLimits") -> None:
+    """SQLite's own limits on what one query may build (see the module docstring); called before model queries."""
+    conn.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, int(limits.max_value_bytes))
+    conn.setlimit(sqlite3.SQLITE_LIMIT_SQL_LENGTH, int(limits.max_sql_chars))
+    for name, value in _FIXED_LIMITS.items():
+        if hasattr(sqlite3, name):
+            conn.setlimit(getattr(sqlite3, name), value)
+    conn.execute("PRAGMA temp_store = MEMORY")  # sorts and temp b-trees count against the heap limit, not disk
+    want = int(limits.heap_mb) * 1024 * 1024
+    current = int(conn.execute("PRAGMA hard_heap_limit").fetchone()[0])
+    if current == 0 or current > want:
+        conn.execute(f"PRAGMA hard_heap_limit = {want}")
+
+
 class SqlEnvironment:
     """One SQLite database per rollout. Public methods are the model's tools."""
 
@@ -103,6 +132,7 @@ class SqlEnvironment:
         self.last_result = None
         self._allow_writes = bool(row.get("allow_writes", False))
         self._conn = build_database(row)
+        bound_connection(self._conn, self._limits)
         self._conn.set_authorizer(self._authorize)
         self._conn.set_progress_handler(self._progress, 1000)
         if not self._allow_writes:
@@ -143,8 +173,16 @@ class SqlEnvironment:
         self._deadline = time.monotonic() + self._limits.timeout_s
         try:
             return self._db().execute(sql, params)
-        except (sqlite3.Error, ValueError, OverflowError) as exc:
+        except (sqlite3.Error, ValueError, OverflowError, MemoryError) as exc:
             msg = str(exc)
+            if "out of memory" in msg.lower() or isinstance(exc, MemoryError):
+                raise SandboxError(f"query stopped at the SQLite heap limit ({self._limits.heap_mb} MB)",
+                                   code="carl.sandbox.memory",
+                                   hint="Bound the query (LIMIT, a WHERE on the recursion).") from None
+            if "too big" in msg or "too long" in msg or "too many" in msg or "too deep" in msg:
+                raise SandboxError(f"query stopped at an SQLite limit: {msg}", code="carl.sandbox.sql_limit",
+                                   hint="Build smaller values: strings and blobs are capped at "
+                                        f"{self._limits.max_value_bytes} bytes.") from None
             if "interrupted" in msg:
                 raise SandboxError(f"query stopped at the time limit ({self._limits.timeout_s:g} s)",
                                    code="carl.sandbox.timeout") from None
@@ -156,6 +194,24 @@ class SqlEnvironment:
                                    hint="ATTACH, PRAGMA and extensions are not available.") from None
             raise SandboxError(f"SQL error: {msg}", code="carl.sandbox.sql",
                                hint="Fix the query (list_tables / describe_table show the schema).") from None
+
+    def _fetch(self, cur: sqlite3.Cursor) -> list[Any]:
+        try:
+            return cur.fetchmany(self._limits.max_rows + 1)
+        except (sqlite3.Error, MemoryError) as exc:
+            msg = str(exc)
+            if "out of memory" in msg.lower() or isinstance(exc, MemoryError):
+                raise SandboxError(f"query stopped at the SQLite heap limit ({self._limits.heap_mb} MB)",
+                                   code="carl.sandbox.memory",
+                                   hint="Bound the query (LIMIT, a WHERE on the recursion).") from None
+            if "too big" in msg:
+                raise SandboxError(f"query stopped at an SQLite limit: {msg}", code="carl.sandbox.sql_limit",
+                                   hint="Build smaller values: strings and blobs are capped at "
+                                        f"{self._limits.max_value_bytes} bytes.") from None
+            if "interrupted" in msg:
+                raise SandboxError(f"query stopped at the time limit ({self._limits.timeout_s:g} s)",
+                                   code="carl.sandbox.timeout") from None
+            raise SandboxError(f"SQL error: {msg}", code="carl.sandbox.sql") from None
 
     def _record(self, tool: str, args: dict[str, Any], ok: bool) -> None:
         self.calls.append({"tool": tool, "args": args, "ok": ok})
@@ -182,10 +238,7 @@ class SqlEnvironment:
             else:
                 columns = [d[0] for d in cur.description]
                 self._deadline = time.monotonic() + self._limits.timeout_s
-                try:
-                    rows = cur.fetchmany(self._limits.max_rows + 1)
-                except sqlite3.OperationalError as exc:
-                    raise SandboxError(f"SQL error: {exc}", code="carl.sandbox.sql") from None
+                rows = self._fetch(cur)
                 truncated = len(rows) > self._limits.max_rows
                 rows = [list(r) for r in rows[: self._limits.max_rows]]
                 out = {"columns": columns, "rows": rows, "truncated": truncated}

@@ -7,11 +7,14 @@ never leak a token into a terminal, a log or the ledger.
 
 from __future__ import annotations
 
+import os
 import re
 from typing import Any
 
-# Keys whose values are secrets whatever they hold.
-_SECRET_KEY = re.compile(r"(key|token|secret|password|passwd|authorization|bearer|credential|cookie)", re.I)
+# Keys whose values are secrets whatever they hold. A bare ``key`` (a pipeline stage's key, a sort key, a cache
+# key) is an ordinary field: only names that say *which* key is secret (``api_key``, ``private_key``…) count.
+_SECRET_KEY = re.compile(r"(token|secret|password|passwd|authorization|bearer|credential|cookie"
+                         r"|(api|private|access|signing|auth|client|master|encryption|ssh|license)[_-]?key)", re.I)
 # Values that look like secrets wherever they appear (also inside longer strings).
 _SECRET_VALUE = re.compile(
     r"(hf_[A-Za-z0-9]{8,}"  # Hugging Face tokens
@@ -35,8 +38,20 @@ _SAFE_KEYS = {"max_tokens", "input_tokens", "output_tokens", "cache_read_input_t
 _COUNT_KEY = re.compile(r"(^(n|num|max|min|total)_|_(count|tokens|len|length|chars)$)", re.I)
 
 
+def _env_secret_values() -> list[str]:
+    """Values of this process's secret-named environment variables (``HF_TOKEN``, ``*_API_KEY``…), longest first:
+    a secret of no known shape is still masked wherever it turns up."""
+    vals = {v for k, v in os.environ.items()
+            if len(v) >= 8 and not v.startswith("/") and _SECRET_KEY.search(k) and k.lower() not in _SAFE_KEYS}
+    return sorted(vals, key=len, reverse=True)
+
+
 def redact_text(text: str) -> str:
-    """Mask secret-shaped substrings of ``text`` (token formats and ``name=value`` assignments)."""
+    """Mask secret-shaped substrings of ``text`` (token formats, ``name=value`` assignments, and the values of
+    secret-named environment variables)."""
+    for value in _env_secret_values():
+        if value in text:
+            text = text.replace(value, REDACTED)
     text = _SECRET_VALUE.sub(REDACTED, text)
     return _SECRET_ASSIGNMENT.sub(lambda m: m.group(1) + REDACTED if m.group(2) != REDACTED else m.group(0), text)
 

@@ -312,7 +312,9 @@ class RunStore:
 
     def spawn(self, run_id: str, *, gpus: int = 1, resume: bool = False) -> int:
         d = self.run_dir(run_id)
-        env = dict(os.environ)
+        from engine.worker_env import worker_environment  # an allowlist: no chat/RunPod/managed keys (issue 29)
+
+        env = worker_environment(d)
         env["PYTHONPATH"] = str(REPO_ROOT) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
         env.setdefault("PYTHONUNBUFFERED", "1")
         (d / "stop.request").unlink(missing_ok=True)

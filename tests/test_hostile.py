@@ -396,3 +396,84 @@ def test_sql_queries_cannot_take_the_trainers_memory(query):
     status, *rest = json.loads(proc.stdout.strip().splitlines()[-1])
     assert status == "stopped" and rest[0] in ("carl.sandbox.sql_limit", "carl.sandbox.memory")
     assert rest[-1] < 600, f"peak RSS {rest[-1]} MB"
+
+
+# --------------------------------------------------------------------------------------- secrets
+
+
+def _worker_environ_of(pid: int) -> str:
+    import time
+
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            data = Path(f"/proc/{pid}/environ").read_bytes()
+        except OSError:
+            data = b""
+        if data:
+            return data.decode("utf-8", "replace")
+        time.sleep(0.001)
+    raise AssertionError(f"could not read the worker's environment (pid {pid})")
+
+
+def test_a_parent_secret_does_not_reach_the_worker(monkeypatch):
+    from engine.runs import RunStore
+
+    chat, runpod, managed, hf = ("sk-ant-" + uuid.uuid4().hex, "rpa_" + uuid.uuid4().hex,
+                                 "mgd-" + uuid.uuid4().hex, "hf_" + uuid.uuid4().hex)
+    monkeypatch.setenv("ANTHROPIC_API_KEY", chat)
+    monkeypatch.setenv("RUNPOD_API_KEY", runpod)
+    monkeypatch.setenv("CARL_MANAGED_TOKEN", managed)
+    monkeypatch.setenv("OPENAI_API_KEY", chat + "x")
+    monkeypatch.setenv("HF_TOKEN", hf)
+    store = RunStore()
+    run_id = store.create("{}\n", {})
+    pid = store.spawn(run_id)
+    try:
+        seen = _worker_environ_of(pid)
+    finally:
+        try:
+            os.killpg(pid, 9)
+        except ProcessLookupError:
+            pass
+        proc = RunStore._procs.pop(pid, None)
+        if proc is not None:
+            proc.wait(timeout=30)
+    for secret in (chat, runpod, managed):
+        assert secret not in seen
+    assert "ANTHROPIC_API_KEY=" not in seen and "OPENAI_API_KEY=" not in seen
+    assert f"HF_TOKEN={hf}" in seen  # the token its job needs (gated models, pushes)
+    assert "CARL_HOME=" in seen and "PATH=" in seen
+
+
+def test_worker_environment_keeps_the_managed_token_only_for_telemetry(tmp_path):
+    from engine.platform import consent
+    from engine.worker_env import worker_environment
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text("remote:\n  managed:\n    url: https://carl.example\n    token_env: MY_PLATFORM\n"
+                                     "  runpod:\n    token_env: POD_TOKEN\n")
+    parent = {"MY_PLATFORM": "m" * 20, "POD_TOKEN": "p" * 20, "CARL_MANAGED_TOKEN": "d" * 20,
+              "CARL_HOME": "/h", "CARL_PLATFORM_SECRET": "s" * 20, "NCCL_DEBUG": "INFO", "GH_TOKEN": "g" * 20,
+              "HUGGING_FACE_HUB_TOKEN": "hf_" + "h" * 20, "EDITOR": "vi"}
+    env = worker_environment(run, parent)
+    assert env == {"CARL_HOME": "/h", "NCCL_DEBUG": "INFO", "HUGGING_FACE_HUB_TOKEN": "hf_" + "h" * 20}
+    consent.set_flags({"telemetry": True})
+    env = worker_environment(run, parent)
+    assert env.get("MY_PLATFORM") == "m" * 20 and "POD_TOKEN" not in env and "CARL_MANAGED_TOKEN" not in env
+
+
+def test_ledger_keeps_ordinary_key_fields_and_masks_secret_values(monkeypatch):
+    from engine import ledger
+    from engine.errors import CARLError
+
+    opaque = "opaque" + uuid.uuid4().hex  # a token of no known shape
+    monkeypatch.setenv("MY_SERVICE_TOKEN", opaque)
+    block = ledger.record("pipeline.stage", {"stages": [{"key": "sft", "after": None}, {"key": "grpo"}],
+                                             "key": "grpo", "note": f"used {opaque} to pull", "api_key": "abc"})
+    payload = block["payload"]
+    assert payload["key"] == "grpo" and [s["key"] for s in payload["stages"]] == ["sft", "grpo"]
+    assert payload["api_key"] == "***" and opaque not in json.dumps(block)
+    err = CARLError(f"failed with {opaque}", context={"detail": opaque, "key": "stage-a"}).to_dict()
+    assert opaque not in json.dumps(err) and err["error"]["context"]["key"] == "stage-a"

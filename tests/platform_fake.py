@@ -2,7 +2,8 @@
 ``ManagedFake`` (tests/test_remote_fakes.py): a real Ed25519 key signs the entitlement JWS (EdDSA), the JWKS is
 served without a credential, telemetry events and ledger blocks are kept for the tests to inspect.
 
-    GET  /.well-known/carl-camp-jwks.json    {"keys": [{"kty": "OKP", "crv": "Ed25519", "kid", "x"}]}  (public)
+    GET  /.well-known/carl-camp-jwks.json    {"keys": [{"kty": "OKP", "crv": "Ed25519", "kid", "x"}],
+                                              "carl_rotations"?: [JWS…]}  (public)
     GET  /api/platform/entitlements          {"ok": true, "token", "expires_in", "tier"}
     POST /api/platform/telemetry             dedupes on Idempotency-Key
     POST /api/platform/ledger/append         appends blocks that extend its chain; duplicate / gap / conflict
@@ -42,6 +43,7 @@ class PlatformMixin:
         self.expires_in = 900
         self.clock: Callable[[], float] = time.time  # the platform's clock (iat/nbf/exp)
         self.claims_extra: dict[str, Any] = {}
+        self.rotations: list[str] = []  # rotation statements signed by an old key, served in the JWKS
         self.tamper = False  # flip a payload byte after signing
         self.telemetry: list[dict[str, Any]] = []
         self.telemetry_keys: set[str] = set()
@@ -52,14 +54,24 @@ class PlatformMixin:
     def add_key(self, kid: str, seed: str) -> None:
         self.keys[kid] = signer_from_seed(seed)
 
+    def vouch(self, new_kid: str, by_kid: str) -> None:
+        """Publish a rotation statement for ``new_kid``'s key, signed by ``by_kid`` (docs/remote.md)."""
+        claims = {"typ": "carl-key-rotation", "iss": self.url, "kid": new_kid,
+                  "x": b64(self.keys[new_kid].public_bytes), "iat": int(self.clock())}
+        self.rotations.append(jws(claims, self.keys[by_kid], by_kid))
+
     def jwks(self) -> dict[str, Any]:
-        return {"keys": [{"kty": "OKP", "crv": "Ed25519", "kid": k, "x": b64(self.keys[k].public_bytes), "use": "sig"}
-                         for k in self.published]}
+        out: dict[str, Any] = {"keys": [{"kty": "OKP", "crv": "Ed25519", "kid": k, "x": b64(self.keys[k].public_bytes),
+                                         "use": "sig"} for k in self.published]}
+        if self.rotations:
+            out["carl_rotations"] = list(self.rotations)
+        return out
 
     def entitlement_token(self) -> str:
         now = self.clock()
-        claims = {"sub": "user-42", "iss": "carl-camp", "iat": int(now), "nbf": int(now), "exp": int(now) +
+        claims = {"sub": "user-42", "iss": self.url, "aud": ["carl"], "iat": int(now), "nbf": int(now), "exp": int(now) +
                   self.expires_in, "tier": self.tier, "grants": list(self.grants), **self.claims_extra}
+        claims = {k: v for k, v in claims.items() if v is not None}  # claims_extra {"exp": None} drops exp
         t = jws(claims, self.keys[self.signing_kid], self.signing_kid)
         if self.tamper:
             h, p, s = t.split(".")

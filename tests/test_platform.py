@@ -23,7 +23,7 @@ from engine.ledger.chain import verify_segments
 from engine.ledger.keys import read_public_keys_text
 from engine.platform import consent, telemetry
 from engine.platform.entitlements import (
-    Entitlements, GraceExpired, KeyChanged, SignatureInvalid, TokenExpired, Unavailable, grant_matches,
+    Entitlements, EntitlementsError, GraceExpired, KeyChanged, SignatureInvalid, TokenExpired, Unavailable, grant_matches,
 )
 from engine.platform.forward import forward, pending
 from engine.remote.base import RetryPolicy
@@ -118,7 +118,7 @@ def test_silent_kid_swap_is_rejected(platform):
     platform.signing_kid = "carl-camp-2"
     with pytest.raises(KeyChanged) as ei:
         e.refresh()
-    assert ei.value.code == "carl.entitlements.key_changed" and "pins" in ei.value.hint
+    assert ei.value.code == "carl.entitlements.key_changed" and "repin" in ei.value.hint
     assert e.pins() == {"carl-camp-1": e.pins()["carl-camp-1"]}  # nothing new was pinned
 
 
@@ -130,17 +130,88 @@ def test_same_kid_with_a_new_key_is_rejected(platform):
         e.refresh()
 
 
-def test_additive_rotation_is_accepted_and_then_the_old_kid_may_go(platform):
+def test_a_new_kid_on_the_jwks_word_alone_is_not_trusted(platform):
+    # the hijack: a JWKS that keeps the pinned kid and adds one of the attacker's, then signs with it
+    e = ents(platform)
+    e.refresh()
+    platform.add_key("carl-camp-2", "attacker-key")
+    platform.published = ["carl-camp-1", "carl-camp-2"]
+    platform.signing_kid = "carl-camp-2"
+    with pytest.raises(KeyChanged) as ei:
+        e.refresh()
+    assert "repin" in ei.value.hint and ei.value.context["fingerprint"].startswith("SHA256:")
+    assert sorted(e.pins()) == ["carl-camp-1"]  # nothing new was pinned
+    platform.published = ["carl-camp-2"]  # ... and the next JWKS drops the old kid: still refused
+    with pytest.raises(KeyChanged):
+        e.refresh()
+    assert e.cached().cache["kid"] == "carl-camp-1"
+
+
+def test_rotation_signed_by_a_pinned_key_is_accepted_and_then_the_old_kid_may_go(platform):
     e = ents(platform)
     e.refresh()
     platform.add_key("carl-camp-2", "platform-key-2")
-    platform.published = ["carl-camp-1", "carl-camp-2"]
+    platform.add_key("carl-camp-3", "attacker-key")
+    platform.vouch("carl-camp-2", by_kid="carl-camp-1")
+    platform.vouch("carl-camp-3", by_kid="carl-camp-3")  # a statement signed by the new key itself: ignored
+    platform.published = ["carl-camp-1", "carl-camp-2", "carl-camp-3"]
     platform.signing_kid = "carl-camp-2"
     st = e.refresh()
     assert st.status == "fresh" and st.cache["kid"] == "carl-camp-2"
     assert sorted(e.pins()) == ["carl-camp-1", "carl-camp-2"]
     platform.published = ["carl-camp-2"]  # the old key retired after the rotation
     assert e.refresh().status == "fresh"
+
+
+def test_repin_shows_both_fingerprints_and_trusts_the_new_key(platform, tmp_path, capsys):
+    cfg = write_config(tmp_path, {"url": f"{platform.url}/api"})
+    platform.clock = time.time  # the batch verbs run on the real clock
+    e = ents(platform, clock=time.time)
+    e.refresh()
+    platform.add_key("carl-camp-2", "platform-key-2")
+    platform.published = ["carl-camp-2"]
+    platform.signing_kid = "carl-camp-2"
+    code, _, err = carl(capsys, "entitlements", "show", "--refresh", "--config", str(cfg))
+    assert code == 3 and err["code"] == "carl.entitlements.key_changed" and "repin" in err["hint"]
+    code, lines, err = carl(capsys, "entitlements", "repin", "--config", str(cfg))
+    assert code == 0, err
+    out = lines[-1]
+    assert [k["kid"] for k in out["before"]] == ["carl-camp-1"] and [k["kid"] for k in out["after"]] == ["carl-camp-2"]
+    assert out["before"][0]["fingerprint"] != out["after"][0]["fingerprint"] and out["changed"] is True
+    assert out["status"] == "fresh"
+    assert sorted(e.pins()) == ["carl-camp-2"]
+
+
+@pytest.mark.parametrize("change, code", [
+    ({"exp": None}, "carl.entitlements.claims"),
+    ({"iat": None}, "carl.entitlements.claims"),
+    ({"iss": "https://evil.example"}, "carl.entitlements.claims"),
+    ({"aud": ["somebody-else"]}, "carl.entitlements.claims"),
+    ({"aud": None}, "carl.entitlements.claims"),
+])
+def test_the_token_contract_is_enforced(platform, change, code):
+    platform.claims_extra = change
+    e = ents(platform)
+    with pytest.raises(EntitlementsError) as ei:
+        e.refresh()
+    assert ei.value.code == code and ei.value.exit_code == 3
+    assert not e.cache_path.exists()
+
+
+def test_aud_may_be_a_string_and_iss_ignores_the_path(platform):
+    platform.claims_extra = {"aud": "carl"}
+    assert ents(platform).refresh().status == "fresh"  # url is {fake}/api, iss is its origin
+
+
+@pytest.mark.parametrize("url", ["http://platform.example/api", "http://10.0.0.1/api", "ftp://platform.example"])
+def test_plain_http_is_refused_except_for_loopback(platform, url, monkeypatch):
+    e = Entitlements(ManagedSettings(url=url), home=CarlHome.from_env(), clock=Clock(), policy=FAST,
+                     sleep=lambda s: None)
+    n = len(platform.requests)
+    with pytest.raises(EntitlementsError) as ei:
+        e.refresh()
+    assert ei.value.code == "carl.entitlements.insecure"
+    assert len(platform.requests) == n
 
 
 def test_offline_within_and_past_the_24h_grace(platform):

@@ -6,6 +6,9 @@
                                    from the local cache only: nothing is sent
     entitlements show --refresh  → the same after fetching and verifying (adds "refresh": {"ok", "error"?});
                                    a bad signature / swapped key / expired token: carl.entitlements.* (exit 3)
+    entitlements repin           → {"platform", "before": [{"kid", "fingerprint"}], "after": [...], "changed",
+                                    "status"}: trusts the platform's current JWKS on purpose (the only way to
+                                    accept a new key without a rotation signed by a pinned key), then refreshes
 """
 
 from __future__ import annotations
@@ -27,7 +30,26 @@ def register(sub: Any) -> None:
     s.add_argument("--refresh", action="store_true", help="fetch and verify now (GET the JWKS and the entitlements)")
     add_config_arguments(s)
     s.set_defaults(func=run_show)
+    r = verbs.add_parser("repin", help="trust the platform's current signing keys (shows both fingerprints)",
+                         description="Replace the pinned platform keys with the ones its JWKS offers now, print the "
+                                     "old and new fingerprints, then refresh. Compare the fingerprints with what "
+                                     "the platform publishes elsewhere before relying on them.")
+    add_config_arguments(r)
+    r.set_defaults(func=run_repin)
     p.set_defaults(func=None)
+
+
+def run_repin(args: argparse.Namespace) -> int:
+    from engine.config import load_config
+    from engine.platform.entitlements import for_config
+
+    cfg, _ = load_config(args.config, args.sets)
+    out = for_config(cfg).repin()
+    for side in ("before", "after"):
+        keys = ", ".join(f"{k['kid']} {k['fingerprint']}" for k in out[side]) or "none"
+        progress(f"{'pinned' if side == 'before' else 'now pinned'}: {keys}")
+    emit(out)
+    return 0
 
 
 def run_show(args: argparse.Namespace) -> int:

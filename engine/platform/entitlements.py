@@ -6,13 +6,22 @@ Fetch (``refresh``): ``GET {platform}/.well-known/carl-camp-jwks.json`` (no cred
 (``base64url(header).base64url(payload).base64url(signature)``) with ``alg: EdDSA`` and a ``kid``; the signature is
 Ed25519 over the ASCII bytes ``base64url(header) + "." + base64url(payload)``, checked here with pynacl.
 
-Key pinning (``CARL_HOME/platform/jwks-pins.json``): the first JWKS seen for a platform is pinned (kid → x). Later:
-a pinned kid whose key changed, or a JWKS in which no pinned kid is left (a silent kid swap), is refused
-(``carl.entitlements.key_changed``); a JWKS that keeps a pinned kid and adds new ones is an additive rotation:
-the new kids are pinned too. To trust a new platform key on purpose, delete the pins file.
+Transport: the platform URL must be ``https`` (``http`` only for a loopback host: 127.0.0.0/8, ::1, localhost —
+tests); redirects are not followed, so the credential never goes anywhere but the configured origin. Otherwise
+``carl.entitlements.insecure``.
 
-Claims: ``exp`` and ``nbf`` (seconds) are checked with :data:`SKEW_S` (5 minutes) of clock skew each way;
-``grants`` (a list of names), ``tier`` and ``sub`` are shown. The verified token is cached in
+Key pinning (``CARL_HOME/platform/jwks-pins.json``): the first JWKS seen for a platform is pinned (kid → x, trust on
+first use). Later, a kid that is not pinned is **never trusted on the JWKS's word alone**: it is pinned only when the
+JWKS carries a rotation statement for it (``"carl_rotations": [JWS…]``, each an EdDSA JWS signed by a *pinned* key
+with claims ``{"typ": "carl-key-rotation", "iss": <origin>, "kid": <new kid>, "x": <new key>}``), or when the user
+runs ``carl --batch entitlements repin`` (which shows the pinned and the offered keys' fingerprints). A pinned kid
+whose key changed, a JWKS in which no pinned or vouched kid is left, and a token signed by an offered but unvouched
+kid are ``carl.entitlements.key_changed``.
+
+Claims (the token contract, docs/remote.md): ``exp`` and ``iat`` are required numbers; ``exp``, ``nbf`` and ``iat``
+are checked with :data:`SKEW_S` (5 minutes) of clock skew; ``iss`` must equal the platform URL's origin
+(``scheme://host[:port]``) and ``aud`` (a string or a list) must contain ``carl``; otherwise
+``carl.entitlements.claims``. ``grants`` (a list of names), ``tier`` and ``sub`` are shown. The verified token is cached in
 ``CARL_HOME/platform/entitlements.json`` (0600, atomic); on every read its signature is checked again with the
 pinned key, and a file that fails (unparseable, edited, unknown key) is quarantined and reported ``corrupt``.
 
@@ -34,9 +43,12 @@ import json
 import os
 import time
 from dataclasses import dataclass, field
+import hashlib
+import ipaddress
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
+from urllib.parse import urlsplit
 
 from engine.errors import CARLError, NetworkError, PermissionDenied
 from engine.home import CarlHome
@@ -49,6 +61,8 @@ SKEW_S = 5 * 60.0
 CACHE_FILE = "entitlements.json"
 PINS_FILE = "jwks-pins.json"
 FORMAT = "carl-entitlements/1"
+AUDIENCE = "carl"
+ROTATION_TYP = "carl-key-rotation"
 STATUSES = ("fresh", "stale", "offline_grace", "offline_grace_expired", "missing", "corrupt")
 ADMITTING = ("fresh", "offline_grace")
 
@@ -66,8 +80,20 @@ class SignatureInvalid(EntitlementsError):
 
 class KeyChanged(EntitlementsError):
     code = "carl.entitlements.key_changed"
-    default_hint = "The platform's signing key changed without an additive rotation. If you trust the new key, " \
-                   "delete CARL_HOME/platform/jwks-pins.json and refresh."
+    default_hint = "The platform's signing key changed without a rotation signed by a pinned key. If you trust the " \
+                   "new key, run `carl --batch entitlements repin` (it shows both keys' fingerprints: compare them " \
+                   "with what the platform publishes elsewhere) and refresh."
+
+
+class ClaimsInvalid(EntitlementsError):
+    code = "carl.entitlements.claims"
+    default_hint = "The platform's token does not meet carl's token contract (exp, iat, iss = the platform's " \
+                   "origin, aud containing carl; docs/remote.md). Check remote.managed.url, or contact the platform."
+
+
+class Insecure(EntitlementsError):
+    code = "carl.entitlements.insecure"
+    default_hint = "Use an https:// platform URL in remote.managed (http is allowed for loopback hosts only)."
 
 
 class TokenExpired(EntitlementsError):
@@ -145,6 +171,43 @@ def ed25519_verify(public: bytes, message: bytes, signature: bytes) -> bool:
         return False
 
 
+def origin_of(url: str) -> str:
+    """``scheme://host[:port]`` of ``url`` (lower-case; default ports dropped)."""
+    parts = urlsplit(url)
+    host = (parts.hostname or "").lower()
+    if ":" in host:
+        host = f"[{host}]"
+    port = parts.port
+    default = {"https": 443, "http": 80}.get(parts.scheme.lower())
+    return f"{parts.scheme.lower()}://{host}" + (f":{port}" if port and port != default else "")
+
+
+def is_loopback(host: str | None) -> bool:
+    if not host:
+        return False
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def require_secure(url: str) -> None:
+    """``carl.entitlements.insecure`` unless ``url`` is https (or http to a loopback host)."""
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    if scheme == "https" or (scheme == "http" and is_loopback(parts.hostname)):
+        return
+    raise Insecure(f"refusing to talk to the platform over {scheme or 'an unknown scheme'}: {origin_of(url)}",
+                   context={"platform": origin_of(url)})
+
+
+def fingerprint(x: str) -> str:
+    """A key's fingerprint as ``entitlements repin`` shows it: ``SHA256:`` + base64 of the raw key's sha256."""
+    return "SHA256:" + base64.b64encode(hashlib.sha256(b64url_decode(x)).digest()).decode("ascii").rstrip("=")
+
+
 def parse_jwks(data: Any) -> dict[str, str]:
     """``{kid: x}`` for every OKP/Ed25519 key of a JWKS (x: base64url of 32 bytes)."""
     keys = data.get("keys") if isinstance(data, dict) else None
@@ -166,24 +229,73 @@ def parse_jwks(data: Any) -> dict[str, str]:
     return out
 
 
-def check_pins(pinned: dict[str, str], jwks: dict[str, str]) -> dict[str, str]:
-    """The pins after seeing ``jwks``: first use pins everything; a changed key or no pinned kid left raises
-    ``carl.entitlements.key_changed``; an additive rotation pins the new kids as well."""
+def rotations_of(data: Any) -> list[str]:
+    raw = data.get("carl_rotations") if isinstance(data, dict) else None
+    return [r for r in raw if isinstance(r, str)] if isinstance(raw, list) else []
+
+
+def vouched_keys(pinned: dict[str, str], rotations: list[str], issuer: str | None) -> dict[str, str]:
+    """``{kid: x}`` that a rotation statement signed by a pinned key vouches for (bad statements are ignored)."""
+    out: dict[str, str] = {}
+    for statement in rotations:
+        try:
+            jws = parse_jws(statement)
+        except CARLError:
+            continue
+        kid = jws.kid
+        if jws.header.get("alg") != "EdDSA" or kid not in pinned:
+            continue
+        if not ed25519_verify(b64url_decode(pinned[kid]), jws.signing_input, jws.signature):
+            continue
+        c = jws.claims
+        if c.get("typ") != ROTATION_TYP or (issuer is not None and c.get("iss") != issuer):
+            continue
+        if isinstance(c.get("kid"), str) and isinstance(c.get("x"), str):
+            out[c["kid"]] = c["x"]
+    return out
+
+
+def check_pins(pinned: dict[str, str], jwks: dict[str, str], rotations: list[str] | None = None,
+               issuer: str | None = None) -> dict[str, str]:
+    """The pins after seeing ``jwks``: first use pins everything; a changed key, or no pinned or vouched kid
+    left, raises ``carl.entitlements.key_changed``; a new kid is pinned only when a rotation statement signed by
+    a pinned key vouches for exactly that key (never on the JWKS's word alone)."""
     if not pinned:
         return dict(jwks)
     changed = sorted(k for k in pinned if k in jwks and jwks[k] != pinned[k])
     if changed:
         raise KeyChanged(f"the platform's key {changed[0]!r} changed while keeping its kid",
                          context={"kids": changed})
-    if not any(k in jwks for k in pinned):
-        raise KeyChanged("the platform's signing keys were swapped: none of the pinned key ids is in its JWKS",
+    vouched = vouched_keys(pinned, rotations or [], issuer)
+    new = {k: x for k, x in jwks.items() if k not in pinned and vouched.get(k) == x}
+    if not any(k in jwks for k in pinned) and not new:
+        raise KeyChanged("the platform's signing keys were swapped: none of the pinned key ids is in its JWKS, "
+                         "and no rotation signed by a pinned key vouches for the new ones",
                          context={"pinned": sorted(pinned), "offered": sorted(jwks)})
-    return {**pinned, **jwks}
+    return {**pinned, **new}
+
+
+def check_claims(claims: dict[str, Any], issuer: str | None) -> None:
+    """The token contract's required claims (see the module docstring); ``carl.entitlements.claims``."""
+    for name in ("exp", "iat"):
+        v = claims.get(name)
+        if not isinstance(v, (int, float)) or isinstance(v, bool):
+            raise ClaimsInvalid(f"the entitlement token has no {name} claim (a number of seconds)",
+                                context={"claim": name})
+    if issuer is not None and claims.get("iss") != issuer:
+        raise ClaimsInvalid(f"the entitlement token's issuer {claims.get('iss')!r} is not the platform {issuer!r}",
+                            context={"claim": "iss", "expected": issuer})
+    aud = claims.get("aud")
+    auds = [aud] if isinstance(aud, str) else aud if isinstance(aud, list) else []
+    if AUDIENCE not in auds:
+        raise ClaimsInvalid(f"the entitlement token's audience {aud!r} does not include {AUDIENCE!r}",
+                            context={"claim": "aud"})
 
 
 def verify_token(token: str, keys: dict[str, str], now: float, skew: float = SKEW_S,
-                 check_time: bool = True) -> Jws:
-    """Verify the signature of ``token`` with ``keys`` (kid → x) and, with ``check_time``, its exp/nbf."""
+                 check_time: bool = True, issuer: str | None = None) -> Jws:
+    """Verify the signature of ``token`` with ``keys`` (kid → x), the required claims (``issuer``: the expected
+    ``iss``) and, with ``check_time``, its exp/nbf/iat."""
     jws = parse_jws(token)
     if jws.header.get("alg") != "EdDSA":
         raise SignatureInvalid(f"the entitlement token's alg is {jws.header.get('alg')!r}, not EdDSA")
@@ -194,8 +306,12 @@ def verify_token(token: str, keys: dict[str, str], now: float, skew: float = SKE
     if not ed25519_verify(b64url_decode(keys[kid]), jws.signing_input, jws.signature):
         raise SignatureInvalid("the entitlement token's signature does not verify with the platform's key",
                                context={"kid": kid})
+    check_claims(jws.claims, issuer)
     if check_time:
-        exp, nbf = jws.claims.get("exp"), jws.claims.get("nbf")
+        exp, nbf, iat = jws.claims.get("exp"), jws.claims.get("nbf"), jws.claims.get("iat")
+        if isinstance(iat, (int, float)) and now < iat - skew:
+            raise TokenExpired(f"the entitlement token was issued in the future ({iso(iat)}; now {iso(now)})",
+                               context={"iat": iat, "now": now, "skew_s": skew})
         if isinstance(exp, (int, float)) and now > exp + skew:
             raise TokenExpired(f"the entitlement token expired at {iso(exp)} (now {iso(now)})",
                                context={"exp": exp, "now": now, "skew_s": skew})
@@ -284,6 +400,7 @@ class Entitlements:
 
         self.settings = settings
         self.base = platform_base(settings)
+        self.issuer = origin_of(self.base)
         self.home = home or CarlHome.from_env()
         self.clock = clock
         self.policy = policy or RetryPolicy()
@@ -336,7 +453,7 @@ class Entitlements:
         try:
             if cache.get("format") != FORMAT or not isinstance(cache.get("fetched_at"), (int, float)):
                 raise BadResponse("not carl's entitlements cache")
-            jws = verify_token(cache.get("token", ""), self.pins(), now, check_time=False)
+            jws = verify_token(cache.get("token", ""), self.pins(), now, check_time=False, issuer=self.issuer)
         except CARLError:
             q = quarantine(self.cache_path, now)
             return State("corrupt", self.base, now=now, quarantined=str(q) if q else None)
@@ -354,7 +471,8 @@ class Entitlements:
         from engine.errors import RunNotFound
         from engine.remote.base import RemoteBadResponse
 
-        with httpx.Client(follow_redirects=True) as client:
+        require_secure(url)
+        with httpx.Client(follow_redirects=False) as client:
             try:
                 return http_json(client, "GET", url, policy=self.policy, backend="managed", what=what,
                                  headers=headers, sleep=self.sleep)
@@ -367,10 +485,12 @@ class Entitlements:
         (retries exhausted) marks the cache offline and returns the resulting state with ``refresh.error``."""
         from engine.remote.base import require_token
 
+        require_secure(self.base)
         require_token(self.settings.token_env, "managed")  # carl.credential before anything is sent
         before = self.cached()
         try:
-            jwks = parse_jwks(self._get(self.jwks_url, "entitlements jwks", auth=False))
+            jwks_doc = self._get(self.jwks_url, "entitlements jwks", auth=False)
+            jwks = parse_jwks(jwks_doc)
             body = self._get(self.entitlements_url, "entitlements", auth=True)
         except NetworkError as exc:
             return self._offline(before, exc)
@@ -378,15 +498,43 @@ class Entitlements:
             raise BadResponse("the entitlements response is not {\"ok\": true, \"token\": …}",
                               context={"url": self.entitlements_url})
         now = self.clock()
-        pins = check_pins(self.pins(), jwks)
+        pins = check_pins(self.pins(), jwks, rotations_of(jwks_doc), self.issuer)
         usable = {k: v for k, v in pins.items() if k in jwks}
-        jws = verify_token(body["token"], usable, now)
+        kid = parse_jws(body["token"]).kid
+        if kid in jwks and kid not in usable:
+            raise KeyChanged(f"the entitlement token is signed by key {kid!r}, which the platform's JWKS offers but "
+                             "no pinned key vouches for", context={"kid": kid, "pinned": sorted(pins),
+                                                                 "fingerprint": fingerprint(jwks[kid])})
+        jws = verify_token(body["token"], usable, now, issuer=self.issuer)
         self._save_pins(pins)
         cache = {"format": FORMAT, "platform": self.base, "token": body["token"], "kid": jws.kid,
                  "fetched_at": now, "offline_since": None, "expires_in": body.get("expires_in"),
                  "tier": body.get("tier")}
         write_json(self.cache_path, cache)
         return State(status_of(cache, jws.claims, now), self.base, cache, jws.claims, now, refresh={"ok": True})
+
+    def repin(self) -> dict[str, Any]:
+        """Trust the platform's current JWKS on purpose: replace this platform's pins with it, then refresh.
+        Returns both sides' fingerprints (``before``: what was pinned; ``after``: what is pinned now)."""
+        require_secure(self.base)
+        before = self.pins()
+        jwks = parse_jwks(self._get(self.jwks_url, "entitlements jwks", auth=False))
+        self._save_pins(dict(jwks))
+        out: dict[str, Any] = {
+            "platform": self.base,
+            "before": [{"kid": k, "fingerprint": fingerprint(x)} for k, x in sorted(before.items())],
+            "after": [{"kid": k, "fingerprint": fingerprint(x)} for k, x in sorted(jwks.items())],
+            "changed": before != jwks,
+        }
+        try:
+            st = self.refresh()
+            out["status"] = st.status
+        except CARLError as exc:
+            if exc.code.startswith("carl.entitlements."):
+                raise
+            out["status"] = self.cached().status
+            out["refresh"] = {"ok": False, "error": exc.to_dict()["error"]}
+        return out
 
     def _offline(self, before: State, exc: CARLError) -> State:
         err = exc.to_dict()["error"]

@@ -13,10 +13,12 @@ Layout (created on demand, never at import)::
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from engine.errors import PermissionDenied
+from engine.errors import PermissionDenied, ValidationError
 
 
 @dataclass(frozen=True)
@@ -62,7 +64,26 @@ class CarlHome:
         return self
 
     def run_dir(self, run_id: str) -> Path:
-        return self.runs / run_id
+        """``runs/RUN_ID``; a run id that is not one (``../x``, ``a/b``, ``.``) is ``carl.run.invalid_id``."""
+        return self.runs / validate_run_id(run_id)
+
+
+_RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+
+
+class InvalidRunId(ValidationError):
+    code = "carl.run.invalid_id"
+    default_hint = "A run id is letters, digits, '.', '_' and '-' (no '/', no '..'); list them with " \
+                   "`carl --batch run list`."
+
+
+def validate_run_id(run_id: Any) -> str:
+    """The one check every path built from a run id goes through: a single safe path component, else
+    ``carl.run.invalid_id`` (exit 2). Refuses traversal (``..``, ``/``, ``\\``), absolute paths, NUL, empty."""
+    if not isinstance(run_id, str) or not _RUN_ID.fullmatch(run_id) or ".." in run_id:
+        shown = run_id if isinstance(run_id, str) else type(run_id).__name__
+        raise InvalidRunId(f"not a run id: {shown!r}", context={"run": shown})
+    return run_id
 
 
 def carl_home() -> CarlHome:

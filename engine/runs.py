@@ -197,7 +197,7 @@ class RunStore:
         return self.home.runs
 
     def run_dir(self, run_id: str) -> Path:
-        return self.root / run_id
+        return self.home.run_dir(run_id)  # validated there (carl.run.invalid_id)
 
     # ---- create / resolve
     def create(self, config_yaml: str, plan: dict[str, Any], *, config_path: str | None = None) -> str:

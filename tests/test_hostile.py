@@ -477,3 +477,36 @@ def test_ledger_keeps_ordinary_key_fields_and_masks_secret_values(monkeypatch):
     assert payload["api_key"] == "***" and opaque not in json.dumps(block)
     err = CARLError(f"failed with {opaque}", context={"detail": opaque, "key": "stage-a"}).to_dict()
     assert opaque not in json.dumps(err) and err["error"]["context"]["key"] == "stage-a"
+
+
+# --------------------------------------------------------------------------------------- run ids
+
+
+@pytest.mark.parametrize("bad", ["../x", "..", ".", "a/b", "/etc", "x\x00y", "", "..\\x", "-rf", "a..b"])
+def test_run_id_traversal_is_a_typed_error(bad):
+    from engine.home import CarlHome
+    from engine.runs import RunStore
+
+    home = CarlHome.from_env()
+    for fn in (home.run_dir, RunStore(home).run_dir):
+        with pytest.raises(Exception) as ei:
+            fn(bad)
+        assert getattr(ei.value, "code", None) == "carl.run.invalid_id" and ei.value.exit_code == 2
+
+
+@pytest.mark.parametrize("verb", [["run", "pull", "../escape", "--repo", "someone/repo"],
+                                  ["run", "show", "../escape"], ["run", "stop", "../../escape"]])
+def test_batch_verbs_refuse_a_traversal_run_id(verb, tmp_path, capsys):
+    from carl_tui.batch import main as batch_main
+    from engine.home import CarlHome
+
+    home = CarlHome.from_env()
+    capsys.readouterr()
+    code = batch_main(verb)
+    _, err = capsys.readouterr()
+    assert code == 2
+    error = json.loads([x for x in err.splitlines() if x.startswith("{")][-1])["error"]
+    assert error["code"] in ("carl.run.invalid_id", "carl.run.not_found")
+    assert not (home.root / "escape").exists() and not (home.runs.parent.parent / "escape").exists()
+    if verb[1] == "pull":
+        assert error["code"] == "carl.run.invalid_id"

@@ -35,7 +35,7 @@ class LocalMirror:
     def __init__(self, run_id: str, home: CarlHome | None = None):
         self.home = home or CarlHome.from_env()
         self.run_id = run_id
-        self.dir = self.home.runs / run_id
+        self.dir = self.home.run_dir(run_id)
         self._last_step: int | None = None
         self._events: set[str] | None = None
 
@@ -155,4 +155,4 @@ def parse_json_line(line: str) -> dict[str, Any] | None:
 
 
 def mirror_path(run_id: str, home: CarlHome | None = None) -> Path:
-    return (home or CarlHome.from_env()).runs / run_id
+    return (home or CarlHome.from_env()).run_dir(run_id)

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from engine.errors import CARLError, ConfigError, CredentialError, NetworkError, RunNotFound
-from engine.home import CarlHome
+from engine.home import CarlHome, validate_run_id
 
 RUN_FILES = ("meta.json", "config.yaml", "plan.json", "frames.jsonl", "events.jsonl", "stdout.log",
              "pipeline.json")  # pipeline.json: train --send-it runs only
@@ -233,7 +233,7 @@ def pull_run(ref: str, *, repo_id: str | None = None, revision: str | None = Non
         rec = store.load(ref, home)
     except RunNotFound:
         rec = None
-    run_id = rec["run_id"] if rec else ref
+    run_id = validate_run_id(rec["run_id"] if rec else ref)  # before any path or request is built from it
     repo_id = repo_id or (rec or {}).get("output_repo")
     if not repo_id:
         raise ConfigError(f"no output repo known for {ref!r}",
@@ -260,7 +260,7 @@ def pull_run(ref: str, *, repo_id: str | None = None, revision: str | None = Non
             raise RunNotFound(f"{repo_id} has no {prefix}/ (the run has not uploaded yet, or another repo)",
                               hint="Wait for the job's first checkpoint, or check --repo.",
                               context={"repo_id": repo_id, "run": run_id, "revision": sha})
-        dest = home.runs / run_id
+        dest = home.run_dir(run_id)
         dest.mkdir(parents=True, exist_ok=True)
         for sub in ("final",):  # a folder the remote replaces as a whole
             if (src / sub).is_dir() and (dest / sub).is_dir():

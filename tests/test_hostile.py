@@ -510,3 +510,97 @@ def test_batch_verbs_refuse_a_traversal_run_id(verb, tmp_path, capsys):
     assert not (home.root / "escape").exists() and not (home.runs.parent.parent / "escape").exists()
     if verb[1] == "pull":
         assert error["code"] == "carl.run.invalid_id"
+
+
+# --------------------------------------------------------------------------------------- ledger
+
+
+KILLED_WRITER = textwrap.dedent('''
+    import os, signal
+    from engine import ledger
+    from engine.ledger import chain
+    ledger.record("project.init", {"step": 1})
+    real = os.write
+    def half_then_die(fd, data):
+        n = real(fd, bytes(data[: len(data) // 2]))
+        os.kill(os.getpid(), signal.SIGKILL)  # killed between two partial writes of one append
+        return n
+    chain.os.write = half_then_die
+    ledger.record("project.change", {"note": "x" * 5000})
+''')
+
+
+def _kill_an_append() -> None:
+    proc = subprocess.run([sys.executable, "-c", KILLED_WRITER], capture_output=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert proc.returncode == -9, proc.stderr[-2000:]
+
+
+def _batch(capsys, *argv):
+    from carl_tui.batch import main as batch_main
+
+    capsys.readouterr()
+    code = batch_main(list(argv))
+    out, err = capsys.readouterr()
+    lines = [json.loads(x) for x in out.splitlines() if x.strip()]
+    errs = [json.loads(x)["error"] for x in err.splitlines() if x.startswith("{")]
+    return code, (lines[-1] if lines else None), (errs[-1] if errs else None)
+
+
+def test_a_ledger_append_killed_mid_write_is_repaired_not_hidden(capsys):
+    from engine import ledger
+    from engine.errors import LedgerBrokenChain
+    from engine.ledger import Ledger
+
+    _kill_an_append()
+    led = Ledger()
+    seg = led.segments()[-1]
+    data = seg.read_bytes()
+    torn = data[data.rfind(b"\n") + 1:]
+    assert torn and not data.endswith(b"\n")
+    with pytest.raises(LedgerBrokenChain) as ei:  # recording is blocked, and the error says how to get back
+        ledger.record("project.change", {"after": "crash"})
+    assert "carl --batch ledger repair" in ei.value.hint
+    code, out, err = _batch(capsys, "ledger", "repair")
+    assert code == 0, err
+    assert out["repaired"] is True and out["size"] == len(torn)
+    q = Path(out["quarantine"])
+    assert q.read_bytes() == torn and stat_mode(q) == 0o600  # kept byte for byte
+    import hashlib
+
+    assert out["sha256"] == hashlib.sha256(torn).hexdigest()
+    block = out["block"]
+    assert block["action"] == "ledger.recovered" and block["payload"]["sha256"] == out["sha256"]
+    assert block["payload"]["size"] == len(torn) and block["signature"]
+    code, verdict, _ = _batch(capsys, "ledger", "verify")
+    assert code == 0 and verdict["ok"] is True
+    ledger.record("project.change", {"after": "repair"})  # recording works again
+    assert Ledger().verify().ok
+    code, out, _ = _batch(capsys, "ledger", "repair")
+    assert code == 0 and out["repaired"] is False
+
+
+def test_repair_refuses_when_anything_else_is_broken(capsys):
+    from engine import ledger
+    from engine.ledger import Ledger
+
+    ledger.record("project.init", {"note": "original"})
+    ledger.record("project.change", {"note": "second"})
+    _kill_an_append()
+    seg = Ledger().segments()[-1]
+    before = seg.read_bytes()
+    tampered = before.replace(b'"note":"original"', b'"note":"edited!!"', 1)
+    assert tampered != before
+    seg.write_bytes(tampered)
+    code, _, err = _batch(capsys, "ledger", "repair")
+    assert code == 1 and err["code"] == "carl.ledger.broken_chain" and "refusing" in err["message"]
+    assert seg.read_bytes() == tampered  # nothing changed
+    assert not (Ledger().dir / "quarantine").exists()
+    code, verdict, _ = _batch(capsys, "ledger", "verify")
+    assert code == 1 and verdict["ok"] is False
+
+
+def stat_mode(p: Path) -> int:
+    import stat
+
+    return stat.S_IMODE(p.stat().st_mode)

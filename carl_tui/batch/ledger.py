@@ -12,6 +12,11 @@
                                         decision (it is a question; nothing is appended)
     ledger export DIR                 → {"dir", "format", "blocks", "head", "segments", "public_keys"}
     ledger rotate-key                 → {"block", "signer", "previous"}
+    ledger repair                     → {"repaired", "quarantine", "segment", "offset", "size", "sha256", "block"}:
+                                        a torn last line (an append killed mid-write) moved byte for byte to
+                                        ledger/quarantine/ and a signed ledger.recovered block appended;
+                                        {"repaired": false, "reason"} when nothing is torn; anything else
+                                        broken: carl.ledger.broken_chain (exit 1), nothing changed
     ledger forward [--replay]         → {"platform", "url", "blocks", "sent", "acked", "duplicates", "acked_index",
                                          "pending", …}: unacknowledged blocks to the managed platform (needs
                                          consent ledger_forward=on: else carl.telemetry.consent_required, exit 5)
@@ -56,6 +61,11 @@ def register(sub: Any) -> None:
     verify.add_argument("--pubkey", action="append", default=[], metavar="HEX|FILE",
                         help="trust this public key (hex, or a file of them) instead of the stored ones")
     verify.set_defaults(func=run_verify)
+
+    verbs.add_parser("repair", help="move a torn last block aside (quarantined) and record that it was",
+                     description="After an append was killed mid-write: move the torn last line, byte for byte, "
+                                 "into ledger/quarantine/ and append a signed ledger.recovered block (its size and "
+                                 "sha256). Refuses when anything else is broken.").set_defaults(func=run_repair)
 
     ev = verbs.add_parser("evaluate", help="policy decision for an action (allow/deny/needs_approval)",
                           description="Decide an action under carl.yaml's policy without appending anything. "
@@ -128,6 +138,17 @@ def _pubkeys(items: list[str]) -> list[str]:
                                   context={"pubkey": item})
         out += found
     return out
+
+
+def run_repair(args: argparse.Namespace) -> int:
+    from engine.ledger import Ledger
+
+    out = Ledger().repair()
+    if out.get("repaired"):
+        progress(f"carl: moved {out['size']} torn bytes to {out['quarantine']} (sha256 {out['sha256'][:16]}…); "
+                 f"recorded block {out['block']['index']}")
+    emit(out)
+    return 0
 
 
 def run_verify(args: argparse.Namespace) -> int:

@@ -33,6 +33,8 @@ __all__ = ["ACTIONS", "BLOCK_FIELDS", "GENESIS_PREV", "Decision", "Ledger", "Pol
 ACTIONS: dict[str, str] = {
     "ledger.genesis": "first block: names the first signing key (written by the ledger)",
     "key.rotate": "signed by the old key, names the new one (written by the ledger)",
+    "ledger.recovered": "a torn tail was moved to ledger/quarantine/ by `ledger repair` (segment, offset, size, "
+                        "sha256; written by the ledger)",
     "project.init": "carl.yaml written by `project init`",
     "project.change": "carl.yaml saved with changes",
     "run.start": "a training run started (run_id, config hash, backend)",

@@ -16,6 +16,13 @@ A block (one canonical-JSON line, see :mod:`engine.ledger.canonical`)::
 Segments are ``segment-000000.jsonl``, ``segment-000001.jsonl`` …; a new one starts when the current one
 reaches the size cap. Appends take an exclusive ``fcntl.flock`` on ``ledger/.lock`` (timeout →
 ``carl.ledger.locked``), re-read the tail hash under the lock, write, and ``fsync`` before returning.
+
+A torn tail (an append killed mid-write: the last segment does not end with a newline) blocks every append with
+``carl.ledger.broken_chain`` naming ``carl --batch ledger repair``. :meth:`Ledger.repair` checks that everything
+before the torn bytes verifies, moves those bytes byte for byte into ``ledger/quarantine/`` (0600), truncates the
+segment to its last complete line, and appends a signed ``ledger.recovered`` block with the torn bytes' segment,
+offset, size and sha256. Anything else broken (an edited, removed or reordered block) is refused, and still fails
+``verify``.
 """
 
 from __future__ import annotations
@@ -47,7 +54,11 @@ BODY_FIELDS = ("index", "ts", "prev_hash", "action", "payload", "payload_hash", 
 _FIELDSET = frozenset(BLOCK_FIELDS)
 GENESIS_ACTION = "ledger.genesis"
 ROTATE_ACTION = "key.rotate"
-RESERVED_ACTIONS = frozenset({GENESIS_ACTION, ROTATE_ACTION})
+RECOVERED_ACTION = "ledger.recovered"
+RESERVED_ACTIONS = frozenset({GENESIS_ACTION, ROTATE_ACTION, RECOVERED_ACTION})
+QUARANTINE_DIR = "quarantine"
+REPAIR_HINT = ("Run `carl --batch ledger repair`: it moves the torn tail (kept byte for byte) into "
+               "ledger/quarantine/ and records a signed ledger.recovered block.")
 ACTION_RE = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)*$")
 SEGMENT_RE = re.compile(r"^segment-(\d{6,})\.jsonl$")
 DEFAULT_SEGMENT_BYTES = 8 * 1024 * 1024
@@ -303,8 +314,7 @@ def _last_line(path: Path) -> bytes | None:
         f.seek(size - 1)
         if f.read(1) != b"\n":
             raise LedgerBrokenChain(f"the ledger's last block is torn ({path.name} does not end with a newline)",
-                                    hint="Run `carl --batch ledger verify`; restore the segment from a backup "
-                                         "or an export.", context={"segment": str(path)})
+                                    hint=REPAIR_HINT, context={"segment": str(path)})
         chunk = 4096
         end = size - 1
         buf = b""
@@ -576,6 +586,63 @@ class Ledger:
         return block
 
     # verification / status / export
+    def repair(self, *, ts: float | str | None = None) -> dict[str, Any]:
+        """Move a torn tail aside and record that it was (see the module docstring). Returns
+        ``{"repaired", "quarantine", "segment", "offset", "size", "sha256", "block"}``; ``{"repaired": false}``
+        when nothing is torn. Refuses (``carl.ledger.broken_chain``) when anything else is broken."""
+        self.home.ensure()
+        with self.locked():
+            segs = [s for s in self.segments() if s.stat().st_size > 0]
+            if not segs:
+                return {"repaired": False, "reason": "the ledger is empty"}
+            last = segs[-1]
+            data = last.read_bytes()
+            if data.endswith(b"\n"):
+                res = verify_segments(segs, self.public_keys())
+                if not res.ok:
+                    raise LedgerBrokenChain(f"nothing is torn, and the ledger does not verify: {res.reason}",
+                                            hint="`ledger repair` only moves a torn last line aside; restore the "
+                                                 "ledger from an export.", context=res.to_dict())
+                return {"repaired": False, "reason": "the last block is complete: nothing to repair"}
+            cut = data.rfind(b"\n") + 1
+            torn = data[cut:]
+            res = verify_segments([*segs[:-1], (last, cut)], self.public_keys())
+            if not res.ok:
+                raise LedgerBrokenChain(f"refusing to repair: the ledger before the torn tail does not verify "
+                                        f"({res.reason})", hint="Only a torn last line can be repaired; restore the "
+                                        "ledger from an export.", context=res.to_dict())
+            digest = hashlib.sha256(torn).hexdigest()
+            qdir = self.dir / QUARANTINE_DIR
+            qdir.mkdir(mode=0o700, exist_ok=True)
+            qpath = qdir / f"{last.stem}.{cut}.{digest[:12]}.torn"
+            fd = os.open(qpath, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            try:
+                view = memoryview(torn)
+                while view:
+                    view = view[os.write(fd, view):]
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            if qpath.read_bytes() != torn:
+                raise LedgerBrokenChain("the quarantine copy of the torn tail does not match; nothing was changed",
+                                        context={"quarantine": str(qpath)})
+            with open(last, "r+b") as fh:
+                fh.truncate(cut)
+                fh.flush()
+                os.fsync(fh.fileno())
+            tail = self._tail()
+            signer = self._signer_for(tail)
+            payload = prepare_payload({"segment": last.name, "offset": cut, "size": len(torn), "sha256": digest,
+                                       "quarantine": f"{QUARANTINE_DIR}/{qpath.name}"})
+            if tail is None:
+                g = self._genesis(signer, format_ts(ts))
+                self._write([canonical(g) + b"\n"])
+                tail = _tail_of(g)
+            block = make_block(tail.index + 1, format_ts(ts), tail.hash, RECOVERED_ACTION, payload, signer)
+            self._write([canonical(block) + b"\n"])
+        return {"repaired": True, "quarantine": str(qpath), "segment": last.name, "offset": cut,
+                "size": len(torn), "sha256": digest, "block": block}
+
     def public_keys(self) -> list[str]:
         return _keys.public_keys(self.home)
 

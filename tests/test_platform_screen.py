@@ -27,7 +27,8 @@ def seed(root: Path, *, age_s: float, offline: bool = False, grants=("jobs.submi
                                                                "prices": {"managed:gpu-1x": 2.0}}}))
     key = signer_from_seed("platform-key-1")
     fetched = CLOCK - age_s
-    token = jws({"sub": "user-42", "iat": int(fetched), "nbf": int(fetched), "exp": int(fetched) + 900,
+    token = jws({"sub": "user-42", "iss": BASE, "aud": ["carl"], "iat": int(fetched), "nbf": int(fetched),
+                 "exp": int(fetched) + 900,
                  "tier": "pro", "grants": list(grants)}, key, "carl-camp-1")
     d = CarlHome.from_env().root / "platform"
     write_json(d / "jwks-pins.json", {BASE: {"carl-camp-1": b64(key.public_bytes)}})

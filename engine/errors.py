@@ -13,7 +13,7 @@ from typing import Any
 
 # Keys whose values are secrets whatever they hold. A bare ``key`` (a pipeline stage's key, a sort key, a cache
 # key) is an ordinary field: only names that say *which* key is secret (``api_key``, ``private_key``…) count.
-_SECRET_KEY = re.compile(r"(token|secret|password|passwd|authorization|bearer|credential|cookie"
+_SECRET_KEY = re.compile(r"(token|secret|password|passwd|passphrase|authorization|bearer|credential|cookie"
                          r"|(api|private|access|signing|auth|client|master|encryption|ssh|license)[_-]?key)", re.I)
 # Values that look like secrets wherever they appear (also inside longer strings).
 _SECRET_VALUE = re.compile(

@@ -9,9 +9,9 @@ The worker runs user reward code and ``trust_remote_code`` models, so it gets on
   ``REQUESTS_CA_BUNDLE``, ``CURL_CA_BUNDLE``);
 - the libraries' own settings, by prefix: ``HF_``, ``HUGGINGFACE_``, ``TRANSFORMERS_``, ``TOKENIZERS_``,
   ``DATASETS_``, ``TRACKIO_``, ``CUDA_``, ``NCCL_``, ``NVIDIA_``, ``TORCH``, ``PYTORCH_``, ``ACCELERATE_``,
-  ``OMP_``, ``MKL_``, ``KMP_``, ``TRITON_``, ``GLOO_``, ``XLA_``; the distributed launch variables (``MASTER_ADDR``,
+  ``OMP_``, ``MKL_``, ``KMP_``, ``TRITON_``, ``GLOO_``, ``XLA_``, ``TRL_``, ``PEFT_``, ``TQDM_``; the distributed launch variables (``MASTER_ADDR``,
   ``MASTER_PORT``, ``RANK``, ``LOCAL_RANK``, ``WORLD_SIZE``…);
-- carl's own ``CARL_*`` settings, except secret-named ones (``*TOKEN*``, ``*KEY*``, ``*SECRET*``…);
+- carl's own ``CARL_*`` settings, except secret-named ones (``*TOKEN*``, ``*KEY*``, ``*SECRET*``, ``*PASS*``…);
 - the tokens the job needs: the Hugging Face token (``HF_TOKEN``, ``HUGGING_FACE_HUB_TOKEN``, or the variable the
   run's ``remote.hf.token_env`` names), and the managed platform's token (``remote.managed.token_env``, default
   ``CARL_MANAGED_TOKEN``) **only** while telemetry consent is on and the run's carl.yaml names the platform (the
@@ -39,9 +39,9 @@ BASIC = frozenset({
 })
 PREFIXES = ("LC_", "XDG_", "HF_", "HUGGINGFACE_", "TRANSFORMERS_", "TOKENIZERS_", "DATASETS_", "TRACKIO_",
             "CUDA_", "NCCL_", "NVIDIA_", "TORCH", "PYTORCH_", "ACCELERATE_", "OMP_", "MKL_", "KMP_", "TRITON_",
-            "GLOO_", "XLA_", "CARL_")
+            "GLOO_", "XLA_", "TRL_", "PEFT_", "TQDM_", "CARL_")
 NEVER = re.compile(r"^(ANTHROPIC|RUNPOD|OPENAI|AWS|GOOGLE|AZURE|GH|GITHUB|GITLAB)(_|$)", re.I)
-SECRET_NAME = re.compile(r"TOKEN|KEY|SECRET|PASSWORD|PASSWD|CREDENTIAL", re.I)
+SECRET_NAME = re.compile(r"TOKEN|KEY|SECRET|PASS|CREDENTIAL", re.I)
 MANAGED_DEFAULT = "CARL_MANAGED_TOKEN"
 
 

@@ -604,3 +604,33 @@ def stat_mode(p: Path) -> int:
     import stat
 
     return stat.S_IMODE(p.stat().st_mode)
+
+
+NONCE_HUNTER = textwrap.dedent('''
+    import gc, os, sys, __main__
+    found = [v for v in vars(__main__).values() if isinstance(v, str)]
+    found += [o for o in gc.get_objects() if isinstance(o, str) and o.startswith("carl-tests-passed-")]
+    for frame_depth in range(1, 6):
+        try:
+            f = sys._getframe(frame_depth)
+        except ValueError:
+            break
+        found += [v for v in f.f_locals.values() if isinstance(v, str) and v.startswith("carl-tests-passed-")]
+    print("\\n".join(found))
+    sys.stdout.flush()
+    os._exit(0)
+''')
+
+
+@needs_isolation
+def test_a_solution_hunting_for_the_nonce_does_not_pass():
+    from engine.envs.code import CodeEnvironment
+    from engine.envs.rewards import run_code_tests
+
+    env = CodeEnvironment({"wall_s": 60})
+    try:
+        env.reset(files={"solution.py": NONCE_HUNTER}, tests="from solution import add\nassert add(2, 3) == 5\n")
+        passed, why = run_code_tests(env)
+    finally:
+        env._close()
+    assert passed is False and "nonce" in why

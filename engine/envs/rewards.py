@@ -12,8 +12,10 @@ per-rollout ``environments`` TRL passes them (one instance per completion, after
   harness read from stdin (nothing of it is on disk or on a command line) that runs the tests and then, after the
   last assertion, writes a random per-call nonce: a pass is exit code 0 *and* that nonce on stdout. A
   ``solution.py`` that calls ``os._exit(0)`` or ``sys.exit(0)`` on import, or kills its own process, scores 0;
-  a test run stopped at a limit scores 0. Not covered: model code that digs the nonce out of the harness's own
-  frames in the same interpreter (``sys._getframe``) — the tests are ordinary Python run in-process.
+  a test run stopped at a limit scores 0. The nonce is not a string anywhere in the process before the tests end
+  (it is computed from two random halves after the last assertion; nothing of it is in ``__main__``). Not
+  covered: model code written to reverse-engineer the harness from the interpreter's own frames
+  (``sys._getframe``) and recompute it — the tests are ordinary Python run in the same process.
 
 :func:`agent_metrics` computes, per batch, the seed's three numbers (docs/agents.md):
 
@@ -111,16 +113,16 @@ def _sql_scores(prompts, completions, environments=None, **kwargs) -> list[float
 # ------------------------------------------------------------------------------------------------ code
 
 
+# The harness fed to ``python3 -`` on stdin. The nonce is never a string in the process before the tests end: it
+# is the XOR of two random halves, computed after the last assertion, inside a function (nothing in ``__main__``).
 _HARNESS = """\
-import os as _carl_os, sys as _carl_sys
-_carl_write = _carl_os.write
-_carl_flush = _carl_sys.stdout.flush
-_carl_tests = {tests!r}
-_carl_nonce = {nonce!r}
-exec(compile(_carl_tests, "tests.py", "exec"), {{"__name__": "__main__", "__file__": "tests.py"}})
-del _carl_tests
-_carl_flush()
-_carl_write(1, ("\\n" + _carl_nonce + "\\n").encode())
+import os as _o, sys as _s
+def _carl_run(_src, _a, _b):
+    _w = _o.write
+    exec(compile(_src, "tests.py", "exec"), {{"__name__": "__main__", "__file__": "tests.py"}})
+    _s.stdout.flush()
+    _w(1, ("\\ncarl-tests-passed-%032x\\n" % (int(_a, 16) ^ int(_b, 16))).encode())
+_carl_run({tests!r}, {a!r}, {b!r})
 """
 
 
@@ -133,12 +135,13 @@ def run_code_tests(env: Any) -> tuple[bool, str]:
     tests = (getattr(env, "row", None) or {}).get("tests")
     if not tests:
         return False, "the row has no tests"
-    nonce = "carl-tests-passed-" + secrets.token_hex(16)
+    a, b = secrets.token_hex(16), secrets.token_hex(16)
+    nonce = "carl-tests-passed-%032x" % (int(a, 16) ^ int(b, 16))
     source = env.sandbox
     fresh = Sandbox(source.limits)
     try:
         fresh.copy_files_from(source)
-        harness = _HARNESS.format(tests=str(tests), nonce=nonce).encode("utf-8")
+        harness = _HARNESS.format(tests=str(tests), a=a, b=b).encode("utf-8")
         res = fresh.run([sandbox_python(), "-E", "-s", "-B", "-"], stdin=harness)
     except SandboxError as exc:
         return False, exc.code

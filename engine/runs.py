@@ -53,7 +53,7 @@ def ledger_record(action: str, payload: dict[str, Any]) -> None:
     try:
         record(action, payload)
     except CARLError as exc:
-        sys.stderr.write(f"carl: ledger: {action} not recorded: {exc.message}\n")
+        sys.stderr.write(f"carl: ledger: {action} not recorded: {exc.message} ({exc.hint})\n")
 
 
 # ------------------------------------------------------------------------------------------ processes

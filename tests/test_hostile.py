@@ -561,6 +561,11 @@ def test_a_ledger_append_killed_mid_write_is_repaired_not_hidden(capsys):
     with pytest.raises(LedgerBrokenChain) as ei:  # recording is blocked, and the error says how to get back
         ledger.record("project.change", {"after": "crash"})
     assert "carl --batch ledger repair" in ei.value.hint
+    from engine.runs import ledger_record
+
+    capsys.readouterr()
+    ledger_record("run.start", {"run_id": "r1"})  # what a run prints when it cannot record
+    assert "carl --batch ledger repair" in capsys.readouterr().err
     code, out, err = _batch(capsys, "ledger", "repair")
     assert code == 0, err
     assert out["repaired"] is True and out["size"] == len(torn)

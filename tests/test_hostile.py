@@ -21,7 +21,6 @@ import subprocess
 import sys
 import tempfile
 import textwrap
-import threading
 import uuid
 from pathlib import Path
 
@@ -277,6 +276,7 @@ needs_root_to_switch = pytest.mark.skipif(os.geteuid() != 0 or not os.path.exist
 
 def _probe(who, backend, host, monkeypatch) -> dict:
     if who == "user" and (os.geteuid() != 0 or not os.path.exists(SYSTEM_PYTHON)):
+        # not root: this process *is* an ordinary user, so the "root" half below already runs as one
         pytest.skip("dropping to a throwaway uid needs root and the system python3")
     res = _result(who, backend, host, monkeypatch)
     assert res["probe"]["exit_code"] == 0, res["probe"]["stderr"]

@@ -224,7 +224,7 @@ def _run_as_root(backend: str, host: dict, monkeypatch) -> dict:
     from engine.envs.code import CodeEnvironment
     from engine.envs.rewards import run_code_tests
 
-    home = _make_home(0)
+    home = _make_home(os.getuid())  # as root in CI; as whoever runs the suite elsewhere
     srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     srv.bind(str(home / "agent.sock"))
     srv.listen(4)

@@ -402,6 +402,18 @@ def test_consent_off_sends_nothing(platform, tmp_path, capsys):
     fw.close()
 
 
+def test_telemetry_and_forwarding_never_send_the_token_over_plain_http(platform, tmp_path, capsys, monkeypatch):
+    cfg = write_config(tmp_path, {"url": "http://platform.example/api"})
+    from engine.config import load_config
+
+    conf, _ = load_config(cfg, [])
+    consent.set_flags({"telemetry": True, "ledger_forward": True})
+    ledger.record("run.start", {"run_id": "r1"})
+    assert telemetry.for_run(conf, "r1") is None  # no forwarder: nothing would go over http
+    code, _, err = carl(capsys, "ledger", "forward", "--config", str(cfg))
+    assert code == 3 and err["code"] == "carl.entitlements.insecure"
+
+
 # ------------------------------------------------------------------------------------------- telemetry
 def test_telemetry_idempotency_keys_and_redaction(platform):
     fw = telemetry.Forwarder(f"{platform.url}/api/platform/telemetry", platform.token, run_id="run-1")

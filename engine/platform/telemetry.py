@@ -119,6 +119,10 @@ def for_run(cfg: Any, run_id: str, home: Any = None) -> Forwarder | None:
         token = os.environ.get(ms.token_env, "").strip()
         if not token or not (ms.url or ms.platform_url):
             return None
-        return Forwarder(join(platform_base(ms), ms.telemetry_path), token, run_id=run_id)
+        from engine.platform.entitlements import require_secure
+
+        url = join(platform_base(ms), ms.telemetry_path)
+        require_secure(url)  # never the bearer token over plain http (a loopback host excepted): no telemetry
+        return Forwarder(url, token, run_id=run_id)
     except Exception:
         return None

@@ -639,3 +639,13 @@ def test_a_solution_hunting_for_the_nonce_does_not_pass():
     finally:
         env._close()
     assert passed is False and "nonce" in why
+
+
+def test_the_workers_log_masks_a_secret_of_no_known_shape(tmp_path, monkeypatch, capsys):
+    from engine.trainer.worker import Worker
+
+    opaque = "opaque" + uuid.uuid4().hex
+    monkeypatch.setenv("HF_TOKEN", opaque)
+    Worker(tmp_path / "run").log(f"hub error: 401 for token {opaque} at https://hub/x?token={opaque}")
+    out = capsys.readouterr().out
+    assert opaque not in out and "***" in out and "hub error: 401" in out

@@ -49,8 +49,10 @@ class Worker:
 
     # ---- bookkeeping
     def log(self, msg: str) -> None:
+        from engine.errors import redact_text  # stdout.log never holds a secret (issue 29)
+
         who = f" rank {self.rank}:" if self.supervisor else ""
-        print(f"[{time.strftime('%H:%M:%S')}]{who} {msg}", flush=True)
+        print(f"[{time.strftime('%H:%M:%S')}]{who} {redact_text(str(msg))}", flush=True)
 
     def rank_file(self, suffix: str = "json", **fields: Any) -> None:
         """``ranks/rank-<n>.<suffix>``: this rank's own record (several processes only)."""

@@ -7,6 +7,9 @@ interpreter lives under /root, mode 0700). The user's HOME holds a 0600 token, a
 Unix socket; the host's ``/tmp`` holds a world-readable file; the test opens a loopback TCP port. Each jail this
 machine can build (bubblewrap, and the unshare+pivot_root fallback) is tried.
 
+The platform half of the suite (a JWKS hijack, a token without ``exp``/``iat``, a foreign ``iss``/``aud``, plain
+http) lives in tests/test_platform.py next to the loopback platform it needs.
+
 To stay cheap, each (user, jail) pair runs *one* sandboxed probe script that tries every wall and reports what it
 got, and the assertions are split per attack over that one result (a module-scoped cache).
 """

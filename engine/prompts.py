@@ -160,19 +160,10 @@ def load_tokenizer(cfg: Any) -> Any:
     from engine.errors import ConfigError, NetworkError
 
     name = cfg.model.name_or_path
-    if name == "builtin:tiny":
-        from engine.trainer import tiny
+    from engine import builtins
 
-        d = tiny.tiny_dir()
-        if (d / "tokenizer.json").is_file():
-            from engine.hf_load import load_tokenizer
-
-            return load_tokenizer(d)
-        return tiny.build_tokenizer()
-    if name == "builtin:agent-sql" and not cfg.model.tokenizer:  # the agent demo (engine/envs/demo.py)
-        from engine.envs import demo
-
-        return demo.tokenizer()
+    if builtins.is_builtin(name) and not cfg.model.tokenizer:
+        return builtins.tokenizer(name)
     from engine.hf_load import load_tokenizer
 
     src = cfg.model.tokenizer or name

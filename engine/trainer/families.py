@@ -133,16 +133,9 @@ def check_quantization(cfg: Any, device: str) -> None:
 
 def quantization_config(cfg: Any) -> Any:
     """transformers' BitsAndBytesConfig for ``model.quantization`` (None for ``none``)."""
-    q = cfg.model.quantization
-    if q == "none":
-        return None
-    import torch
-    from transformers import BitsAndBytesConfig
+    from engine.models.load import quantization_config as _bnb
 
-    if q == "4bit":
-        return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                                  bnb_4bit_compute_dtype=torch.bfloat16)
-    return BitsAndBytesConfig(load_in_8bit=True)
+    return _bnb(cfg.model.quantization)
 
 
 # ------------------------------------------------------------------------------------------------ tiny models

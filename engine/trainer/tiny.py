@@ -196,3 +196,38 @@ def ensure_tiny(root: Path | None = None, *, sft_steps: int | None = None, targe
 
 def info(path: Path) -> dict[str, Any]:
     return json.loads((Path(path) / "carl_tiny.json").read_text(encoding="utf-8"))
+
+
+# ----------------------------------------------------------------------------------------------- built-in
+# The registry's protocol (engine/builtins.py): builtin:tiny (model) and builtin:addition (dataset).
+def ensure(log=None) -> Path:
+    return ensure_tiny(log=log)
+
+
+def tokenizer():
+    """The cached demo's tokenizer, or the same character tokenizer built in memory (never builds the model)."""
+    d = tiny_dir()
+    if (d / "tokenizer.json").is_file():
+        from engine.hf_load import load_tokenizer
+
+        return load_tokenizer(d)
+    return build_tokenizer()
+
+
+def provenance() -> dict[str, Any] | None:
+    """The cached build's record (version, warm-start steps, target, size); None when it is not built."""
+    d = tiny_dir()
+    if not (d / "carl_tiny.json").is_file():
+        return None
+    meta = info(d)
+    return {k: meta.get(k) for k in ("version", "sft_steps", "sft_target", "n_params")}
+
+
+def load_rows(cfg) -> tuple[list[dict[str, str]], list[dict[str, str]]]:
+    """builtin:addition: the seeded, shuffled training pairs (``dataset.max_samples`` of them) and the held-out set."""
+    train_pairs, heldout = split_pairs()
+    random.Random(cfg.grpo.seed).shuffle(train_pairs)
+    train = rows(train_pairs)
+    if cfg.dataset.max_samples:
+        train = train[: cfg.dataset.max_samples]
+    return train, rows(heldout)

@@ -105,7 +105,7 @@ class GRPOSection(_Model):
     learning_rate: float = Field(2e-4, gt=0, lt=1, description="Peak learning rate.")
     batch_size: int = Field(32, ge=1, description="completions per step; a multiple of num_generations")
     num_generations: int = Field(8, ge=2, description="Completions sampled per prompt (the GRPO group).")
-    max_prompt_length: int = Field(32, ge=1, description="Prompt tokens kept: longer prompts lose their start (left truncation) in training and eval.")
+    max_prompt_length: int | None = Field(None, ge=1, description="Prompt tokens at most (none by default): a longer prompt's user text loses its start; the template and system prompt stay whole.")
     max_completion_length: int = Field(8, ge=1, description="Tokens generated per completion.")
     temperature: float = Field(1.0, gt=0, description="Sampling temperature for generations.")
     beta: float = Field(0.0, ge=0, description="KL coefficient (0 = no reference model).")

@@ -13,8 +13,12 @@ A prompt from a dataset row (or typed by the user) becomes the model's input in 
   system prompt and a blank line when one is set, tokenized with the tokenizer's own special tokens (TRL's call
   for plain-text prompts).
 
-Prompt ids are then cut to the **last** ``grpo.max_prompt_length`` tokens (left truncation: the question's end
-and the generation prompt survive) in training (engine.trainer.grpo's trainer) and in the eval gate. ``infer``
+**Truncation never cuts the template.** With ``grpo.max_prompt_length`` set (the default is none), a prompt
+whose rendered ids are longer is fitted by :func:`fit`: the template's own cost (the render with the user's text
+emptied — headers, system prompt, generation prompt) is measured, and the **user's content** loses its start
+(left: the question's end survives) until the render fits; the system prompt and every header stay whole. A limit
+shorter than the template itself is a ``carl.config`` error naming the row. Training (engine.trainer.data's
+dataset), the eval gate, best-of and ``train --dry-run`` all go through it, so they read the same ids; ``infer``
 and the try panel never truncate (a too-long prompt is an error there, named with the model's context).
 
 Everything here takes the tokenizer as an argument; only :func:`load_tokenizer` and :func:`preview` import
@@ -126,6 +130,7 @@ def render(prompt: Prompt, tokenizer: Any, fmt: PromptFormat) -> str:
 
 
 def truncate_left(ids: Sequence[int], max_length: int | None) -> list[int]:
+    """The last ``max_length`` ids (a plain cut; prompts go through :func:`fit` instead, which keeps the template)."""
     ids = [int(i) for i in ids]
     return ids[-max_length:] if max_length and len(ids) > max_length else ids
 
@@ -141,13 +146,80 @@ def encode_model_input(inp: Prompt, tokenizer: Any) -> list[int]:
     return [int(i) for i in tokenizer(text=inp)["input_ids"]]
 
 
-def encode(prompt: Prompt, tokenizer: Any, fmt: PromptFormat) -> list[int]:
-    """The prompt's token ids as the model gets them: rendered, tokenized, left-truncated."""
-    return truncate_left(encode_model_input(model_input(prompt, tokenizer, fmt), tokenizer), fmt.max_prompt_length)
+def _trimmable(inp: Prompt, fmt: PromptFormat) -> tuple[str, Any]:
+    """(the user's text, a function that rebuilds the model input around another text) — the part :func:`fit`
+    may shorten: the last user message's content (templated), or the text after the system prompt (raw)."""
+    if isinstance(inp, list):
+        k = max((i for i, m in enumerate(inp) if m.get("role") == "user" and isinstance(m.get("content"), str)),
+                default=None)
+        if k is None:
+            return "", None
+        folded = ""  # a template without a system role: the system prompt is the first paragraph (_fold_system)
+        content = inp[k]["content"]
+        if fmt.system_prompt and content.startswith(f"{fmt.system_prompt}\n\n") and \
+                not any(m.get("role") == "system" for m in inp):
+            folded, content = f"{fmt.system_prompt}\n\n", content[len(fmt.system_prompt) + 2:]
+
+        def rebuild(text: str) -> list[dict[str, Any]]:
+            out = [dict(m) for m in inp]
+            out[k]["content"] = folded + text
+            return out
+
+        return content, rebuild
+    head = f"{fmt.system_prompt}\n\n" if fmt.system_prompt else ""
+    return inp[len(head):] if inp.startswith(head) else inp, lambda text: head + text
+
+
+def fit(prompt: Prompt, tokenizer: Any, fmt: PromptFormat, *, row: int | None = None) -> Prompt:
+    """The model input for ``prompt`` that fits ``fmt.max_prompt_length`` tokens without cutting the template:
+    the user's text loses its start; the system prompt, the headers and the generation prompt stay whole.
+    A limit below the template's own cost: ``carl.config``, naming ``row``."""
+    inp = model_input(prompt, tokenizer, fmt)
+    limit = fmt.max_prompt_length
+    if not limit:
+        return inp
+    n = len(encode_model_input(inp, tokenizer))
+    if n <= limit:
+        return inp
+    text, rebuild = _trimmable(inp, fmt)
+    where = f"row {row}" if row is not None else "the prompt"
+    overhead = len(encode_model_input(rebuild(""), tokenizer)) if rebuild else n
+    if rebuild is None or overhead >= limit:
+        from engine.errors import ConfigError
+
+        raise ConfigError(f"grpo.max_prompt_length={limit} leaves no room for the text of {where}: the template "
+                          f"and system prompt alone take {overhead} tokens", hint=f"Raise grpo.max_prompt_length "
+                          f"above {overhead}, unset it, or shorten dataset.system_prompt.",
+                          context={"field": "grpo.max_prompt_length", "row": row, "template_tokens": overhead,
+                                   "max_prompt_length": limit})
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    keep = min(len(ids), limit - overhead)
+    while keep > 0:  # the boundary may tokenize differently once joined: shrink until the render fits
+        cand = rebuild(tokenizer.decode(ids[-keep:], skip_special_tokens=False, clean_up_tokenization_spaces=False))
+        over = len(encode_model_input(cand, tokenizer)) - limit
+        if over <= 0:
+            return cand
+        keep -= max(1, over)
+    return rebuild("")
+
+
+def encode(prompt: Prompt, tokenizer: Any, fmt: PromptFormat, *, row: int | None = None) -> list[int]:
+    """The prompt's token ids as the model gets them: rendered and fitted to ``fmt.max_prompt_length``."""
+    return encode_model_input(fit(prompt, tokenizer, fmt, row=row), tokenizer)
 
 
 def encode_many(prompts: Sequence[Prompt], tokenizer: Any, fmt: PromptFormat) -> list[list[int]]:
-    return [encode(p, tokenizer, fmt) for p in prompts]
+    return [encode(p, tokenizer, fmt, row=i) for i, p in enumerate(prompts)]
+
+
+def overlong(prompts: Sequence[Prompt], tokenizer: Any, fmt: PromptFormat, limit_rows: int = 2000) -> dict[str, Any]:
+    """How many of (the first ``limit_rows``) prompts :func:`fit` would trim: ``{"checked", "trimmed",
+    "longest"}`` (``longest``: the longest rendered prompt in tokens)."""
+    checked = list(prompts[:limit_rows])
+    lengths = [len(encode_model_input(model_input(p, tokenizer, fmt), tokenizer)) for p in checked]
+    limit = fmt.max_prompt_length
+    return {"checked": len(checked), "trimmed": sum(n > limit for n in lengths) if limit else 0,
+            "longest": max(lengths, default=0)}
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -182,7 +254,8 @@ def load_tokenizer(cfg: Any) -> Any:
 
 def preview(cfg: Any, cwd: Path | None = None) -> dict[str, Any]:
     """``example_prompt`` (the first training prompt as text exactly as the model will see it — the rendered
-    template, cut to ``grpo.max_prompt_length`` tokens when longer) and ``example_prompt_tokens``.
+    template, its user text fitted to ``grpo.max_prompt_length`` when longer, the system prompt whole) and
+    ``example_prompt_tokens``; with a limit, ``prompt_lengths`` and a ``prompt_warning`` when rows are trimmed.
 
     When the tokenizer or the dataset cannot be reached from here (offline, a Hub id), both are None and
     ``example_prompt_error`` says why; a config error (a missing prompt column) is raised."""
@@ -198,13 +271,18 @@ def preview(cfg: Any, cwd: Path | None = None) -> dict[str, Any]:
         return {**out, "example_prompt": None, "example_prompt_tokens": None, "templated": None,
                 "example_prompt_error": f"{exc.code}: {exc}"}
     first = rows[0]["prompt"]
-    inp = model_input(first, tok, fmt)
-    full = encode_model_input(inp, tok)
-    ids = truncate_left(full, fmt.max_prompt_length)
-    if len(ids) < len(full):
-        text = tok.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
-    else:
-        text = render(first, tok, fmt)
-    return {**out, "example_prompt": text, "example_prompt_tokens": len(ids), "templated": templated(tok, fmt),
-            "example_prompt_truncated_from": len(full) if len(ids) < len(full) else None}
-
+    inp = fit(first, tok, fmt, row=0)
+    ids = encode_model_input(inp, tok)
+    full = encode_model_input(model_input(first, tok, fmt), tok)
+    text = str(_render_messages(tok, inp, tokenize=False)) if isinstance(inp, list) else inp
+    out = {**out, "example_prompt": text, "example_prompt_tokens": len(ids), "templated": templated(tok, fmt),
+           "example_prompt_truncated_from": len(full) if len(ids) < len(full) else None}
+    if fmt.max_prompt_length:
+        stats = overlong([r["prompt"] for r in rows], tok, fmt)
+        out["prompt_lengths"] = stats
+        if stats["trimmed"]:
+            out["prompt_warning"] = (f"{stats['trimmed']} of {stats['checked']} training prompts exceed "
+                                     f"grpo.max_prompt_length={fmt.max_prompt_length} tokens (longest "
+                                     f"{stats['longest']}): their user text loses its start; the template and the "
+                                     "system prompt stay whole")
+    return out

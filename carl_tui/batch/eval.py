@@ -18,7 +18,8 @@ def register(sub: Any) -> None:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--run", help="run id or prefix (its final/ model, else its last checkpoint), or RUN/checkpoint-N, "
                                    "RUN@N, RUN/final")
-    src.add_argument("--adapter", help="a model or LoRA adapter directory")
+    src.add_argument("--adapter", help="a model or LoRA adapter: a directory, or any model name (RUN/checkpoint-N, "
+                                       "builtin:tiny, a Hub id …)")
     p.add_argument("--config", help="carl.yaml for --adapter (default ./carl.yaml, else the demo)")
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY.PATH=VALUE")
     p.add_argument("--threshold", type=float, help="task metric needed (default eval.threshold)")
@@ -60,8 +61,14 @@ def run(args: argparse.Namespace) -> int:
     else:
         cfg, _ = load_config(args.config, args.sets)
         path = Path(args.adapter).expanduser()
-        if not path.is_dir():
-            raise ValidationError(f"adapter directory not found: {path}", context={"adapter": str(path)})
+        if not path.is_dir():  # any other model name, resolved as infer resolves it (engine.models)
+            from engine.models import resolve_name
+
+            ref = resolve_name(args.adapter, log=progress)
+            path = Path(ref.adapter or ref.model)
+            if not path.is_dir():
+                raise ValidationError(f"{args.adapter!r} is not a local model (Hub models are evaluated after a "
+                                      "download: name the downloaded directory)", context={"adapter": args.adapter})
         subject = {"adapter": str(path)}
     if args.threshold is not None and not 0 <= args.threshold <= 1:
         raise ValidationError(f"--threshold must be in [0, 1], got {args.threshold}")

@@ -87,11 +87,12 @@ def load_rows(cfg, cwd: Path | None = None) -> tuple[list[dict[str, Any]], list[
 
 def to_dataset(rows: list[dict[str, Any]], tokenizer: Any = None, fmt: Any = None):
     """The trainer's dataset. With a tokenizer and a :class:`engine.prompts.PromptFormat`, each ``prompt``
-    becomes the model's input (chat messages when templated, else the raw text; see engine.prompts)."""
+    becomes the model's input (chat messages when templated, else the raw text), fitted to
+    ``grpo.max_prompt_length`` without cutting the template (engine.prompts.fit)."""
     import datasets
 
     if tokenizer is not None and fmt is not None:
-        from engine.prompts import model_input
+        from engine.prompts import fit
 
-        rows = [{**r, "prompt": model_input(r["prompt"], tokenizer, fmt)} for r in rows]
+        rows = [{**r, "prompt": fit(r["prompt"], tokenizer, fmt, row=i)} for i, r in enumerate(rows)]
     return datasets.Dataset.from_list(rows)

@@ -262,12 +262,8 @@ def make_trainer_class():
 
         def _tokenize_prompts(self, prompts):
             out = super()._tokenize_prompts(prompts)
-            if self.carl_state is not None:  # grpo.max_prompt_length: TRL 1.16 has no such field; left-truncate
-                from engine.prompts import truncate_left
-
-                keep = self.carl_state.cfg.grpo.max_prompt_length
-                out = ([truncate_left(p, keep) for p in out[0]], *out[1:])
-                self.carl_state.prompt_ids = [list(p) for p in out[0]]
+            if self.carl_state is not None:  # grpo.max_prompt_length: the dataset's prompts are already fitted
+                self.carl_state.prompt_ids = [list(p) for p in out[0]]  # (engine.prompts.fit: the template whole)
             return out
 
         def _generate(self, prompts):

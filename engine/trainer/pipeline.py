@@ -250,6 +250,7 @@ class Pipeline:
         from engine.trainer import grpo
         from engine.trainer.data import load_rows
         from engine.trainer.evalgate import evaluate
+        from engine.prompts import PromptFormat
         from engine.trainer.sft import train_sft
         from engine.trainer.worker import _brief
 
@@ -281,7 +282,8 @@ class Pipeline:
         model, res = train_sft(model, tok, train_rows, s, output_dir=sft_dir / "checkpoints", device=device,
                                val_metric=lambda m: task_accuracy(m, tok, val, cfg), lora=lora, save=True,
                                resume_from=ck[1] if ck else None, should_stop=self.w.should_stop_all,
-                               on_progress=progress, on_checkpoint=checkpoint, log=self.w.log)
+                               on_progress=progress, on_checkpoint=checkpoint, log=self.w.log,
+                               fmt=PromptFormat.from_config(cfg))  # the prompts GRPO and the gate read
         detail = {"steps": res.steps, "val_metric": res.val_metric, "stopped_by": res.stopped_by, "loss": res.loss}
         if res.stopped_by == "stop":
             return "stopped", None, detail, None, None

@@ -120,8 +120,10 @@ def warm_start(model, tok, *, steps: int | None, target: float | None, log=None,
     train_rows, _ = load_rows(cfg)
     settings = sft_settings(steps, target)
     val = train_rows[:settings.val_n]
+    from engine.prompts import PromptFormat
+
     return train_sft(model, tok, train_rows, settings, output_dir=output_dir, device="cpu",
-                     val_metric=lambda m: task_accuracy(m, tok, val, cfg), log=log)
+                     val_metric=lambda m: task_accuracy(m, tok, val, cfg), log=log, fmt=PromptFormat.from_config(cfg))
 
 
 def greedy_accuracy(model, tok, pairs, *, max_new_tokens: int = 5, batch: int = 100) -> float:

@@ -21,14 +21,13 @@ shorter than the template itself is a ``carl.config`` error naming the row. Trai
 dataset), the eval gate, best-of and ``train --dry-run`` all go through it, so they read the same ids; ``infer``
 and the try panel never truncate (a too-long prompt is an error there, named with the model's context).
 
-Everything here takes the tokenizer as an argument; only :func:`load_tokenizer` and :func:`preview` import
-transformers.
+Everything here takes the tokenizer as an argument and imports nothing heavy: pure rendering, below the trainer
+(the dry run's example prompt, which needs the dataset and the config's tokenizer, is engine.trainer.preview).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Sequence
 
 CHAT_TEMPLATE_MODES = ("auto", "none")
@@ -220,69 +219,3 @@ def overlong(prompts: Sequence[Prompt], tokenizer: Any, fmt: PromptFormat, limit
     limit = fmt.max_prompt_length
     return {"checked": len(checked), "trimmed": sum(n > limit for n in lengths) if limit else 0,
             "longest": max(lengths, default=0)}
-
-
-# ----------------------------------------------------------------------------------------------------------
-# The tokenizer a config names, and the dry run's example prompt
-# ----------------------------------------------------------------------------------------------------------
-
-def load_tokenizer(cfg: Any) -> Any:
-    """The tokenizer the worker will train with (``model.tokenizer`` or the model's), without the model.
-    ``builtin:tiny``: the cached demo's tokenizer, or the same character tokenizer built in memory."""
-    from engine.errors import ConfigError, NetworkError
-
-    name = cfg.model.name_or_path
-    from engine import builtins
-
-    if builtins.is_builtin(name) and not cfg.model.tokenizer:
-        return builtins.tokenizer(name)
-    from engine.hf_load import load_tokenizer
-
-    src = cfg.model.tokenizer or name
-    try:
-        return load_tokenizer(src, trust_remote_code=cfg.model.trust_remote_code)
-    except (OSError, ValueError) as exc:
-        first = (str(exc).strip().splitlines() or [""])[0][:300]
-        if "couldn't connect" in str(exc) and not Path(src).expanduser().exists():
-            raise NetworkError(f"cannot fetch the tokenizer of {src!r} from the Hub: {first}",
-                               hint="Check the network (or HF_HUB_OFFLINE), or use a local path.",
-                               context={"tokenizer": src}) from None
-        raise ConfigError(f"cannot load the tokenizer of {src!r}: {first}",
-                          hint="Use a local path, a Hub id reachable from here, or builtin:tiny.",
-                          context={"tokenizer": src}) from None
-
-
-def preview(cfg: Any, cwd: Path | None = None) -> dict[str, Any]:
-    """``example_prompt`` (the first training prompt as text exactly as the model will see it — the rendered
-    template, its user text fitted to ``grpo.max_prompt_length`` when longer, the system prompt whole) and
-    ``example_prompt_tokens``; with a limit, ``prompt_lengths`` and a ``prompt_warning`` when rows are trimmed.
-
-    When the tokenizer or the dataset cannot be reached from here (offline, a Hub id), both are None and
-    ``example_prompt_error`` says why; a config error (a missing prompt column) is raised."""
-    from engine.errors import NetworkError
-    from engine.trainer.data import load_rows
-
-    fmt = PromptFormat.from_config(cfg)
-    out: dict[str, Any] = {"prompt_format": fmt.as_dict()}
-    try:
-        tok = load_tokenizer(cfg)
-        rows, _ = load_rows(cfg, cwd=cwd)
-    except NetworkError as exc:
-        return {**out, "example_prompt": None, "example_prompt_tokens": None, "templated": None,
-                "example_prompt_error": f"{exc.code}: {exc}"}
-    first = rows[0]["prompt"]
-    inp = fit(first, tok, fmt, row=0)
-    ids = encode_model_input(inp, tok)
-    full = encode_model_input(model_input(first, tok, fmt), tok)
-    text = str(_render_messages(tok, inp, tokenize=False)) if isinstance(inp, list) else inp
-    out = {**out, "example_prompt": text, "example_prompt_tokens": len(ids), "templated": templated(tok, fmt),
-           "example_prompt_truncated_from": len(full) if len(ids) < len(full) else None}
-    if fmt.max_prompt_length:
-        stats = overlong([r["prompt"] for r in rows], tok, fmt)
-        out["prompt_lengths"] = stats
-        if stats["trimmed"]:
-            out["prompt_warning"] = (f"{stats['trimmed']} of {stats['checked']} training prompts exceed "
-                                     f"grpo.max_prompt_length={fmt.max_prompt_length} tokens (longest "
-                                     f"{stats['longest']}): their user text loses its start; the template and the "
-                                     "system prompt stay whole")
-    return out

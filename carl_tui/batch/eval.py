@@ -119,8 +119,7 @@ def _best_of(model, tok, rows, cfg, n: int, select: str) -> dict[str, Any]:
     """Task metric of the best-of-N selected completion per held-out prompt (engine.bestof)."""
     from engine.bestof import best_of_texts
     from engine.errors import ValidationError
-    from engine.trainer.grpo import task_metric_name
-    from engine.trainer.task_rewards import build_all
+    from engine.trainer.task_rewards import build_all, task_metric_name
 
     if not 1 <= n <= 64:
         raise ValidationError(f"--best-of must be in [1, 64], got {n}", context={"best_of": n})

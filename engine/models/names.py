@@ -84,30 +84,17 @@ def adapter_base(d: Path) -> str | None:
 
 
 # ------------------------------------------------------------------------------------------------------ runs
-def _checkpoints(run_dir: Path) -> dict[int, Path]:
-    ck = run_dir / "checkpoints"
-    out: dict[int, Path] = {}
-    for c in ck.glob("checkpoint-*") if ck.is_dir() else []:
-        try:
-            step = int(c.name.split("-", 1)[1])
-        except (IndexError, ValueError):
-            continue
-        if has_model(c):
-            out[step] = c
-    return out
-
-
 def run_model_dir(run: str, home: Any = None, *, step: int | None = None, final: bool = False
                   ) -> tuple[str, Path, str]:
     """``(run_id, directory, which)`` of a run's model: checkpoint ``step`` when given, ``final/`` when asked (or,
     neither given, when the run completed), else its latest checkpoint (``which`` = ``"final"`` or
     ``"checkpoint-<step>"``). Unknown run: ``carl.run.not_found``; no such model: ``carl.validation``."""
-    from engine.runs import RunStore
+    from engine.rundir import model_checkpoints, resolve_id, runs_root
 
-    store = RunStore(home)
-    run_id = store.resolve(run)
-    d = store.run_dir(run_id)
-    cks = _checkpoints(d)
+    root = runs_root(home)
+    run_id = resolve_id(root, run)
+    d = root / run_id
+    cks = model_checkpoints(d)
     if step is not None:
         if step not in cks:
             raise ValidationError(f"run {run_id} has no checkpoint-{step}",
@@ -233,7 +220,7 @@ def _local(p: Path, label: str) -> ModelRef:
     return ModelRef(str(p), tokenizer=str(p), label=label)
 
 
-def base_ref(name: str, home: Any, log: Callable[[str], None] | None) -> ModelRef:
+def base_ref(name: str, home: Any = None, log: Callable[[str], None] | None = None) -> ModelRef:
     """A base model name (no adapter, no run): a built-in, a local directory or a Hub id."""
     from engine import builtins
 

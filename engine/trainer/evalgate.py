@@ -67,8 +67,7 @@ def evaluate(model, tok, rows: list[dict[str, Any]], cfg, *, n: int | None = Non
     from engine.probe import SIGMA
     from engine.rewards import carl_from_field, field_from_forward
     from engine.trainer.evalchecks import answer_stats, phi_spread
-    from engine.trainer.grpo import task_metric_name
-    from engine.trainer.task_rewards import build_all
+    from engine.trainer.task_rewards import build_all, task_metric_name
 
     if getattr(cfg, "environment", None) is not None:  # agents: the tool loop, scored by the environment
         from engine.envs.evaluate import evaluate_agent
@@ -107,6 +106,20 @@ def evaluate(model, tok, rows: list[dict[str, Any]], cfg, *, n: int | None = Non
     out["completion_length"] = sum(len(c) for c in c_ids) / max(1, len(c_ids))
     out["samples"] = [{"prompt": as_text(p), "completion": t} for p, t in list(zip(prompts, texts))[:3]]
     return out
+
+
+def task_accuracy(model, tok, rows: list[dict[str, Any]], cfg) -> float:
+    """The task metric of greedy completions on ``rows`` (the SFT stage's validation check, the demo's warm start)."""
+    from engine.prompts import PromptFormat
+    from engine.trainer.task_rewards import build_all, task_metric_name
+
+    prompts = [r["prompt"] for r in rows]
+    texts, _, c_ids = greedy_completions(model, tok, prompts, cfg.grpo.max_completion_length,
+                                         fmt=PromptFormat.from_config(cfg), batch=128)
+    fn = {n: f for n, _, f in build_all(cfg.task)}[task_metric_name(cfg)]
+    extra = {k: [r.get(k) for r in rows] for k in rows[0] if k != "prompt"} if rows else {}
+    scores = [float(s) for s in fn(prompts, texts, completion_ids=c_ids, **extra) if s is not None]
+    return sum(scores) / len(scores) if scores else 0.0
 
 
 def decide(metrics: dict[str, Any], ecfg, threshold: float | None = None) -> tuple[bool, str]:

@@ -158,19 +158,7 @@ def maybe_hold(stage: str, step: int | None, should_stop) -> None:
 
 
 # ------------------------------------------------------------------------------------------ helpers
-def task_accuracy(model, tok, rows: list[dict[str, Any]], cfg) -> float:
-    """The task metric of greedy completions on ``rows`` (the SFT stage's validation check)."""
-    from engine.prompts import PromptFormat
-    from engine.trainer.evalgate import greedy_completions
-    from engine.trainer.task_rewards import build_all
-
-    prompts = [r["prompt"] for r in rows]
-    texts, _, c_ids = greedy_completions(model, tok, prompts, cfg.grpo.max_completion_length,
-                                         fmt=PromptFormat.from_config(cfg), batch=128)
-    fn = {n: f for n, _, f in build_all(cfg.task)}[grpo_metric(cfg)]
-    extra = {k: [r.get(k) for r in rows] for k in rows[0] if k != "prompt"} if rows else {}
-    scores = [float(s) for s in fn(prompts, texts, completion_ids=c_ids, **extra) if s is not None]
-    return sum(scores) / len(scores) if scores else 0.0
+from engine.trainer.evalgate import task_accuracy  # noqa: E402,F401  (moved: the demo's warm start uses it too)
 
 
 def with_model(cfg, path: str):

@@ -113,7 +113,7 @@ def warm_start(model, tok, *, steps: int | None, target: float | None, log=None,
     task metric of its validation slice. Returns (model, SFTResult)."""
     from engine.config import Config
     from engine.trainer.data import load_rows
-    from engine.trainer.pipeline import task_accuracy
+    from engine.trainer.evalgate import task_accuracy
     from engine.trainer.sft import train_sft
 
     cfg = Config()

@@ -142,3 +142,54 @@ def test_every_engine_module_has_a_layer():
     missing = sorted(m for m in leaves if not any(m == p or m.startswith(p + ".") for p in placed))
     assert missing == [], f"place these in a layer of pyproject.toml (docs/architecture.md): {missing}"
     assert len(placed) == len(set(placed))
+
+
+# ------------------------------------------------------------------------------------------ dependencies
+def _declared() -> dict[str, str]:
+    import re
+    import tomllib
+
+    proj = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    out = {}
+    for spec in proj["dependencies"] + proj["optional-dependencies"]["dev"]:
+        name = re.split(r"[<>=!~ \[;]", spec, maxsplit=1)[0]
+        out[name.lower().replace("_", "-")] = spec
+    return out
+
+
+def test_the_floors_are_the_versions_the_suite_runs_on():
+    """Each floor is the installed version's minor (torch excepted: a GPU machine's own CUDA build is kept)."""
+    import re
+    from importlib import metadata
+
+    for name, spec in _declared().items():
+        installed = metadata.version(name)
+        floor = re.search(r">=\s*([0-9][^,\s]*)", spec)
+        assert floor, f"{spec}: no floor"
+        if name == "torch":
+            continue
+        want = ".".join(re.match(r"[0-9.]+", installed).group(0).rstrip(".").split(".")[:2])
+        assert floor.group(1) == want, f"{name}: floor {floor.group(1)} but the suite runs {installed}"
+
+
+def test_every_imported_module_is_declared():
+    import ast
+    import sys
+    from importlib import metadata
+
+    owners = metadata.packages_distributions()
+    declared = set(_declared())
+    missing = set()
+    for pkg in ("engine", "carl_tui", "screens"):
+        for f in (REPO / pkg).rglob("*.py"):
+            for node in ast.walk(ast.parse(f.read_text(encoding="utf-8"))):
+                names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                    [node.module] if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module else []
+                for n in names:
+                    top = n.split(".")[0]
+                    if top in sys.stdlib_module_names or top in ("engine", "carl_tui", "screens"):
+                        continue
+                    dists = {d.lower().replace("_", "-") for d in owners.get(top, [])}
+                    if not dists & declared:
+                        missing.add(f"{top} ({f.relative_to(REPO)})")
+    assert not missing, f"imported but not declared in pyproject.toml: {sorted(missing)}"

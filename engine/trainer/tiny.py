@@ -130,6 +130,8 @@ def greedy_accuracy(model, tok, pairs, *, max_new_tokens: int = 5, batch: int = 
     """Fraction of ``pairs`` whose greedy completion is exactly the sum."""
     import torch
 
+    from engine.models.stops import stop_ids
+
     model.eval()
     correct = 0
     for i in range(0, len(pairs), batch):
@@ -137,7 +139,7 @@ def greedy_accuracy(model, tok, pairs, *, max_new_tokens: int = 5, batch: int = 
         enc = tok([prompt_of(a, b) for a, b in chunk], return_tensors="pt", padding=True, add_special_tokens=False)
         with torch.no_grad():
             out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
-                                 pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+                                 pad_token_id=tok.pad_token_id, eos_token_id=stop_ids(model, tok))
         texts = tok.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
         correct += sum(t.strip() == str(a + b) for t, (a, b) in zip(texts, chunk))
     return correct / max(1, len(pairs))

@@ -162,3 +162,11 @@ def test_stop_ids_are_tokenizer_eos_generation_config_and_the_end_of_turn():
     assert stop_ids(model, plain) == sorted({eos, end, 5})
     model.generation_config.eos_token_id = end
     assert stop_ids(model, plain) == sorted({eos, end})
+
+
+def test_a_quantized_load_off_cuda_is_a_typed_error(tiny):
+    from engine.models import LoadOptions, ModelRef, load_model
+
+    with pytest.raises(ValidationError, match="CUDA") as e:
+        load_model(ModelRef(str(tiny)), LoadOptions(device="cpu", quantization="4bit"))
+    assert e.value.context["quantization"] == "4bit"

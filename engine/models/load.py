@@ -110,6 +110,10 @@ def load_model(ref: ModelRef, opts: LoadOptions | None = None, *, train: bool = 
     dtype = torch_dtype(opts.dtype, device)
     name = ref.label or ref.model
     quant = quantization_config(opts.quantization)
+    if quant is not None and device != "cuda":
+        raise error(f"{name!r} loads {opts.quantization}-quantized (bitsandbytes), which needs a CUDA GPU; the "
+                    f"device here is {device}", hint="Load it on a CUDA machine, or unquantized (model.quantization: "
+                    "none).", context={"model": ref.model, "quantization": opts.quantization, "device": device})
     if log:
         log(f"loading {name}" + (f" + adapter {ref.adapter}" if ref.adapter else "") + f" on {device}")
     bars = hf_logging.is_progress_bar_enabled()

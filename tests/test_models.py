@@ -16,6 +16,7 @@ from engine.models import resolve_name, stop_ids
 from tests._chat_fixture import build_chat_tokenizer
 from tests._tiny_fixture import tiny_cache, tiny_env  # noqa: F401
 from tests.test_infer import PROMPT, make_run, tiny_path
+from tests.test_try_panel import runs  # noqa: F401  (a completed run, a LoRA run, a sharper one)
 
 RUN = "20250101-000000-abcd"
 
@@ -170,3 +171,19 @@ def test_a_quantized_load_off_cuda_is_a_typed_error(tiny):
     with pytest.raises(ValidationError, match="CUDA") as e:
         load_model(ModelRef(str(tiny)), LoadOptions(device="cpu", quantization="4bit"))
     assert e.value.context["quantization"] == "4bit"
+
+
+@pytest.mark.anyio
+async def test_the_try_panel_compares_with_run_checkpoint_n_offline(runs, tmp_path, no_network):  # noqa: F811
+    """The compare box takes the name pane A shows (RUN/checkpoint-N), with no network call."""
+    from tests.test_try_panel import BASE, make_app, settle, status
+
+    app = make_app(tmp_path, run=BASE)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await settle(pilot)
+        await pilot.press("escape", "c", "ctrl+u", *f"{BASE}/checkpoint-2", "enter")
+        await settle(pilot)
+        ref = app.screen.refs[1]
+        assert ref is not None and (ref.run_id, ref.checkpoint) == (BASE, "checkpoint-2"), status(app)
+        assert "carl." not in status(app)
+    assert no_network == []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import subprocess
 import sys
@@ -69,7 +70,8 @@ TEMP_CYCLE_EDGES = {
 }
 
 
-def _engine_graph():
+@functools.lru_cache(maxsize=1)
+def _engine_graph():  # built once per session (read-only)
     import grimp
 
     return grimp.build_graph("engine", cache_dir=None)  # function-level (lazy) imports included

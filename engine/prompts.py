@@ -120,12 +120,16 @@ def model_input(prompt: Prompt, tokenizer: Any, fmt: PromptFormat) -> Prompt:
     return f"{fmt.system_prompt}\n\n{text}" if fmt.system_prompt else text
 
 
-def render(prompt: Prompt, tokenizer: Any, fmt: PromptFormat) -> str:
-    """The prompt as text, exactly as the model reads it (before truncation)."""
-    inp = model_input(prompt, tokenizer, fmt)
+def render_input(inp: Prompt, tokenizer: Any) -> str:
+    """A prepared model input (messages or raw text) as the text the model reads."""
     if isinstance(inp, list):
         return str(_render_messages(tokenizer, inp, tokenize=False))
     return inp
+
+
+def render(prompt: Prompt, tokenizer: Any, fmt: PromptFormat) -> str:
+    """The prompt as text, exactly as the model reads it (before any fitting to a limit)."""
+    return render_input(model_input(prompt, tokenizer, fmt), tokenizer)
 
 
 def truncate_left(ids: Sequence[int], max_length: int | None) -> list[int]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from engine.prompts import PromptFormat, _render_messages, encode_model_input, fit, model_input, overlong, templated
+from engine.prompts import PromptFormat, encode_model_input, fit, model_input, overlong, render_input, templated
 
 
 def load_tokenizer(cfg: Any) -> Any:
@@ -65,7 +65,7 @@ def preview(cfg: Any, cwd: Path | None = None) -> dict[str, Any]:
     inp = fit(first, tok, fmt, row=0)
     ids = encode_model_input(inp, tok)
     full = encode_model_input(model_input(first, tok, fmt), tok)
-    text = str(_render_messages(tok, inp, tokenize=False)) if isinstance(inp, list) else inp
+    text = render_input(inp, tok)
     out = {**out, "example_prompt": text, "example_prompt_tokens": len(ids), "templated": templated(tok, fmt),
            "example_prompt_truncated_from": len(full) if len(ids) < len(full) else None}
     if fmt.max_prompt_length:

@@ -118,31 +118,36 @@ def generate_candidates(lm, prompt: str, n: int, select: str, sampling, *, weigh
 
 
 def sample_batch(model, tok, prompts: Sequence[str], n: int, max_new_tokens: int, seed: int, *,
-                 temperature: float = 1.0):
+                 temperature: float = 1.0, fmt: Any = None):
     """N samples per prompt in one batched ``generate`` (left-padded), with the field of each sampled token read
     on the raw logits of its step: (texts [P][N], phi [P][N][T], selected_prob [P][N][T])."""
     import torch
 
     from engine.rewards import phi_and_selected
 
+    from engine.models.stops import cut_at_stop, stop_ids
+    from engine.prompts import RAW, encode_many
+
     torch.manual_seed(seed)
-    enc = tok(text=list(prompts), padding=True, return_tensors="pt")
-    device = next(model.parameters()).device
-    enc = {k: v.to(device) for k, v in enc.items()}
+    # the prompts rendered as training renders them (engine.prompts; ``fmt`` None: raw), left-padded
+    ids = encode_many(list(prompts), tok, fmt or RAW)
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    stops = stop_ids(model, tok)
+    w = max(len(x) for x in ids)
+    device = next(model.parameters()).device
+    enc = {"input_ids": torch.tensor([[pad] * (w - len(x)) + x for x in ids], device=device),
+           "attention_mask": torch.tensor([[0] * (w - len(x)) + [1] * len(x) for x in ids], device=device)}
     with torch.no_grad():
         out = model.generate(**enc, do_sample=True, temperature=temperature, top_k=0, top_p=1.0,
                              max_new_tokens=max_new_tokens, num_return_sequences=n, output_logits=True,
-                             return_dict_in_generate=True, pad_token_id=pad, eos_token_id=tok.eos_token_id)
+                             return_dict_in_generate=True, pad_token_id=pad, eos_token_id=stops)
     width = enc["input_ids"].shape[1]
     seqs = out.sequences[:, width:]
     phi, sel = phi_and_selected(torch.stack(out.logits, dim=1), seqs)
     texts, phis, sels = [], [], []
-    eos = tok.eos_token_id
     for r in range(seqs.shape[0]):
-        ids = seqs[r].tolist()
-        k = ids.index(eos) + 1 if eos in ids else len(ids)
-        texts.append(tok.decode(ids[:k], skip_special_tokens=True))
+        k = len(cut_at_stop(seqs[r].tolist(), stops)[0])
+        texts.append(tok.decode(seqs[r, :k].tolist(), skip_special_tokens=True))
         phis.append(phi[r, :k].tolist())
         sels.append(sel[r, :k].tolist())
     group = lambda xs: [xs[i * n:(i + 1) * n] for i in range(len(prompts))]  # noqa: E731
@@ -150,9 +155,9 @@ def sample_batch(model, tok, prompts: Sequence[str], n: int, max_new_tokens: int
 
 
 def best_of_texts(model, tok, prompts: Sequence[str], n: int, select: str, max_new_tokens: int, seed: int = 0,
-                  weights: dict[str, float] | None = None) -> list[str]:
-    """The selected completion per prompt (the eval verb's ``--best-of``)."""
-    texts, phis, sels = sample_batch(model, tok, prompts, n, max_new_tokens, seed)
+                  weights: dict[str, float] | None = None, fmt: Any = None) -> list[str]:
+    """The selected completion per prompt (the eval verb's ``--best-of``; ``fmt``: the run's prompt format)."""
+    texts, phis, sels = sample_batch(model, tok, prompts, n, max_new_tokens, seed, fmt=fmt)
     chosen = []
     for p in range(len(prompts)):
         cands = [Candidate(i, texts[p][i], phis[p][i], sels[p][i]) for i in range(n)]

@@ -1,11 +1,10 @@
 """Try a model and see its coherence token by token.
 
-* :func:`resolve` turns what the user named — a local path, a Hub id, ``builtin:tiny``, an optional PEFT adapter,
-  or a run id (prefix) — into a :class:`ModelRef`. A run resolves to its ``final/`` model when it completed, else
-  to its latest ``checkpoints/checkpoint-<step>/``; either may be a full model or a LoRA adapter (then the base is
-  the adapter's ``base_model_name_or_path``, or the run's own ``model.name_or_path`` when that path is gone).
-* :func:`load` loads it once and keeps it warm: an LRU of :class:`LoadedModel` keyed by (model, adapter, device,
-  dtype), ``CARL_INFER_CACHE`` entries (default 2, so two checkpoints can be compared without reloading).
+* :func:`resolve` / :func:`parse_spec` are engine.models' resolver (engine/models/names.py): a directory,
+  ``builtin:NAME``, ``run:ID``, a run id (prefix), ``RUN/final``, ``RUN/checkpoint-N``, ``RUN@N``, ``BASE + ADAPTER``,
+  a Hub id last (failing fast offline), turned into a :class:`ModelRef`.
+* :func:`load` loads it once (engine.models.load_model: dtype, adapter, stop ids) and keeps it warm: an LRU of
+  :class:`LoadedModel` keyed by (model, adapter, device, dtype), ``CARL_INFER_CACHE`` entries (default 2, so two checkpoints can be compared without reloading).
 * :meth:`LoadedModel.stream` generates with a manual decoding loop over the model's KV cache and yields one
   :class:`TokenStep` per token as it is produced (cancellable between tokens); :meth:`LoadedModel.generate` runs it
   to the end; :meth:`LoadedModel.score` teacher-forces a given text after a prompt (one forward).
@@ -26,17 +25,15 @@ Heavy imports (torch, transformers, peft) happen inside the functions that need 
 from __future__ import annotations
 
 import inspect
-import json
 import math
 import os
 import threading
-import warnings
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
-from engine.errors import NetworkError, ValidationError
+from engine.errors import ValidationError
 
 DEFAULT_MAX_NEW_TOKENS = 64
 MAX_NEW_TOKENS_LIMIT = 8192
@@ -49,164 +46,16 @@ _DECODE_WINDOW = 8  # tokens of left context when decoding one token's text incr
 # Naming a model
 # ----------------------------------------------------------------------------------------------------------
 
-@dataclass(frozen=True)
-class ModelRef:
-    """A resolved model: ``model`` (local path or Hub id; the base when ``adapter`` is set) and ``tokenizer``."""
-
-    model: str
-    adapter: str | None = None
-    tokenizer: str | None = None
-    label: str = ""
-    run_id: str | None = None
-    checkpoint: str | None = None  # "final" or "checkpoint-<step>" for runs
-
-    @property
-    def key(self) -> tuple[str, str | None]:
-        return (self.model, self.adapter)
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"model": self.model, "adapter": self.adapter, "label": self.label or self.model,
-                "run_id": self.run_id, "checkpoint": self.checkpoint}
-
-
-def _looks_like_path(name: str) -> bool:
-    return (name.startswith((".", "/", "~")) or "\\" in name or name.count("/") > 1 or name.endswith("/")
-            or Path(name).suffix in (".safetensors", ".bin", ".pt"))
-
-
-def _has_model(d: Path) -> bool:
-    return (d / "config.json").is_file() or (d / "adapter_config.json").is_file()
-
-
-def _has_tokenizer(d: Path) -> bool:
-    return any((d / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model",
-                                            "vocab.json"))
-
-
-def _builtin_tiny(log: Callable[[str], None] | None) -> str:
-    from engine.trainer.tiny import ensure_tiny
-
-    return str(ensure_tiny(log=log))
-
-
-def _model_path(name: str, log: Callable[[str], None] | None) -> str:
-    """A local directory (absolute) or a Hub id; ``builtin:tiny`` builds/caches the demo model."""
-    if name == BUILTIN_TINY:
-        return _builtin_tiny(log)
-    p = Path(name).expanduser()
-    if p.exists():
-        if not p.is_dir():
-            raise ValidationError(f"model path is not a directory: {name}",
-                                  hint="Give a directory saved with save_pretrained, a Hub id or builtin:tiny.",
-                                  context={"model": name})
-        return str(p.resolve())
-    if _looks_like_path(name):
-        raise ValidationError(f"model path not found: {name}",
-                              hint="Give a directory saved with save_pretrained, a Hub id or builtin:tiny.",
-                              context={"model": name})
-    return name  # a Hub id
-
-
-def run_model_dir(run: str, home: Any = None) -> tuple[str, Path, str]:
-    """``(run_id, directory, which)`` of a run's newest model: ``final/`` when the run completed, else its latest
-    checkpoint (``which`` = ``"final"`` or ``"checkpoint-<step>"``). Unknown run: ``carl.run.not_found``."""
-    from engine.runs import RunStore
-
-    store = RunStore(home)
-    run_id = store.resolve(run)
-    d = store.run_dir(run_id)
-    final = d / "final"
-    if _has_model(final):
-        return run_id, final, "final"
-    ck = d / "checkpoints"
-    best: tuple[int, Path] | None = None
-    for c in ck.glob("checkpoint-*") if ck.is_dir() else []:
-        try:
-            step = int(c.name.split("-", 1)[1])
-        except (IndexError, ValueError):
-            continue
-        if _has_model(c) and (best is None or step > best[0]):
-            best = (step, c)
-    if best is None:
-        raise ValidationError(f"run {run_id} has no model yet (no final/ and no checkpoint)",
-                              hint="Wait for its first checkpoint (grpo.save_steps) or for the run to complete.",
-                              context={"run": run_id, "run_dir": str(d)})
-    return run_id, best[1], best[1].name
-
-
-def _run_base_model(run_dir: Path) -> str | None:
-    try:
-        import yaml
-
-        cfg = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8")) or {}
-        return (cfg.get("model") or {}).get("name_or_path")
-    except (OSError, ValueError, AttributeError):
-        return None
-
-
-def resolve(model: str | None = None, *, adapter: str | None = None, run: str | None = None, home: Any = None,
-            log: Callable[[str], None] | None = None) -> ModelRef:
-    """What to load. ``run`` and ``adapter`` are exclusive; ``model`` overrides a run's (or adapter's) base."""
-    if run and adapter:
-        raise ValidationError("give --adapter or --run, not both", hint="A run already names its own weights.")
-    if not model and not run:
-        raise ValidationError("no model given", hint="Pass --model PATH|HUB_ID|builtin:tiny, or --run RUN.")
-    if run:
-        run_id, d, which = run_model_dir(run, home)
-        run_dir = d.parent if which == "final" else d.parent.parent
-        label = f"{run_id}/{which}"
-        if (d / "adapter_config.json").is_file():
-            base = model or _adapter_base(d)
-            if not model and base and not Path(base).exists() and _looks_like_path(base):
-                base = _run_base_model(run_dir) or base  # e.g. builtin:tiny built under another cache
-            if not base:
-                raise ValidationError(f"adapter {d} names no base model", hint="Pass --model BASE as well.",
-                                      context={"adapter": str(d)})
-            base_path = _model_path(base, log)
-            tok = str(d) if _has_tokenizer(d) else base_path
-            return ModelRef(base_path, adapter=str(d), tokenizer=tok, label=label, run_id=run_id, checkpoint=which)
-        tok = str(d) if _has_tokenizer(d) else _model_path(model or _run_base_model(run_dir) or str(d), log)
-        return ModelRef(str(d), tokenizer=tok, label=label, run_id=run_id, checkpoint=which)
-    assert model is not None
-    base_path = _model_path(model, log)
-    if adapter:
-        a = Path(adapter).expanduser()
-        if not (a / "adapter_config.json").is_file():
-            raise ValidationError(f"adapter not found: {adapter} (no adapter_config.json)",
-                                  hint="Give a directory saved by peft (save_pretrained of a PeftModel).",
-                                  context={"adapter": adapter})
-        a = a.resolve()
-        tok = str(a) if _has_tokenizer(a) else base_path
-        return ModelRef(base_path, adapter=str(a), tokenizer=tok, label=f"{model} + {a.name}")
-    return ModelRef(base_path, tokenizer=base_path, label=model)
-
-
-def _adapter_base(d: Path) -> str | None:
-    try:
-        return json.loads((d / "adapter_config.json").read_text(encoding="utf-8")).get("base_model_name_or_path")
-    except (OSError, ValueError):
-        return None
+# One resolver for every name a user types (engine/models/names.py): a directory, builtin:NAME, run:ID, RUN,
+# RUN/final, RUN/checkpoint-N, RUN@N, BASE + ADAPTER, a Hub id last (failing fast offline).
+from engine.models.names import ModelRef, resolve, run_model_dir  # noqa: E402  (re-exported: infer's API)
 
 
 def parse_spec(text: str, home: Any = None, log: Callable[[str], None] | None = None) -> ModelRef:
-    """A model named in one string (the try panel's model box): ``run:RUN``, ``builtin:tiny``, a path, a Hub id,
-    or a bare run id / unambiguous prefix (when no such path exists); ``… + ADAPTER`` adds a PEFT adapter."""
-    from engine.errors import RunNotFound
+    """A model named in one string (the try panel's model box, ``infer --model``): engine.models.resolve_name."""
+    from engine.models.names import resolve_name
 
-    text = text.strip()
-    if not text:
-        raise ValidationError("no model given", hint="Type a path, a Hub id, builtin:tiny or run:RUN_ID.")
-    if text.startswith("run:"):
-        return resolve(run=text[4:].strip(), home=home, log=log)
-    if " + " in text:
-        base, _, adapter = text.partition(" + ")
-        return resolve(base.strip(), adapter=adapter.strip(), home=home, log=log)
-    if text != BUILTIN_TINY and not Path(text).expanduser().exists() and not _looks_like_path(text):
-        try:
-            return resolve(run=text, home=home, log=log)
-        except RunNotFound:
-            pass
-    return resolve(text, home=home, log=log)
+    return resolve_name(text, home=home, log=log)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -335,10 +184,6 @@ class Sampling:
 # A loaded model
 # ----------------------------------------------------------------------------------------------------------
 
-def _first_line(exc: BaseException) -> str:
-    return (str(exc).strip().split("\n") or [""])[0][:300]
-
-
 def _default_device() -> str:
     """cuda, then mps, then cpu (engine.devices)."""
     from engine.devices import auto_device
@@ -366,14 +211,10 @@ class LoadedModel:
         self.eos_ids = self._eos_ids()
 
     def _eos_ids(self) -> set[int]:
-        ids: set[int] = set()
-        gen = getattr(self.model, "generation_config", None)
-        for src in (getattr(gen, "eos_token_id", None), getattr(self.tokenizer, "eos_token_id", None)):
-            if isinstance(src, int):
-                ids.add(src)
-            elif isinstance(src, (list, tuple)):
-                ids.update(int(x) for x in src)
-        return ids
+        """Where a completion ends: engine.models.stop_ids (generation config ∪ tokenizer eos ∪ end of turn)."""
+        from engine.models.stops import stop_ids
+
+        return set(stop_ids(self.model, self.tokenizer))
 
     # ---- text
     def templated(self, fmt: Any = None) -> bool:
@@ -706,52 +547,10 @@ def load(ref: ModelRef, *, device: str | None = None, dtype: str = "auto",
 
 
 def _load_uncached(ref: ModelRef, device: str, dtype: str, log: Callable[[str], None] | None) -> LoadedModel:
-    import torch
-    from transformers import AutoModelForCausalLM
+    """engine.models' one loader (tokenizer, dtype, adapter, stop ids), in eval mode on ``device``."""
+    from engine.models.load import LoadOptions, load_model
 
-    from engine.hf_load import load_tokenizer
-
-    if log:
-        log(f"loading {ref.label or ref.model}" + (f" + adapter {ref.adapter}" if ref.adapter else "") + f" on {device}")
-    torch_dtype: Any = {"auto": "auto" if device != "cpu" else torch.float32, "float32": torch.float32,
-                        "bfloat16": torch.bfloat16, "float16": torch.float16}.get(dtype)
-    if torch_dtype is None:
-        raise ValidationError(f"unknown dtype {dtype!r}", hint="auto, float32, bfloat16 or float16.")
-    from transformers.utils import logging as hf_logging
-
-    name = ref.label or ref.model
-    bars = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()  # no tqdm on a terminal the workbench owns; progress is ours to report
-    try:
-        try:
-            tok = load_tokenizer(ref.tokenizer or ref.model)
-            model = AutoModelForCausalLM.from_pretrained(ref.model, dtype=torch_dtype)
-        except (OSError, ValueError, KeyError) as exc:
-            offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
-            if "couldn't connect" in str(exc) and not offline and not Path(ref.model).exists():
-                raise NetworkError(f"cannot fetch model {name!r} from the Hub: {_first_line(exc)}",
-                                   hint="Check the network, or use a local directory / builtin:tiny.",
-                                   context={"model": ref.model}) from None
-            raise ValidationError(f"cannot load model {name!r}: {_first_line(exc)}",
-                                  hint="Use a local directory saved with save_pretrained, a Hub id reachable from "
-                                       "here (downloads need the network), or builtin:tiny.",
-                                  context={"model": ref.model}) from None
-        if ref.adapter:
-            try:
-                from peft import PeftModel
-
-                with warnings.catch_warnings():  # deprecation chatter from transformers inside peft
-                    warnings.simplefilter("ignore", FutureWarning)
-                    model = PeftModel.from_pretrained(model, ref.adapter)
-            except (OSError, ValueError, KeyError, RuntimeError) as exc:
-                raise ValidationError(f"cannot load adapter {ref.adapter!r} on {ref.model!r}: {_first_line(exc)}",
-                                      hint="Check that the adapter was trained on this base model.",
-                                      context={"adapter": ref.adapter, "model": ref.model}) from None
-    finally:
-        if bars:
-            hf_logging.enable_progress_bar()
-    model.to(device)
-    model.eval()
+    model, tok = load_model(ref, LoadOptions(device=device, dtype=dtype), log=log)
     return LoadedModel(ref, model, tok, device)
 
 

@@ -13,18 +13,21 @@ A prompt from a dataset row (or typed by the user) becomes the model's input in 
   system prompt and a blank line when one is set, tokenized with the tokenizer's own special tokens (TRL's call
   for plain-text prompts).
 
-Prompt ids are then cut to the **last** ``grpo.max_prompt_length`` tokens (left truncation: the question's end
-and the generation prompt survive) in training (engine.trainer.grpo's trainer) and in the eval gate. ``infer``
+**Truncation never cuts the template.** With ``grpo.max_prompt_length`` set (the default is none), a prompt
+whose rendered ids are longer is fitted by :func:`fit`: the template's own cost (the render with the user's text
+emptied — headers, system prompt, generation prompt) is measured, and the **user's content** loses its start
+(left: the question's end survives) until the render fits; the system prompt and every header stay whole. A limit
+shorter than the template itself is a ``carl.config`` error naming the row. Training (engine.trainer.data's
+dataset), the eval gate, best-of and ``train --dry-run`` all go through it, so they read the same ids; ``infer``
 and the try panel never truncate (a too-long prompt is an error there, named with the model's context).
 
-Everything here takes the tokenizer as an argument; only :func:`load_tokenizer` and :func:`preview` import
-transformers.
+Everything here takes the tokenizer as an argument and imports nothing heavy: pure rendering, below the trainer
+(the dry run's example prompt, which needs the dataset and the config's tokenizer, is engine.trainer.preview).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Sequence
 
 CHAT_TEMPLATE_MODES = ("auto", "none")
@@ -117,15 +120,20 @@ def model_input(prompt: Prompt, tokenizer: Any, fmt: PromptFormat) -> Prompt:
     return f"{fmt.system_prompt}\n\n{text}" if fmt.system_prompt else text
 
 
-def render(prompt: Prompt, tokenizer: Any, fmt: PromptFormat) -> str:
-    """The prompt as text, exactly as the model reads it (before truncation)."""
-    inp = model_input(prompt, tokenizer, fmt)
+def render_input(inp: Prompt, tokenizer: Any) -> str:
+    """A prepared model input (messages or raw text) as the text the model reads."""
     if isinstance(inp, list):
         return str(_render_messages(tokenizer, inp, tokenize=False))
     return inp
 
 
+def render(prompt: Prompt, tokenizer: Any, fmt: PromptFormat) -> str:
+    """The prompt as text, exactly as the model reads it (before any fitting to a limit)."""
+    return render_input(model_input(prompt, tokenizer, fmt), tokenizer)
+
+
 def truncate_left(ids: Sequence[int], max_length: int | None) -> list[int]:
+    """The last ``max_length`` ids (a plain cut; prompts go through :func:`fit` instead, which keeps the template)."""
     ids = [int(i) for i in ids]
     return ids[-max_length:] if max_length and len(ids) > max_length else ids
 
@@ -141,79 +149,77 @@ def encode_model_input(inp: Prompt, tokenizer: Any) -> list[int]:
     return [int(i) for i in tokenizer(text=inp)["input_ids"]]
 
 
-def encode(prompt: Prompt, tokenizer: Any, fmt: PromptFormat) -> list[int]:
-    """The prompt's token ids as the model gets them: rendered, tokenized, left-truncated."""
-    return truncate_left(encode_model_input(model_input(prompt, tokenizer, fmt), tokenizer), fmt.max_prompt_length)
+def _trimmable(inp: Prompt, fmt: PromptFormat) -> tuple[str, Any]:
+    """(the user's text, a function that rebuilds the model input around another text) — the part :func:`fit`
+    may shorten: the last user message's content (templated), or the text after the system prompt (raw)."""
+    if isinstance(inp, list):
+        k = max((i for i, m in enumerate(inp) if m.get("role") == "user" and isinstance(m.get("content"), str)),
+                default=None)
+        if k is None:
+            return "", None
+        folded = ""  # a template without a system role: the system prompt is the first paragraph (_fold_system)
+        content = inp[k]["content"]
+        if fmt.system_prompt and content.startswith(f"{fmt.system_prompt}\n\n") and \
+                not any(m.get("role") == "system" for m in inp):
+            folded, content = f"{fmt.system_prompt}\n\n", content[len(fmt.system_prompt) + 2:]
+
+        def rebuild(text: str) -> list[dict[str, Any]]:
+            out = [dict(m) for m in inp]
+            out[k]["content"] = folded + text
+            return out
+
+        return content, rebuild
+    head = f"{fmt.system_prompt}\n\n" if fmt.system_prompt else ""
+    return inp[len(head):] if inp.startswith(head) else inp, lambda text: head + text
+
+
+def fit(prompt: Prompt, tokenizer: Any, fmt: PromptFormat, *, row: int | None = None) -> Prompt:
+    """The model input for ``prompt`` that fits ``fmt.max_prompt_length`` tokens without cutting the template:
+    the user's text loses its start; the system prompt, the headers and the generation prompt stay whole.
+    A limit below the template's own cost: ``carl.config``, naming ``row``."""
+    inp = model_input(prompt, tokenizer, fmt)
+    limit = fmt.max_prompt_length
+    if not limit:
+        return inp
+    n = len(encode_model_input(inp, tokenizer))
+    if n <= limit:
+        return inp
+    text, rebuild = _trimmable(inp, fmt)
+    where = f"row {row}" if row is not None else "the prompt"
+    overhead = len(encode_model_input(rebuild(""), tokenizer)) if rebuild else n
+    if rebuild is None or overhead >= limit:
+        from engine.errors import ConfigError
+
+        raise ConfigError(f"grpo.max_prompt_length={limit} leaves no room for the text of {where}: the template "
+                          f"and system prompt alone take {overhead} tokens", hint=f"Raise grpo.max_prompt_length "
+                          f"above {overhead}, unset it, or shorten dataset.system_prompt.",
+                          context={"field": "grpo.max_prompt_length", "row": row, "template_tokens": overhead,
+                                   "max_prompt_length": limit})
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    keep = min(len(ids), limit - overhead)
+    while keep > 0:  # the boundary may tokenize differently once joined: shrink until the render fits
+        cand = rebuild(tokenizer.decode(ids[-keep:], skip_special_tokens=False, clean_up_tokenization_spaces=False))
+        over = len(encode_model_input(cand, tokenizer)) - limit
+        if over <= 0:
+            return cand
+        keep -= max(1, over)
+    return rebuild("")
+
+
+def encode(prompt: Prompt, tokenizer: Any, fmt: PromptFormat, *, row: int | None = None) -> list[int]:
+    """The prompt's token ids as the model gets them: rendered and fitted to ``fmt.max_prompt_length``."""
+    return encode_model_input(fit(prompt, tokenizer, fmt, row=row), tokenizer)
 
 
 def encode_many(prompts: Sequence[Prompt], tokenizer: Any, fmt: PromptFormat) -> list[list[int]]:
-    return [encode(p, tokenizer, fmt) for p in prompts]
+    return [encode(p, tokenizer, fmt, row=i) for i, p in enumerate(prompts)]
 
 
-# ----------------------------------------------------------------------------------------------------------
-# The tokenizer a config names, and the dry run's example prompt
-# ----------------------------------------------------------------------------------------------------------
-
-def load_tokenizer(cfg: Any) -> Any:
-    """The tokenizer the worker will train with (``model.tokenizer`` or the model's), without the model.
-    ``builtin:tiny``: the cached demo's tokenizer, or the same character tokenizer built in memory."""
-    from engine.errors import ConfigError, NetworkError
-
-    name = cfg.model.name_or_path
-    if name == "builtin:tiny":
-        from engine.trainer import tiny
-
-        d = tiny.tiny_dir()
-        if (d / "tokenizer.json").is_file():
-            from engine.hf_load import load_tokenizer
-
-            return load_tokenizer(d)
-        return tiny.build_tokenizer()
-    if name == "builtin:agent-sql" and not cfg.model.tokenizer:  # the agent demo (engine/envs/demo.py)
-        from engine.envs import demo
-
-        return demo.tokenizer()
-    from engine.hf_load import load_tokenizer
-
-    src = cfg.model.tokenizer or name
-    try:
-        return load_tokenizer(src, trust_remote_code=cfg.model.trust_remote_code)
-    except (OSError, ValueError) as exc:
-        first = (str(exc).strip().splitlines() or [""])[0][:300]
-        if "couldn't connect" in str(exc) and not Path(src).expanduser().exists():
-            raise NetworkError(f"cannot fetch the tokenizer of {src!r} from the Hub: {first}",
-                               hint="Check the network (or HF_HUB_OFFLINE), or use a local path.",
-                               context={"tokenizer": src}) from None
-        raise ConfigError(f"cannot load the tokenizer of {src!r}: {first}",
-                          hint="Use a local path, a Hub id reachable from here, or builtin:tiny.",
-                          context={"tokenizer": src}) from None
-
-
-def preview(cfg: Any, cwd: Path | None = None) -> dict[str, Any]:
-    """``example_prompt`` (the first training prompt as text exactly as the model will see it — the rendered
-    template, cut to ``grpo.max_prompt_length`` tokens when longer) and ``example_prompt_tokens``.
-
-    When the tokenizer or the dataset cannot be reached from here (offline, a Hub id), both are None and
-    ``example_prompt_error`` says why; a config error (a missing prompt column) is raised."""
-    from engine.errors import NetworkError
-    from engine.trainer.data import load_rows
-
-    fmt = PromptFormat.from_config(cfg)
-    out: dict[str, Any] = {"prompt_format": fmt.as_dict()}
-    try:
-        tok = load_tokenizer(cfg)
-        rows, _ = load_rows(cfg, cwd=cwd)
-    except NetworkError as exc:
-        return {**out, "example_prompt": None, "example_prompt_tokens": None, "templated": None,
-                "example_prompt_error": f"{exc.code}: {exc}"}
-    first = rows[0]["prompt"]
-    inp = model_input(first, tok, fmt)
-    full = encode_model_input(inp, tok)
-    ids = truncate_left(full, fmt.max_prompt_length)
-    if len(ids) < len(full):
-        text = tok.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
-    else:
-        text = render(first, tok, fmt)
-    return {**out, "example_prompt": text, "example_prompt_tokens": len(ids), "templated": templated(tok, fmt),
-            "example_prompt_truncated_from": len(full) if len(ids) < len(full) else None}
-
+def overlong(prompts: Sequence[Prompt], tokenizer: Any, fmt: PromptFormat, limit_rows: int = 2000) -> dict[str, Any]:
+    """How many of (the first ``limit_rows``) prompts :func:`fit` would trim: ``{"checked", "trimmed",
+    "longest"}`` (``longest``: the longest rendered prompt in tokens)."""
+    checked = list(prompts[:limit_rows])
+    lengths = [len(encode_model_input(model_input(p, tokenizer, fmt), tokenizer)) for p in checked]
+    limit = fmt.max_prompt_length
+    return {"checked": len(checked), "trimmed": sum(n > limit for n in lengths) if limit else 0,
+            "longest": max(lengths, default=0)}

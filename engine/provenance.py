@@ -80,11 +80,12 @@ def dataset_provenance(cfg, train_rows: list[dict[str, Any]], eval_rows: list[di
 def model_provenance(cfg, model) -> dict[str, Any]:
     out: dict[str, Any] = {"name_or_path": cfg.model.name_or_path,
                            "revision": getattr(getattr(model, "config", None), "_commit_hash", None)}
-    if cfg.model.name_or_path == "builtin:tiny":
-        from engine.trainer.tiny import ensure_tiny, info
+    from engine import builtins
 
-        meta = info(ensure_tiny())
-        out["builtin"] = {k: meta.get(k) for k in ("version", "sft_steps", "sft_target", "n_params")}
+    if builtins.is_builtin(cfg.model.name_or_path):  # what its cached build records; provenance never builds it
+        built = builtins.provenance(cfg.model.name_or_path)
+        if built is not None:
+            out["builtin"] = built
     return out
 
 

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 import signal
 import subprocess
 import sys
@@ -85,46 +84,8 @@ def pid_alive(pid: int | None, start: str | None = None) -> bool:
 
 
 # ------------------------------------------------------------------------------------------ meta
-def read_json(path: Path) -> dict[str, Any]:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-
-
-def write_json(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=1, sort_keys=True), encoding="utf-8")
-    tmp.replace(path)
-
-
-def update_meta(run_dir: Path, **fields: Any) -> dict[str, Any]:
-    """Read-modify-write meta.json under a lock (the worker's heartbeat and its main thread both write)."""
-    from filelock import FileLock
-
-    path = Path(run_dir) / "meta.json"
-    with FileLock(str(path) + ".lock"):
-        meta = read_json(path)
-        meta.update(fields)
-        write_json(path, meta)
-    return meta
-
-
-def new_run_id() -> str:
-    return time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(2)
-
-
-def last_checkpoint(run_dir: Path) -> tuple[int, Path] | None:
-    ck = Path(run_dir) / "checkpoints"
-    best = None
-    for d in ck.glob("checkpoint-*") if ck.is_dir() else []:
-        try:
-            step = int(d.name.split("-")[1])
-        except (IndexError, ValueError):
-            continue
-        if (d / "trainer_state.json").is_file() and (best is None or step > best[0]):
-            best = (step, d)
-    return best
+# run-directory I/O lives in engine/rundir.py (one low module the store, the trainer and engine.models share)
+from engine.rundir import last_checkpoint, new_run_id, read_json, update_meta, write_json  # noqa: E402,F401
 
 
 def _truncate_jsonl(path: Path, keep: Callable[[dict[str, Any]], bool]) -> int:
@@ -217,21 +178,14 @@ class RunStore:
         return run_id
 
     def ids(self) -> list[str]:
-        if not self.root.is_dir():
-            return []
-        return sorted(p.name for p in self.root.iterdir() if (p / "meta.json").is_file())
+        from engine.rundir import run_ids
+
+        return run_ids(self.root)
 
     def resolve(self, ref: str) -> str:
-        ids = self.ids()
-        if ref in ids:
-            return ref
-        matches = [i for i in ids if i.startswith(ref)] if ref else []
-        if len(matches) == 1:
-            return matches[0]
-        if not matches:
-            raise RunNotFound(f"no run {ref!r}", context={"run": ref})
-        raise ValidationError(f"run {ref!r} is ambiguous ({len(matches)} runs match)",
-                              hint="Give more characters of the run id.", context={"matches": matches[:10]})
+        from engine.rundir import resolve_id
+
+        return resolve_id(self.root, ref)
 
     # ---- status
     def meta(self, run_id: str) -> dict[str, Any]:

@@ -50,7 +50,9 @@ def test_real_vocab_and_chat_template_round_trip(family_dir, name):
     assert "Be brief." in text and "2+2?" in text
     ids = tok(text, add_special_tokens=False)["input_ids"]
     assert tok.decode(ids) == text  # special tokens are single tokens; the rest round-trips character by character
-    assert tok.convert_tokens_to_ids(fam.eos) == tok.eos_token_id == model.generation_config.eos_token_id
+    assert tok.convert_tokens_to_ids(fam.eos) == tok.eos_token_id
+    gen = model.generation_config.eos_token_id  # as the real checkpoints ship it
+    assert ([gen] if isinstance(gen, int) else gen) == [tok.convert_tokens_to_ids(t) for t in fam.gen_eos or [fam.eos]]
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -181,3 +183,153 @@ def test_lora_train_eval_infer(family_dir, name, tmp_path, ledger_env):
     assert s.token_ids == g.token_ids
     assert s.phi == pytest.approx(g.phi, abs=1e-4) and s.selected_prob == pytest.approx(g.selected_prob, abs=1e-4)
     infer.clear_cache()
+
+
+# ------------------------------------------------------------------------------------------ one prompt, one stop
+MATRIX = ["qwen2", "qwen3", "llama", "gemma3", "mistral"]
+SYSTEM = "Answer with the number only."
+END_OF_TURN = {"qwen2": "<|im_end|>", "qwen3": "<|im_end|>", "llama": "<|eot_id|>", "gemma3": "<end_of_turn>",
+               "mistral": "</s>"}
+
+
+class _GenerateSpy:
+    """Records what a stage hands ``model.generate``: the prompt ids (left pads dropped) and the stop ids."""
+
+    def __init__(self, model):
+        self.prompts: list[list[int]] = []
+        self.eos: list = []
+        self._orig = model.generate
+
+        def generate(*args, **kwargs):
+            ids, attn = kwargs["input_ids"], kwargs["attention_mask"]
+            self.prompts += [[int(t) for t, a in zip(r, m) if a] for r, m in zip(ids.tolist(), attn.tolist())]
+            self.eos.append(kwargs.get("eos_token_id"))
+            return self._orig(*args, **kwargs)
+
+        model.generate = generate
+
+
+def _matrix_config(path, data):
+    from engine.config import validate_dict
+
+    return validate_dict({
+        "model": {"name_or_path": str(path), "dtype": "float32"},
+        "dataset": {"source": str(data), "eval_fraction": 0.25, "system_prompt": SYSTEM},
+        "grpo": {"max_steps": 1, "batch_size": 4, "num_generations": 2, "max_completion_length": 3},
+        "cascade": {"mode": "off"}, "compute": {"device": "cpu"}, "tracking": {"trackio": False}})
+
+
+@pytest.mark.parametrize("name", MATRIX)
+def test_every_stage_reads_the_same_prompt_ids_and_stops_on_the_same_ids(family_dir, name, tmp_path):
+    """train's dry run, GRPO (TRL's own tokenization and stop ids), the SFT stage (TRL's SFTTrainer), the eval gate,
+    infer and best-of: one rendering (system prompt, template, generation prompt) and one stop set per family."""
+    import datasets
+    from trl import SFTConfig, SFTTrainer
+
+    from engine import infer
+    from engine.bestof import sample_batch
+    from engine.cascade import Cascade
+    from engine.models import stop_ids
+    from engine.prompts import PromptFormat, encode
+    from engine.trainer import grpo
+    from engine.trainer.data import load_rows, to_dataset
+    from engine.trainer.evalgate import greedy_completions
+    from engine.trainer.preview import preview
+    from engine.trainer.sft import completion_rows
+
+    data = tmp_path / "data.jsonl"
+    _write_dataset(data, n=8)
+    cfg = _matrix_config(family_dir[name], data)
+    fmt = PromptFormat.from_config(cfg)
+    rows, _ = load_rows(cfg)
+    rows = rows[:2]
+    model, tok = grpo.load_model_and_tokenizer(cfg, "cpu")  # the worker's load
+    want = [encode(r["prompt"], tok, fmt) for r in rows]
+    text0 = tok.decode(want[0])
+    assert SYSTEM in text0 and rows[0]["prompt"] in text0
+    stops = stop_ids(model, tok)
+    eot = tok.convert_tokens_to_ids(END_OF_TURN[name])
+    assert eot in stops and tok.eos_token_id in stops
+    if name == "gemma3":  # <end_of_turn> is not the tokenizer's eos: the generation config (and template) say so
+        assert tok.eos_token_id != eot
+
+    # train --dry-run: the example prompt, exactly
+    pv = preview(cfg)
+    assert pv["templated"] and tok(pv["example_prompt"], add_special_tokens=False)["input_ids"] == want[0]
+    assert pv["example_prompt_tokens"] == len(want[0])
+
+    # GRPO: TRL tokenizes the dataset's prompts itself, and stops on its own union of eos ids
+    trainer, _ = grpo.build_trainer(cfg, tmp_path / "run", model, tok, rows,
+                                    Cascade.from_config(cfg, grpo.task_metric_name(cfg)))
+    trl_ids = trainer._tokenize_prompts(list(to_dataset(rows, tok, fmt)["prompt"]))[0]
+    assert [list(x) for x in trl_ids] == want
+    assert sorted(trainer.eos_token_ids) == stops
+
+    # the SFT stage: TRL's SFTTrainer on the same rows; the prompt part is the same ids, the answer ends its turn
+    sft = SFTTrainer(model=model, args=SFTConfig(output_dir=str(tmp_path / "sft"), report_to="none", use_cpu=True,
+                                                 max_length=None, completion_only_loss=True, dataset_num_proc=None),
+                     train_dataset=datasets.Dataset.from_list(completion_rows(rows, tok, fmt)), processing_class=tok)
+    for r, w in zip(sft.train_dataset, want):
+        first = next(i for i, x in enumerate(r["labels"]) if x != -100)  # the loss starts at the completion
+        assert r["input_ids"][:first] == w
+        assert any(t in stops for t in r["input_ids"][first:])  # SFT teaches the end training stops on
+
+    # the eval gate and best-of hand generate the same ids and the same stops
+    model.eval()
+    spy = _GenerateSpy(model)
+    greedy_completions(model, tok, [r["prompt"] for r in rows], 2, fmt=fmt)
+    sample_batch(model, tok, [r["prompt"] for r in rows], 2, 2, seed=0, fmt=fmt)
+    assert spy.prompts[:2] == want and spy.prompts[2:] == want
+    assert all(sorted(e) == stops for e in spy.eos)
+
+    # infer (and the try panel, which loads through it): the one loader, the same ids and stops
+    infer.clear_cache()
+    lm = infer.load(infer.resolve(str(family_dir[name])), device="cpu")
+    assert [lm.encode_prompt(r["prompt"], fmt) for r in rows] == want and sorted(lm.eos_ids) == stops
+    infer.clear_cache()
+
+
+def _ends_turn_at(model, eot: int, k: int) -> None:
+    """A model whose k-th generated token is ``eot`` (a hook on the output layer; greedy decoding, KV cache)."""
+    calls = {"n": 0}
+
+    def start(module, args, kwargs):  # a new prompt (prefill: more than one input position) restarts the count
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        if ids is not None and ids.shape[1] > 1:
+            calls["n"] = 0
+
+    def hook(module, args, out):  # one call per generated token (the prefill makes the first)
+        calls["n"] += 1
+        if calls["n"] == k:
+            out = out.clone()
+            out[..., -1, :] = -1e4
+            out[..., -1, eot] = 1e4
+        return out
+
+    model.register_forward_pre_hook(start, with_kwargs=True)
+    model.get_output_embeddings().register_forward_hook(hook)
+
+
+def test_a_gemma_eval_stops_at_end_of_turn(family_dir, tmp_path):
+    """Gemma 3: the tokenizer's eos is <eos>; the turn ends at <end_of_turn> (generation config). The eval gate,
+    best-of and infer stop there instead of decoding past the end of the turn."""
+    from engine import infer
+    from engine.bestof import sample_batch
+    from engine.config import validate_dict
+    from engine.prompts import PromptFormat
+    from engine.trainer.evalgate import evaluate, load_for_eval
+
+    path = family_dir["gemma3"]
+    cfg = validate_dict({"model": {"name_or_path": str(path)}, "grpo": {"max_completion_length": 8},
+                         "compute": {"device": "cpu"}})
+    model, tok = load_for_eval(path, cfg)
+    eot = tok.convert_tokens_to_ids("<end_of_turn>")
+    assert tok.eos_token_id != eot
+    _ends_turn_at(model, eot, 3)
+    m = evaluate(model, tok, [{"prompt": "2+2=", "answer": "4"}, {"prompt": "1+1=", "answer": "2"}], cfg)
+    assert m["completion_length"] == 3  # two tokens, then <end_of_turn>; 8 without the stop
+    texts, phis, _ = sample_batch(model, tok, ["2+2="], 2, 8, seed=0, fmt=PromptFormat())
+    assert [len(p) for p in phis[0]] == [3, 3]
+    lm = infer.LoadedModel(infer.ModelRef(str(path)), model, tok, "cpu")
+    r = lm.generate("2+2=", infer.Sampling(max_new_tokens=8, greedy=True))
+    assert r.finish_reason == "eos" and r.token_ids[-1] == eot and len(r.token_ids) == 3

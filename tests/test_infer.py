@@ -217,9 +217,11 @@ def test_missing_paths_and_unknown_runs_are_typed_errors(tmp_path):
         infer.resolve(str(tmp_path), adapter=str(tmp_path / "none"))
 
 
-def test_a_hub_id_is_passed_through_to_transformers():
-    ref = infer.resolve("carl-test/definitely-not-cached")  # loading it offline: see test_infer_cli
-    assert ref.model == ref.tokenizer == "carl-test/definitely-not-cached" and ref.adapter is None
+def test_a_hub_id_not_in_the_cache_fails_fast_offline():
+    from engine.errors import NetworkError
+
+    with pytest.raises(NetworkError, match="HF_HUB_OFFLINE"):  # conftest: HF_HUB_OFFLINE=1 (tests/test_models.py)
+        infer.resolve("carl-test/definitely-not-cached")
 
 
 def test_run_resolves_to_final_else_latest_checkpoint(tiny, _isolated_home):

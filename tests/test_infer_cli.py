@@ -140,10 +140,10 @@ def test_bad_prompts_file_lines(tmp_path, capsys):
         assert err["code"] == "carl.validation" and msg in err["message"]
 
 
-def test_unreachable_hub_id_offline_is_a_validation_error(tmp_path):
+def test_unreachable_hub_id_offline_is_a_network_error(tmp_path):
     p = subprocess.run([sys.executable, "-m", "carl_tui", "--batch", "infer", "--model", "carl-test/not-cached",
                         "--prompt", "x"], capture_output=True, text=True, timeout=300,
                        env={**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")})
-    assert p.returncode == 2 and p.stdout == ""
+    assert p.returncode == 4 and p.stdout == ""  # engine.models: a Hub id is tried last and fails fast offline
     err = json.loads(p.stderr.strip().splitlines()[-1])["error"]
-    assert err["code"] == "carl.validation" and "cannot load model" in err["message"]
+    assert err["code"] == "carl.network" and "HF_HUB_OFFLINE" in err["message"] and err["hint"]

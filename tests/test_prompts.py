@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from engine.config import preset, validate_dict
+from engine.errors import ConfigError
 from engine.prompts import PromptFormat, as_text, encode, messages, model_input, render, truncate_left
 from tests._chat_fixture import NO_SYSTEM_TEMPLATE, build_chat_tokenizer, chat_model, write_jsonl  # noqa: F401
 
@@ -62,12 +63,23 @@ def test_conversational_rows_keep_their_messages_and_gain_the_system_prompt():
     assert as_text(row) == "hi"
 
 
-def test_max_prompt_length_keeps_the_last_tokens():
+def test_max_prompt_length_trims_the_user_text_never_the_template():
     tok = build_chat_tokenizer()
-    full = encode("a long question " * 4, tok, PromptFormat(system_prompt=SYSTEM))
-    cut = encode("a long question " * 4, tok, PromptFormat(system_prompt=SYSTEM, max_prompt_length=10))
-    assert len(full) > 10 and cut == full[-10:] and truncate_left([1, 2, 3], None) == [1, 2, 3]
-    assert cut[-1] == tok.convert_tokens_to_ids("<|assistant|>")  # the generation prompt survives
+    q = "a long question " * 4
+    fmt = PromptFormat(system_prompt=SYSTEM)
+    full = encode(q, tok, fmt)
+    overhead = len(encode("", tok, fmt))  # bos, headers, the system prompt, the generation prompt
+    cut = encode(q, tok, PromptFormat(system_prompt=SYSTEM, max_prompt_length=overhead + 10))
+    assert len(full) > overhead + 10 and len(cut) == overhead + 10 and truncate_left([1, 2, 3], None) == [1, 2, 3]
+    # the system prompt whole, the user text's last 10 characters, the generation prompt
+    assert tok.decode(cut) == f"<bos><|system|>{SYSTEM}<|end|><|user|>{q[-10:]}<|end|><|assistant|>"
+    with pytest.raises(ConfigError, match="row 3") as e:  # a limit below the template's own cost names the row
+        encode(q, tok, PromptFormat(system_prompt=SYSTEM, max_prompt_length=overhead - 1), row=3)
+    assert e.value.context["template_tokens"] == overhead
+    folded = build_chat_tokenizer(NO_SYSTEM_TEMPLATE)  # the system prompt folded into the user message stays too
+    cut = encode(q, folded, PromptFormat(system_prompt=SYSTEM, max_prompt_length=overhead + 10))
+    assert folded.decode(cut).startswith(f"<bos><|user|>{SYSTEM}\n\n") and folded.decode(cut).endswith(
+        f"{q[-(overhead + 10 - len(encode('', folded, fmt))):]}<|end|><|assistant|>")
 
 
 # ------------------------------------------------------------------------------------------ --dry-run
@@ -110,11 +122,29 @@ def test_dry_run_raw_with_chat_template_none_and_truncated_when_long(tmp_path, c
     q = _first_train_prompt(path)
     assert plan["templated"] is False and plan["example_prompt"] == f"{SYSTEM}\n\n{q}"
     assert plan["example_prompt_tokens"] == len(f"{SYSTEM}\n\n{q}")  # one token per character
-    rc, out, err = carl("train", "--dry-run", "--config", str(path), "--set", "grpo.max_prompt_length=12",
+    head = len(f"{SYSTEM}\n\n")
+    rc, out, err = carl("train", "--dry-run", "--config", str(path), "--set", f"grpo.max_prompt_length={head + 12}",
                         cwd=tmp_path)
     plan = json.loads(out)
-    assert plan["example_prompt"] == q[-12:] and plan["example_prompt_tokens"] == 12
+    assert plan["example_prompt"] == f"{SYSTEM}\n\n{q[-12:]}" and plan["example_prompt_tokens"] == head + 12
     assert plan["example_prompt_truncated_from"] == len(f"{SYSTEM}\n\n{q}")
+    assert plan["prompt_lengths"]["trimmed"] >= 1 and "system prompt stay whole" in plan["prompt_warning"]
+    rc, out, err = carl("train", "--dry-run", "--config", str(path), "--set", "grpo.max_prompt_length=12",
+                        cwd=tmp_path)
+    assert rc == 2 and out == ""
+    error = json.loads(err.strip().splitlines()[-1])["error"]
+    assert error["code"] == "carl.config" and "row 0" in error["message"]
+
+
+def test_dry_run_shows_a_system_prompt_whole_under_a_short_limit(tmp_path, chat_model):
+    path = _project(tmp_path, chat_model, system_prompt=SYSTEM)
+    rc, out, err = carl("train", "--dry-run", "--config", str(path), "--set", "grpo.max_prompt_length=35",
+                        cwd=tmp_path)
+    assert rc == 0, err
+    plan = json.loads(out)
+    q = _first_train_prompt(path)
+    assert plan["example_prompt"] == f"<bos><|system|>{SYSTEM}<|end|><|user|>{q[-8:]}<|end|><|assistant|>"
+    assert plan["example_prompt_tokens"] == 35 and plan["prompt_lengths"]["trimmed"] == plan["prompt_lengths"]["checked"]
 
 
 def test_dry_run_offline_hub_model_says_why_there_is_no_example(tmp_path):
@@ -141,8 +171,8 @@ def record_prompts(prompts, completions, **kwargs):
     return [0.0] * len(completions)
 
 
-def test_training_gets_chat_messages_and_left_truncated_prompt_ids(tmp_path, chat_model):
-    """TRL renders the conversational rows; carl's trainer keeps the last grpo.max_prompt_length ids."""
+def test_training_gets_chat_messages_and_fitted_prompt_ids(tmp_path, chat_model):
+    """TRL renders the conversational rows, fitted to grpo.max_prompt_length with the template whole."""
     from engine.cascade import Cascade
     from engine.trainer import grpo
     from engine.trainer.data import load_rows
@@ -152,7 +182,7 @@ def test_training_gets_chat_messages_and_left_truncated_prompt_ids(tmp_path, cha
         "model": {"name_or_path": str(chat_model)},
         "dataset": {"source": str(data), "prompt_field": "question", "system_prompt": SYSTEM, "eval_fraction": 0.25},
         "task": {"rewards": [{"kind": "python", "function": "tests.test_prompts:record_prompts"}]},
-        "grpo": {"max_steps": 1, "batch_size": 4, "num_generations": 2, "max_prompt_length": 20,
+        "grpo": {"max_steps": 1, "batch_size": 4, "num_generations": 2, "max_prompt_length": 35,
                  "max_completion_length": 3, "save_steps": 50},
         "cascade": {"mode": "off"}, "compute": {"device": "cpu"}, "tracking": {"trackio": False}})
     model, tok = grpo.load_model_and_tokenizer(cfg, "cpu")
@@ -163,12 +193,12 @@ def test_training_gets_chat_messages_and_left_truncated_prompt_ids(tmp_path, cha
     trainer.train()
     assert RECORDED and all(p[0] == {"role": "system", "content": SYSTEM} and p[1]["role"] == "user"
                             for p in RECORDED)
-    fmt = PromptFormat(system_prompt=SYSTEM)
-    full = {r["prompt"]: encode(r["prompt"], tok, fmt) for r in rows}
-    assert all(len(v) > 20 for v in full.values())
-    assert state.prompt_ids and all(len(p) == 20 for p in state.prompt_ids)
-    tails = [v[-20:] for v in full.values()]
-    assert all(p in tails for p in state.prompt_ids)  # exactly what engine.prompts gives eval and infer
+    fmt = PromptFormat(system_prompt=SYSTEM, max_prompt_length=35)
+    assert all(len(encode(r["prompt"], tok, PromptFormat(system_prompt=SYSTEM))) > 35 for r in rows)
+    fitted = [encode(r["prompt"], tok, fmt) for r in rows]
+    assert state.prompt_ids and all(len(p) == 35 for p in state.prompt_ids)
+    assert all(p in fitted for p in state.prompt_ids)  # exactly what engine.prompts gives eval and infer
+    assert all(tok.decode(p).startswith(f"<bos><|system|>{SYSTEM}<|end|><|user|>") for p in state.prompt_ids)
     assert state.capture_hits + state.forward_hits >= 1
 
 
@@ -178,9 +208,9 @@ def test_eval_gate_renders_prompts_like_training(chat_model):
 
     model, tok = load_for_eval(chat_model, validate_dict({}))
     prompts = [r["question"] for r in ROWS[:3]]
-    fmt = PromptFormat(system_prompt=SYSTEM, max_prompt_length=25)
+    fmt = PromptFormat(system_prompt=SYSTEM, max_prompt_length=35)
     _, p_ids, _ = greedy_completions(model, tok, prompts, 2, fmt=fmt)
-    assert p_ids == [encode(p, tok, fmt) for p in prompts] and all(len(x) == 25 for x in p_ids)
+    assert p_ids == [encode(p, tok, fmt) for p in prompts] and all(len(x) == 35 for x in p_ids)
     _, raw_ids, _ = greedy_completions(model, tok, prompts, 2)
     assert raw_ids == [tok(text=p)["input_ids"] for p in prompts]
 

@@ -16,12 +16,17 @@ from carl_tui.batch._io import emit, progress
 def register(sub: Any) -> None:
     p = sub.add_parser("eval", help="the eval gate on a run or an adapter (exit 0 on pass, 1 on fail)")
     src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--run", help="run id or prefix (uses its final/ model, else its last checkpoint)")
-    src.add_argument("--adapter", help="a model or LoRA adapter directory")
+    src.add_argument("--run", help="run id or prefix (its final/ model, else its last checkpoint), or RUN/checkpoint-N, "
+                                   "RUN@N, RUN/final")
+    src.add_argument("--adapter", help="a model or LoRA adapter: a directory, or any model name (RUN/checkpoint-N, "
+                                       "builtin:tiny, a Hub id …)")
     p.add_argument("--config", help="carl.yaml for --adapter (default ./carl.yaml, else the demo)")
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY.PATH=VALUE")
     p.add_argument("--threshold", type=float, help="task metric needed (default eval.threshold)")
     p.add_argument("--n", type=int, help="held-out prompts to use (default eval.n_samples; the demo uses all 200)")
+    p.add_argument("--device", help="where to evaluate (default: the run's compute.device, where it trained)")
+    p.add_argument("--dtype", choices=("auto", "float32", "bfloat16", "float16"),
+                   help="weights dtype (default: the run's model.dtype)")
     p.add_argument("--push", action="store_true", help="after a pass, push the model to the Hub (HF_ENDPOINT respected)")
     p.add_argument("--repo", help="Hub repo id for --push (default eval.push_to)")
     p.add_argument("--best-of", type=int, metavar="N", help="also report the task metric of best-of-N sampled "
@@ -36,31 +41,34 @@ def run(args: argparse.Namespace) -> int:
 
     from engine.config import load_config, validate_dict
     from engine.errors import ConfigError, ValidationError
-    from engine.runs import RunStore, last_checkpoint, ledger_record
+    from engine.runs import RunStore, ledger_record
 
     subject: dict[str, Any]
     if args.run:
+        from engine.models.names import parse_run_name, run_model_dir
+
         store = RunStore()
-        run_id = store.resolve(args.run)
+        run_ref, step, final = parse_run_name(args.run.removeprefix("run:")) or (args.run, None, False)
+        run_id = store.resolve(run_ref)
         d = store.run_dir(run_id)
         cfg = validate_dict(yaml.safe_load((d / "config.yaml").read_text(encoding="utf-8")), source=str(d))
         if args.sets:
             from engine.config import apply_overrides
 
             cfg = validate_dict(apply_overrides(cfg.model_dump(mode="json"), args.sets), source=str(d))
-        path = d / "final"
-        if not path.is_dir():
-            ck = last_checkpoint(d)
-            if ck is None:
-                raise ValidationError(f"run {run_id} has no model yet (no final/ and no checkpoint)",
-                                      hint="Wait for a checkpoint or the end of the run.", context={"run": run_id})
-            path = ck[1]
+        _, path, _ = run_model_dir(run_id, step=step, final=final)  # engine.models: the names infer takes
         subject = {"run_id": run_id, "model_path": str(path)}
     else:
         cfg, _ = load_config(args.config, args.sets)
         path = Path(args.adapter).expanduser()
-        if not path.is_dir():
-            raise ValidationError(f"adapter directory not found: {path}", context={"adapter": str(path)})
+        if not path.is_dir():  # any other model name, resolved as infer resolves it (engine.models)
+            from engine.models import resolve_name
+
+            ref = resolve_name(args.adapter, log=progress)
+            path = Path(ref.adapter or ref.model)
+            if not path.is_dir():
+                raise ValidationError(f"{args.adapter!r} is not a local model (Hub models are evaluated after a "
+                                      "download: name the downloaded directory)", context={"adapter": args.adapter})
         subject = {"adapter": str(path)}
     if args.threshold is not None and not 0 <= args.threshold <= 1:
         raise ValidationError(f"--threshold must be in [0, 1], got {args.threshold}")
@@ -81,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
     from engine.trainer.evalgate import decide, evaluate, load_for_eval, push
 
     progress(f"carl: evaluating {path}")
-    model, tok = load_for_eval(path, cfg)
+    model, tok = load_for_eval(path, cfg, device=args.device, dtype=args.dtype)
     _, rows = load_rows(cfg)
     n = args.n or (len(rows) if cfg.dataset.source == "builtin:addition" else cfg.eval.n_samples)
     metrics = evaluate(model, tok, rows, cfg, n=n)
@@ -111,14 +119,15 @@ def _best_of(model, tok, rows, cfg, n: int, select: str) -> dict[str, Any]:
     """Task metric of the best-of-N selected completion per held-out prompt (engine.bestof)."""
     from engine.bestof import best_of_texts
     from engine.errors import ValidationError
-    from engine.trainer.grpo import task_metric_name
-    from engine.trainer.task_rewards import build_all
+    from engine.trainer.task_rewards import build_all, task_metric_name
 
     if not 1 <= n <= 64:
         raise ValidationError(f"--best-of must be in [1, 64], got {n}", context={"best_of": n})
     prompts = [r["prompt"] for r in rows]
+    from engine.prompts import PromptFormat
+
     texts = best_of_texts(model, tok, prompts, n, select, cfg.grpo.max_completion_length, seed=cfg.grpo.seed,
-                          weights=cfg.rewards.carl.weights.model_dump())
+                          weights=cfg.rewards.carl.weights.model_dump(), fmt=PromptFormat.from_config(cfg))
     fn = {name: f for name, _, f in build_all(cfg.task)}[task_metric_name(cfg)]
     extra = {k: [r.get(k) for r in rows] for k in rows[0] if k != "prompt"} if rows else {}
     scores = [float(s) for s in fn(prompts, texts, **extra) if s is not None] if rows else []

@@ -26,7 +26,8 @@ def register(subparsers: Any) -> None:
         description="Generate a completion (or teacher-force --score TEXT) with a local model, a Hub id, "
                     "builtin:tiny, a PEFT adapter, or a run's latest checkpoint, and report text, tokens and per "
                     "token phi, entropy and selected_prob, plus the sequence's CARL reward components.")
-    p.add_argument("--model", metavar="M", help="local directory, Hub id or builtin:tiny (with --run: the base)")
+    p.add_argument("--model", metavar="M", help="a directory, RUN, RUN/checkpoint-N, RUN@N, run:ID, builtin:NAME or a "
+                                                "Hub id (docs/architecture.md; with --run: the base)")
     src = p.add_mutually_exclusive_group()
     src.add_argument("--adapter", metavar="A", help="PEFT adapter directory on top of --model")
     src.add_argument("--run", metavar="RUN", help="run id or unambiguous prefix: its final model, else its "

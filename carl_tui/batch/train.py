@@ -39,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
         the_plan["send_it"] = True
         the_plan["pipeline"] = {"stages": stage_plan(cfg)}
     if args.dry_run:
-        from engine.prompts import preview
+        from engine.trainer.preview import preview
 
         emit({"dry_run": True, **the_plan, **preview(cfg)})
         return 0

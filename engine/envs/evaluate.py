@@ -47,11 +47,14 @@ def rollout(model, tok, env, row: dict[str, Any], max_turns: int, max_new_tokens
     mask: list[int] = []
     messages: list[dict[str, Any]] = []
     device = next(model.parameters()).device
+    from engine.models.stops import stop_ids
+
+    stops = stop_ids(model, tok)  # where training stops (engine.models)
     for turn in range(max_turns + 1):
         with torch.no_grad():
             out = model.generate(torch.tensor([ids], device=device), attention_mask=torch.ones(1, len(ids),
                                  dtype=torch.long, device=device), max_new_tokens=max_new_tokens, do_sample=False,
-                                 pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+                                 pad_token_id=tok.pad_token_id, eos_token_id=stops)
         new = out[0][len(ids):].tolist()
         ids += new
         mask += [1] * len(new)

@@ -63,25 +63,10 @@ def _load_rows(source: str, split: str, cwd: Path | None) -> list[dict[str, Any]
 def load_rows(cfg, cwd: Path | None = None) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """(train rows, eval rows) as plain dicts."""
     src = cfg.dataset.source
-    if src == "builtin:addition":
-        from engine.trainer import tiny
+    from engine import builtins
 
-        train_pairs, heldout = tiny.split_pairs()
-        import random
-
-        rng = random.Random(cfg.grpo.seed)
-        rng.shuffle(train_pairs)
-        train = tiny.rows(train_pairs)
-        if cfg.dataset.max_samples:
-            train = train[: cfg.dataset.max_samples]
-        return train, tiny.rows(heldout)
-    if src == "builtin:sql-tasks":  # the agent demo's SQL tasks (engine/envs/demo.py)
-        from engine.envs import demo
-
-        return demo.load_rows(cfg)
-    if src.startswith("builtin:"):
-        raise ConfigError(f"unknown built-in dataset {src!r}", hint="Built-ins: builtin:addition, builtin:sql-tasks.",
-                          context={"source": src})
+    if builtins.is_builtin(src):
+        return builtins.load_rows(src, cfg)
     rows = _normalise(_load_rows(src, cfg.dataset.split, cwd), cfg)
     if cfg.dataset.eval_split:
         evals = _normalise(_load_rows(src, cfg.dataset.eval_split, cwd), cfg)
@@ -102,11 +87,12 @@ def load_rows(cfg, cwd: Path | None = None) -> tuple[list[dict[str, Any]], list[
 
 def to_dataset(rows: list[dict[str, Any]], tokenizer: Any = None, fmt: Any = None):
     """The trainer's dataset. With a tokenizer and a :class:`engine.prompts.PromptFormat`, each ``prompt``
-    becomes the model's input (chat messages when templated, else the raw text; see engine.prompts)."""
+    becomes the model's input (chat messages when templated, else the raw text), fitted to
+    ``grpo.max_prompt_length`` without cutting the template (engine.prompts.fit)."""
     import datasets
 
     if tokenizer is not None and fmt is not None:
-        from engine.prompts import model_input
+        from engine.prompts import fit
 
-        rows = [{**r, "prompt": model_input(r["prompt"], tokenizer, fmt)} for r in rows]
+        rows = [{**r, "prompt": fit(r["prompt"], tokenizer, fmt, row=i)} for i, r in enumerate(rows)]
     return datasets.Dataset.from_list(rows)

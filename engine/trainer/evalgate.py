@@ -34,7 +34,9 @@ def greedy_completions(model, tok, prompts: list[str], max_new_tokens: int, batc
     texts, p_ids, c_ids = [], [], []
     model.eval()
     device = next(model.parameters()).device
-    eos = tok.eos_token_id
+    from engine.models.stops import cut_at_stop, stop_ids
+
+    stops = stop_ids(model, tok)  # where training stops: generation config ∪ tokenizer eos ∪ end of turn
     for i in range(0, len(prompts), batch):
         chunk = prompts[i: i + batch]
         ids = encode_many(chunk, tok, fmt or RAW)
@@ -47,14 +49,10 @@ def greedy_completions(model, tok, prompts: list[str], max_new_tokens: int, batc
             attn[j, width - len(x):] = 1
         with torch.no_grad(), memory.oom_guard("eval generation", budget, batch=len(ids)):
             out = model.generate(input_ids=inp.to(device), attention_mask=attn.to(device), do_sample=False,
-                                 max_new_tokens=max_new_tokens, pad_token_id=pad, eos_token_id=eos)
+                                 max_new_tokens=max_new_tokens, pad_token_id=pad, eos_token_id=stops)
         for j, row in enumerate(out[:, width:].tolist()):
-            comp = []
-            for t in row:
-                comp.append(t)
-                if t == eos:
-                    break
-            if comp and comp[-1] == pad and pad != eos:
+            comp, stopped = cut_at_stop(row, stops)
+            if not stopped and comp and comp[-1] == pad and pad not in stops:
                 comp = [t for t in comp if t != pad]
             p_ids.append(list(ids[j]))
             c_ids.append(comp)
@@ -69,8 +67,7 @@ def evaluate(model, tok, rows: list[dict[str, Any]], cfg, *, n: int | None = Non
     from engine.probe import SIGMA
     from engine.rewards import carl_from_field, field_from_forward
     from engine.trainer.evalchecks import answer_stats, phi_spread
-    from engine.trainer.grpo import task_metric_name
-    from engine.trainer.task_rewards import build_all
+    from engine.trainer.task_rewards import build_all, task_metric_name
 
     if getattr(cfg, "environment", None) is not None:  # agents: the tool loop, scored by the environment
         from engine.envs.evaluate import evaluate_agent
@@ -111,6 +108,20 @@ def evaluate(model, tok, rows: list[dict[str, Any]], cfg, *, n: int | None = Non
     return out
 
 
+def task_accuracy(model, tok, rows: list[dict[str, Any]], cfg) -> float:
+    """The task metric of greedy completions on ``rows`` (the SFT stage's validation check, the demo's warm start)."""
+    from engine.prompts import PromptFormat
+    from engine.trainer.task_rewards import build_all, task_metric_name
+
+    prompts = [r["prompt"] for r in rows]
+    texts, _, c_ids = greedy_completions(model, tok, prompts, cfg.grpo.max_completion_length,
+                                         fmt=PromptFormat.from_config(cfg), batch=128)
+    fn = {n: f for n, _, f in build_all(cfg.task)}[task_metric_name(cfg)]
+    extra = {k: [r.get(k) for r in rows] for k in rows[0] if k != "prompt"} if rows else {}
+    scores = [float(s) for s in fn(prompts, texts, completion_ids=c_ids, **extra) if s is not None]
+    return sum(scores) / len(scores) if scores else 0.0
+
+
 def decide(metrics: dict[str, Any], ecfg, threshold: float | None = None) -> tuple[bool, str]:
     """(pass, reason). Fails closed on missing task or coherence data. The collapse checks (distinct answers,
     top-answer share, Phi spread) are engine.trainer.evalchecks."""
@@ -139,35 +150,25 @@ def decide(metrics: dict[str, Any], ecfg, threshold: float | None = None) -> tup
                   f"{metrics.get('top_answer_share', 0):.0%}, phi spread {metrics.get('phi_spread', 0):.4f})")
 
 
-def load_for_eval(path: Path, cfg):
-    """A model (full or LoRA adapter) and tokenizer from a run's final/ or checkpoint dir, or an adapter path."""
-    from transformers import AutoModelForCausalLM
+def load_for_eval(path: Path, cfg, *, device: str | None = None, dtype: str | None = None):
+    """A model (full or LoRA adapter) and tokenizer from a run's final/ or checkpoint dir, or an adapter path,
+    through engine.models' one loader — on the config's device, in its dtype and quantization (where the run
+    trained) unless ``device`` / ``dtype`` say otherwise. An adapter's base is its ``base_model_name_or_path``, or
+    the config's ``model.name_or_path`` when that is gone."""
+    from engine.models import LoadOptions, ModelRef, load_model
+    from engine.models.names import adapter_base, base_ref, has_tokenizer, looks_like_path
 
-    from engine.hf_load import load_tokenizer
-
-    path = Path(path)
+    path = Path(path).expanduser().resolve()
     if (path / "adapter_config.json").is_file():
-        import json
-
-        from peft import PeftModel
-
-        base = json.loads((path / "adapter_config.json").read_text()).get("base_model_name_or_path") \
-            or cfg.model.name_or_path
-        if base == "builtin:tiny" or not base:
-            from engine.trainer.tiny import ensure_tiny
-
-            base = str(ensure_tiny())
-        model = AutoModelForCausalLM.from_pretrained(base)
-        model = PeftModel.from_pretrained(model, str(path))
-        tok_src = path if (path / "tokenizer_config.json").is_file() else base
+        base = adapter_base(path) or cfg.model.name_or_path
+        if not base.startswith("builtin:") and not Path(base).exists() and looks_like_path(base):
+            base = cfg.model.name_or_path
+        b = base_ref(base)
+        ref = ModelRef(b.model, adapter=str(path), tokenizer=str(path) if has_tokenizer(path) else b.tokenizer,
+                       label=str(path))
     else:
-        model = AutoModelForCausalLM.from_pretrained(str(path))
-        tok_src = path
-    tok = load_tokenizer(tok_src)
-    if tok.pad_token is None:
-        tok.pad_token = tok.eos_token
-    tok.padding_side = "left"
-    return model, tok
+        ref = ModelRef(str(path), tokenizer=str(path), label=str(path))
+    return load_model(ref, LoadOptions.from_config(cfg, device=device, dtype=dtype))
 
 
 def push(path: Path, repo_id: str, *, log: Callable[[str], None] = lambda m: None) -> dict[str, Any]:

@@ -9,7 +9,9 @@
   the ``bitsandbytes`` package (imported only then; not a carl dependency) and LoRA; anything else is a
   ``carl.config`` error naming the field.
 * :func:`build_tiny` — a random-init model of a real family with its **real vocabulary size** (Qwen2/Qwen2.5
-  and Qwen3 151,936; Llama 3 128,256; Gemma 3 262,144; Qwen3-MoE 151,936), a tokenizer built locally with
+  and Qwen3 151,936; Llama 3 128,256; Gemma 3 262,144; Qwen3-MoE 151,936; Mistral 32,768), the eos ids its real
+  generation config ships (Gemma 3: tokenizer eos ``<eos>``, ``<end_of_turn>`` in the generation config only;
+  Llama 3 Instruct: ``<|eot_id|>`` and friends; Qwen: ``<|im_end|>``, ``<|endoftext|>``), a tokenizer built locally with
   ``tokenizers`` (byte-level BPE: the family's special tokens, the 256 byte pieces, filler pieces up to the
   vocabulary size), a chat template written in the family's format, saved with ``save_pretrained`` so it
   loads through ``from_pretrained``. Tests, ``bench/memory.py`` and ``bench/gpu_check.py`` use it; nothing is
@@ -36,6 +38,11 @@ CHATML = ("{%- for m in messages %}{{ '<|im_start|>' + m['role'] + '\\n' + m['co
 LLAMA3 = ("{{ '<|begin_of_text|>' }}{%- for m in messages %}{{ '<|start_header_id|>' + m['role'] + "
           "'<|end_header_id|>\\n\\n' + m['content'] + '<|eot_id|>' }}{%- endfor %}{%- if add_generation_prompt %}"
           "{{ '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{%- endif %}")
+# Mistral (v0.3 Instruct's shape): [INST] user [/INST] answer</s>; a system message goes before the first user text.
+MISTRAL = ("{{ bos_token }}{%- set ns = namespace(system='') %}{%- for m in messages %}{%- if m['role'] == 'system' %}"
+           "{%- set ns.system = m['content'] + '\n\n' %}{%- elif m['role'] == 'user' %}{{ '[INST] ' + ns.system + "
+           "m['content'] + ' [/INST]' }}{%- set ns.system = '' %}{%- else %}{{ m['content'] + eos_token }}{%- endif %}"
+           "{%- endfor %}")
 # Gemma has no system turn: a system message is prepended to the first user turn.
 GEMMA = ("{{ bos_token }}{%- set ns = namespace(system='') %}{%- for m in messages %}{%- if m['role'] == 'system' %}"
          "{%- set ns.system = m['content'] + '\\n\\n' %}{%- else %}{%- set role = 'model' if m['role'] == 'assistant' "
@@ -51,25 +58,32 @@ class Family:
     vocab_size: int
     chat_template: str
     pad: str
-    eos: str  # the end of an assistant turn (what generation stops on)
+    eos: str  # the tokenizer's eos token
     bos: str | None
     specials: tuple[str, ...]
     extra: dict[str, Any] = field(default_factory=dict)
+    # the generation config's eos_token_id, as the real checkpoints ship it (None: the tokenizer's eos alone).
+    # Gemma 3: tokenizer eos <eos>, the turn ends at <end_of_turn> (in generation_config only).
+    gen_eos: tuple[str, ...] | None = None
 
 
 FAMILIES: dict[str, Family] = {
     "qwen2": Family("qwen2", "qwen2", 151_936, CHATML, "<|endoftext|>", "<|im_end|>", None,
-                    ("<|endoftext|>", "<|im_start|>", "<|im_end|>"), {"tie_word_embeddings": True}),
+                    ("<|endoftext|>", "<|im_start|>", "<|im_end|>"), {"tie_word_embeddings": True},
+                    gen_eos=("<|im_end|>", "<|endoftext|>")),
     "qwen3": Family("qwen3", "qwen3", 151_936, CHATML, "<|endoftext|>", "<|im_end|>", None,
                     ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<think>", "</think>"),
-                    {"tie_word_embeddings": True}),
+                    {"tie_word_embeddings": True}, gen_eos=("<|im_end|>", "<|endoftext|>")),
     "llama": Family("llama", "llama", 128_256, LLAMA3, "<|finetune_right_pad_id|>", "<|eot_id|>",
                     "<|begin_of_text|>", ("<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>",
-                                          "<|end_header_id|>", "<|eot_id|>", "<|finetune_right_pad_id|>"),
-                    {"tie_word_embeddings": True}),
-    "gemma3": Family("gemma3", "gemma3_text", 262_144, GEMMA, "<pad>", "<end_of_turn>", "<bos>",
+                                          "<|end_header_id|>", "<|eot_id|>", "<|finetune_right_pad_id|>",
+                                          "<|eom_id|>"),
+                    {"tie_word_embeddings": True}, gen_eos=("<|end_of_text|>", "<|eom_id|>", "<|eot_id|>")),
+    "gemma3": Family("gemma3", "gemma3_text", 262_144, GEMMA, "<pad>", "<eos>", "<bos>",
                      ("<pad>", "<eos>", "<bos>", "<unk>", "<start_of_turn>", "<end_of_turn>"),
-                     {"sliding_window": 64, "final_logit_softcapping": 30.0}),
+                     {"sliding_window": 64, "final_logit_softcapping": 30.0}, gen_eos=("<eos>", "<end_of_turn>")),
+    "mistral": Family("mistral", "mistral", 32_768, MISTRAL, "<unk>", "</s>", "<s>",
+                      ("<unk>", "<s>", "</s>", "[INST]", "[/INST]"), {"tie_word_embeddings": False}),
     "qwen3_moe": Family("qwen3_moe", "qwen3_moe", 151_936, CHATML, "<|endoftext|>", "<|im_end|>", None,
                         ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<think>", "</think>"),
                         {"num_experts": 4, "num_experts_per_tok": 2, "tie_word_embeddings": False}),
@@ -133,16 +147,9 @@ def check_quantization(cfg: Any, device: str) -> None:
 
 def quantization_config(cfg: Any) -> Any:
     """transformers' BitsAndBytesConfig for ``model.quantization`` (None for ``none``)."""
-    q = cfg.model.quantization
-    if q == "none":
-        return None
-    import torch
-    from transformers import BitsAndBytesConfig
+    from engine.models.load import quantization_config as _bnb
 
-    if q == "4bit":
-        return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                                  bnb_4bit_compute_dtype=torch.bfloat16)
-    return BitsAndBytesConfig(load_in_8bit=True)
+    return _bnb(cfg.model.quantization)
 
 
 # ------------------------------------------------------------------------------------------------ tiny models
@@ -228,7 +235,9 @@ def build_tiny(family: str, out: str | Path, *, hidden: int = 32, layers: int = 
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config, dtype=dtype or torch.float32)
     model.generation_config.pad_token_id = tok.pad_token_id
-    model.generation_config.eos_token_id = tok.eos_token_id
+    fam = FAMILIES[fam_name]
+    gen_eos = [tok.convert_tokens_to_ids(t) for t in fam.gen_eos] if fam.gen_eos else []
+    model.generation_config.eos_token_id = gen_eos if len(gen_eos) > 1 else (gen_eos or [tok.eos_token_id])[0]
     tmp = out.with_name(out.name + ".tmp")
     model.save_pretrained(tmp)
     tok.save_pretrained(tmp)

@@ -40,15 +40,7 @@ def check_compute(cfg) -> None:
         raise ConfigError("compute.gpus > 1 needs accelerate", context={"gpus": cfg.compute.gpus})
 
 
-def task_metric_name(cfg) -> str:
-    from engine.trainer.task_rewards import build_all
-
-    names = [n for n, _, _ in build_all(cfg.task)]
-    metric = cfg.task.metric or names[0]
-    if metric not in names:
-        raise ConfigError(f"task.metric {metric!r} is not one of the task rewards {names}",
-                          context={"metric": metric, "rewards": names})
-    return metric
+from engine.trainer.task_rewards import task_metric_name  # noqa: E402,F401  (grpo's API; lives with the rewards)
 
 
 def grpo_args(cfg, output_dir: str | Path, device: str) -> dict[str, Any]:
@@ -262,12 +254,8 @@ def make_trainer_class():
 
         def _tokenize_prompts(self, prompts):
             out = super()._tokenize_prompts(prompts)
-            if self.carl_state is not None:  # grpo.max_prompt_length: TRL 1.16 has no such field; left-truncate
-                from engine.prompts import truncate_left
-
-                keep = self.carl_state.cfg.grpo.max_prompt_length
-                out = ([truncate_left(p, keep) for p in out[0]], *out[1:])
-                self.carl_state.prompt_ids = [list(p) for p in out[0]]
+            if self.carl_state is not None:  # grpo.max_prompt_length: the dataset's prompts are already fitted
+                self.carl_state.prompt_ids = [list(p) for p in out[0]]  # (engine.prompts.fit: the template whole)
             return out
 
         def _generate(self, prompts):
@@ -296,45 +284,26 @@ def attach_capture(model, capture) -> None:
 
 
 def load_model_and_tokenizer(cfg, device: str, log: Callable[[str], None] = lambda m: None):
-    import torch
-    from transformers import AutoModelForCausalLM
+    """The model and tokenizer a config trains: ``model.name_or_path`` resolved like every name a user types
+    (engine.models.names: a built-in, a directory, a run's checkpoint, a Hub id) and loaded by engine.models'
+    one loader with the config's dtype, quantization and trust_remote_code, ready for TRL (not moved, train mode).
+    A quantized base goes to TRL as loaded: GRPOTrainer wraps it with the LoRA config and keeps the adapters in
+    bf16 (QLoRA), enabling input gradients for gradient checkpointing itself."""
+    from dataclasses import replace
 
-    from engine.hf_load import load_tokenizer
-
-    name = cfg.model.name_or_path
-    if name == "builtin:tiny":
-        from engine.trainer.tiny import ensure_tiny
-
-        path = str(ensure_tiny(log=log))
-        tok_path = path
-    elif name == "builtin:agent-sql":  # the agent demo's tool-calling model (engine/envs/demo.py)
-        from engine.envs.demo import ensure
-
-        path = str(ensure(log=log))
-        tok_path = cfg.model.tokenizer or str(Path(path) / "tokenizer")
-    else:
-        path = name
-        tok_path = cfg.model.tokenizer or name
-    dtype = {"auto": "auto" if device == "cuda" else torch.float32, "float32": torch.float32,
-             "bfloat16": torch.bfloat16, "float16": torch.float16}[cfg.model.dtype]
-    from engine.trainer.families import check_quantization, quantization_config
+    from engine.models import LoadOptions, load_model, resolve_name
+    from engine.trainer.families import check_quantization
 
     check_quantization(cfg, device)
-    quant = {"quantization_config": quantization_config(cfg)} if cfg.model.quantization != "none" else {}
+    from engine.errors import ValidationError
+
     try:
-        tok = load_tokenizer(tok_path, trust_remote_code=cfg.model.trust_remote_code)
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, trust_remote_code=cfg.model.trust_remote_code,
-                                                     **quant)
-    except OSError as exc:
-        raise ConfigError(f"cannot load model {name!r}: {exc}".split("\n")[0],
-                          hint="Use a local path, a Hub id reachable from here, or builtin:tiny.",
-                          context={"model": name}) from None
-    # a quantized base goes to TRL as loaded: GRPOTrainer wraps it with the LoRA config and keeps the adapters in
-    # bf16 (QLoRA), enabling input gradients for gradient checkpointing itself
-    if tok.pad_token is None:
-        tok.pad_token = tok.eos_token
-    tok.padding_side = "left"
-    return model, tok
+        ref = resolve_name(cfg.model.name_or_path, log=log)
+    except ValidationError as exc:  # a name that names nothing is a config error here
+        raise ConfigError(f"model.name_or_path: {exc}", hint=exc.hint, context=exc.context) from None
+    if cfg.model.tokenizer:
+        ref = replace(ref, tokenizer=cfg.model.tokenizer)
+    return load_model(ref, LoadOptions.from_config(cfg, device=device), train=True, error=ConfigError, log=log)
 
 
 def peft_config(cfg, model=None):

@@ -158,19 +158,7 @@ def maybe_hold(stage: str, step: int | None, should_stop) -> None:
 
 
 # ------------------------------------------------------------------------------------------ helpers
-def task_accuracy(model, tok, rows: list[dict[str, Any]], cfg) -> float:
-    """The task metric of greedy completions on ``rows`` (the SFT stage's validation check)."""
-    from engine.prompts import PromptFormat
-    from engine.trainer.evalgate import greedy_completions
-    from engine.trainer.task_rewards import build_all
-
-    prompts = [r["prompt"] for r in rows]
-    texts, _, c_ids = greedy_completions(model, tok, prompts, cfg.grpo.max_completion_length,
-                                         fmt=PromptFormat.from_config(cfg), batch=128)
-    fn = {n: f for n, _, f in build_all(cfg.task)}[grpo_metric(cfg)]
-    extra = {k: [r.get(k) for r in rows] for k in rows[0] if k != "prompt"} if rows else {}
-    scores = [float(s) for s in fn(prompts, texts, completion_ids=c_ids, **extra) if s is not None]
-    return sum(scores) / len(scores) if scores else 0.0
+from engine.trainer.evalgate import task_accuracy  # noqa: E402,F401  (moved: the demo's warm start uses it too)
 
 
 def with_model(cfg, path: str):
@@ -250,6 +238,7 @@ class Pipeline:
         from engine.trainer import grpo
         from engine.trainer.data import load_rows
         from engine.trainer.evalgate import evaluate
+        from engine.prompts import PromptFormat
         from engine.trainer.sft import train_sft
         from engine.trainer.worker import _brief
 
@@ -281,7 +270,8 @@ class Pipeline:
         model, res = train_sft(model, tok, train_rows, s, output_dir=sft_dir / "checkpoints", device=device,
                                val_metric=lambda m: task_accuracy(m, tok, val, cfg), lora=lora, save=True,
                                resume_from=ck[1] if ck else None, should_stop=self.w.should_stop_all,
-                               on_progress=progress, on_checkpoint=checkpoint, log=self.w.log)
+                               on_progress=progress, on_checkpoint=checkpoint, log=self.w.log,
+                               fmt=PromptFormat.from_config(cfg))  # the prompts GRPO and the gate read
         detail = {"steps": res.steps, "val_metric": res.val_metric, "stopped_by": res.stopped_by, "loss": res.loss}
         if res.stopped_by == "stop":
             return "stopped", None, detail, None, None

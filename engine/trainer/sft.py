@@ -26,14 +26,24 @@ class SFTResult:
     loss: float | None  # the last logged training loss
 
 
-def completion_rows(rows: list[dict[str, Any]]) -> list[dict[str, str]]:
-    """The dataset's rows as TRL's prompt-completion pairs (``answer`` or ``completion`` is the target)."""
+def completion_rows(rows: list[dict[str, Any]], tok: Any = None, fmt: Any = None) -> list[dict[str, Any]]:
+    """The dataset's rows as TRL's prompt-completion pairs (``answer`` or ``completion`` is the target), the
+    prompt rendered the way GRPO and the eval gate render it (engine.prompts.fit with ``fmt``): templated, the
+    prompt is the conversation (system prompt included) and the completion one assistant message, so TRL renders
+    both through the chat template (the completion ends with the template's end of turn); raw, both are text
+    (TRL appends the end-of-sequence token). ``fmt`` None: the raw prompt text."""
+    from engine.prompts import RAW, fit
+
     out = []
-    for r in rows:
+    for i, r in enumerate(rows):
         target = r.get("completion", r.get("answer"))
         if target is None:
             continue
-        out.append({"prompt": str(r["prompt"]), "completion": str(target)})
+        prompt = fit(r["prompt"], tok, fmt or RAW, row=i) if tok is not None else str(r["prompt"])
+        if isinstance(prompt, list):
+            out.append({"prompt": prompt, "completion": [{"role": "assistant", "content": str(target)}]})
+        else:
+            out.append({"prompt": prompt, "completion": str(target)})
     return out
 
 
@@ -43,20 +53,21 @@ def train_sft(model, tok, rows: list[dict[str, Any]], settings, *, output_dir: s
               should_stop: Callable[[], bool] = lambda: False,
               on_progress: Callable[[dict[str, Any]], None] | None = None,
               on_checkpoint: Callable[[int, Path], None] | None = None,
-              log: Callable[[str], None] | None = None) -> tuple[Any, SFTResult]:
+              log: Callable[[str], None] | None = None, fmt: Any = None) -> tuple[Any, SFTResult]:
     """Train ``model`` on ``rows`` (prompt + answer/completion) with ``settings`` (config.PipelineSFT).
 
     ``val_metric(model) -> float``: the validation task metric (needed to stop at ``settings.target``).
     ``lora``: a peft LoraConfig (merged into the model at the end). ``save``: checkpoint every
     ``settings.save_steps`` and on a stop request under ``output_dir``; ``resume_from``: a checkpoint to continue
     from. ``on_progress`` gets ``{"step", "loss", "lr", "val_metric"}`` every ``check_every`` steps.
+    ``fmt``: the run's engine.prompts.PromptFormat (chat template, system prompt, limit; see completion_rows).
     Returns (the trained model — merged when LoRA —, :class:`SFTResult`)."""
     import datasets
     from transformers import TrainerCallback
     from trl import SFTConfig, SFTTrainer
 
     datasets.disable_progress_bars()  # stdout.log holds carl's lines, not one bar per preprocessing pass
-    pairs = completion_rows(rows)
+    pairs = completion_rows(rows, tok, fmt)
     if not pairs:
         from engine.errors import ConfigError
 

@@ -230,3 +230,13 @@ def build_all(task_cfg) -> list[tuple[str, float, Callable[..., list[float]]]]:
             name = f"{name}_{seen[name]}"
         out.append((name, float(r.weight), fn))
     return out
+
+
+def task_metric_name(cfg) -> str:
+    """The task reward the cascade gate watches and the eval gate scores: ``task.metric``, else the first."""
+    names = [n for n, _, _ in build_all(cfg.task)]
+    metric = cfg.task.metric or names[0]
+    if metric not in names:
+        raise ConfigError(f"task.metric {metric!r} is not one of the task rewards {names}",
+                          context={"metric": metric, "rewards": names})
+    return metric

@@ -113,20 +113,24 @@ def warm_start(model, tok, *, steps: int | None, target: float | None, log=None,
     task metric of its validation slice. Returns (model, SFTResult)."""
     from engine.config import Config
     from engine.trainer.data import load_rows
-    from engine.trainer.pipeline import task_accuracy
+    from engine.trainer.evalgate import task_accuracy
     from engine.trainer.sft import train_sft
 
     cfg = Config()
     train_rows, _ = load_rows(cfg)
     settings = sft_settings(steps, target)
     val = train_rows[:settings.val_n]
+    from engine.prompts import PromptFormat
+
     return train_sft(model, tok, train_rows, settings, output_dir=output_dir, device="cpu",
-                     val_metric=lambda m: task_accuracy(m, tok, val, cfg), log=log)
+                     val_metric=lambda m: task_accuracy(m, tok, val, cfg), log=log, fmt=PromptFormat.from_config(cfg))
 
 
 def greedy_accuracy(model, tok, pairs, *, max_new_tokens: int = 5, batch: int = 100) -> float:
     """Fraction of ``pairs`` whose greedy completion is exactly the sum."""
     import torch
+
+    from engine.models.stops import stop_ids
 
     model.eval()
     correct = 0
@@ -135,7 +139,7 @@ def greedy_accuracy(model, tok, pairs, *, max_new_tokens: int = 5, batch: int = 
         enc = tok([prompt_of(a, b) for a, b in chunk], return_tensors="pt", padding=True, add_special_tokens=False)
         with torch.no_grad():
             out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
-                                 pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+                                 pad_token_id=tok.pad_token_id, eos_token_id=stop_ids(model, tok))
         texts = tok.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
         correct += sum(t.strip() == str(a + b) for t, (a, b) in zip(texts, chunk))
     return correct / max(1, len(pairs))
@@ -196,3 +200,38 @@ def ensure_tiny(root: Path | None = None, *, sft_steps: int | None = None, targe
 
 def info(path: Path) -> dict[str, Any]:
     return json.loads((Path(path) / "carl_tiny.json").read_text(encoding="utf-8"))
+
+
+# ----------------------------------------------------------------------------------------------- built-in
+# The registry's protocol (engine/builtins.py): builtin:tiny (model) and builtin:addition (dataset).
+def ensure(log=None) -> Path:
+    return ensure_tiny(log=log)
+
+
+def tokenizer():
+    """The cached demo's tokenizer, or the same character tokenizer built in memory (never builds the model)."""
+    d = tiny_dir()
+    if (d / "tokenizer.json").is_file():
+        from engine.hf_load import load_tokenizer
+
+        return load_tokenizer(d)
+    return build_tokenizer()
+
+
+def provenance() -> dict[str, Any] | None:
+    """The cached build's record (version, warm-start steps, target, size); None when it is not built."""
+    d = tiny_dir()
+    if not (d / "carl_tiny.json").is_file():
+        return None
+    meta = info(d)
+    return {k: meta.get(k) for k in ("version", "sft_steps", "sft_target", "n_params")}
+
+
+def load_rows(cfg) -> tuple[list[dict[str, str]], list[dict[str, str]]]:
+    """builtin:addition: the seeded, shuffled training pairs (``dataset.max_samples`` of them) and the held-out set."""
+    train_pairs, heldout = split_pairs()
+    random.Random(cfg.grpo.seed).shuffle(train_pairs)
+    train = rows(train_pairs)
+    if cfg.dataset.max_samples:
+        train = train[: cfg.dataset.max_samples]
+    return train, rows(heldout)

@@ -118,3 +118,79 @@ def test_probe_reports_scores_per_sequence_then_averaged():
     assert d["deepconf"] == {"topk": 2, "window": 1}
     single = CoherenceProbe(topk=2).measure(a).to_dict()
     assert single["self_certainty"] == pytest.approx(KL)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Selections (engine.bestof) on candidates whose per-token field is fixed by hand
+# ----------------------------------------------------------------------------------------------------------
+
+from engine.bestof import Candidate, borda_votes, choose, deepconf_kept, score_candidates, task_extractor  # noqa: E402
+
+
+def _cands():
+    """Five one-token candidates: (answer, self-certainty, DeepConf confidence, phi, p[token])."""
+    rows = [("A", 3.0, 1.0, 0.9, 0.2), ("B", 2.0, 5.0, 0.1, 0.9), ("B", 1.0, 4.0, 0.5, 0.5),
+            ("C", 0.5, 8.0, 0.3, 0.3), (None, 4.0, 9.0, 0.2, 0.1)]
+    c = [Candidate(i, f"text {a}", [phi], [q], [1.0], [sc], [cf], answer=a)
+         for i, (a, sc, cf, phi, q) in enumerate(rows)]
+    score_candidates(c)
+    return c
+
+
+def test_score_selections_by_hand():
+    c = _cands()
+    assert [x.scores["self_certainty"] for x in c] == [3.0, 2.0, 1.0, 0.5, 4.0]
+    assert [x.scores["group_confidence"] for x in c] == [1.0, 5.0, 4.0, 8.0, 9.0]
+    assert choose(c, "self_certainty") == 4
+    assert choose(c, "phi") == 0
+    assert choose(c, "logprob") == 1  # log 0.9
+    assert [x.scores["votes"] for x in c] == [1.0, 2.0, 2.0, 1.0, 0.0]
+
+
+def test_borda_by_hand():
+    """Ranks by self-certainty: #4 (r1), #0 (r2), #1 (r3), #2 (r4), #3 (r5); #4 has no answer, so no vote.
+    p = 1: A 4, B 3+2 = 5, C 1 → B.  p = 3: A 64, B 27+8 = 35, C 1 → A.  p = 0.5: A 2, B √3+√2 → B.
+    p = 0: A 1, B 2, C 1 (majority) → B."""
+    c = _cands()
+    assert borda_votes(c, 1.0) == {"A": 4.0, "B": 5.0, "C": 1.0}
+    assert borda_votes(c, 3.0) == {"A": 64.0, "B": 35.0, "C": 1.0}
+    assert borda_votes(c, 0.5) == pytest.approx({"A": 2.0, "B": math.sqrt(3) + math.sqrt(2), "C": 1.0})
+    assert choose(c, "borda", p=1.0) == 1  # the first candidate answering B
+    assert choose(c, "borda", p=3.0) == 0
+    assert choose(c, "borda") == 1  # p = 0.5
+    assert choose(c, "borda", p=0.0) == choose(c, "majority") == 1
+
+
+def test_deepconf_by_hand():
+    """Candidates with an answer: confidences [1, 5, 4, 8] (#4 has none and is dropped).
+    eta 0.1: 90th percentile (linear) of [1, 4, 5, 8] = 5 + 0.7·3 = 7.1 → keep #3 → C.
+    eta 0.5: median 4.5 → keep #1 (5), #3 (8) → B 5 < C 8 → C.
+    eta 0.9: 10th percentile 1 + 0.3·3 = 1.9 → keep #1, #2, #3 → B 9 > C 8 → B, its most confident: #1."""
+    c = _cands()
+    assert deepconf_kept(c, 0.1) == [3] and choose(c, "deepconf") == 3
+    assert deepconf_kept(c, 0.5) == [1, 3] and choose(c, "deepconf", eta=0.5) == 3
+    assert deepconf_kept(c, 0.9) == [1, 2, 3] and choose(c, "deepconf", eta=0.9) == 1
+    assert deepconf_kept(c, 1.0) == [0, 1, 2, 3]
+
+
+def test_no_answers_and_empty_candidates():
+    c = [Candidate(0, "", [], [], [], [], [], answer=None), Candidate(1, "x", [0.5], [0.5], [1.0], [0.2], [1.5],
+                                                                      answer=None)]
+    score_candidates(c)
+    assert c[0].scores["self_certainty"] is None and c[0].scores["carl"] is None
+    assert choose(c, "self_certainty") == 1 and choose(c, "logprob") == 1  # a missing score ranks last
+    assert choose(c, "borda") == 1 and choose(c, "deepconf") == 1 and choose(c, "majority") == 0
+
+
+def test_task_extractor_votes_on_the_extracted_answer():
+    ex = task_extractor("last_number")
+    c = [Candidate(i, t, [0.5], [0.5], [1.0], [s], [1.0], answer=ex(t))
+         for i, (t, s) in enumerate([("so 12", 3.0), ("it is 19", 2.0), ("19!", 1.0), ("none", 0.0)])]
+    score_candidates(c)
+    assert [x.answer for x in c] == ["12", "19", "19", None]
+    assert choose(c, "majority") == 1 and choose(c, "borda", p=1.0) == 1  # 19: 3+2 votes, 12: 4
+    assert task_extractor("auto") is None
+    from engine.errors import ConfigError
+
+    with pytest.raises(ConfigError):
+        task_extractor("vibes")

@@ -10,7 +10,8 @@ ceiling of any selection). Mean ± half-range over the seeds.
 
     python bench/bestof.py MODEL_DIR [MODEL_DIR …] [--n 4 8 16] [--seeds 0 1 2] [--json OUT.json]
 
-A MODEL_DIR may be a run's ``final/`` directory (then its tokenizer is read from there, as saved by the worker).
+MODEL_DIR ``demo`` is the demo's warm start as built today (engine/trainer/tiny.py, cached in $CARL_TINY_CACHE or
+$CARL_HOME/cache). A MODEL_DIR may be a run's ``final/`` directory (then its tokenizer is read from there, as saved by the worker).
 """
 
 from __future__ import annotations
@@ -58,6 +59,10 @@ def main() -> int:
     print("| model | N | greedy | " + " | ".join(COLUMNS) + " | oracle |")
     print("|---|---|---|" + "---|" * (len(COLUMNS) + 1))
     for mdir in args.models:
+        if mdir == "demo":  # the demo's warm start as engine/trainer/tiny.py builds it today (cached)
+            from engine.trainer.tiny import ensure_tiny
+
+            mdir = str(ensure_tiny(log=lambda m: print(m, file=sys.stderr)))
         model = AutoModelForCausalLM.from_pretrained(mdir).eval()
         tok = AutoTokenizer.from_pretrained(mdir)
         tok.padding_side = "left"

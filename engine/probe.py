@@ -267,23 +267,25 @@ def _kernel_rows(ops: Any, x: Any, tokens: Any, allow_masked: bool, k_top: int, 
         ops.sub_into(c, m, z)  # z = x - max ≤ 0
         if allow_masked:
             ops.clamp_min_(z, _MASK_FLOOR)
-            masked = ops.min_rows(z) <= _MASK_FLOOR
-        zsum = ops.sum_rows(z)
+        want_sc = "self_certainty" in out
+        masked = ops.min_rows(z) <= _MASK_FLOOR if allow_masked and want_sc else None
+        zsum = ops.sum_rows(z) if want_sc else None
         top = ops.topk_sum(z, k_top) if k_top else None
         ops.exp_into(z, e)
         s = ops.sum_rows(e)
         sel = ops.gather(e, tok)
         ops.mul_(e, z)  # e·z (0·(-inf) = NaN flags an unmasked -inf)
         ez = ops.sum_rows(e)
-        s, ez, zsum, sel, m = (ops.hp(t) for t in (s, ez, zsum, sel, m))
+        s, ez, sel, m = (ops.hp(t) for t in (s, ez, sel, m))
         log_s = ops.log(s)
         h = log_s - ez / s
         out["entropy"][a:b] = ops.where(ops.isfinite(m), h, math.nan)
         out["selected_prob"][a:b] = sel / s
         out["token_ids"][a:b] = tok
         out["lse"][a:b] = m + log_s
-        sc = log_s - zsum / v - log_v
-        out["self_certainty"][a:b] = ops.where(masked, math.inf, sc) if allow_masked else sc
+        if want_sc:
+            sc = log_s - ops.hp(zsum) / v - log_v
+            out["self_certainty"][a:b] = ops.where(masked, math.inf, sc) if masked is not None else sc
         if k_top:
             out["confidence"][a:b] = log_s - ops.hp(top) / k_top
 
@@ -297,16 +299,17 @@ def _cpu_threads() -> int:
 
 
 def _run_kernel(ops: Any, x: Any, tokens: Any, allow_masked: bool, k_top: int, *,
-                check: bool = True) -> dict[str, Any]:
+                check: bool = True, self_certainty: bool = True) -> dict[str, Any]:
     """The kernel over 2-D ``x`` [N, V] with ``ops``' scratch chunks; per-token outputs [N] (numpy: float64; torch:
     the work dtype on the input's device). Large numpy inputs run on a few threads (numpy ufuncs release the GIL;
     one pair of scratch rows each; the result does not depend on the split). ``check=False`` skips the one
-    host sync (a non-finite row then reads as NaN entropy instead of raising)."""
+    host sync (a non-finite row then reads as NaN entropy instead of raising); ``self_certainty=False`` skips
+    that score's extra row sum (the trainer's generation capture does not use it)."""
     n, v = x.shape
     work = ops.work(x.dtype)
     out_dt = np.float64 if ops.name == "numpy" else work
     out = {f: ops.empty((n,), "int" if f == "token_ids" else out_dt, x)
-           for f in _FIELDS if f != "confidence" or k_top}
+           for f in _FIELDS if (f != "confidence" or k_top) and (f != "self_certainty" or self_certainty)}
     if ops.name == "numpy":
         chunk = _CHUNK_ELEMS_CPU
     else:
@@ -340,12 +343,14 @@ def _run_kernel(ops: Any, x: Any, tokens: Any, allow_masked: bool, k_top: int, *
     # rounding can leave ±1 ulp outside the ranges: 0 ≤ H ≤ log V, KL ≥ 0, confidence ≥ 0
     if ops.name == "numpy":
         np.clip(ent, 0.0, math.log(v), out=ent)
-        np.maximum(out["self_certainty"], 0.0, out=out["self_certainty"])
+        if self_certainty:
+            np.maximum(out["self_certainty"], 0.0, out=out["self_certainty"])
         if k_top:
             np.maximum(out["confidence"], 0.0, out=out["confidence"])
     else:
         ent.clamp_(0.0, math.log(v))
-        out["self_certainty"].clamp_(min=0.0)
+        if self_certainty:
+            out["self_certainty"].clamp_(min=0.0)
         if k_top:
             out["confidence"].clamp_(min=0.0)
     return out
@@ -377,7 +382,7 @@ def _token_stats_torch(x: Any, tokens: Any, allow_masked: bool, *, check: bool =
     ``log Σ exp x`` (so one logit read later gives that token's probability, ``exp(x[t] - lse)``)."""
     if tokens is not None:
         tokens = tokens.to(device=x.device, dtype=__import__("torch").int64)
-    out = _run_kernel(_TorchOps(), x, tokens, allow_masked, 0, check=check)
+    out = _run_kernel(_TorchOps(), x, tokens, allow_masked, 0, check=check, self_certainty=False)
     res = (out["entropy"], out["selected_prob"], out["token_ids"])
     return (*res, out["lse"]) if with_lse else res
 

@@ -81,3 +81,27 @@ def test_stream_and_best_of_carry_self_certainty_as_published(tiny):
     sc = [c["scores"]["self_certainty"] for c in out["candidates"]]
     assert out["candidates"][0]["scores"]["self_certainty"] == pytest.approx(sum(want) / len(want), abs=1e-5)
     assert out["chosen"] == sc.index(max(sc))
+
+
+def test_eval_best_of_borda_is_the_engine_selection(tiny, capsys, tmp_path, monkeypatch):
+    """`eval --best-of N --select borda` reports the task metric of exactly the completions engine.bestof picks
+    (same seed, same sampling), with the Borda power it used."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from engine.bestof import best_of_texts
+    from engine.trainer.tiny import rows, split_pairs
+
+    monkeypatch.chdir(tmp_path)  # no ./carl.yaml: the demo's defaults
+    rc = main(["eval", "--adapter", str(tiny), "--n", "6", "--threshold", "0", "--best-of", "4", "--select", "borda",
+               "--borda-p", "1"])
+    out = json.loads(capsys.readouterr().out)
+    assert rc in (0, 1)
+    bo = out["metrics"]["best_of"]
+    assert bo["n"] == 4 and bo["select"] == "borda" and bo["borda_p"] == 1.0
+    held = rows(split_pairs()[1])[:6]
+    model = AutoModelForCausalLM.from_pretrained(tiny).eval()
+    tok = AutoTokenizer.from_pretrained(tiny)
+    tok.padding_side = "left"
+    texts = best_of_texts(model, tok, [r["prompt"] for r in held], 4, "borda", 8, seed=0, p=1.0)
+    want = sum(t.strip() == r["answer"] for t, r in zip(texts, held)) / len(held)
+    assert bo["task_metric"] == pytest.approx(want)

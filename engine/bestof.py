@@ -36,7 +36,8 @@ import random
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
-SELECTIONS = ("self_certainty", "borda", "deepconf", "phi", "carl", "logprob", "majority", "random")
+SELECTIONS = ("logprob", "majority", "random", "phi", "carl", "self_certainty", "borda", "deepconf")
+"""In the try panel's cycle order (``s``): the older five first, so their order is unchanged."""
 DEFAULT_SELECT = "logprob"  # the evidence: docs/coherence.md, best-of-N table
 BORDA_P = 0.5
 """Kang et al.'s default power in their Borda code (``--power 0.5``)."""

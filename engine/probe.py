@@ -360,7 +360,8 @@ def _null_ctx(ops: Any) -> Any:
     return ops.t.no_grad()
 
 
-def _numpy_via_torch(x: np.ndarray, tokens: np.ndarray | None, allow_masked: bool, k_top: int) -> dict[str, Any]:
+def _numpy_via_torch(x: np.ndarray, tokens: np.ndarray | None, allow_masked: bool, k_top: int,
+                     self_certainty: bool = True) -> dict[str, Any]:
     """The torch CPU kernel on a numpy array (zero-copy view; the array is never written); numpy back."""
     import warnings
 
@@ -370,7 +371,7 @@ def _numpy_via_torch(x: np.ndarray, tokens: np.ndarray | None, allow_masked: boo
         warnings.simplefilter("ignore", UserWarning)
         tx = torch.from_numpy(x)
     tt = None if tokens is None else torch.from_numpy(np.ascontiguousarray(tokens, dtype=np.int64))
-    out = _run_kernel(_TorchOps(), tx, tt, allow_masked, k_top)
+    out = _run_kernel(_TorchOps(), tx, tt, allow_masked, k_top, self_certainty=self_certainty)
     return {k: (t.numpy() if k == "token_ids" else t.double().numpy()) for k, t in out.items()}
 
 
@@ -394,13 +395,14 @@ DEEPCONF_WINDOW: int = 2048
 
 
 def token_scores(logits: Any, token_ids: Any = None, *, allow_masked: bool = False, backend: str = "auto",
-                 topk: int = 0) -> dict[str, Any]:
+                 topk: int = 0, self_certainty: bool = True) -> dict[str, Any]:
     """Per-token scores of ``logits`` [T, V] or [B, T, V], each of shape ``logits.shape[:-1]``, from one pass:
 
     ``phi`` (1 - H/log V), ``entropy`` H (nats), ``selected_prob`` p[token], ``token_ids`` (given, else the
     argmax, first maximum), ``self_certainty`` KL(U ‖ P) = logsumexp(z) - mean(z) - log V (nats; Kang, Zhao &
     Song 2025; +inf where a masked entry has p = 0) and, when ``topk`` > 0, ``confidence``: DeepConf's token
     confidence -1/k Σ_{j ≤ k} log p_(j) over the k most likely tokens (k capped at V).
+    ``self_certainty=False`` leaves that score out (one row sum fewer: what :func:`token_stats` asks for).
 
     numpy input → float64 numpy arrays; torch input → tensors on the logits' device (float32, or float64 for
     float64 logits). Non-finite logits raise ``carl.probe.nonfinite`` unless ``allow_masked`` (then -inf is
@@ -446,11 +448,11 @@ def token_scores(logits: Any, token_ids: Any = None, *, allow_masked: bool = Fal
         stok = None if tok is None else tok[k * rows_per:(k + 1) * rows_per]
         try:
             if use_torch and not torch_in:
-                parts.append(_numpy_via_torch(slab, stok, allow_masked, k_top))
+                parts.append(_numpy_via_torch(slab, stok, allow_masked, k_top, self_certainty))
             elif use_torch:
-                parts.append(_run_kernel(_TorchOps(), slab, stok, allow_masked, k_top))
+                parts.append(_run_kernel(_TorchOps(), slab, stok, allow_masked, k_top, self_certainty=self_certainty))
             else:
-                parts.append(_run_kernel(_NumpyOps(), slab, stok, allow_masked, k_top))
+                parts.append(_run_kernel(_NumpyOps(), slab, stok, allow_masked, k_top, self_certainty=self_certainty))
         except ProbeNonFiniteError as exc:  # re-address the flat row as [t] or [b, t]
             raise _nonfinite_error(k * rows_per + exc.context["position"][0], lead, exc.context["value"]) from None
     if len(parts) == 1:
@@ -471,7 +473,7 @@ def token_stats(logits: Any, token_ids: Any = None, *, allow_masked: bool = Fals
                 backend: str = "auto") -> tuple[Any, Any, Any, Any]:
     """Per-token ``(phi, entropy, selected_prob, token_ids)`` of ``logits`` [T, V] or [B, T, V]
     (:func:`token_scores` without the other scores; same dtypes, devices and errors)."""
-    r = token_scores(logits, token_ids, allow_masked=allow_masked, backend=backend)
+    r = token_scores(logits, token_ids, allow_masked=allow_masked, backend=backend, self_certainty=False)
     return r["phi"], r["entropy"], r["selected_prob"], r["token_ids"]
 
 

@@ -10,8 +10,10 @@
   to the end; :meth:`LoadedModel.score` teacher-forces a given text after a prompt (one forward).
 
 The per-token field is measured on the **raw logits of the step that produced the token** (the model's own
-distribution at temperature 1, before temperature / top-p reshape the sampler) with :func:`engine.probe.token_stats`
-— the probe's kernel — so Phi = 1 - H / log V with V the full logit dimension, H in nats, selected_prob = p[token].
+distribution at temperature 1, before temperature / top-p reshape the sampler) with :func:`engine.probe.token_scores`
+— the probe's kernel — so Phi = 1 - H / log V with V the full logit dimension, H in nats, selected_prob = p[token],
+self_certainty = KL(U ‖ P) and DeepConf's top-k token confidence per token; :meth:`InferResult.scores` reduces
+them per sequence (engine.probe.sequence_scores).
 The sequence's CARL components are :func:`engine.probe.carl_reward` over that field, with the CARL weights the
 caller passes (engine.settings: the run's or the project's ``rewards.carl.weights``; default 0.5/0.3/0.2).
 
@@ -72,10 +74,13 @@ class TokenStep:
     phi: float
     entropy: float
     selected_prob: float
+    self_certainty: float | None = None  # KL(U ‖ P) of this step's distribution, nats (engine.probe)
+    confidence: float | None = None  # DeepConf's token confidence (top-k, engine.probe.DEEPCONF_TOPK)
 
     def as_dict(self) -> dict[str, Any]:
         return {"index": self.index, "token": self.token, "token_id": self.token_id, "phi": self.phi,
-                "entropy": self.entropy, "selected_prob": self.selected_prob}
+                "entropy": self.entropy, "selected_prob": self.selected_prob,
+                "self_certainty": self.self_certainty, "confidence": self.confidence}
 
 
 @dataclass
@@ -100,11 +105,24 @@ class InferResult:
     system_prompt: str | None = None
     weights: dict[str, float] | None = None  # the CARL weights of ``rewards`` (None: the defaults)
     logits: Any = None  # [T, V] float32 torch tensor on the CPU when asked for (keep_logits=True)
+    self_certainty: list[float] = field(default_factory=list)  # KL(U ‖ P) per token (engine.probe.token_scores)
+    confidence: list[float] = field(default_factory=list)  # DeepConf's token confidence per token
 
     @property
     def steps(self) -> list[TokenStep]:
-        return [TokenStep(i, t, s, p, e, q) for i, (t, s, p, e, q) in
-                enumerate(zip(self.token_ids, self.tokens, self.phi, self.entropy, self.selected_prob))]
+        sc = self.self_certainty or [None] * len(self.phi)
+        cf = self.confidence or [None] * len(self.phi)
+        return [TokenStep(i, t, s, p, e, q, c, f) for i, (t, s, p, e, q, c, f) in
+                enumerate(zip(self.token_ids, self.tokens, self.phi, self.entropy, self.selected_prob, sc, cf))]
+
+    def scores(self) -> dict[str, float | None]:
+        """The sequence's intrinsic scores (engine.probe.SCORES: phi, self_certainty, neg_entropy, logprob,
+        group_confidence), computed once by :func:`engine.probe.sequence_scores`."""
+        from engine.probe import sequence_scores
+
+        return sequence_scores(self.phi, self.entropy, self.selected_prob,
+                               self.self_certainty if len(self.self_certainty) == len(self.phi) else None,
+                               self.confidence if len(self.confidence) == len(self.phi) else None)
 
     def summary(self) -> dict[str, Any]:
         from engine.probe import SIGMA, crystallizations, meltings
@@ -126,6 +144,7 @@ class InferResult:
             "run_id": self.ref.run_id, "checkpoint": self.ref.checkpoint,
             "prompt": self.prompt, "text": self.text, "tokens": self.tokens, "token_ids": self.token_ids,
             "phi": self.phi, "entropy": self.entropy, "selected_prob": self.selected_prob,
+            "self_certainty": self.self_certainty, "confidence": self.confidence, "scores": self.scores(),
             "rewards": self.rewards, **self.summary(), "vocab_size": self.vocab_size,
             "prompt_tokens": self.prompt_tokens, "finish_reason": self.finish_reason, "settings": self.settings,
             "templated": self.templated, "system_prompt": self.system_prompt,
@@ -307,9 +326,9 @@ class LoadedModel:
             vocab = self._vocab_size()
             if max(t_ids) >= vocab:
                 raise ValidationError(f"token id {max(t_ids)} is outside the model's vocabulary ({vocab})")
-            phi, ent, sel, logits = self._score_chunks(p_ids, t_ids, keep_logits, budget_mb)
+            phi, ent, sel, sc, cf, logits = self._score_chunks(p_ids, t_ids, keep_logits, budget_mb)
         else:
-            phi, ent, sel = [], [], []
+            phi, ent, sel, sc, cf = [], [], [], [], []
         return InferResult(
             mode="score", prompt=prompt, text=self._text(t_ids), tokens=[self._piece(t_ids, k) for k in
                                                                          range(len(t_ids))],
@@ -317,14 +336,15 @@ class LoadedModel:
             finish_reason="scored", vocab_size=vocab or self._vocab_size(), ref=self.ref,
             settings={"add_eos": add_eos}, prompt_tokens=len(p_ids), templated=self.templated(fmt),
             system_prompt=getattr(fmt, "system_prompt", None), weights=weights,
-            logits=logits if keep_logits else None)
+            logits=logits if keep_logits else None, self_certainty=sc, confidence=cf)
 
     def _score_chunks(self, p_ids: list[int], t_ids: list[int], keep_logits: bool,
-                      budget_mb: float | None) -> tuple[list[float], list[float], list[float], Any]:
+                      budget_mb: float | None) -> tuple[list[float], list[float], list[float], list[float],
+                                                        list[float], Any]:
         import torch
 
         from engine import memory
-        from engine.probe import token_stats
+        from engine.probe import DEEPCONF_TOPK, token_scores
 
         budget = memory.budget_mb(budget_mb if budget_mb is not None else self.budget_mb,
                                   torch.device(self.device).type)
@@ -335,6 +355,8 @@ class LoadedModel:
         phi: list[float] = []
         ent: list[float] = []
         sel: list[float] = []
+        sc: list[float] = []
+        cf: list[float] = []
         kept: list[Any] = []
         cache = None
         with torch.inference_mode(), memory.oom_guard("scoring", budget, n_tokens=plen + n, vocab=vocab):
@@ -353,14 +375,16 @@ class LoadedModel:
                     logits = out.logits
                     cache = (getattr(out, "cache", None) or getattr(out, "past_key_values", None)) if hi < n else None
                 rows = logits[0, -(hi - lo):].float()
-                p, h, q, _ = token_stats(rows, torch.tensor(t_ids[lo:hi], device=rows.device))
-                phi += p.double().cpu().tolist()
-                ent += h.double().cpu().tolist()
-                sel += q.double().cpu().tolist()
+                r = token_scores(rows, torch.tensor(t_ids[lo:hi], device=rows.device), topk=DEEPCONF_TOPK)
+                phi += r["phi"].double().cpu().tolist()
+                ent += r["entropy"].double().cpu().tolist()
+                sel += r["selected_prob"].double().cpu().tolist()
+                sc += r["self_certainty"].double().cpu().tolist()
+                cf += r["confidence"].double().cpu().tolist()
                 if keep_logits:
                     kept.append(rows.detach().cpu())
                 del logits, rows
-        return phi, ent, sel, (torch.cat(kept) if kept else None)
+        return phi, ent, sel, sc, cf, (torch.cat(kept) if kept else None)
 
     def _vocab_size(self) -> int:
         emb = self.model.get_output_embeddings() if hasattr(self.model, "get_output_embeddings") else None
@@ -420,7 +444,7 @@ class Generation:
     def _steps(self) -> Iterator[TokenStep]:
         import torch
 
-        from engine.probe import token_stats
+        from engine.probe import DEEPCONF_TOPK, token_scores
 
         lm, s = self.lm, self.sampling
         p_ids = self.prompt_ids
@@ -444,6 +468,8 @@ class Generation:
         phi: list[float] = []
         ent: list[float] = []
         sel: list[float] = []
+        sc: list[float] = []
+        cf: list[float] = []
         pieces: list[str] = []
         kept: list[Any] = []
         finish = "length"
@@ -462,15 +488,17 @@ class Generation:
                     raw = logits[0, -1].float()
                     vocab = int(raw.shape[-1])
                     tok = _choose(raw, s, gen)
-                    p, h, q, _ = token_stats(raw[None, :], torch.tensor([tok], device=raw.device))
+                    r = token_scores(raw[None, :], torch.tensor([tok], device=raw.device), topk=DEEPCONF_TOPK)
                 ids.append(tok)
-                phi.append(float(p[0]))
-                ent.append(float(h[0]))
-                sel.append(float(q[0]))
+                phi.append(float(r["phi"][0]))
+                ent.append(float(r["entropy"][0]))
+                sel.append(float(r["selected_prob"][0]))
+                sc.append(float(r["self_certainty"][0]))
+                cf.append(float(r["confidence"][0]))
                 pieces.append(lm._piece(ids, k))
                 if self.keep_logits:
                     kept.append(raw.detach().cpu())
-                yield TokenStep(k, tok, pieces[-1], phi[-1], ent[-1], sel[-1])
+                yield TokenStep(k, tok, pieces[-1], phi[-1], ent[-1], sel[-1], sc[-1], cf[-1])
                 if tok in lm.eos_ids:
                     finish = "eos"
                     break
@@ -493,7 +521,7 @@ class Generation:
                 vocab_size=vocab or lm._vocab_size(), ref=lm.ref, settings=s.as_dict(), prompt_tokens=len(p_ids),
                 templated=lm.templated(self.fmt), system_prompt=getattr(self.fmt, "system_prompt", None),
                 weights=self.weights,
-                logits=torch.stack(kept) if kept else None)
+                logits=torch.stack(kept) if kept else None, self_certainty=sc, confidence=cf)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -585,11 +613,13 @@ def score(prompt: str, text: str, *, model: str | None = None, adapter: str | No
 
 
 def best_of(lm: "LoadedModel", prompt: str, n: int, select: str = "logprob", sampling: Sampling | None = None,
-            *, weights: dict[str, float] | None = None, fmt: Any = None) -> dict[str, Any]:
+            *, weights: dict[str, float] | None = None, fmt: Any = None, extract: str = "auto",
+            p: float | None = None, eta: float | None = None, window: int | None = None) -> dict[str, Any]:
     """Best-of-N (engine.bestof): N sampled candidates (seeds ``seed``, ``seed+1`` … when a seed is given), each
     with its scores, and the one ``select`` chose. Returns ``{"best_of", "select", "chosen", "candidates",
     "result"}`` — ``result`` is the chosen candidate's full :meth:`InferResult.to_dict`."""
-    from engine.bestof import SELECTIONS, generate_candidates
+    from engine.bestof import BORDA_P, DEEPCONF_ETA, SELECTIONS, generate_candidates, task_extractor
+    from engine.probe import DEEPCONF_WINDOW
 
     if not isinstance(n, int) or not 1 <= n <= 64:
         raise ValidationError(f"--best-of must be in [1, 64], got {n}", context={"best_of": n})
@@ -600,8 +630,19 @@ def best_of(lm: "LoadedModel", prompt: str, n: int, select: str = "logprob", sam
     if s.is_greedy and n > 1:
         raise ValidationError("best-of-N needs sampling: greedy decoding gives N identical candidates",
                               hint="Drop --greedy / use a temperature > 0.", context={"best_of": n})
-    results, cands, k = generate_candidates(lm, prompt, n, select, s, weights=weights, fmt=fmt)
+    p = BORDA_P if p is None else float(p)
+    eta = DEEPCONF_ETA if eta is None else float(eta)
+    window = DEEPCONF_WINDOW if window is None else int(window)
+    if not (math.isfinite(p) and p >= 0):
+        raise ValidationError(f"--borda-p must be ≥ 0, got {p}", hint="0 is majority voting; Kang et al. use 0.5.")
+    if not 0 < eta <= 1:
+        raise ValidationError(f"--eta must be in (0, 1], got {eta}", hint="DeepConf-low keeps 0.1, -high 0.9.")
+    if window < 1:
+        raise ValidationError(f"--window must be ≥ 1 token, got {window}")
+    results, cands, k = generate_candidates(lm, prompt, n, select, s, weights=weights, fmt=fmt,
+                                            extract=task_extractor(extract), p=p, eta=eta, window=window)
     return {"best_of": n, "select": select, "chosen": k, "candidates": [c.as_dict() for c in cands],
+            "params": {"borda_p": p, "eta": eta, "window": window, "extract": extract},
             "result": results[k].to_dict()}
 
 

@@ -102,53 +102,192 @@ def _describe_row(row: Any) -> str:
     return "-inf"
 
 
-def _numpy_rows(x: np.ndarray, tokens: np.ndarray | None, allow_masked: bool, lo: int, hi: int,
-                entropy: np.ndarray, selected: np.ndarray, token_out: np.ndarray) -> None:
-    """Fill rows [lo, hi) of the outputs from 2-D ``x`` [N, V], one cache-sized row chunk at a time.
+# The kernel is written once (:func:`_kernel_rows`) over a small backend shim: :class:`_NumpyOps` (the CLI path,
+# no torch import) and :class:`_TorchOps` (the tensor's own device). Each op is the one call its library has for
+# it; the formulas, the chunking and the non-finite handling live in the kernel only.
 
-    Per chunk: max (argmax without tokens) → z = x - max (in a scratch row) → e = exp(z) (second scratch row)
-    → Σe → e·z in place → Σe·z; H = log Σe - Σe·z / Σe. Sums are numpy's pairwise sums in the work dtype.
+_FIELDS = ("entropy", "selected_prob", "token_ids", "lse", "self_certainty", "confidence")
+
+
+class _NumpyOps:
+    """numpy ops of the kernel (in place into preallocated scratch rows; sums are numpy's pairwise sums)."""
+
+    name = "numpy"
+
+    @staticmethod
+    def work(dtype: Any) -> Any:
+        return np.float64 if dtype == np.float64 else np.float32
+
+    @staticmethod
+    def empty(shape: tuple[int, ...], dtype: Any, like: Any) -> np.ndarray:
+        return np.empty(shape, dtype=np.int64 if dtype == "int" else dtype)
+
+    @staticmethod
+    def copy_into(dst: np.ndarray, src: np.ndarray) -> None:
+        np.copyto(dst, src, casting="unsafe")
+
+    @staticmethod
+    def argmax_rows(c: np.ndarray) -> np.ndarray:
+        return c.argmax(axis=1)  # first maximum; a NaN row yields the NaN's index
+
+    @staticmethod
+    def max_rows(c: np.ndarray) -> np.ndarray:
+        return c.max(axis=1)  # propagates NaN
+
+    @staticmethod
+    def min_rows(c: np.ndarray) -> np.ndarray:
+        return c.min(axis=1)
+
+    @staticmethod
+    def gather(a: np.ndarray, idx: np.ndarray) -> np.ndarray:
+        return a[np.arange(a.shape[0]), idx]
+
+    @staticmethod
+    def sum_rows(a: np.ndarray) -> np.ndarray:
+        return a.sum(axis=1, dtype=a.dtype)
+
+    @staticmethod
+    def sub_into(c: np.ndarray, m: np.ndarray, out: np.ndarray) -> None:
+        np.subtract(c, m[:, None], out=out)
+
+    @staticmethod
+    def clamp_min_(z: np.ndarray, lo: float) -> None:
+        np.maximum(z, lo, out=z)
+
+    @staticmethod
+    def exp_into(z: np.ndarray, out: np.ndarray) -> None:
+        np.exp(z, out=out)
+
+    @staticmethod
+    def mul_(a: np.ndarray, b: np.ndarray) -> None:
+        np.multiply(a, b, out=a)
+
+    @staticmethod
+    def topk_sum(z: np.ndarray, k: int) -> np.ndarray:
+        v = z.shape[1]
+        return np.partition(z, v - k, axis=1)[:, v - k:].sum(axis=1, dtype=z.dtype)
+
+    @staticmethod
+    def hp(a: np.ndarray) -> np.ndarray:
+        return a.astype(np.float64)
+
+    log = staticmethod(np.log)
+    isfinite = staticmethod(np.isfinite)
+    where = staticmethod(np.where)
+
+
+class _TorchOps:
+    """torch ops of the kernel, on the input's device (imported only when torch input or backend='torch')."""
+
+    name = "torch"
+
+    def __init__(self) -> None:
+        import torch
+
+        self.t = torch
+        self.log, self.isfinite, self.where = torch.log, torch.isfinite, torch.where
+
+    def work(self, dtype: Any) -> Any:
+        return self.t.float64 if dtype == self.t.float64 else self.t.float32
+
+    def empty(self, shape: tuple[int, ...], dtype: Any, like: Any) -> Any:
+        return self.t.empty(shape, dtype=self.t.int64 if dtype == "int" else dtype, device=like.device)
+
+    @staticmethod
+    def copy_into(dst: Any, src: Any) -> None:
+        dst.copy_(src)
+
+    def argmax_rows(self, c: Any) -> Any:
+        return self.t.argmax(c, dim=1)
+
+    @staticmethod
+    def max_rows(c: Any) -> Any:
+        return c.amax(dim=1)
+
+    @staticmethod
+    def min_rows(c: Any) -> Any:
+        return c.amin(dim=1)
+
+    @staticmethod
+    def gather(a: Any, idx: Any) -> Any:
+        return a.gather(1, idx[:, None])[:, 0]
+
+    @staticmethod
+    def sum_rows(a: Any) -> Any:
+        return a.sum(dim=1)
+
+    def sub_into(self, c: Any, m: Any, out: Any) -> None:
+        self.t.sub(c, m[:, None], out=out)
+
+    @staticmethod
+    def clamp_min_(z: Any, lo: float) -> None:
+        z.clamp_(min=lo)
+
+    def exp_into(self, z: Any, out: Any) -> None:
+        self.t.exp(z, out=out)
+
+    @staticmethod
+    def mul_(a: Any, b: Any) -> None:
+        a.mul_(b)
+
+    def topk_sum(self, z: Any, k: int) -> Any:
+        return self.t.topk(z, k, dim=1, sorted=False).values.sum(dim=1)
+
+    @staticmethod
+    def hp(a: Any) -> Any:
+        return a  # torch keeps the work dtype (float32, float64 for float64 input) on the device
+
+
+def _kernel_rows(ops: Any, x: Any, tokens: Any, allow_masked: bool, k_top: int, lo: int, hi: int,
+                 out: dict[str, Any], z_buf: Any, e_buf: Any) -> None:
+    """THE per-token kernel: fill rows [lo, hi) of ``out`` from 2-D ``x`` [N, V], one scratch chunk at a time.
+
+    Per chunk: m = max (argmax without tokens) → z = x - m → Σz (self-certainty), Σ top-k z (DeepConf) → e = exp(z)
+    → s = Σe, e[token] → e·z in place → Σe·z. With log s the log-normaliser of z:
+    H = log s - Σe·z / s; p[token] = e[token] / s; lse = m + log s; self-certainty KL(U‖P) = log s - Σz/V - log V
+    (+inf when a masked entry has p = 0); DeepConf's token confidence -mean_top-k log p = log s - Σ_top-k z / k.
+    A non-finite row (NaN, +inf, all -inf, an unmasked -inf) leaves NaN entropy; the caller raises on it.
     """
     v = x.shape[1]
-    work = np.float64 if x.dtype == np.float64 else np.float32
-    rows = max(1, min(hi - lo, _CHUNK_ELEMS_CPU // v))
-    z_buf = np.empty((rows, v), dtype=work)
-    e_buf = np.empty((rows, v), dtype=work)
+    log_v = math.log(v)
+    rows = z_buf.shape[0]
     for a in range(lo, hi, rows):
-        r = min(rows, hi - a)
-        c = x[a:a + r]
-        z, e = z_buf[:r], e_buf[:r]
-        if c.dtype != work:  # float16 / bfloat16 / ints: cast the chunk into the scratch row, then work in place
-            np.copyto(z, c, casting="unsafe")
+        b = min(hi, a + rows)
+        c = x[a:b]
+        z, e = z_buf[:b - a], e_buf[:b - a]
+        if c.dtype != z.dtype:  # half precision / ints: cast into the scratch row (the input is never written)
+            ops.copy_into(z, c)
             c = z
-        idx = np.arange(r)
         if tokens is None:
-            tok = c.argmax(axis=1)  # first maximum; a NaN row yields the NaN's index
-            m = c[idx, tok]
+            tok = ops.argmax_rows(c)
+            m = ops.gather(c, tok)
         else:
-            tok = tokens[a:a + r]
-            m = c.max(axis=1)  # propagates NaN
-        bad = ~np.isfinite(m)  # NaN or +inf anywhere in the row, or a row that is all -inf
-        if bad.any():
-            i = int(np.argmax(bad))
-            raise _nonfinite_error(a + i, (), _describe_row(x[a + i]))
-        np.subtract(c, m[:, None], out=z)  # z = x - max ≤ 0
+            tok = tokens[a:b]
+            m = ops.max_rows(c)
+        ops.sub_into(c, m, z)  # z = x - max ≤ 0
         if allow_masked:
-            np.maximum(z, _MASK_FLOOR, out=z)
-        np.exp(z, out=e)
-        s = e.sum(axis=1, dtype=work)  # pairwise summation
-        sel = e[idx, tok]
-        with np.errstate(invalid="ignore"):
-            np.multiply(e, z, out=z)  # e·z (0·(-inf) = NaN flags an unmasked -inf)
-        ez = z.sum(axis=1, dtype=work)
-        s64 = s.astype(np.float64)
-        h = np.log(s64) - ez.astype(np.float64) / s64  # H = log Σe - Σe·z / Σe
-        if not np.isfinite(h).all():
-            i = int(np.argmax(~np.isfinite(h)))
-            raise _nonfinite_error(a + i, (), _describe_row(x[a + i]))
-        entropy[a:a + r] = h
-        selected[a:a + r] = sel.astype(np.float64) / s64
-        token_out[a:a + r] = tok
+            ops.clamp_min_(z, _MASK_FLOOR)
+        want_sc = "self_certainty" in out
+        masked = ops.min_rows(z) <= _MASK_FLOOR if allow_masked and want_sc else None
+        zsum = ops.sum_rows(z) if want_sc else None
+        top = ops.topk_sum(z, k_top) if k_top else None
+        ops.exp_into(z, e)
+        s = ops.sum_rows(e)
+        sel = ops.gather(e, tok)
+        ops.mul_(e, z)  # e·z (0·(-inf) = NaN flags an unmasked -inf)
+        ez = ops.sum_rows(e)
+        s, ez, sel, m = (ops.hp(t) for t in (s, ez, sel, m))
+        log_s = ops.log(s)
+        h = log_s - ez / s
+        out["entropy"][a:b] = ops.where(ops.isfinite(m), h, math.nan)
+        out["selected_prob"][a:b] = sel / s
+        out["token_ids"][a:b] = tok
+        out["lse"][a:b] = m + log_s
+        if want_sc:
+            sc = log_s - ops.hp(zsum) / v - log_v
+            out["self_certainty"][a:b] = ops.where(masked, math.inf, sc) if masked is not None else sc
+        if k_top:
+            out["confidence"][a:b] = log_s - ops.hp(top) / k_top
 
 
 def _cpu_threads() -> int:
@@ -159,35 +298,71 @@ def _cpu_threads() -> int:
     return max(1, min(n, _MAX_THREADS))
 
 
-def _token_stats_numpy(x: np.ndarray, tokens: np.ndarray | None, allow_masked: bool) -> tuple[np.ndarray, ...]:
-    """Kernel on a 2-D numpy ``x`` [N, V]: float64 (entropy, selected_prob) and int64 token ids, each [N].
-
-    numpy ufuncs release the GIL, so large inputs are split into row blocks that run on a few threads (one
-    pair of scratch rows each); the result does not depend on the split.
-    """
+def _run_kernel(ops: Any, x: Any, tokens: Any, allow_masked: bool, k_top: int, *,
+                check: bool = True, self_certainty: bool = True) -> dict[str, Any]:
+    """The kernel over 2-D ``x`` [N, V] with ``ops``' scratch chunks; per-token outputs [N] (numpy: float64; torch:
+    the work dtype on the input's device). Large numpy inputs run on a few threads (numpy ufuncs release the GIL;
+    one pair of scratch rows each; the result does not depend on the split). ``check=False`` skips the one
+    host sync (a non-finite row then reads as NaN entropy instead of raising); ``self_certainty=False`` skips
+    that score's extra row sum (the trainer's generation capture does not use it)."""
     n, v = x.shape
-    entropy = np.empty(n, dtype=np.float64)
-    selected = np.empty(n, dtype=np.float64)
-    token_out = np.empty(n, dtype=np.int64)
-    threads = _cpu_threads() if n * v >= _THREAD_MIN_ELEMS else 1
-    if threads == 1 or n < 2:
-        _numpy_rows(x, tokens, allow_masked, 0, n, entropy, selected, token_out)
+    work = ops.work(x.dtype)
+    out_dt = np.float64 if ops.name == "numpy" else work
+    out = {f: ops.empty((n,), "int" if f == "token_ids" else out_dt, x)
+           for f in _FIELDS if (f != "confidence" or k_top) and (f != "self_certainty" or self_certainty)}
+    if ops.name == "numpy":
+        chunk = _CHUNK_ELEMS_CPU
     else:
-        from concurrent.futures import ThreadPoolExecutor
+        chunk = _CHUNK_ELEMS_CUDA if x.device.type != "cpu" else _CHUNK_ELEMS_TORCH_CPU
+    threads = _cpu_threads() if ops.name == "numpy" and n * v >= _THREAD_MIN_ELEMS and n >= 2 else 1
+    bounds = [n * i // (threads * 4 if threads > 1 else 1) for i in range((threads * 4 if threads > 1 else 1) + 1)]
+    spans = [(lo, hi) for lo, hi in zip(bounds[:-1], bounds[1:]) if hi > lo]
 
-        n_tasks = min(n, threads * 4)
-        bounds = [n * k // n_tasks for k in range(n_tasks + 1)]
-        with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="carl-probe") as pool:
-            futures = [pool.submit(_numpy_rows, x, tokens, allow_masked, lo, hi, entropy, selected, token_out)
-                       for lo, hi in zip(bounds[:-1], bounds[1:]) if hi > lo]
-            for f in futures:  # in row order: the first error raised is the lowest row's
-                f.result()
-    np.clip(entropy, 0.0, math.log(v), out=entropy)  # rounding can leave ±1 ulp outside [0, log V]
-    return entropy, selected, token_out
+    def span(lo: int, hi: int) -> None:
+        rows = max(1, min(hi - lo, chunk // v))
+        _kernel_rows(ops, x, tokens, allow_masked, k_top, lo, hi, out,
+                     ops.empty((rows, v), work, x), ops.empty((rows, v), work, x))
+
+    ctx = np.errstate(invalid="ignore", over="ignore") if ops.name == "numpy" else _null_ctx(ops)
+    with ctx:
+        if len(spans) <= 1:
+            for lo, hi in spans:
+                span(lo, hi)
+        else:
+            from concurrent.futures import ThreadPoolExecutor
+
+            with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="carl-probe") as pool:
+                for f in [pool.submit(span, lo, hi) for lo, hi in spans]:
+                    f.result()
+    ent = out["entropy"]
+    if check and n:
+        finite = ops.isfinite(ent)
+        if not bool(finite.all()):  # the one host sync (torch)
+            i = int(np.argmin(finite)) if ops.name == "numpy" else int(ops.t.argmin(finite.to(ops.t.int8)))
+            raise _nonfinite_error(i, (), _describe_row(x[i]))
+    # rounding can leave ±1 ulp outside the ranges: 0 ≤ H ≤ log V, KL ≥ 0, confidence ≥ 0
+    if ops.name == "numpy":
+        np.clip(ent, 0.0, math.log(v), out=ent)
+        if self_certainty:
+            np.maximum(out["self_certainty"], 0.0, out=out["self_certainty"])
+        if k_top:
+            np.maximum(out["confidence"], 0.0, out=out["confidence"])
+    else:
+        ent.clamp_(0.0, math.log(v))
+        if self_certainty:
+            out["self_certainty"].clamp_(min=0.0)
+        if k_top:
+            out["confidence"].clamp_(min=0.0)
+    return out
 
 
-def _numpy_via_torch(x: np.ndarray, tokens: np.ndarray | None, allow_masked: bool) -> tuple[np.ndarray, ...]:
-    """The torch CPU kernel on a numpy array (zero-copy view; the array is never written)."""
+def _null_ctx(ops: Any) -> Any:
+    return ops.t.no_grad()
+
+
+def _numpy_via_torch(x: np.ndarray, tokens: np.ndarray | None, allow_masked: bool, k_top: int,
+                     self_certainty: bool = True) -> dict[str, Any]:
+    """The torch CPU kernel on a numpy array (zero-copy view; the array is never written); numpy back."""
     import warnings
 
     import torch
@@ -196,79 +371,44 @@ def _numpy_via_torch(x: np.ndarray, tokens: np.ndarray | None, allow_masked: boo
         warnings.simplefilter("ignore", UserWarning)
         tx = torch.from_numpy(x)
     tt = None if tokens is None else torch.from_numpy(np.ascontiguousarray(tokens, dtype=np.int64))
-    ent, sel, ids = _token_stats_torch(tx, tt, allow_masked)
-    return ent.double().numpy(), sel.double().numpy(), ids.numpy()
+    out = _run_kernel(_TorchOps(), tx, tt, allow_masked, k_top, self_certainty=self_certainty)
+    return {k: (t.numpy() if k == "token_ids" else t.double().numpy()) for k, t in out.items()}
 
 
 def _token_stats_torch(x: Any, tokens: Any, allow_masked: bool, *, check: bool = True,
                        with_lse: bool = False) -> tuple[Any, ...]:
-    """Kernel on a 2-D torch ``x`` [N, V] on its own device: (entropy, selected_prob, token ids) tensors [N].
-
-    ``check=False`` skips the one host sync (a non-finite row then reads as NaN entropy instead of raising);
-    ``with_lse`` also returns each row's log-normaliser ``log Σ exp x`` (so one logit read later gives that
-    token's probability, ``exp(x[t] - lse)``, without a second pass over V)."""
-    import torch
-
-    n, v = x.shape
-    work = torch.float64 if x.dtype == torch.float64 else torch.float32
-    chunk = _CHUNK_ELEMS_CUDA if x.device.type != "cpu" else _CHUNK_ELEMS_TORCH_CPU
-    rows = max(1, min(n, chunk // v)) if n else 1
-    entropy = torch.empty(n, dtype=work, device=x.device)
-    selected = torch.empty(n, dtype=work, device=x.device)
-    token_out = torch.empty(n, dtype=torch.int64, device=x.device)
-    lse = torch.empty(n, dtype=work, device=x.device) if with_lse else None
-    # two scratch chunks, reused: no allocation (and on CPU no page faults) per chunk
-    z_buf = torch.empty((rows, v), dtype=work, device=x.device)
-    e_buf = torch.empty((rows, v), dtype=work, device=x.device)
-    with torch.no_grad():
-        for a in range(0, n, rows):
-            c = x[a:a + rows]
-            r = c.shape[0]
-            z, e = z_buf[:r], e_buf[:r]
-            if c.dtype != work:  # half precision: cast into the scratch chunk (the caller's tensor is never written)
-                z.copy_(c)
-                c = z
-            if tokens is None:
-                tok = torch.argmax(c, dim=1)
-                m = c.gather(1, tok[:, None])
-            else:
-                tok = tokens[a:a + rows].to(device=x.device, dtype=torch.int64)
-                m = c.amax(dim=1, keepdim=True)
-            torch.sub(c, m, out=z)
-            if allow_masked:
-                z.clamp_(min=_MASK_FLOOR)
-            torch.exp(z, out=e)
-            s = e.sum(dim=1)
-            sel = e.gather(1, tok[:, None])[:, 0] / s
-            ez = e.mul_(z).sum(dim=1)
-            # a non-finite max (NaN, +inf, all -inf) or an unmasked -inf (0·-inf) leaves H non-finite
-            h = torch.log(s) - ez / s
-            entropy[a:a + rows] = torch.where(torch.isfinite(m[:, 0]), h, torch.full_like(h, math.nan))
-            selected[a:a + rows] = sel
-            token_out[a:a + rows] = tok
-            if lse is not None:
-                lse[a:a + rows] = m[:, 0] + torch.log(s)
-        if check:
-            finite = torch.isfinite(entropy)
-            if not bool(finite.all()):  # the one host sync
-                i = int(torch.argmin(finite.to(torch.int8)))
-                raise _nonfinite_error(i, (), _describe_row(x[i]))
-        entropy.clamp_(0.0, math.log(v))
-    return (entropy, selected, token_out, lse) if with_lse else (entropy, selected, token_out)
+    """The kernel on a 2-D torch ``x`` [N, V] on its own device: (entropy, selected_prob, token ids) tensors [N]
+    (what the trainer's generation capture calls). ``check=False`` skips the one host sync (a non-finite row
+    then reads as NaN entropy instead of raising); ``with_lse`` also returns each row's log-normaliser
+    ``log Σ exp x`` (so one logit read later gives that token's probability, ``exp(x[t] - lse)``)."""
+    if tokens is not None:
+        tokens = tokens.to(device=x.device, dtype=__import__("torch").int64)
+    out = _run_kernel(_TorchOps(), x, tokens, allow_masked, 0, check=check, self_certainty=False)
+    res = (out["entropy"], out["selected_prob"], out["token_ids"])
+    return (*res, out["lse"]) if with_lse else res
 
 
-def token_stats(logits: Any, token_ids: Any = None, *, allow_masked: bool = False,
-                backend: str = "auto") -> tuple[Any, Any, Any, Any]:
-    """Per-token ``(phi, entropy, selected_prob, token_ids)`` of ``logits`` [T, V] or [B, T, V].
+DEEPCONF_TOPK: int = 20
+"""DeepConf's k: token confidence is the negative mean log-probability of the k most likely tokens (Fu et al. 2025)."""
+DEEPCONF_WINDOW: int = 2048
+"""DeepConf's group (sliding-window) size in tokens; a trace shorter than the window is one group."""
 
-    numpy input → float64 numpy arrays of shape ``logits.shape[:-1]``; torch input → tensors on the logits'
-    device (float32, or float64 for float64 logits). ``token_ids`` default to the argmax (first maximum).
-    Non-finite logits raise ``carl.probe.nonfinite`` unless ``allow_masked`` (then -inf is probability 0 and
-    V stays the full last dimension; NaN and +inf are still errors).
 
-    ``backend`` for numpy input: ``"numpy"`` = ``"auto"`` (chunked numpy on a few threads) or ``"torch"`` (the
-    torch CPU kernel on zero-copy views; see docs/probe.md for when it pays). Torch input always runs on torch,
-    on its own device.
+def token_scores(logits: Any, token_ids: Any = None, *, allow_masked: bool = False, backend: str = "auto",
+                 topk: int = 0, self_certainty: bool = True) -> dict[str, Any]:
+    """Per-token scores of ``logits`` [T, V] or [B, T, V], each of shape ``logits.shape[:-1]``, from one pass:
+
+    ``phi`` (1 - H/log V), ``entropy`` H (nats), ``selected_prob`` p[token], ``token_ids`` (given, else the
+    argmax, first maximum), ``self_certainty`` KL(U ‖ P) = logsumexp(z) - mean(z) - log V (nats; Kang, Zhao &
+    Song 2025; +inf where a masked entry has p = 0) and, when ``topk`` > 0, ``confidence``: DeepConf's token
+    confidence -1/k Σ_{j ≤ k} log p_(j) over the k most likely tokens (k capped at V).
+    ``self_certainty=False`` leaves that score out (one row sum fewer: what :func:`token_stats` asks for).
+
+    numpy input → float64 numpy arrays; torch input → tensors on the logits' device (float32, or float64 for
+    float64 logits). Non-finite logits raise ``carl.probe.nonfinite`` unless ``allow_masked`` (then -inf is
+    probability 0 and V stays the full last dimension; NaN and +inf are still errors). ``backend`` for numpy
+    input: ``"numpy"`` = ``"auto"`` (chunked numpy on a few threads) or ``"torch"`` (the same kernel on torch's
+    CPU ops, zero-copy views; docs/probe.md says when it pays). Torch input always runs on its own device.
     """
     shape = tuple(int(s) for s in logits.shape)
     _check_logits_shape(shape)
@@ -288,14 +428,19 @@ def token_stats(logits: Any, token_ids: Any = None, *, allow_masked: bool = Fals
         if not torch_in and _is_torch(tok):
             tok = tok.detach().cpu().numpy()
         _check_token_range(tok, v)
+        if torch_in:
+            tok = tok.to(device=logits.device, dtype=__import__("torch").int64)
     else:
         tok = None
     if backend not in ("auto", "numpy", "torch"):
         raise ValidationError(f"unknown probe backend {backend!r}", hint="Use 'auto', 'numpy' or 'torch'.")
+    if topk < 0:
+        raise ValidationError(f"top-k must be ≥ 0, got {topk}")
+    k_top = min(int(topk), v)
     x = logits.detach() if torch_in else (logits if isinstance(logits, np.ndarray) else np.asarray(logits))
     use_torch = torch_in or backend == "torch"
     contiguous = x.is_contiguous() if torch_in else x.flags.c_contiguous
-    # 2-D slabs the kernels walk row by row: one flat view when contiguous, else one per sequence (no copy)
+    # 2-D slabs the kernel walks row by row: one flat view when contiguous, else one per sequence (no copy)
     slabs = [x.reshape(-1, v)] if (x.ndim == 2 or contiguous) else [x[b] for b in range(x.shape[0])]
     rows_per = slabs[0].shape[0]
     parts = []
@@ -303,23 +448,33 @@ def token_stats(logits: Any, token_ids: Any = None, *, allow_masked: bool = Fals
         stok = None if tok is None else tok[k * rows_per:(k + 1) * rows_per]
         try:
             if use_torch and not torch_in:
-                parts.append(_numpy_via_torch(slab, stok, allow_masked))
+                parts.append(_numpy_via_torch(slab, stok, allow_masked, k_top, self_certainty))
             elif use_torch:
-                parts.append(_token_stats_torch(slab, stok, allow_masked))
+                parts.append(_run_kernel(_TorchOps(), slab, stok, allow_masked, k_top, self_certainty=self_certainty))
             else:
-                parts.append(_token_stats_numpy(slab, stok, allow_masked))
+                parts.append(_run_kernel(_NumpyOps(), slab, stok, allow_masked, k_top, self_certainty=self_certainty))
         except ProbeNonFiniteError as exc:  # re-address the flat row as [t] or [b, t]
             raise _nonfinite_error(k * rows_per + exc.context["position"][0], lead, exc.context["value"]) from None
     if len(parts) == 1:
-        ent, sel, ids = parts[0]
+        res = parts[0]
     elif torch_in:
         import torch
 
-        ent, sel, ids = (torch.cat([p[i] for p in parts]) for i in range(3))
+        res = {f: torch.cat([p[f] for p in parts]) for f in parts[0]}
     else:
-        ent, sel, ids = (np.concatenate([p[i] for p in parts]) for i in range(3))
-    phi = 1.0 - ent / math.log(v)
-    return phi.reshape(lead), ent.reshape(lead), sel.reshape(lead), ids.reshape(lead)
+        res = {f: np.concatenate([p[f] for p in parts]) for f in parts[0]}
+    res.pop("lse")
+    res = {f: a.reshape(lead) for f, a in res.items()}
+    res["phi"] = 1.0 - res["entropy"] / math.log(v)
+    return res
+
+
+def token_stats(logits: Any, token_ids: Any = None, *, allow_masked: bool = False,
+                backend: str = "auto") -> tuple[Any, Any, Any, Any]:
+    """Per-token ``(phi, entropy, selected_prob, token_ids)`` of ``logits`` [T, V] or [B, T, V]
+    (:func:`token_scores` without the other scores; same dtypes, devices and errors)."""
+    r = token_scores(logits, token_ids, allow_masked=allow_masked, backend=backend, self_certainty=False)
+    return r["phi"], r["entropy"], r["selected_prob"], r["token_ids"]
 
 
 def _check_token_range(tok: Any, v: int) -> None:
@@ -461,6 +616,53 @@ def _weights(weights: Mapping[str, float] | Any | None) -> dict[str, float]:
     return {**DEFAULT_WEIGHTS, **{k: float(v) for k, v in weights.items()}}
 
 
+def lowest_group_confidence(confidence: Any, window: int = DEEPCONF_WINDOW) -> float | None:
+    """DeepConf's lowest group confidence of one trace (Fu et al. 2025): the minimum over every sliding window of
+    ``window`` consecutive tokens of the window's mean token confidence; a trace shorter than the window is one
+    group (its mean). None for an empty trace."""
+    c = _vec(confidence)
+    if window < 1:
+        raise ValidationError(f"the DeepConf window must be ≥ 1 token, got {window}")
+    if not c.size:
+        return None
+    if c.size <= window:
+        return float(c.mean())
+    cs = np.concatenate([[0.0], np.cumsum(c)])
+    return float(((cs[window:] - cs[:-window]) / window).min())
+
+
+SCORES = ("phi", "self_certainty", "neg_entropy", "logprob", "group_confidence")
+"""The sequence scores, each under its own name (higher = more certain), from one sequence's per-token field:
+
+* ``phi`` — mean Phi = 1 - mean H / log V (normalised entropy; an affine map of ``neg_entropy``);
+* ``self_certainty`` — mean over tokens of KL(U ‖ P) in nats (Kang, Zhao & Song 2025, "Scalable Best-of-N
+  Selection for Large Language Models via Self-Certainty"; Intuitor's ``self_certainty_from_logits`` without
+  the constant -log V);
+* ``neg_entropy`` — -mean H (nats);
+* ``logprob`` — mean log p of the chosen tokens;
+* ``group_confidence`` — DeepConf's lowest group confidence (:func:`lowest_group_confidence`).
+"""
+
+
+def sequence_scores(phi: Any, entropy: Any, selected_prob: Any, self_certainty: Any = None,
+                    confidence: Any = None, *, window: int = DEEPCONF_WINDOW) -> dict[str, float | None]:
+    """The :data:`SCORES` of one sequence (1-D per-token arrays). None where the sequence is empty or the
+    input for that score is missing (no logits: no self-certainty; no top-k: no group confidence)."""
+    p, h, q = _vec(phi), _vec(entropy), _vec(selected_prob)
+    n = p.size
+    mean = lambda a: float(a.mean()) if n else None  # noqa: E731
+    with np.errstate(divide="ignore"):
+        lp = np.log(q)
+    sc = None if self_certainty is None else _vec(self_certainty)
+    return {
+        "phi": mean(p),
+        "self_certainty": None if sc is None else mean(sc),
+        "neg_entropy": None if not n else -float(h.mean()),
+        "logprob": mean(lp),
+        "group_confidence": None if confidence is None else lowest_group_confidence(confidence, window),
+    }
+
+
 def crystallizations(phi: Any) -> np.ndarray:
     """Positions k+1 (the token after the jump) where ΔPhi_k > +DEFECT_THRESHOLD."""
     return np.flatnonzero(delta_phi(phi) > DEFECT_THRESHOLD) + 1
@@ -520,6 +722,10 @@ class PhiField:
     selected_prob: np.ndarray
     token_ids: np.ndarray | None
     vocab_size: int
+    self_certainty: np.ndarray | None = None
+    """KL(U ‖ P) per token [B, T] (None on the entropy path: it needs the logits)."""
+    confidence: np.ndarray | None = None
+    """DeepConf's token confidence per token [B, T] (None without top-k or logits)."""
 
     @property
     def surprisal(self) -> np.ndarray:
@@ -533,14 +739,22 @@ class PhiField:
 
     @classmethod
     def from_logits(cls, logits: Any, token_ids: Any = None, *, allow_masked: bool = False,
-                    backend: str = "auto") -> "PhiField":
-        phi, ent, sel, ids = token_stats(logits, token_ids, allow_masked=allow_masked, backend=backend)
-        arrs = [_host(a) for a in (phi, ent, sel)]
-        ids_np = _host(ids, np.int64)
-        if arrs[0].ndim == 1:
-            arrs = [a[None, :] for a in arrs]
+                    backend: str = "auto", topk: int = DEEPCONF_TOPK) -> "PhiField":
+        r = token_scores(logits, token_ids, allow_masked=allow_masked, backend=backend, topk=topk)
+        names = ("phi", "entropy", "selected_prob", "self_certainty") + (("confidence",) if topk else ())
+        arrs = {f: _host(r[f]) for f in names}
+        ids_np = _host(r["token_ids"], np.int64)
+        if arrs["phi"].ndim == 1:
+            arrs = {f: a[None, :] for f, a in arrs.items()}
             ids_np = ids_np[None, :]
-        return cls(*arrs, token_ids=ids_np, vocab_size=int(logits.shape[-1]))
+        return cls(**arrs, token_ids=ids_np, vocab_size=int(logits.shape[-1]))
+
+    def scores(self, window: int = DEEPCONF_WINDOW) -> list[dict[str, float | None]]:
+        """:func:`sequence_scores` of each sequence."""
+        return [sequence_scores(self.phi[b], self.entropy[b], self.selected_prob[b],
+                                None if self.self_certainty is None else self.self_certainty[b],
+                                None if self.confidence is None else self.confidence[b], window=window)
+                for b in range(self.phi.shape[0])]
 
     @classmethod
     def from_entropy(cls, entropy: Any, selected_logprob: Any, vocab_size: int) -> "PhiField":
@@ -593,6 +807,23 @@ class Snapshot:
     rewards: Rewards
     shape: tuple[int, ...] = ()
     dtype: str = ""
+    topk: int = DEEPCONF_TOPK
+    window: int = DEEPCONF_WINDOW
+
+    @property
+    def sequence_scores(self) -> list[dict[str, float | None]]:
+        """The :data:`SCORES` of each sequence (:func:`sequence_scores`)."""
+        return self.field.scores(self.window)
+
+    @property
+    def scores(self) -> dict[str, float | None]:
+        """Each of :data:`SCORES` per sequence, then averaged over the batch (None where a sequence has none)."""
+        per = self.sequence_scores
+        out: dict[str, float | None] = {}
+        for k in SCORES:
+            vals = [d[k] for d in per]
+            out[k] = None if any(v is None for v in vals) or not vals else float(np.mean(vals))
+        return out
 
     @property
     def phi(self) -> np.ndarray:
@@ -653,6 +884,7 @@ class Snapshot:
     def to_dict(self) -> dict[str, Any]:
         """The contract's probe fields (CONTRACT.md §probe) plus carl's documented extras (docs/probe.md)."""
         cryst, melt = self.crystallization_positions(), self.melting_positions()
+        sc, per_sc = self.scores, self.sequence_scores
         return {
             "n_tokens": self.n_tokens,
             "vocab_size": self.vocab_size,
@@ -666,6 +898,12 @@ class Snapshot:
             "sigma": SIGMA,
             "crystallized_fraction": self.crystallized_fraction,
             "rewards": self.rewards.as_dict(),
+            # the intrinsic scores (engine.probe.SCORES), per sequence then averaged over the batch
+            "self_certainty": sc["self_certainty"],
+            "neg_entropy": sc["neg_entropy"],
+            "logprob_mean": sc["logprob"],
+            "group_confidence": sc["group_confidence"],
+            "deepconf": {"topk": self.topk, "window": self.window},
             # extras
             "shape": list(self.shape),
             "dtype": self.dtype,
@@ -675,8 +913,8 @@ class Snapshot:
             "crystallizations": sum(len(c) for c in cryst),
             "meltings": sum(len(m) for m in melt),
             "per_sequence": [{**r.as_dict(), "n_tokens": int(self.field.phi.shape[1]),
-                              "crystallization_positions": c, "melting_positions": m}
-                             for r, c, m in zip(self.per_sequence, cryst, melt)],
+                              "crystallization_positions": c, "melting_positions": m, "scores": q}
+                             for r, c, m, q in zip(self.per_sequence, cryst, melt, per_sc)],
         }
 
 
@@ -688,7 +926,11 @@ class CoherenceProbe:
     """
 
     def __init__(self, vocab_size: int | None = None, weights: Mapping[str, float] | None = None,
-                 allow_masked: bool = False, backend: str = "auto"):
+                 allow_masked: bool = False, backend: str = "auto", topk: int = DEEPCONF_TOPK,
+                 window: int = DEEPCONF_WINDOW):
+        if window < 1:
+            raise ValidationError(f"the DeepConf window must be ≥ 1 token, got {window}")
+        self.topk, self.window = int(topk), int(window)
         self.vocab_size = vocab_size
         self.backend = backend
         self.weights = _weights(weights)
@@ -701,7 +943,7 @@ class CoherenceProbe:
             raise ProbeShapeError(f"logits have V={shape[-1]}, the probe expects vocab_size={self.vocab_size}",
                                   context={"shape": list(shape), "vocab_size": self.vocab_size})
         masked = self.allow_masked if allow_masked is None else allow_masked
-        fld = PhiField.from_logits(logits, token_ids, allow_masked=masked, backend=self.backend)
+        fld = PhiField.from_logits(logits, token_ids, allow_masked=masked, backend=self.backend, topk=self.topk)
         return self._snapshot(fld, batched=len(shape) == 3, shape=shape, dtype=str(logits.dtype))
 
     def measure_entropy(self, entropy: Any, selected_logprob: Any) -> Snapshot:
@@ -716,7 +958,7 @@ class CoherenceProbe:
         mean = {k: float(np.mean([getattr(r, k) for r in per])) for k in ("coherence", "cloud", "discontinuity",
                                                                           "carl")}
         return Snapshot(field=fld, batched=batched, per_sequence=per, rewards=Rewards(**mean), shape=shape,
-                        dtype=dtype)
+                        dtype=dtype, topk=self.topk if fld.confidence is not None else 0, window=self.window)
 
 
 # ----------------------------------------------------------------------------------------------------------

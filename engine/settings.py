@@ -25,6 +25,7 @@ class Settings:
     chat_template: str = "auto"
     system_prompt: str | None = None
     source: str = "default"  # "run <id>", a carl.yaml path, or "default"
+    extract: str = "auto"  # the task's answer extraction (task.rewards[].extract; best-of votes on it)
 
     def prompt_format(self) -> Any:
         from engine.prompts import PromptFormat
@@ -43,8 +44,9 @@ def default_weights() -> dict[str, float]:
 
 
 def from_config(cfg: Any, source: str) -> Settings:
+    extract = next((r.extract for r in cfg.task.rewards if getattr(r, "extract", "auto") != "auto"), "auto")
     return Settings(weights=cfg.rewards.carl.weights.model_dump(), chat_template=cfg.dataset.chat_template,
-                    system_prompt=cfg.dataset.system_prompt or None, source=source)
+                    system_prompt=cfg.dataset.system_prompt or None, source=source, extract=extract)
 
 
 def run_config(run: str, home: Any = None) -> tuple[str, Any]:

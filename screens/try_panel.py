@@ -6,8 +6,8 @@ second line of block glyphs ``▁▂▃▄▅▆▇█`` under it so the field r
 sequence's CARL reward components sit under the tokens. ``c`` sets a second model (another checkpoint, run or
 path) and the same prompt then runs on both, side by side, with one cursor for both.
 
-``b`` runs best-of-N on model A (engine.bestof; N cycles 4 → 8 → 16 with ``n``, the selection phi → carl →
-logprob → majority → random with ``s``; default 8 by ``logprob``): N sampled candidates (seeds seed, seed+1 …,
+``b`` runs best-of-N on model A (engine.bestof; N cycles 4 → 8 → 16 with ``n``, the selection through
+engine.bestof.SELECTIONS with ``s``; default 8 by ``logprob``): N sampled candidates (seeds seed, seed+1 …,
 sampling even when the panel is greedy), listed beside the tokens with every score, the chosen one marked ▶;
 pane A then shows the chosen candidate's tokens. Enter goes back to a single generation.
 
@@ -231,7 +231,8 @@ def candidates_table(cands: list[Any], chosen: int | None, select: str) -> Table
     """The best-of-N candidates: answer and every score; the chosen row marked ▶ and bold, the column of the
     selection that chose it underlined."""
     table = Table(box=None, padding=(0, 1, 0, 0), show_edge=False, expand=True, header_style="dim")
-    key_of = {"logp": "logprob", "Φ": "phi", "CARL": "carl", "vote": "majority"}
+    key_of = {"logp": "logprob", "Φ": "phi", "CARL": "carl", "vote": "majority"}  # borda/deepconf/SC: docs/infer.md
+    num = lambda v, f: "–" if v is None else format(v, f)  # noqa: E731  (an empty candidate has no score)
     for name, width in (("", 1), ("#", 2), ("answer", None), ("logp", 5), ("Φ", 5), ("CARL", 5), ("vote", 4)):
         hs = "bold underline" if key_of.get(name) == select else "dim"
         table.add_column(Text(name, style=hs), justify="left" if name in ("", "answer") else "right",
@@ -241,7 +242,7 @@ def candidates_table(cands: list[Any], chosen: int | None, select: str) -> Table
         mine = c.index == chosen
         sc = c.scores
         row = [Text("▶" if mine else " "), str(c.index), Text(token_label(c.answer) if c.answer else "∅"),
-               f"{sc['logprob']:.2f}", f"{sc['phi']:.3f}", f"{sc['carl']:.3f}", f"{sc['majority']:.0f}"]
+               num(sc['logprob'], ".2f"), num(sc['phi'], ".3f"), num(sc['carl'], ".3f"), num(sc['votes'], ".0f")]
         table.add_row(*row, style="bold" if mine else None)
     return table
 

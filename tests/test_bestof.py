@@ -18,10 +18,10 @@ def test_selections_on_known_candidates():
     c = [Candidate(0, "12", [0.9, 0.9], [0.5, 0.5]), Candidate(1, " 19 ", [0.2, 0.4], [0.9, 0.9]),
          Candidate(2, "19", [0.3, 0.3], [0.6, 0.6]), Candidate(3, "7", [0.95, 0.1], [0.1, 0.2])]
     score_candidates(c)
-    assert c[1].answer == c[2].answer == "19" and c[1].scores["majority"] == 2.0
+    assert c[1].answer == c[2].answer == "19" and c[1].scores["votes"] == 2.0
     assert choose(c, "phi") == 0  # mean Phi 0.9
     assert choose(c, "logprob") == 1  # mean log 0.9
-    assert choose(c, "majority") == 1  # "19" twice; tie broken by logprob
+    assert choose(c, "majority") == 1  # "19" twice: its first candidate
     assert c[0].scores["logprob"] == pytest.approx(math.log(0.5))
     from engine.probe import carl_reward
 
@@ -63,3 +63,45 @@ def test_best_of_through_the_cli(tiny, capsys):
     rc = main(["infer", "--model", str(tiny), "--prompt", PROMPT, "--best-of", "4", "--greedy"])
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert rc == 2 and json.loads(err)["error"]["code"].startswith("carl.")
+
+
+def test_stream_and_best_of_carry_self_certainty_as_published(tiny):
+    """Each generated token's self_certainty is logsumexp(z) - mean(z) - log V of that step's raw logits, and the
+    best-of candidate's score is its token mean; --select self_certainty picks the highest."""
+    import torch
+
+    lm = infer.load(infer.resolve(str(tiny)), device="cpu")
+    r = lm.generate(PROMPT, infer.Sampling(max_new_tokens=5, seed=2), keep_logits=True)
+    z = r.logits.double()
+    want = (torch.logsumexp(z, -1) - z.mean(-1) - math.log(z.shape[-1])).tolist()
+    assert r.self_certainty == pytest.approx(want, abs=1e-5)
+    assert [s.self_certainty for s in r.steps] == r.self_certainty
+    assert r.to_dict()["scores"]["self_certainty"] == pytest.approx(sum(want) / len(want), abs=1e-5)
+    out = infer.best_of(lm, PROMPT, 3, "self_certainty", infer.Sampling(max_new_tokens=5, seed=2))
+    sc = [c["scores"]["self_certainty"] for c in out["candidates"]]
+    assert out["candidates"][0]["scores"]["self_certainty"] == pytest.approx(sum(want) / len(want), abs=1e-5)
+    assert out["chosen"] == sc.index(max(sc))
+
+
+def test_eval_best_of_borda_is_the_engine_selection(tiny, capsys, tmp_path, monkeypatch):
+    """`eval --best-of N --select borda` reports the task metric of exactly the completions engine.bestof picks
+    (same seed, same sampling), with the Borda power it used."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from engine.bestof import best_of_texts
+    from engine.trainer.tiny import rows, split_pairs
+
+    monkeypatch.chdir(tmp_path)  # no ./carl.yaml: the demo's defaults
+    rc = main(["eval", "--adapter", str(tiny), "--n", "6", "--threshold", "0", "--best-of", "4", "--select", "borda",
+               "--borda-p", "1"])
+    out = json.loads(capsys.readouterr().out)
+    assert rc in (0, 1)
+    bo = out["metrics"]["best_of"]
+    assert bo["n"] == 4 and bo["select"] == "borda" and bo["borda_p"] == 1.0
+    held = rows(split_pairs()[1])[:6]
+    model = AutoModelForCausalLM.from_pretrained(tiny).eval()
+    tok = AutoTokenizer.from_pretrained(tiny)
+    tok.padding_side = "left"
+    texts = best_of_texts(model, tok, [r["prompt"] for r in held], 4, "borda", 8, seed=0, p=1.0)
+    want = sum(t.strip() == r["answer"] for t, r in zip(texts, held)) / len(held)
+    assert bo["task_metric"] == pytest.approx(want)

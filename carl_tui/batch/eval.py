@@ -31,8 +31,13 @@ def register(sub: Any) -> None:
     p.add_argument("--repo", help="Hub repo id for --push (default eval.push_to)")
     p.add_argument("--best-of", type=int, metavar="N", help="also report the task metric of best-of-N sampled "
                                                              "completions (the gate itself stays on greedy)")
-    p.add_argument("--select", default="logprob", choices=("phi", "carl", "logprob", "majority", "random"),
-                   help="how --best-of picks (default logprob; docs/coherence.md)")
+    p.add_argument("--select", default="logprob",
+                   choices=("self_certainty", "borda", "deepconf", "phi", "carl", "logprob", "majority", "random"),
+                   help="how --best-of picks (default logprob; docs/coherence.md); votes use the task's extraction")
+    p.add_argument("--borda-p", type=float, default=0.5, metavar="P",
+                   help="Borda power (rank r gets (N-r+1)^P votes; 0 = majority)")
+    p.add_argument("--eta", type=float, default=0.1, metavar="F",
+                   help="DeepConf: top fraction kept by lowest group confidence")
     p.set_defaults(func=run)
 
 
@@ -94,7 +99,8 @@ def run(args: argparse.Namespace) -> int:
     n = args.n or (len(rows) if cfg.dataset.source == "builtin:addition" else cfg.eval.n_samples)
     metrics = evaluate(model, tok, rows, cfg, n=n)
     if args.best_of is not None:
-        metrics["best_of"] = _best_of(model, tok, rows[:n], cfg, args.best_of, args.select)
+        metrics["best_of"] = _best_of(model, tok, rows[:n], cfg, args.best_of, args.select, p=args.borda_p,
+                                      eta=args.eta)
     threshold = cfg.eval.threshold if args.threshold is None else args.threshold
     passed, reason = decide(metrics, cfg.eval, threshold)
     out: dict[str, Any] = {"pass": passed, "metrics": metrics, "threshold": threshold, "reason": reason,
@@ -115,10 +121,11 @@ def run(args: argparse.Namespace) -> int:
     return 0 if passed else 1
 
 
-def _best_of(model, tok, rows, cfg, n: int, select: str) -> dict[str, Any]:
+def _best_of(model, tok, rows, cfg, n: int, select: str, *, p: float = 0.5, eta: float = 0.1) -> dict[str, Any]:
     """Task metric of the best-of-N selected completion per held-out prompt (engine.bestof)."""
-    from engine.bestof import best_of_texts
+    from engine.bestof import best_of_texts, task_extractor
     from engine.errors import ValidationError
+    from engine.settings import from_config
     from engine.trainer.task_rewards import build_all, task_metric_name
 
     if not 1 <= n <= 64:
@@ -126,9 +133,14 @@ def _best_of(model, tok, rows, cfg, n: int, select: str) -> dict[str, Any]:
     prompts = [r["prompt"] for r in rows]
     from engine.prompts import PromptFormat
 
+    if not p >= 0 or not 0 < eta <= 1:
+        raise ValidationError(f"--borda-p must be ≥ 0 and --eta in (0, 1], got {p} and {eta}")
+    extract = task_extractor(from_config(cfg, "").extract)
     texts = best_of_texts(model, tok, prompts, n, select, cfg.grpo.max_completion_length, seed=cfg.grpo.seed,
-                          weights=cfg.rewards.carl.weights.model_dump(), fmt=PromptFormat.from_config(cfg))
+                          extract=extract, p=p, eta=eta, weights=cfg.rewards.carl.weights.model_dump(),
+                          fmt=PromptFormat.from_config(cfg))
     fn = {name: f for name, _, f in build_all(cfg.task)}[task_metric_name(cfg)]
     extra = {k: [r.get(k) for r in rows] for k in rows[0] if k != "prompt"} if rows else {}
     scores = [float(s) for s in fn(prompts, texts, **extra) if s is not None] if rows else []
-    return {"n": n, "select": select, "task_metric": sum(scores) / len(scores) if scores else None}
+    return {"n": n, "select": select, "borda_p": p, "eta": eta,
+            "task_metric": sum(scores) / len(scores) if scores else None}

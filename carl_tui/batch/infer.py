@@ -4,13 +4,14 @@
                        [--score TEXT] [--add-eos] [--max-new-tokens N] [--temperature T] [--top-p P] [--greedy]
                        [--seed S] [--device D] [--dtype DT] [--config FILE] [--chat-template auto|none]
                        [--system-prompt TEXT] [--logits-budget-mb MB] [--stream]
-                       [--best-of N [--select HOW]]
+                       [--best-of N [--select HOW] [--borda-p P] [--eta F] [--window W] [--extract HOW]]
 
 One prompt → one JSON object; ``--prompts`` → one JSON line per prompt (each line of the file is
 ``{"prompt": …, "score": …?}`` or a JSON string; ``-`` reads stdin). ``--stream`` prints one
 ``{"type": "token", …}`` line per token as it is produced, then the result with ``"type": "result"``.
 ``--best-of N`` prints ``{"best_of", "select", "chosen", "candidates": [{"index", "text", "answer", "scores": {phi,
-carl, logprob, majority}, …}], "result": <the chosen candidate's result>}`` (docs/coherence.md).
+self_certainty, neg_entropy, logprob, group_confidence, carl, votes}, …}], "params", "result": <the chosen
+candidate's result>}`` (docs/coherence.md).
 Fields are documented in docs/infer.md. torch/transformers are imported only when the verb runs.
 """
 
@@ -60,9 +61,18 @@ def register(subparsers: Any) -> None:
                                                          "result")
     p.add_argument("--best-of", type=int, metavar="N", help="sample N candidates and keep one (--select); the "
                                                              "output lists every candidate with its scores")
-    p.add_argument("--select", default="logprob", choices=("phi", "carl", "logprob", "majority", "random"),
-                   help="how --best-of picks: mean log-prob (default; docs/coherence.md), mean Phi, CARL reward, "
-                        "majority answer, random")
+    p.add_argument("--select", default="logprob",
+                   choices=("self_certainty", "borda", "deepconf", "phi", "carl", "logprob", "majority", "random"),
+                   help="how --best-of picks (docs/coherence.md): mean log-prob (default), self-certainty "
+                        "(Kang et al.), Borda over answers ranked by self-certainty, DeepConf (filter by lowest "
+                        "group confidence, then weighted vote), mean Phi, CARL reward, majority answer, random")
+    p.add_argument("--borda-p", type=float, metavar="P", help="Borda power: rank r gets (N-r+1)^P votes "
+                                                              "(default 0.5; 0 = majority)")
+    p.add_argument("--eta", type=float, metavar="F", help="DeepConf: keep this top fraction of candidates by "
+                                                          "lowest group confidence (default 0.1; 0.9 = DeepConf-high)")
+    p.add_argument("--window", type=int, metavar="W", help="DeepConf group size in tokens (default 2048)")
+    p.add_argument("--extract", choices=("auto", "gsm8k", "boxed", "last_number", "answer_tag"),
+                   help="answer extraction for the votes (default: the task's, from the config in force)")
     p.set_defaults(func=run)
 
 
@@ -141,7 +151,8 @@ def run(args: argparse.Namespace) -> int:
                                   hint="Drop --stream / --score for best-of-N.")
         for i, row in enumerate(rows):
             out = infer.best_of(lm, row["prompt"], args.best_of, args.select, sampling, weights=st.weights,
-                                 fmt=fmt)
+                                 fmt=fmt, extract=args.extract or st.extract, p=args.borda_p, eta=args.eta,
+                                 window=args.window)
             emit({"type": "result", "index": i, **out} if many else out)
         return 0
     for i, row in enumerate(rows):

@@ -2,7 +2,7 @@
 
 Output (CONTRACT.md §probe): n_tokens, vocab_size, phi_mean/std/min/max, entropy_mean (nats), phi (per token,
 flattened over the batch), kappa, sigma, crystallized_fraction, rewards {coherence, cloud, discontinuity, carl};
-extras are documented in docs/probe.md. The CARL weights are the run's (``--run``), else the project's carl.yaml
+extras (self_certainty, neg_entropy, logprob_mean, group_confidence, per-sequence scores …) are documented in docs/probe.md. The CARL weights are the run's (``--run``), else the project's carl.yaml
 (``--config``, else ``./carl.yaml``), else the defaults; ``weights`` and ``weights_from`` say which. numpy is
 imported only when the verb runs (torch only for bfloat16 safetensors; pydantic only when a carl.yaml is read).
 """
@@ -24,6 +24,10 @@ def register(subparsers: Any) -> None:
                                                     "'tokens', or a JSON list); default: argmax")
     p.add_argument("--allow-masked", action="store_true",
                    help="-inf logits are masked entries (probability 0); V stays the full last dimension")
+    p.add_argument("--topk", type=int, default=20, metavar="K",
+                   help="DeepConf token confidence over the K most likely tokens (default 20; 0 = skip it)")
+    p.add_argument("--window", type=int, default=2048, metavar="W",
+                   help="DeepConf group size in tokens for the lowest group confidence (default 2048)")
     src = p.add_mutually_exclusive_group()
     src.add_argument("--config", metavar="FILE", help="carl.yaml whose rewards.carl.weights apply (default "
                                                       "./carl.yaml, else 0.5/0.3/0.2)")
@@ -38,7 +42,8 @@ def run(args: argparse.Namespace) -> int:
 
     st = settings.resolve(run=getattr(args, "run", None), config_path=getattr(args, "config", None))
     logits, tokens = load_logits_file(args.logits, args.tokens)
-    snap = CoherenceProbe(weights=st.weights).measure(logits, tokens, allow_masked=bool(args.allow_masked))
+    snap = CoherenceProbe(weights=st.weights, topk=args.topk, window=args.window).measure(
+        logits, tokens, allow_masked=bool(args.allow_masked))
     out = snap.to_dict()
     out["weights"] = dict(st.weights)
     out["weights_from"] = st.source

@@ -44,16 +44,15 @@ import os
 import time
 from dataclasses import dataclass, field
 import hashlib
-import ipaddress
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
-from urllib.parse import urlsplit
 
 from engine.errors import CARLError, NetworkError, PermissionDenied
 from engine.home import CarlHome
 from engine.platform import join, platform_base
 from engine.platform.store import Corrupt, platform_dir, quarantine, read_json, write_json
+from engine.platform.transport import EntitlementsError, Insecure, is_loopback, origin_of, require_secure  # noqa: F401
 
 TTL_S = 15 * 60.0
 GRACE_S = 24 * 3600.0
@@ -65,13 +64,6 @@ AUDIENCE = "carl"
 ROTATION_TYP = "carl-key-rotation"
 STATUSES = ("fresh", "stale", "offline_grace", "offline_grace_expired", "missing", "corrupt")
 ADMITTING = ("fresh", "offline_grace")
-
-
-class EntitlementsError(CARLError):
-    code = "carl.entitlements.invalid"
-    exit_code = 3
-    default_hint = "The platform's entitlement token could not be trusted; retry with `carl --batch entitlements " \
-                   "show --refresh`, and contact the platform if it persists."
 
 
 class SignatureInvalid(EntitlementsError):
@@ -89,11 +81,6 @@ class ClaimsInvalid(EntitlementsError):
     code = "carl.entitlements.claims"
     default_hint = "The platform's token does not meet carl's token contract (exp, iat, iss = the platform's " \
                    "origin, aud containing carl; docs/remote.md). Check remote.managed.url, or contact the platform."
-
-
-class Insecure(EntitlementsError):
-    code = "carl.entitlements.insecure"
-    default_hint = "Use an https:// platform URL in remote.managed (http is allowed for loopback hosts only)."
 
 
 class TokenExpired(EntitlementsError):
@@ -169,38 +156,6 @@ def ed25519_verify(public: bytes, message: bytes, signature: bytes) -> bool:
         return True
     except Exception:  # nacl.exceptions.BadSignatureError, or a malformed key
         return False
-
-
-def origin_of(url: str) -> str:
-    """``scheme://host[:port]`` of ``url`` (lower-case; default ports dropped)."""
-    parts = urlsplit(url)
-    host = (parts.hostname or "").lower()
-    if ":" in host:
-        host = f"[{host}]"
-    port = parts.port
-    default = {"https": 443, "http": 80}.get(parts.scheme.lower())
-    return f"{parts.scheme.lower()}://{host}" + (f":{port}" if port and port != default else "")
-
-
-def is_loopback(host: str | None) -> bool:
-    if not host:
-        return False
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
-
-
-def require_secure(url: str) -> None:
-    """``carl.entitlements.insecure`` unless ``url`` is https (or http to a loopback host)."""
-    parts = urlsplit(url)
-    scheme = parts.scheme.lower()
-    if scheme == "https" or (scheme == "http" and is_loopback(parts.hostname)):
-        return
-    raise Insecure(f"refusing to talk to the platform over {scheme or 'an unknown scheme'}: {origin_of(url)}",
-                   context={"platform": origin_of(url)})
 
 
 def fingerprint(x: str) -> str:

@@ -130,7 +130,7 @@ def forward(settings: Any, *, home: CarlHome | None = None, replay: bool = False
     if not consent.enabled("ledger_forward", home):
         raise consent.ConsentRequired(f"ledger forwarding to {url} is off (consent ledger_forward=off)",
                                       context={"flag": "ledger_forward", "url": url})
-    from engine.platform.entitlements import require_secure
+    from engine.platform.transport import require_secure
 
     require_secure(url)  # the bearer token only over https (or to a loopback host)
     token = require_token(settings.token_env, "managed")

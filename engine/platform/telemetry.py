@@ -119,7 +119,7 @@ def for_run(cfg: Any, run_id: str, home: Any = None) -> Forwarder | None:
         token = os.environ.get(ms.token_env, "").strip()
         if not token or not (ms.url or ms.platform_url):
             return None
-        from engine.platform.entitlements import require_secure
+        from engine.platform.transport import require_secure
 
         url = join(platform_base(ms), ms.telemetry_path)
         require_secure(url)  # never the bearer token over plain http (a loopback host excepted): no telemetry

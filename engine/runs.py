@@ -310,9 +310,15 @@ class RunStore:
     def worker_command(self, run_id: str, *, gpus: int = 1, resume: bool = False) -> list[str]:
         return worker_command(str(self.run_dir(run_id)), gpus=gpus, resume=resume)
 
-    def spawn(self, run_id: str, *, gpus: int = 1, resume: bool = False) -> int:
+    def spawn(self, run_id: str, *, gpus: int = 1, resume: bool = False, owned: bool = False) -> int:
+        """Start the run's process (its own session). ``owned``: the run belongs to this process (``train``
+        without ``--detach``): when this process is gone — killed, even with SIGKILL — the run stops (grace, then
+        its processes are killed) instead of going on unseen."""
         d = self.run_dir(run_id)
         env = dict(os.environ)
+        env.pop("CARL_RUN_OWNER", None)
+        if owned:
+            env["CARL_RUN_OWNER"] = f"{os.getpid()}:{_proc_start(os.getpid()) or ''}"
         env["PYTHONPATH"] = str(REPO_ROOT) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
         env.setdefault("PYTHONUNBUFFERED", "1")
         (d / "stop.request").unlink(missing_ok=True)
@@ -325,7 +331,7 @@ class RunStore:
             log.close()
         now = time.time()
         fields: dict[str, Any] = {"status": "running", "pid": proc.pid, "pid_start": _proc_start(proc.pid),
-                                  "heartbeat": now, "ended_at": None, "error": None,
+                                  "heartbeat": now, "ended_at": None, "error": None, "error_code": None,
                                   "backend": "local"}  # a pulled remote run resumed here now runs here
         if not resume:
             fields["started_at"] = now
@@ -437,6 +443,8 @@ class RunStore:
                 done = {"type": "done", "run_id": run_id, "status": meta["status"], "run_dir": str(d)}
                 if meta.get("error"):
                     done["error"] = meta["error"]
+                if meta.get("error_code") and meta.get("status") == "failed":
+                    done["error_code"] = meta["error_code"]
                 if meta.get("eval"):
                     done["eval"] = meta["eval"]
                 yield done

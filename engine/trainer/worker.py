@@ -46,11 +46,45 @@ class Worker:
         self.rank_info: dict[str, Any] = {}
         self.stage: str | None = None  # a pipeline run's current stage (engine/trainer/pipeline.py)
         self.sync_finished = False  # the pipeline's push stage made the last upload
+        self._progress_at = 0.0
+        self._progress_doing: str | None = None
+        self._stack_file = None  # ranks/rank-<n>.stack: faulthandler's dump on SIGUSR1 (the supervisor's watchdog)
 
     # ---- bookkeeping
     def log(self, msg: str) -> None:
         who = f" rank {self.rank}:" if self.supervisor else ""
         print(f"[{time.strftime('%H:%M:%S')}]{who} {msg}", flush=True)
+        self.progress(msg[:200])
+
+    def progress(self, doing: str, *, waiting: bool = False) -> None:
+        """``ranks/rank-<n>.progress``: this rank's main thread got somewhere (several processes only; the
+        supervisor's watchdog reads it). ``waiting``: blocked on another rank on purpose (a broadcast)."""
+        if not self.supervisor:
+            return
+        now = time.time()
+        if doing == self._progress_doing and now - self._progress_at < 1.0 and not waiting:
+            return
+        self._progress_at, self._progress_doing = now, doing
+        from engine.runs import write_json
+
+        try:
+            write_json(self.run_dir / dist.RANK_DIR / f"rank-{self.rank}.progress",
+                       {"t": now, "doing": doing, "step": self.step, "stage": self.stage, "waiting": waiting})
+        except OSError:
+            pass
+
+    def agree(self, what: str, value: Any) -> Any:
+        """Rank 0's ``value`` on every rank: a decision made once (a collective with several processes)."""
+        if dist.env_world_size() > 1 and not RANK0:
+            self.progress(f"waiting for rank 0: {what}", waiting=True)
+        out = dist.broadcast(value)
+        self.progress(f"agreed: {what}")
+        return out
+
+    def barrier(self, what: str) -> None:
+        self.progress(f"waiting for every rank: {what}", waiting=True)
+        dist.barrier()
+        self.progress(f"every rank done: {what}")
 
     def rank_file(self, suffix: str = "json", **fields: Any) -> None:
         """``ranks/rank-<n>.<suffix>``: this rank's own record (several processes only)."""
@@ -65,7 +99,8 @@ class Worker:
         write_json(d / f"rank-{self.rank}.{suffix}", self.rank_info)
 
     def watchdog(self) -> None:
-        """A rank whose supervisor is gone ends itself: no orphans."""
+        """A rank whose supervisor is gone ends itself: no orphans (the watchdog of the ranks themselves is the
+        supervisor's, engine.trainer.launch)."""
         from engine.runs import pid_alive
 
         while not self.done.wait(HEARTBEAT_S / 2):
@@ -85,7 +120,14 @@ class Worker:
                 update_meta(self.run_dir, **fields)
 
     def heartbeat(self) -> None:
+        from engine.runs import pid_alive
+        from engine.trainer.launch import _owner
+
+        owner = None if self.supervisor else _owner()  # several processes: the supervisor watches the owner
         while not self.done.wait(HEARTBEAT_S):
+            if owner and not self.stop_requested.is_set() and not pid_alive(*owner):
+                self.log(f"the carl process that started the run (pid {owner[0]}) is gone: stopping the run")
+                self.stop_requested.set()
             try:
                 self.meta(heartbeat=time.time(), last_step=self.step)
             except OSError:
@@ -97,6 +139,7 @@ class Worker:
         return self.stop_requested.is_set()
 
     def event(self, e: dict[str, Any]) -> None:
+        self.progress(f"event {e.get('name')}" + (f" at step {e['step']}" if e.get("step") else ""))
         if e.get("name") == "gate_open":  # every rank records where its own gate opened
             self.rank_file(gate_opened_at=e.get("step"))
             if not RANK0:
@@ -172,6 +215,10 @@ class Worker:
         device = grpo.resolve_device(cfg)
         self.log(f"run {self.run_id}: device {device}, model {cfg.model.name_or_path}, "
                  f"{cfg.grpo.max_steps} steps{' (resume)' if resume else ''}")
+        if self.supervisor:  # the supervisor built what the ranks load (engine/trainer/prepare.py)
+            from engine.trainer.prepare import check_prepared
+
+            check_prepared(cfg)
         model, tok = grpo.load_model_and_tokenizer(cfg, device, log=self.log)
         train_rows, eval_rows = load_rows(cfg, cwd=Path.cwd())
         from engine.provenance import run_start  # what reproduces the run: versions, git, data, model, seed
@@ -206,22 +253,37 @@ class Worker:
         watch = CollapseWatch(cfg.cascade.on_collapse, on_event=self.event, request_stop=self.stop_requested.set,
                               cascade=cascade, log=self.log)
 
+        if ck is not None and RANK0:  # a resumed run: the monitor first sees the frames it kept (its history)
+            from engine.frames import read_frames
+
+            kept = read_frames(self.run_dir / "frames.jsonl")[0] if (self.run_dir / "frames.jsonl").is_file() else []
+            kept = [f for f in kept if f.step <= ck[0]]
+            earlier = watch.replay(kept)
+            self.log(f"collapse watch: replayed {len(kept)} kept frames"
+                     + (f" (its alarm at step {earlier['step']} was raised before the resume)" if earlier else ""))
+
         def on_frame(frame) -> None:
             self.step = frame.step
             watch(frame)
+
+        def decide(step: int) -> None:  # every rank, at every logged step: rank 0's collapse verdict, applied
+            self.step = step
+            watch.decide(lambda v: self.agree(f"the collapse verdict of step {step}", v))
 
         tracking = (cfg.tracking.project or cfg.project.name) if cfg.tracking.trackio and RANK0 else None
         callback = make_callback(self.run_dir, state_ref=lambda: holder.get("state"), should_stop=self.should_stop_all,
                                  on_event=self.event, on_frame=on_frame, trackio_project=tracking,
                                  run_name=self.run_id, config=cfg.model_dump(mode="json"),
-                                 skip_until=ck[0] if ck else 0, main=RANK0, stage=self.stage)
+                                 skip_until=ck[0] if ck else 0, main=RANK0, stage=self.stage, on_decide=decide,
+                                 on_progress=self.progress)
         trainer, state = grpo.build_trainer(cfg, self.run_dir, model, tok, train_rows, cascade,
                                             callbacks=[callback], on_event=self.event)
         holder["state"] = state
         self.rank_file(world_size=dist.world_size(), backend=dist.backend())
         trainer.train(resume_from_checkpoint=str(ck[1]) if ck else None)
         self.step = int(trainer.state.global_step)
-        self.rank_file(last_step=self.step, gate_opened_at=cascade.gate.opened_at, world_size=dist.world_size(),
+        self.rank_file(last_step=self.step, gate_opened_at=cascade.gate.opened_at, gate_closed_at=cascade.closed_at,
+                       carl_weight_last=cascade.carl_weight(self.step), world_size=dist.world_size(),
                        backend=dist.backend(), completions_per_step=state.global_n,
                        local_completions_per_step=state.local_n)
         self.log(f"CARL field: {state.capture_hits} batches from generation logits, {state.forward_hits} by forward")
@@ -248,11 +310,18 @@ class Worker:
     def main(self) -> int:
         if self.supervisor:  # one of several processes: the supervisor's pid is the run's pid
             dist.set_parent_death_signal(signal.SIGKILL)  # the launcher gone → this rank gone
+            import faulthandler
+
+            (self.run_dir / dist.RANK_DIR).mkdir(exist_ok=True)
+            self._stack_file = open(self.run_dir / dist.RANK_DIR / f"rank-{self.rank}.stack", "w")
+            faulthandler.register(signal.SIGUSR1, file=self._stack_file, all_threads=True)
             self.rank_file(world_size_env=dist.env_world_size())
-            self.meta(status="running", heartbeat=time.time(), error=None, ended_at=None)
+            self.progress("starting")
+            self.meta(status="running", heartbeat=time.time(), error=None, error_code=None, ended_at=None)
             threading.Thread(target=self.watchdog, daemon=True).start()
         else:
-            self.meta(status="running", pid=os.getpid(), heartbeat=time.time(), error=None, ended_at=None)
+            self.meta(status="running", pid=os.getpid(), heartbeat=time.time(), error=None, error_code=None,
+                      ended_at=None)
         threading.Thread(target=self.heartbeat, daemon=True).start()
 
         def on_signal(signum, frame):

@@ -123,6 +123,16 @@ def gather_batch(carl: list[float], task: dict[str, list[float]],
             [x for p in parts for x in p[2]], offset)
 
 
+def init_group(device: str) -> None:
+    """Join the run's process group now, through accelerate as the trainer would (the trainer then reuses it):
+    carl's own decisions (the pipeline's state and verdicts) are broadcast before any trainer exists."""
+    if env_world_size() <= 1:
+        return
+    from accelerate import PartialState
+
+    PartialState(cpu=device == "cpu")
+
+
 def broadcast(obj: Any) -> Any:
     """Rank 0's ``obj`` on every rank (``obj`` itself with one process): a decision made once. Every rank must
     call it."""

@@ -303,8 +303,8 @@ class Supervisor:
         """``carl.run.hung``: a rank (not waiting on another) without progress for ``limit`` seconds, or every rank
         waiting that long. Stack dumps first (SIGUSR1 → faulthandler into ranks/rank-<n>.stack)."""
         prog = self._progress(launched)
-        stale = [p for p in prog if p[0] > limit and not p[3]]
-        if not stale and prog and all(p[3] and p[0] > limit for p in prog):
+        stale = [p for p in prog if p[0] > limit and not p[3]]  # a rank in one of carl's collectives waits on
+        if not stale and prog and all(p[0] > limit for p in prog):  # another: stuck only when every rank is
             stale = prog
         if not stale:
             return None
@@ -320,8 +320,16 @@ class Supervisor:
                 except OSError:
                     pass
         time.sleep(1.5)  # the dumps are written by each rank's own faulthandler
-        age, rank, doing, _ = max(stale)
-        state = _proc_state(pids.get(rank))
+        states = {k: _proc_state(pids.get(k)) for k in pids}
+
+        def blame(p: tuple[float, int, str, bool]) -> tuple[int, int, float]:
+            # a rank that cannot run (stopped, gone, a zombie) first; then one that was not in a collective; then
+            # the one whose progress is oldest (the others wait on it in the next collective)
+            cannot = states.get(p[1]) in ("stopped (SIGSTOP)", "stopped by a tracer", "gone", "zombie")
+            return (1 if cannot else 0, 0 if p[3] else 1, p[0])
+
+        age, rank, doing, _ = max(stale, key=blame)
+        state = states.get(rank)
         stacks = sorted(str(p.relative_to(self.run_dir)) for p in self.ranks.glob("rank-*.stack")
                         if p.stat().st_size > 0)
         others = "; ".join(f"rank {k}: {d} ({a:.0f}s ago)" for a, k, d, _ in sorted(prog, key=lambda p: p[1])

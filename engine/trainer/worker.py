@@ -75,8 +75,8 @@ class Worker:
 
     def agree(self, what: str, value: Any) -> Any:
         """Rank 0's ``value`` on every rank: a decision made once (a collective with several processes)."""
-        if dist.env_world_size() > 1 and not RANK0:
-            self.progress(f"waiting for rank 0: {what}", waiting=True)
+        if dist.env_world_size() > 1:
+            self.progress(("sending" if RANK0 else "waiting for rank 0: ") + what, waiting=True)
         out = dist.broadcast(value)
         self.progress(f"agreed: {what}")
         return out
@@ -191,7 +191,14 @@ class Worker:
             if cfg.train.output_repo:
                 from engine.remote.sync import OutputSync
 
-                self.sync = OutputSync.from_config(cfg, self.run_dir, log=self.log, meta=self.meta)
+                # uploads off the training loop: queued, retried, joined at the end (engine/remote/sync.py)
+                self.sync = OutputSync.from_config(cfg, self.run_dir, log=self.log, meta=self.meta,
+                                                   on_event=self.event, background=True)
+        if dist.env_world_size() > 1:  # the group first: every decision after this is made once and broadcast
+            from engine.trainer.grpo import resolve_device
+
+            self.progress("joining the process group")
+            dist.init_group(resolve_device(cfg))
         from engine.trainer.pipeline import is_pipeline
 
         if is_pipeline(self.run_dir):  # train --send-it: sft → gate → grpo → eval → push (engine/trainer/pipeline.py)
@@ -241,6 +248,8 @@ class Worker:
                      f"(n={before['n']}), phi_mean {before.get('phi_mean')}")
             self.meta(eval={"before": _brief(before)})
             self.event({"name": "eval", "phase": "before", "step": 0, **_brief(before)})
+        if not resume and eval_rows and dist.env_world_size() > 1:  # the others wait for rank 0's eval, saying so
+            self.barrier("the held-out eval before training")
         metric = grpo.task_metric_name(cfg)
         cascade = Cascade.from_config(cfg, metric)
         if ck is not None and (ck[1] / CASCADE_FILE).is_file():
@@ -276,8 +285,10 @@ class Worker:
                                  run_name=self.run_id, config=cfg.model_dump(mode="json"),
                                  skip_until=ck[0] if ck else 0, main=RANK0, stage=self.stage, on_decide=decide,
                                  on_progress=self.progress)
+        self.progress("building the trainer")
         trainer, state = grpo.build_trainer(cfg, self.run_dir, model, tok, train_rows, cascade,
                                             callbacks=[callback], on_event=self.event)
+        self.progress("training")
         holder["state"] = state
         self.rank_file(world_size=dist.world_size(), backend=dist.backend())
         trainer.train(resume_from_checkpoint=str(ck[1]) if ck else None)

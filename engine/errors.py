@@ -221,7 +221,7 @@ class ResourceOOM(CARLError):
 
 
 class RunHung(CARLError):
-    """A multi-process run made no progress within its watchdog (engine/trainer/launch.py)."""
+    """A multi-process run made no progress within its watchdog (engine/trainer/supervisor.py)."""
 
     code = "carl.run.hung"
     exit_code = 1

@@ -65,6 +65,8 @@ def stream(store: Any, run_id: str, *, replay: bool = True, max_steps: int | Non
             emit(line)
             _describe(line, max_steps)
             if line["type"] == "done":
+                if stop_on_interrupt:  # the run is ours (train, resume): its processes end before we do
+                    store.wait_exit(run_id)
                 if line.get("error_code") == "carl.run.hung":  # a typed verdict: JSON on stderr too
                     from engine.errors import RunHung
 

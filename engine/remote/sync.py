@@ -104,6 +104,7 @@ class OutputSync:
         self._q: queue.Queue = queue.Queue()
         self._thread: threading.Thread | None = None
         self.staging = self.run_dir / ".upload"
+        self._output: dict[str, Any] = {}
         self.repo_id = repo_id
         self.private = private
         self.run_id = run_id or remote_run_id(self.run_dir)
@@ -153,6 +154,7 @@ class OutputSync:
                     time.sleep(wait)
                     continue
                 self.errors += 1
+                self._record()
                 self.log(f"carl: upload to {self.repo_id} failed ({code}): {msg}; the run goes on")
                 if self.on_event is not None:
                     self.on_event({"name": "upload_error", "code": code, "error": msg, "what": message,
@@ -167,9 +169,11 @@ class OutputSync:
         return [(self.run_dir / f, f) for f in RUN_FILES]
 
     def _record(self, **fields: Any) -> None:
+        """meta.json's ``output``: what was uploaded and how many uploads failed (fields accumulate)."""
+        self._output.update(fields)
         if self._meta is not None:
             self._meta(output={"repo_id": self.repo_id, "path": self.prefix, "errors": self.errors,
-                               "last_commit": self.commits[-1] if self.commits else None, **fields})
+                               "last_commit": self.commits[-1] if self.commits else None, **self._output})
 
     # ---- the background uploader (a training run)
     def _loop(self) -> None:

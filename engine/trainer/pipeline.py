@@ -43,7 +43,7 @@ from typing import Any
 
 from engine.errors import ValidationError
 
-PIPELINE_FILE = "pipeline.json"
+from engine.runs import PIPELINE_FILE  # the run store names its files
 SFT_DIR = "sft"
 KEY_NAMES = {"sft": "held-out", "gate": "verdict", "grpo": "held-out", "eval": "verdict", "push": "revision"}
 HOLD_ENV = "CARL_PIPELINE_HOLD"
@@ -117,35 +117,11 @@ def grpo_metric(cfg) -> str:
 
 def prepare_resume(run_dir: Path) -> int:
     """Reset the first unfinished stage to ``waiting`` and cut what it wrote after its last checkpoint; returns
-    the step it restarts from (its checkpoint's, else 0). Raises when nothing can resume."""
-    from engine.runs import _truncate_jsonl, last_checkpoint
+    the step it restarts from (its checkpoint's, else 0). Raises when nothing can resume. (The run store's own:
+    engine.runs.prepare_pipeline_resume, which ``run resume`` reaches through RunStore.prepare_resume.)"""
+    from engine.runs import prepare_pipeline_resume
 
-    run_dir = Path(run_dir)
-    state = read_state(run_dir)
-    todo = [s for s in state.get("stages", []) if s["status"] not in ("done", "skipped")]
-    if not todo:
-        raise ValidationError(f"pipeline run {run_dir.name} has every stage done", context={"run": run_dir.name})
-    st = todo[0]
-    if st.get("verdict") == "fail":
-        raise ValidationError(f"stage {st['name']} of run {run_dir.name} failed its check: {st.get('error')}",
-                              hint="A check's verdict does not change on resume: start a new run.",
-                              context={"run": run_dir.name, "stage": st["name"]})
-    name, step = st["name"], 0
-    if name in ("sft", "grpo"):
-        ck = last_checkpoint(run_dir / SFT_DIR if name == "sft" else run_dir)
-        step = ck[0] if ck else 0
-    _truncate_jsonl(run_dir / "events.jsonl",
-                    lambda e: e.get("stage") != name or (name in ("sft", "grpo") and int(e.get("step") or 0) <= step
-                                                         and e.get("name") not in ("stage_start", "stage_end")))
-    if name == "grpo":
-        _truncate_jsonl(run_dir / "frames.jsonl", lambda f: int(f.get("step", 0)) <= step)
-    st.update(status="waiting", error=None, resumed_from=step)
-    write_state(run_dir, state)
-    from engine.runs import update_meta
-
-    update_meta(run_dir, pipeline=[{k: s.get(k) for k in ("name", "status", "key", "key_name")}
-                                   for s in state["stages"]])
-    return step
+    return prepare_pipeline_resume(run_dir)
 
 
 def maybe_hold(stage: str, step: int | None, should_stop) -> None:
@@ -163,6 +139,14 @@ def maybe_hold(stage: str, step: int | None, should_stop) -> None:
 
 
 # ------------------------------------------------------------------------------------------ helpers
+def brief(m: dict[str, Any]) -> dict[str, Any]:
+    """The held-out eval's numbers kept in meta, events and pipeline.json."""
+    out = {k: m.get(k) for k in ("task_metric_name", "task_metric", "phi_mean", "discontinuity", "coherence",
+                                 "cloud", "completion_length", "n")}
+    out.update({k: m[k] for k in ("task_completion", "tool_format", "tool_calls_per_task") if k in m})  # agents
+    return out
+
+
 def task_accuracy(model, tok, rows: list[dict[str, Any]], cfg) -> float:
     """The task metric of greedy completions on ``rows`` (the SFT stage's validation check)."""
     from engine.prompts import PromptFormat
@@ -197,7 +181,9 @@ class Pipeline:
 
     def _save(self, st: dict[str, Any], **fields: Any) -> None:
         """Update a stage on every rank (in memory); rank 0 also writes pipeline.json and meta."""
-        from engine.trainer.worker import RANK0
+        from engine.trainer.dist import is_main
+
+        RANK0 = is_main()
 
         for s in self.state["stages"]:
             if s["name"] == st["name"]:
@@ -215,7 +201,9 @@ class Pipeline:
     def _decide(self, name: str, st: dict[str, Any]) -> tuple:
         """The stage's (status, key, detail, error, verdict), the same on every rank: rank 0's."""
         from engine.trainer import dist
-        from engine.trainer.worker import RANK0
+        from engine.trainer.dist import is_main
+
+        RANK0 = is_main()
 
         fn = getattr(self, "_" + name)
         if dist.env_world_size() <= 1:
@@ -235,7 +223,9 @@ class Pipeline:
 
     def run(self) -> str:
         from engine.runs import ledger_record
-        from engine.trainer.worker import RANK0
+        from engine.trainer.dist import is_main
+
+        RANK0 = is_main()
 
         self.state = self.w.agree("the pipeline state", read_state(self.run_dir) if RANK0 else None)
         for st in list(self.state["stages"]):
@@ -280,7 +270,6 @@ class Pipeline:
         from engine.trainer.data import load_rows
         from engine.trainer.evalgate import evaluate
         from engine.trainer.sft import train_sft
-        from engine.trainer.worker import _brief
 
         cfg = self.cfg
         device = grpo.resolve_device(cfg)
@@ -317,7 +306,9 @@ class Pipeline:
         detail = {"steps": res.steps, "val_metric": res.val_metric, "stopped_by": res.stopped_by, "loss": res.loss}
         if res.stopped_by == "stop":
             return "stopped", None, detail, None, None
-        from engine.trainer.worker import RANK0
+        from engine.trainer.dist import is_main
+
+        RANK0 = is_main()
 
         if RANK0:
             if s.lora:  # the merged model: a whole replica on every rank (LoRA is not sharded here)
@@ -326,7 +317,7 @@ class Pipeline:
         self.w.barrier("the sft model saved")
         n_eval = len(eval_rows) if cfg.dataset.source == "builtin:addition" else cfg.eval.n_samples
         evaluates = RANK0 or cfg.compute.strategy in ("zero3", "fsdp")  # replicas: rank 0 alone
-        held = _brief(evaluate(model, tok, eval_rows, cfg, n=n_eval)) if eval_rows and evaluates else {}
+        held = brief(evaluate(model, tok, eval_rows, cfg, n=n_eval)) if eval_rows and evaluates else {}
         if held:
             self.w.log(f"sft: held-out {held['task_metric_name']} {held['task_metric']:.3f} (n={held['n']}) after "
                        f"{res.steps} steps ({res.stopped_by})")
@@ -341,11 +332,10 @@ class Pipeline:
             from engine.trainer import grpo
             from engine.trainer.data import load_rows
             from engine.trainer.evalgate import evaluate
-            from engine.trainer.worker import _brief
 
             model, tok = grpo.load_model_and_tokenizer(self.cfg, grpo.resolve_device(self.cfg), log=self.w.log)
             _, eval_rows = load_rows(self.cfg, cwd=Path.cwd())
-            held = _brief(evaluate(model, tok, eval_rows, self.cfg, n=self.cfg.eval.n_samples))
+            held = brief(evaluate(model, tok, eval_rows, self.cfg, n=self.cfg.eval.n_samples))
         m = held.get("task_metric")
         ok = m is not None and m >= thr
         why = f"held-out {held.get('task_metric_name')} {m if m is None else round(m, 4)} " \
@@ -377,7 +367,6 @@ class Pipeline:
             from engine.trainer import grpo
             from engine.trainer.data import load_rows
             from engine.trainer.evalgate import evaluate
-            from engine.trainer.worker import _brief
 
             final = self.run_dir / "final"
             cfg = with_model(self.cfg, str(final)) if final.is_dir() else self.cfg

@@ -2,7 +2,7 @@
 
 A rank never builds something another rank waits for: the demo model's warm start is itself a (TRL) training run,
 and inside a rank it would join the run's process group while the other ranks wait on the build's file lock —
-the fresh-``CARL_HOME`` hang of issue 25. So the supervisor (engine.trainer.launch), a plain process outside the
+the fresh-``CARL_HOME`` hang of issue 25. So the supervisor (engine.trainer.supervisor), a plain process outside the
 group, prepares everything first; a second carl process on the same cache waits on the lock and says so. A rank
 that finds something missing anyway (ranks started by hand from the dry-run's commands) refuses with a typed
 error instead of building it (:func:`check_prepared`).
@@ -77,5 +77,5 @@ def check_prepared(cfg, *, pipeline: bool = False) -> None:
             raise ConfigError(f"{name} is not built yet, and a rank of a multi-process run never builds it (the "
                               f"other ranks would wait on it inside the process group)",
                               hint="Start the run through carl (`carl --batch train`), or run "
-                                   "`python -m engine.trainer.launch RUN_DIR`, which prepares it before the ranks.",
+                                   "`python -m engine.trainer.supervisor RUN_DIR`, which prepares it before the ranks.",
                               context={"model": name})

@@ -3,7 +3,7 @@
 It owns its run directory (engine.runs): heartbeat in meta.json every couple of seconds, frames and events as
 it trains, checkpoints under checkpoints/, the final model under final/. SIGTERM/SIGINT or a ``stop.request``
 file ask for a graceful stop: the current step finishes, a checkpoint is written, status becomes ``stopped``.
-Under several processes (engine.trainer.launch) only the main process (global rank 0) writes meta, frames,
+Under several processes (engine.trainer.supervisor) only the main process (global rank 0) writes meta, frames,
 events, the ledger and the cascade state; every rank writes its own ``ranks/rank-<n>.json`` (pid, world size,
 the step its gate opened) and ``ranks/rank-<n>.exit`` when it finishes, for the supervisor.
 """
@@ -100,7 +100,7 @@ class Worker:
 
     def watchdog(self) -> None:
         """A rank whose supervisor is gone ends itself: no orphans (the watchdog of the ranks themselves is the
-        supervisor's, engine.trainer.launch)."""
+        supervisor's, engine.trainer.supervisor)."""
         from engine.runs import pid_alive
 
         while not self.done.wait(HEARTBEAT_S / 2):
@@ -384,10 +384,9 @@ class Worker:
 
 
 def _brief(m: dict[str, Any]) -> dict[str, Any]:
-    out = {k: m.get(k) for k in ("task_metric_name", "task_metric", "phi_mean", "discontinuity", "coherence",
-                                 "cloud", "completion_length", "n")}
-    out.update({k: m[k] for k in ("task_completion", "tool_format", "tool_calls_per_task") if k in m})  # agents
-    return out
+    from engine.trainer.pipeline import brief
+
+    return brief(m)
 
 
 def _read_eval(run_dir: Path) -> dict[str, Any]:

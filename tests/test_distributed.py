@@ -401,15 +401,21 @@ def test_a_stuck_rank_fails_the_run_with_carl_run_hung_and_nothing_is_left(tiny_
     assert _run_processes(run_dir) == [] and not _alive(stuck)
 
 
-def test_killing_the_cli_stops_a_stuck_run_after_the_grace(tiny_env):
+@pytest.mark.parametrize("how", ["ctrl-c", "kill -9"])
+def test_a_stuck_run_stops_after_the_grace_on_ctrl_c_or_when_the_cli_is_killed(tiny_env, how):
     proc = _child(["train", *_sets(["grpo.max_steps=200", "compute.hang_timeout_s=0", "compute.stop_grace_s=5"])])
     try:
         run_dir = _run_dir_of(Path(os.environ["CARL_HOME"]))
         _wait(lambda: len(_frames(run_dir)) >= 1, what="a first frame")
         stuck = _ranks(run_dir)[1]["pid"]
         os.kill(stuck, signal.SIGSTOP)  # stuck: the graceful stop cannot happen (the ranks never agree)
-        proc.kill()  # the CLI that owned the run is gone (SIGKILL: no cleanup of its own)
-        proc.wait(timeout=30)
+        if how == "ctrl-c":  # what a terminal sends: the CLI asks for the stop and waits for it
+            os.kill(proc.pid, signal.SIGINT)
+            out, err = proc.communicate(timeout=120)
+            assert proc.returncode == 130 and _done(out)["status"] == "stopped", err[-2000:]
+        else:  # the CLI that owned the run is gone (SIGKILL: no cleanup of its own)
+            proc.kill()
+            proc.wait(timeout=30)
         sup = json.loads((run_dir / "meta.json").read_text())["pid"]
         _wait(lambda: not _alive(sup), timeout=120, what="the supervisor to end")
     finally:
@@ -418,8 +424,31 @@ def test_killing_the_cli_stops_a_stuck_run_after_the_grace(tiny_env):
     meta = json.loads((run_dir / "meta.json").read_text())
     assert meta["status"] == "stopped" and "compute.stop_grace_s (5s)" in meta["error"]
     log = (run_dir / "stdout.log").read_text()
-    assert f"the carl process that started the run (pid {proc.pid}) is gone" in log
+    if how == "kill -9":
+        assert f"the carl process that started the run (pid {proc.pid}) is gone" in log
+    else:
+        assert "supervisor: signal 15: asking the ranks to stop" in log
     assert _run_processes(run_dir) == [] and not _alive(stuck)
+
+
+def test_a_second_process_waits_for_the_demo_build_and_says_so(tmp_path):
+    from engine.trainer.tiny import ensure_tiny, tiny_dir
+
+    root = tmp_path / "cache"
+    lock = str(tiny_dir(root, 0)) + ".lock"
+    root.mkdir()
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from filelock import FileLock; "
+                               "l = FileLock(sys.argv[1]); l.acquire(); print('held', flush=True); time.sleep(3)",
+                               lock], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"  # another carl process is building it
+        said: list[str] = []
+        got = ensure_tiny(root, sft_steps=0, log=said.append)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert said[0] == f"tiny: waiting for another carl process building the demo model ({tiny_dir(root, 0)}.lock)"
+    assert (got / "carl_tiny.json").is_file()  # built once the other process let go of the lock
 
 
 @pytest.mark.parametrize("gpus,nodes", [(1, 2), (2, 2), (8, 1)])

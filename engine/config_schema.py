@@ -216,6 +216,11 @@ class ComputeSection(_Model):
     main_process_ip: str | None = Field(None, description="The main node's address (nodes > 1).")
     main_process_port: int | None = Field(None, ge=0, le=65535, description="Rendezvous port (default 29500 "
                                                                             "with nodes > 1, a free one otherwise).")
+    hang_timeout_s: float = Field(1200.0, ge=0, description="Several processes: a rank without progress (no step, "
+                                                            "frame or stage) this long fails the run with carl.run."
+                                                            "hung and stack dumps in ranks/ (0: no watchdog).")
+    stop_grace_s: float = Field(60.0, ge=0, description="Several processes: after a stop (run stop, Ctrl-C) the "
+                                                        "ranks get this long to checkpoint, then they are killed.")
 
     @model_validator(mode="after")
     def _nodes(self) -> "ComputeSection":

@@ -235,4 +235,13 @@ class ResourceOOM(CARLError):
     default_hint = "Lower compute.logits_budget_mb (or eval.n_samples / grpo.max_completion_length)."
 
 
-ALL_ERRORS = (*ALL_ERRORS, ResourceOOM)
+class RunHung(CARLError):
+    """A multi-process run made no progress within its watchdog (engine/trainer/supervisor.py)."""
+
+    code = "carl.run.hung"
+    exit_code = 1
+    default_hint = ("The message names the stuck rank and what it was doing; its stack is in the run's ranks/ "
+                    "folder. Resume with `carl --batch run resume RUN`; compute.hang_timeout_s sets the watchdog.")
+
+
+ALL_ERRORS = (*ALL_ERRORS, ResourceOOM, RunHung)

@@ -10,7 +10,7 @@ A run directory is the single source of truth::
     checkpoints/    TRL checkpoints (checkpoint-<step>/, with carl_cascade.json)
     final/          the trained model (after completion)
     stdout.log      the worker's stdout+stderr
-    ranks/          several processes: rank-<n>.json / rank-<n>.exit per rank (engine.trainer.launch)
+    ranks/          several processes: rank-<n>.json / rank-<n>.exit per rank (engine.trainer.supervisor)
     accelerate.yaml several CUDA processes: the accelerate config the ranks were launched with
     stop.request    present when a graceful stop was asked
 
@@ -135,6 +135,23 @@ class JsonlTail:
             if isinstance(d, dict):
                 out.append(d)
         return out
+
+
+PIPELINE_FILE = "pipeline.json"  # train --send-it runs (engine/trainer/pipeline.py)
+
+
+def needs_supervisor(cfg_dict: dict[str, Any]) -> bool:
+    """Cheap (no torch): could this saved config need more than one process? Then the run starts through its
+    supervisor (``python -m engine.trainer.supervisor``), which decides."""
+    c = (cfg_dict or {}).get("compute") or {}
+    return int(c.get("processes") or 1) > 1 or int(c.get("nodes") or 1) > 1 or \
+        (int(c.get("gpus") or 1) > 1 and c.get("device") != "cpu")
+
+
+def supervisor_command(run_dir: str, *, resume: bool = False, node_rank: int | None = None) -> list[str]:
+    """The process a multi-process run is (engine/trainer/launch.py): it prepares, starts and watches the ranks."""
+    return [sys.executable, "-m", "engine.trainer.supervisor", run_dir] + (["--resume"] if resume else []) + \
+        (["--node-rank", str(node_rank)] if node_rank is not None else [])
 
 
 def worker_command(run_dir: str, *, gpus: int = 1, resume: bool = False) -> list[str]:
@@ -264,11 +281,17 @@ class RunStore:
     def worker_command(self, run_id: str, *, gpus: int = 1, resume: bool = False) -> list[str]:
         return worker_command(str(self.run_dir(run_id)), gpus=gpus, resume=resume)
 
-    def spawn(self, run_id: str, *, gpus: int = 1, resume: bool = False) -> int:
+    def spawn(self, run_id: str, *, gpus: int = 1, resume: bool = False, owned: bool = False) -> int:
+        """Start the run's process (its own session). ``owned``: the run belongs to this process (``train``
+        without ``--detach``): when this process is gone — killed, even with SIGKILL — the run stops (grace, then
+        its processes are killed) instead of going on unseen."""
         d = self.run_dir(run_id)
         from engine.worker_env import worker_environment  # an allowlist: no chat/RunPod/managed keys (issue 29)
 
         env = worker_environment(d)
+        env.pop("CARL_RUN_OWNER", None)
+        if owned:
+            env["CARL_RUN_OWNER"] = f"{os.getpid()}:{_proc_start(os.getpid()) or ''}"
         env["PYTHONPATH"] = str(REPO_ROOT) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
         env.setdefault("PYTHONUNBUFFERED", "1")
         (d / "stop.request").unlink(missing_ok=True)
@@ -281,7 +304,7 @@ class RunStore:
             log.close()
         now = time.time()
         fields: dict[str, Any] = {"status": "running", "pid": proc.pid, "pid_start": _proc_start(proc.pid),
-                                  "heartbeat": now, "ended_at": None, "error": None,
+                                  "heartbeat": now, "ended_at": None, "error": None, "error_code": None,
                                   "backend": "local"}  # a pulled remote run resumed here now runs here
         if not resume:
             fields["started_at"] = now
@@ -293,16 +316,14 @@ class RunStore:
 
     def _launch_command(self, run_id: str, *, gpus: int = 1, resume: bool = False) -> list[str]:
         """The worker itself, or — when the run's config may ask for several processes — its supervisor
-        (engine.trainer.launch), which starts the ranks and ends them together."""
-        from engine.trainer.launch import maybe_distributed, supervisor_command
-
+        (engine.trainer.supervisor), which starts the ranks and ends them together."""
         try:
             import yaml
 
             cfg = yaml.safe_load((self.run_dir(run_id) / "config.yaml").read_text(encoding="utf-8")) or {}
         except (OSError, ValueError):
             cfg = {}
-        if maybe_distributed(cfg):
+        if needs_supervisor(cfg):
             return supervisor_command(str(self.run_dir(run_id)), resume=resume)
         return worker_command(str(self.run_dir(run_id)), resume=resume)  # one process, whatever `gpus` says
 
@@ -333,6 +354,23 @@ class RunStore:
             time.sleep(0.2)
         return {"run_id": run_id, "status": meta.get("status"), "stopped": meta.get("status") in TERMINAL}
 
+    def wait_exit(self, run_id: str, timeout: float = 30.0) -> bool:
+        """After a run's terminal status: wait (at most ``timeout`` s) for its process — the worker, or the
+        supervisor with its launcher and ranks — to be gone, so the command that started it leaves nothing
+        behind. True when it is gone."""
+        meta = read_json(self.run_dir(run_id) / "meta.json")
+        pid = meta.get("pid")
+        proc = self._procs.get(pid) if pid else None
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if proc is not None and proc.poll() is not None:
+                self._procs.pop(pid, None)
+                return True
+            if proc is None and not pid_alive(pid, meta.get("pid_start")):
+                return True
+            time.sleep(0.1)
+        return False
+
     def _reap(self) -> None:
         for pid, proc in list(self._procs.items()):
             if proc.poll() is not None:
@@ -348,10 +386,8 @@ class RunStore:
                                   context={"run": run_id})
         if meta.get("status") == "completed":
             raise ValidationError(f"run {run_id} already completed", context={"run": run_id})
-        from engine.trainer.pipeline import is_pipeline, prepare_resume
-
-        if is_pipeline(d):  # train --send-it: restart at the stage (and checkpoint) where the run stopped
-            step = prepare_resume(d)
+        if (d / PIPELINE_FILE).is_file():  # train --send-it: restart at the stage (and checkpoint) where it stopped
+            step = prepare_pipeline_resume(d)
             update_meta(d, resumed_from=step)
             return run_id, step
         ck = last_checkpoint(d)
@@ -393,6 +429,8 @@ class RunStore:
                 done = {"type": "done", "run_id": run_id, "status": meta["status"], "run_dir": str(d)}
                 if meta.get("error"):
                     done["error"] = meta["error"]
+                if meta.get("error_code") and meta.get("status") == "failed":
+                    done["error_code"] = meta["error_code"]
                 if meta.get("eval"):
                     done["eval"] = meta["eval"]
                 yield done
@@ -401,6 +439,35 @@ class RunStore:
                 return
             self._reap()
             time.sleep(poll)
+
+
+def prepare_pipeline_resume(run_dir: Path) -> int:
+    """A ``--send-it`` run: reset the first unfinished stage to ``waiting`` and cut what it wrote after its last
+    checkpoint; returns the step it restarts from (its checkpoint's, else 0). Raises when nothing can resume."""
+    run_dir = Path(run_dir)
+    state = read_json(run_dir / PIPELINE_FILE)
+    todo = [s for s in state.get("stages", []) if s["status"] not in ("done", "skipped")]
+    if not todo:
+        raise ValidationError(f"pipeline run {run_dir.name} has every stage done", context={"run": run_dir.name})
+    st = todo[0]
+    if st.get("verdict") == "fail":
+        raise ValidationError(f"stage {st['name']} of run {run_dir.name} failed its check: {st.get('error')}",
+                              hint="A check's verdict does not change on resume: start a new run.",
+                              context={"run": run_dir.name, "stage": st["name"]})
+    name, step = st["name"], 0
+    if name in ("sft", "grpo"):
+        ck = last_checkpoint(run_dir / "sft" if name == "sft" else run_dir)
+        step = ck[0] if ck else 0
+    _truncate_jsonl(run_dir / "events.jsonl",
+                    lambda e: e.get("stage") != name or (name in ("sft", "grpo") and int(e.get("step") or 0) <= step
+                                                         and e.get("name") not in ("stage_start", "stage_end")))
+    if name == "grpo":
+        _truncate_jsonl(run_dir / "frames.jsonl", lambda f: int(f.get("step", 0)) <= step)
+    st.update(status="waiting", error=None, resumed_from=step)
+    write_json(run_dir / PIPELINE_FILE, state)
+    update_meta(run_dir, pipeline=[{k: s.get(k) for k in ("name", "status", "key", "key_name")}
+                                   for s in state["stages"]])
+    return step
 
 
 FRAME_KEYS = ("step", "phi", "entropy", "reward_mean", "task_reward", "carl_reward", "gate", "loss", "lr")

@@ -96,3 +96,48 @@ def managed(monkeypatch):
     monkeypatch.setenv("CARL_MANAGED_TOKEN", s.token)
     yield s
     s.close()
+
+
+def _leftovers(marker: str) -> list[tuple[int, str]]:
+    """Live processes (not this one) whose command line names ``marker`` (this session's temporary folder)."""
+    out = []
+    for p in Path("/proc").iterdir():
+        if not p.name.isdigit() or int(p.name) == os.getpid():
+            continue
+        try:
+            cmd = (p / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+            state = (p / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            continue
+        if marker in cmd and state not in ("Z", "X"):
+            out.append((int(p.name), cmd[:200]))
+    return out
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """No run process (supervisor, torchrun, rank, worker) started by this session may outlive it (issue 25): the
+    session fails, naming them, and they are ended."""
+    import time
+
+    factory = getattr(session.config, "_tmp_path_factory", None)
+    try:
+        marker = str(factory.getbasetemp()) + os.sep if factory is not None else None  # pytest-1/ ≠ pytest-17/
+    except (OSError, ValueError):
+        marker = None
+    if not marker or not Path("/proc").is_dir():
+        return
+    deadline = time.monotonic() + 15.0
+    left = _leftovers(marker)
+    while left and time.monotonic() < deadline:  # a run's processes may be finishing their exit
+        time.sleep(0.25)
+        left = _leftovers(marker)
+    if not left:
+        return
+    for pid, _ in left:
+        try:
+            os.kill(pid, 9)
+        except OSError:
+            pass
+    sys.stderr.write("\nprocesses left behind by this test session (now killed):\n"
+                     + "".join(f"  {pid}: {cmd}\n" for pid, cmd in left))
+    session.exitstatus = 1

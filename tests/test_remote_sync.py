@@ -79,6 +79,31 @@ def test_a_failed_upload_is_logged_and_the_run_goes_on(hub, tmp_path):
     assert sync.errors == 1 and "carl.credential" in logs[-1] and hub.token not in logs[-1]
 
 
+def test_background_uploads_retry_keep_their_checkpoint_and_finish_joins_them(hub, tmp_path):
+    # a training run's uploader (issue 25): off the loop, retried on a transient failure, hard-linked files
+    import shutil
+
+    run = fake_run(tmp_path / "r-bg")
+    hub.fault("POST", r"/api/models/alice/out/commit/main", status=503, times=1)
+    events: list[dict] = []
+    logs: list[str] = []
+    sync = OutputSync(run, "alice/out", run_id="hf-bg", log=logs.append, on_event=events.append, background=True,
+                      backoff_s=0.01)
+    ck = run / "checkpoints" / "checkpoint-2"
+    assert sync.checkpoint(2, ck) is None  # queued: the training loop goes on at once
+    shutil.rmtree(ck)  # the trainer rotated the checkpoint away before its upload ran: the hard links keep it
+    state = {"stages": [{"name": "push", "status": "done"}]}
+    sha = sync.finish("completed", final_allowed=True, reason="ok", meta_fields={"status": "completed"},
+                      overrides={"pipeline.json": state})
+    repo = hub.repos["alice/out"]
+    assert sha == repo.commits[-1] and len(repo.commits) == 2  # the checkpoint, then the last upload
+    assert repo.files["runs/hf-bg/checkpoints/checkpoint-2/adapter_model.safetensors"] == b"\1" * 4096
+    assert json.loads(repo.files["runs/hf-bg/pipeline.json"]) == state  # what the run ended with, not "running"
+    assert json.loads(repo.files["runs/hf-bg/meta.json"])["status"] == "completed"
+    assert any("retrying in 0.01s (attempt 1 of 3)" in m for m in logs)
+    assert sync.errors == 0 and events == [] and not (run / ".upload").exists()
+
+
 def test_pull_brings_a_remote_run_home_as_a_normal_run(hub, tmp_path, capsys):
     run = fake_run(tmp_path / "in-container", status="running")
     home = CarlHome.from_env()

@@ -99,7 +99,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
     run_id, step = store.prepare_resume(args.run)
     cfg = yaml.safe_load((store.run_dir(run_id) / "config.yaml").read_text(encoding="utf-8")) or {}
     gpus = int(((cfg.get("compute") or {}).get("gpus")) or 1)
-    pid = store.spawn(run_id, gpus=gpus, resume=True)
+    pid = store.spawn(run_id, gpus=gpus, resume=True, owned=not args.detach)
     if args.detach:
         emit({"run_id": run_id, "pid": pid, "run_dir": str(store.run_dir(run_id)), "resumed_from": step})
         return 0

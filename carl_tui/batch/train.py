@@ -48,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
         from engine.trainer.pipeline import init_state
 
         init_state(store.run_dir(run_id), cfg)
-    pid = store.spawn(run_id, gpus=cfg.compute.gpus)
+    pid = store.spawn(run_id, gpus=cfg.compute.gpus, owned=not args.detach)
     run_dir = str(store.run_dir(run_id))
     if args.detach:
         emit({"run_id": run_id, "pid": pid, "run_dir": run_dir})
@@ -65,15 +65,33 @@ def stream(store: Any, run_id: str, *, replay: bool = True, max_steps: int | Non
             emit(line)
             _describe(line, max_steps)
             if line["type"] == "done":
+                if stop_on_interrupt:  # the run is ours (train, resume): its processes end before we do
+                    store.wait_exit(run_id)
+                if line.get("error_code") == "carl.run.hung":  # a typed verdict: JSON on stderr too
+                    from engine.errors import RunHung
+
+                    raise RunHung(str(line.get("error")), context={"run": run_id})
                 return 0 if line["status"] in ("completed", "stopped") else 1
     except KeyboardInterrupt:
         if stop_on_interrupt:
             progress(f"carl: stopping run {run_id} (finishing the step, writing a checkpoint)…")
-            res = store.stop(run_id, wait=120.0)
+            res = store.stop(run_id, wait=_stop_wait(store, run_id))
             emit({"type": "done", "run_id": run_id, "status": res.get("status"),
                   "run_dir": str(store.run_dir(run_id))})
         raise
     return 1
+
+
+def _stop_wait(store: Any, run_id: str) -> float:
+    """How long Ctrl-C waits for the stop: the run's compute.stop_grace_s (after which its processes are
+    killed) and a margin."""
+    try:
+        import yaml
+
+        cfg = yaml.safe_load((store.run_dir(run_id) / "config.yaml").read_text(encoding="utf-8")) or {}
+        return float((cfg.get("compute") or {}).get("stop_grace_s") or 60.0) + 30.0
+    except (OSError, ValueError, TypeError):
+        return 120.0
 
 
 def _describe(line: dict[str, Any], max_steps: int | None) -> None:

@@ -11,7 +11,13 @@ Each upload is one commit (``HfApi.create_commit``); unchanged files are skipped
 uploaded when the ledger policy allows a push — with the default ``policy.push_requires_eval: true`` only after
 the held-out eval passed the gate (``engine.trainer.evalgate.decide``); otherwise ``meta.json``'s ``output``
 says why it was held back. An upload that fails never fails the run: it is logged, counted in
-``meta.json.output.errors`` and retried with the next upload (the files are re-sent).
+``meta.json.output.errors``, reported as an ``upload_error`` event, and retried with the next upload (the files
+are re-sent).
+
+In a training run (``background=True``) uploads run off the training loop: a checkpoint is hard-linked into
+``.upload/`` (the trainer may rotate the original away meanwhile) and queued; one uploader thread commits the queue
+in order, retrying a transient failure (network, a Hub 5xx, anything unexpected) with exponential backoff, never
+a refused token; ``finish`` queues the last upload and waits for the queue for at most ``join_s`` seconds.
 
 ``pull_run`` downloads ``runs/<run_id>/`` (``snapshot_download``) into ``CARL_HOME/runs/<run_id>/`` and marks
 the run's meta with ``backend`` (the job's) and ``remote`` (repo, revision, pulled_at), and points its paths at
@@ -23,7 +29,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import queue
 import shutil
+import threading
 import tempfile
 import time
 from pathlib import Path
@@ -87,8 +95,16 @@ class OutputSync:
     """Uploads one run directory to ``repo_id`` under ``runs/<run_id>/`` (called by the worker, rank 0)."""
 
     def __init__(self, run_dir: Path, repo_id: str, *, private: bool = True, run_id: str | None = None,
-                 log: Callable[[str], None] = print, meta: Callable[..., Any] | None = None):
+                 log: Callable[[str], None] = print, meta: Callable[..., Any] | None = None,
+                 on_event: Callable[[dict[str, Any]], None] | None = None, background: bool = False,
+                 retries: int = 3, backoff_s: float = 2.0, join_s: float = 600.0):
         self.run_dir = Path(run_dir)
+        self.on_event = on_event
+        self.background, self.retries, self.backoff_s, self.join_s = background, max(1, retries), backoff_s, join_s
+        self._q: queue.Queue = queue.Queue()
+        self._thread: threading.Thread | None = None
+        self.staging = self.run_dir / ".upload"
+        self._output: dict[str, Any] = {}
         self.repo_id = repo_id
         self.private = private
         self.run_id = run_id or remote_run_id(self.run_dir)
@@ -115,19 +131,35 @@ class OutputSync:
 
         ops = [CommitOperationAdd(path_in_repo=f"{self.prefix}/{rel}", path_or_fileobj=str(p))
                for p, rel in files if p.is_file()]
-        try:
-            if _token() is None:
-                raise CredentialError("no Hugging Face token in the job ($HF_TOKEN)")
-            with hub_errors(f"upload to {self.repo_id}", self.repo_id, _endpoint()):
-                api = self._api()
-                if not self._created:
-                    api.create_repo(self.repo_id, private=self.private, exist_ok=True)
-                    self._created = True
-                info = api.create_commit(self.repo_id, operations=ops, commit_message=message)
-        except CARLError as exc:
-            self.errors += 1
-            self.log(f"carl: upload to {self.repo_id} failed ({exc.code}): {exc.message}; the run goes on")
-            return None
+        tries = self.retries if self.background else 1
+        for attempt in range(1, tries + 1):
+            try:
+                if _token() is None:
+                    raise CredentialError("no Hugging Face token in the job ($HF_TOKEN)")
+                with hub_errors(f"upload to {self.repo_id}", self.repo_id, _endpoint()):
+                    api = self._api()
+                    if not self._created:
+                        api.create_repo(self.repo_id, private=self.private, exist_ok=True)
+                        self._created = True
+                    info = api.create_commit(self.repo_id, operations=ops, commit_message=message)
+                break
+            except Exception as exc:  # noqa: BLE001 - an upload never fails the run, whatever went wrong
+                code = exc.code if isinstance(exc, CARLError) else "carl.network"
+                msg = exc.message if isinstance(exc, CARLError) else f"{type(exc).__name__}: {exc}".split("\n")[0][:300]
+                transient = not isinstance(exc, (CredentialError, RunNotFound, ConfigError))
+                if transient and attempt < tries:
+                    wait = self.backoff_s * 2 ** (attempt - 1)
+                    self.log(f"carl: upload to {self.repo_id} failed ({code}): {msg}; retrying in {wait:g}s "
+                             f"(attempt {attempt} of {tries})")
+                    time.sleep(wait)
+                    continue
+                self.errors += 1
+                self._record()
+                self.log(f"carl: upload to {self.repo_id} failed ({code}): {msg}; the run goes on")
+                if self.on_event is not None:
+                    self.on_event({"name": "upload_error", "code": code, "error": msg, "what": message,
+                                   "attempts": attempt, "repo_id": self.repo_id})
+                return None
         sha = str(info.oid)
         self.commits.append(sha)
         self.log(f"carl: uploaded {len(ops)} files to {self.repo_id}/{self.prefix} ({message}; {sha[:10]})")
@@ -137,33 +169,119 @@ class OutputSync:
         return [(self.run_dir / f, f) for f in RUN_FILES]
 
     def _record(self, **fields: Any) -> None:
+        """meta.json's ``output``: what was uploaded and how many uploads failed (fields accumulate)."""
+        self._output.update(fields)
         if self._meta is not None:
             self._meta(output={"repo_id": self.repo_id, "path": self.prefix, "errors": self.errors,
-                               "last_commit": self.commits[-1] if self.commits else None, **fields})
+                               "last_commit": self.commits[-1] if self.commits else None, **self._output})
+
+    # ---- the background uploader (a training run)
+    def _loop(self) -> None:
+        while True:
+            job = self._q.get()
+            try:
+                if job is None:
+                    return
+                job()
+            except Exception as exc:  # noqa: BLE001 - never kill the uploader (and never the run)
+                self.log(f"carl: upload job failed: {type(exc).__name__}: {exc}")
+            finally:
+                self._q.task_done()
+
+    def _submit(self, job: Callable[[], Any]) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._loop, name="carl-upload", daemon=True)
+            self._thread.start()
+        self._q.put(job)
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Wait for the queued uploads (at most ``timeout`` seconds, default ``join_s``); True when drained."""
+        deadline = time.monotonic() + (self.join_s if timeout is None else timeout)
+        while self._q.unfinished_tasks:
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.05)
+        return True
+
+    def _link(self, path: Path) -> Path:
+        """Hard-link a checkpoint's files into ``.upload/`` (copy across devices): the upload reads a stable set."""
+        dest = self.staging / path.name
+        shutil.rmtree(dest, ignore_errors=True)
+        for p in _folder_files(path):
+            q = dest / p.relative_to(path)
+            q.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                os.link(p, q)
+            except OSError:
+                shutil.copy2(p, q)
+        return dest
 
     def checkpoint(self, step: int, path: Path) -> str | None:
+        """Upload a checkpoint with the run's files. Background: queued (returns None at once)."""
         path = Path(path)
+        if not self.background:
+            return self._checkpoint(step, path)
+        staged = self._link(path) if path.is_dir() else path
+
+        def job() -> None:
+            try:
+                self._checkpoint(step, staged)
+            finally:
+                if staged != path:
+                    shutil.rmtree(staged, ignore_errors=True)
+
+        self._submit(job)
+        return None
+
+    def _checkpoint(self, step: int, path: Path) -> str | None:
         files = [(p, f"checkpoints/{path.name}/{p.relative_to(path).as_posix()}") for p in _folder_files(path)] \
             if path.is_dir() else []
         self._record(last_checkpoint=step)
         return self.commit(files + self._run_files(), f"carl: {self.run_id} checkpoint {step}")
 
     def finish(self, status: str, *, final_allowed: bool, reason: str,
-               meta_fields: dict[str, Any] | None = None) -> str | None:
+               meta_fields: dict[str, Any] | None = None, overrides: dict[str, dict[str, Any]] | None = None
+               ) -> str | None:
         """The last upload. ``meta_fields`` (the final status …) go into the uploaded meta.json; the worker
         writes them locally only after this returns, so a reader waiting for the terminal status locally finds
-        the upload finished."""
+        the upload finished. ``overrides``: run files uploaded with this content instead (the pipeline's
+        pipeline.json with the push stage done). Background: after the queued uploads, waiting at most
+        ``join_s`` seconds in all (then None, and the run goes on to its end)."""
+        if not self.background:
+            return self._finish(status, final_allowed=final_allowed, reason=reason, meta_fields=meta_fields,
+                                overrides=overrides)
+        box: dict[str, Any] = {}
+        self._submit(lambda: box.update(sha=self._finish(status, final_allowed=final_allowed, reason=reason,
+                                                         meta_fields=meta_fields, overrides=overrides)))
+        if not self.wait():
+            self.errors += 1
+            msg = f"the uploads did not finish within {self.join_s:g}s; the run ends without waiting for them"
+            self.log(f"carl: {msg}")
+            if self.on_event is not None:
+                self.on_event({"name": "upload_error", "code": "carl.timeout", "error": msg, "what": "finish",
+                               "repo_id": self.repo_id})
+            return None
+        self._q.put(None)  # the uploader thread ends
+        shutil.rmtree(self.staging, ignore_errors=True)
+        return box.get("sha")
+
+    def _finish(self, status: str, *, final_allowed: bool, reason: str, meta_fields: dict[str, Any] | None,
+                overrides: dict[str, dict[str, Any]] | None) -> str | None:
         from engine.runs import read_json, write_json
 
         final = self.run_dir / "final"
         send_final = final_allowed and final.is_dir()
         self._record(status=status, final_uploaded=send_final, final_reason=reason)
-        files = [f for f in self._run_files() if f[1] != "meta.json"]
+        overrides = dict(overrides or {})
+        files = [f for f in self._run_files() if f[1] != "meta.json" and f[1] not in overrides]
         if send_final:
             files += [(p, f"final/{p.relative_to(final).as_posix()}") for p in _folder_files(final)]
         with tempfile.TemporaryDirectory(prefix="carl-meta-") as tmp:
             meta = {**read_json(self.run_dir / "meta.json"), **(meta_fields or {})}
             write_json(Path(tmp) / "meta.json", meta)
+            for name, content in overrides.items():
+                write_json(Path(tmp) / name, content)
+                files.append((Path(tmp) / name, name))
             sha = self.commit(files + [(Path(tmp) / "meta.json", "meta.json")],
                               f"carl: {self.run_id} {status}" + (" (final model)" if send_final else ""))
         if sha is None and send_final:

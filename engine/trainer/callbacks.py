@@ -66,10 +66,14 @@ def _samples(state) -> list[dict[str, Any]] | None:
 def make_callback(run_dir: Path, *, state_ref: Callable[[], Any], should_stop: Callable[[], bool],
                   on_event: Callable[[dict[str, Any]], None], on_frame: Callable[[Frame], None] | None = None,
                   trackio_project: str | None = None, run_name: str | None = None, config: dict | None = None,
-                  skip_until: int = 0, main: bool = True, stage: str | None = None):
+                  skip_until: int = 0, main: bool = True, stage: str | None = None,
+                  on_decide: Callable[[int], None] | None = None, on_progress: Callable[[str], None] | None = None):
     """Build the TrainerCallback (transformers is imported here, not at module import). With several processes
     every rank has one, but only the ``main`` one writes frames, trackio and the cascade state. ``stage``: a
-    pipeline run's stage, written into every frame (engine/trainer/pipeline.py)."""
+    pipeline run's stage, written into every frame (engine/trainer/pipeline.py). ``on_decide(step)``: every rank,
+    at every logged step, after the main rank's ``on_frame`` (a decision made once and broadcast, e.g. the
+    collapse verdict). ``on_progress(what)``: the rank's main thread got somewhere (the supervisor's watchdog)."""
+    tick = on_progress or (lambda what: None)
     from transformers import TrainerCallback
 
     run_dir = Path(run_dir)
@@ -107,10 +111,12 @@ def make_callback(run_dir: Path, *, state_ref: Callable[[], Any], should_stop: C
 
         def on_step_begin(self, args, state, control, **kw):
             self.step_started = time.perf_counter()
+            tick(f"training step {int(state.global_step) + 1}")
 
         def on_step_end(self, args, state, control, **kw):
             if self.step_started is not None:
                 self.step_times.append(time.perf_counter() - self.step_started)
+            tick(f"finished step {int(state.global_step)}")
             if should_stop():
                 control.should_save = True
                 control.should_training_stop = True
@@ -122,7 +128,9 @@ def make_callback(run_dir: Path, *, state_ref: Callable[[], Any], should_stop: C
             step = int(state.global_step)
             if step <= skip_until:
                 return
-            if self.writer is None:  # not the main process: it takes part in the main one's stop decision below
+            if self.writer is None:  # not the main process: it takes part in the main one's decisions below
+                if on_decide is not None:
+                    on_decide(step)
                 self._stop_here(control)
                 return
             times = self.step_times[-max(1, args.logging_steps):]
@@ -134,6 +142,8 @@ def make_callback(run_dir: Path, *, state_ref: Callable[[], Any], should_stop: C
             self.writer.write(frame if stage is None else {**frame.to_dict(), "stage": stage})
             if on_frame is not None:
                 on_frame(frame)
+            if on_decide is not None:
+                on_decide(step)
             self._stop_here(control)
             if self.trackio is not None:
                 d = frame.to_dict()
@@ -156,6 +166,7 @@ def make_callback(run_dir: Path, *, state_ref: Callable[[], Any], should_stop: C
 
         def on_save(self, args, state, control, **kw):
             step = int(state.global_step)
+            tick(f"saved checkpoint {step}")
             ck = run_dir / "checkpoints" / f"checkpoint-{step}"
             st = state_ref()
             if main and ck.is_dir() and st is not None and st.cascade is not None:

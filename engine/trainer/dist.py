@@ -121,3 +121,50 @@ def gather_batch(carl: list[float], task: dict[str, list[float]],
     names = list(parts[0][1])
     return ([x for p in parts for x in p[0]], {k: [x for p in parts for x in p[1].get(k, [])] for k in names},
             [x for p in parts for x in p[2]], offset)
+
+
+def init_group(device: str) -> None:
+    """Join the run's process group now, through accelerate as the trainer would (the trainer then reuses it):
+    carl's own decisions (the pipeline's state and verdicts) are broadcast before any trainer exists."""
+    if env_world_size() <= 1:
+        return
+    from accelerate import PartialState
+
+    PartialState(cpu=device == "cpu")
+
+
+def broadcast(obj: Any) -> Any:
+    """Rank 0's ``obj`` on every rank (``obj`` itself with one process): a decision made once. Every rank must
+    call it."""
+    td = _group()
+    if td is None:
+        return obj
+    box = [obj if td.get_rank() == 0 else None]
+    td.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def barrier() -> None:
+    td = _group()
+    if td is not None:
+        td.barrier()
+
+
+def _exec_with_pdeathsig(argv: list[str]) -> None:
+    """``python -m engine.trainer.dist --pdeathsig -- CMD …``: exec CMD with PR_SET_PDEATHSIG=SIGKILL (kept across
+    exec), so the launcher dies with the supervisor — the exec prefix that replaces a ``preexec_fn``."""
+    import signal
+
+    cmd = argv[argv.index("--") + 1:] if "--" in argv else []
+    if not cmd:
+        raise SystemExit("usage: python -m engine.trainer.dist --pdeathsig -- CMD [ARG …]")
+    set_parent_death_signal(signal.SIGKILL)
+    if os.getppid() == 1:  # the parent died before the signal was armed
+        raise SystemExit(1)
+    os.execvp(cmd[0], cmd)
+
+
+if __name__ == "__main__":
+    import sys
+
+    _exec_with_pdeathsig(sys.argv[1:])

@@ -1,4 +1,5 @@
-"""More than one training process: the launch plan, the accelerate config, and the supervisor.
+"""More than one training process: the launch plan and the accelerate config (the supervisor that runs them:
+engine/trainer/supervisor.py).
 
 ``compute.processes`` (default ``compute.gpus`` on CUDA, 1 on CPU) and ``compute.strategy`` (ddp | zero2 |
 zero3 | fsdp) decide how the worker (engine.trainer.worker) is started:
@@ -8,27 +9,18 @@ zero3 | fsdp) decide how the worker (engine.trainer.worker) is started:
   (TRL's examples/accelerate_configs are the reference: multi_gpu, deepspeed_zero2/zero3, fsdp2);
 * several on CPU — ``python -m torch.distributed.run --nproc_per_node N …`` with ``ACCELERATE_USE_CPU=1``:
   DDP over gloo (``accelerate launch --cpu`` would start one process only).
-
-Several processes run under :class:`Supervisor` (``python -m engine.trainer.launch RUN_DIR``), the process the
-run store records as the run's pid. It makes the process group one unit: every rank writes
-``ranks/rank-<n>.json`` when it starts and ``ranks/rank-<n>.exit`` when it finishes normally; a rank that is gone
-without its exit file (``kill -9``, OOM killer, a crash) ends every other process of the run (SIGKILL to the
-whole tree: the supervisor is a child subreaper, so nothing escapes it) and the run becomes ``failed``. A rank
-whose supervisor is gone exits by itself (its watchdog thread). SIGTERM to the supervisor (``run stop``) asks for
-the graceful stop through ``stop.request``, which all ranks agree on at the same step.
 """
 
 from __future__ import annotations
 
 import os
 import shlex
-import signal
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
-from engine.trainer.dist import RANK_DIR
+from engine.runs import needs_supervisor as maybe_distributed  # noqa: F401 - the launch layer's name for it
+from engine.runs import supervisor_command
 
 STRATEGIES = ("ddp", "zero2", "zero3", "fsdp")
 SUPERVISOR_ENV = "CARL_SUPERVISOR_PID"
@@ -37,25 +29,27 @@ SUPERVISOR_ENV = "CARL_SUPERVISOR_PID"
 def _device(cfg, device: str | None) -> str:
     if device is not None:
         return device
-    from engine.trainer.grpo import resolve_device
+    from engine.devices import auto_device  # grpo.resolve_device's rule; launch never imports the trainer
 
-    return resolve_device(cfg)
+    return auto_device() if cfg.compute.device == "auto" else cfg.compute.device
 
 
-def world_size(cfg, device: str | None = None) -> int:
-    """Processes over all nodes: ``compute.processes``, else ``compute.gpus`` on CUDA, else 1."""
+def per_node(cfg, device: str | None = None) -> int:
+    """Processes on each node: ``compute.processes / nodes``, else ``compute.gpus`` on CUDA, else 1."""
     c = cfg.compute
     if c.processes is not None:
-        return int(c.processes)
+        return max(1, int(c.processes) // max(1, int(c.nodes)))
     if _device(cfg, device) == "cuda":
-        return max(1, int(c.gpus)) * max(1, int(c.nodes))
+        return max(1, int(c.gpus))
     return 1
 
 
-def maybe_distributed(cfg_dict: dict[str, Any]) -> bool:
-    """Cheap (no torch): could this saved config need more than one process? Then the supervisor decides."""
-    c = (cfg_dict or {}).get("compute") or {}
-    return int(c.get("processes") or 1) > 1 or (int(c.get("gpus") or 1) > 1 and c.get("device") != "cpu")
+def world_size(cfg, device: str | None = None) -> int:
+    """Processes over all nodes: ``compute.processes``, else per-node processes × ``compute.nodes``."""
+    c = cfg.compute
+    if c.processes is not None:
+        return int(c.processes)
+    return per_node(cfg, device) * max(1, int(c.nodes))
 
 
 def launcher(cfg, device: str | None = None) -> str:
@@ -121,9 +115,8 @@ def node_command(cfg, run_dir: str, node_rank: int, *, resume: bool = False,
     if kind == "python":
         cmd = [sys.executable] + tail
     elif kind == "torchrun":
-        per_node = n // c.nodes
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", str(c.nodes), "--nproc_per_node",
-               str(per_node)]
+               str(n // c.nodes)]
         if c.nodes > 1:
             cmd += ["--node_rank", str(node_rank), "--master_addr", str(c.main_process_ip), "--master_port",
                     str(c.main_process_port or 29500)]
@@ -133,7 +126,7 @@ def node_command(cfg, run_dir: str, node_rank: int, *, resume: bool = False,
         env = {"ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
     else:
         cmd = [_tool("accelerate"), "launch", "--config_file", f"{run_dir}/accelerate.yaml"]
-        if c.strategy == "ddp":
+        if c.strategy == "ddp" and n > 1:
             cmd += ["--multi_gpu"]
         cmd += ["--num_processes", str(n), "--num_machines", str(c.nodes), "--machine_rank", str(node_rank)]
         if c.nodes > 1:
@@ -147,11 +140,6 @@ def node_command(cfg, run_dir: str, node_rank: int, *, resume: bool = False,
 
 def _join(env: dict[str, str], cmd: list[str]) -> str:
     return " ".join([f"{k}={shlex.quote(v)}" for k, v in env.items()] + [shlex.join(cmd)])
-
-
-def supervisor_command(run_dir: str, *, resume: bool = False, node_rank: int | None = None) -> list[str]:
-    return [sys.executable, "-m", "engine.trainer.launch", run_dir] + (["--resume"] if resume else []) + \
-        (["--node-rank", str(node_rank)] if node_rank is not None else [])
 
 
 def plan(cfg, run_dir: str, device: str | None = None) -> dict[str, Any]:
@@ -180,192 +168,10 @@ def plan(cfg, run_dir: str, device: str | None = None) -> dict[str, Any]:
     return out
 
 
-# ------------------------------------------------------------------------------------------ process tree
-def _children() -> dict[int, list[int]]:
-    kids: dict[int, list[int]] = {}
-    try:
-        entries = list(Path("/proc").iterdir())
-    except OSError:  # pragma: no cover - no /proc (not Linux): the launcher's own teardown has to do
-        return kids
-    for p in entries:
-        if not p.name.isdigit():
-            continue
-        try:
-            ppid = int((p / "stat").read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
-            continue
-        kids.setdefault(ppid, []).append(int(p.name))
-    return kids
+OWNER_ENV = "CARL_RUN_OWNER"  # "pid:start" of the carl process a non-detached run belongs to (engine.runs)
 
 
-def descendants(pid: int) -> list[int]:
-    kids, out, todo = _children(), [], [pid]
-    while todo:
-        for c in kids.get(todo.pop(), []):
-            out.append(c)
-            todo.append(c)
-    return out
-
-
-def kill_tree(pid: int, sig: int = signal.SIGKILL) -> list[int]:
-    """Send ``sig`` to every descendant of ``pid`` (not ``pid`` itself); return their pids."""
-    pids = descendants(pid)
-    for p in pids:
-        try:
-            os.kill(p, sig)
-        except OSError:
-            pass
-    return pids
-
-
-# ------------------------------------------------------------------------------------------ supervisor
-class Supervisor:
-    """Starts this node's ranks through the launcher and makes them live and die together (module docstring)."""
-
-    def __init__(self, run_dir: Path, resume: bool = False, poll: float = 0.2, node_rank: int | None = None):
-        self.run_dir, self.resume, self.poll, self.node_rank = Path(run_dir), resume, poll, node_rank
-        self.ranks = self.run_dir / RANK_DIR
-        self.mine: range = range(0, 1 << 30)  # the global ranks this node starts (set in main)
-
-    def log(self, msg: str) -> None:
-        print(f"[{time.strftime('%H:%M:%S')}] supervisor: {msg}", flush=True)
-
-    def _dead_rank(self) -> str | None:
-        """Why the run is broken: a rank gone without its exit file (killed), else a rank that failed by itself
-        (its exit file has the error), else a rank the launcher ended (it records the signal)."""
-        from engine.runs import pid_alive, read_json
-
-        dead = []
-        failed = [read_json(f) for f in self.ranks.glob("rank-*.exit")]
-        failed = sorted((x for x in failed if x.get("rank") in self.mine and x.get("status") == "failed"),
-                        key=lambda x: x.get("ended_at") or 0)
-        if failed:  # the first rank to fail says why (the others typically fail on the broken collective)
-            first = failed[0]
-            dead.append((1, f"rank {first.get('rank')} failed: {first.get('error') or 'no error recorded'}"))
-        for f in sorted(self.ranks.glob("rank-*.json")):
-            info = read_json(f)
-            if info.get("rank") not in self.mine:  # another node's rank (a shared run directory)
-                continue
-            pid = info.get("pid")
-            if not pid or (self.ranks / f"{f.stem}.exit").exists() or pid_alive(pid, info.get("pid_start")):
-                continue
-            if (self.ranks / f"{f.stem}.exit").exists():  # it finished just now
-                continue
-            how = f" after signal {info['signal']}" if info.get("signal") else ""
-            dead.append((2 if info.get("signal") else 0, f"{f.stem.replace('-', ' ')} (pid {pid}) is gone without "
-                                                         f"finishing{how}"))
-        return sorted(dead)[0][1] if dead else None
-
-    def main(self) -> int:
-        import subprocess
-
-        import yaml
-
-        from engine.config import validate_dict
-        from engine.runs import TERMINAL, ledger_record, read_json, update_meta
-        from engine.trainer.dist import set_child_subreaper
-
-        set_child_subreaper()
-        cfg = validate_dict(yaml.safe_load((self.run_dir / "config.yaml").read_text(encoding="utf-8")),
-                            source=str(self.run_dir / "config.yaml"))
-        node_rank = cfg.compute.node_rank if self.node_rank is None else self.node_rank
-        node = node_command(cfg, str(self.run_dir), node_rank, resume=self.resume)
-        n = world_size(cfg)
-        per_node = n // cfg.compute.nodes
-        self.mine = range(node_rank * per_node, (node_rank + 1) * per_node)
-        main_node = node_rank == 0
-        kind = launcher(cfg)
-        if kind == "accelerate":  # every node writes the same file (atomically): no node waits for another
-            tmp = self.run_dir / f".accelerate.yaml.{os.getpid()}.tmp"
-            tmp.write_text(yaml.safe_dump(accelerate_config(cfg), sort_keys=False), encoding="utf-8")
-            tmp.replace(self.run_dir / "accelerate.yaml")
-        self.ranks.mkdir(exist_ok=True)
-        for k in self.mine:  # a resumed run starts this node's ranks afresh
-            for suffix in ("json", "exit"):
-                (self.ranks / f"rank-{k}.{suffix}").unlink(missing_ok=True)
-        if main_node:
-            update_meta(self.run_dir, world_size=n, strategy=cfg.compute.strategy if n > 1 else None,
-                        launcher=kind, supervisor_pid=os.getpid())
-        self.log(f"world size {n} ({kind}, node {node_rank} of {cfg.compute.nodes}): {node['launch']}")
-
-        def on_signal(signum, frame):  # run stop: the ranks agree on the step and checkpoint
-            try:
-                (self.run_dir / "stop.request").write_text(str(time.time()), encoding="utf-8")
-            except OSError:
-                pass
-
-        signal.signal(signal.SIGTERM, on_signal)
-        signal.signal(signal.SIGINT, on_signal)
-        env = {**os.environ, **node["env"], SUPERVISOR_ENV: str(os.getpid())}
-        from engine.trainer.dist import set_parent_death_signal
-
-        proc = subprocess.Popen(node["command"], env=env, stdin=subprocess.DEVNULL,
-                                preexec_fn=lambda: set_parent_death_signal(signal.SIGKILL))
-        failure = None
-        from engine.runs import HEARTBEAT_S
-
-        beat = time.monotonic()
-        while True:
-            try:
-                rc = proc.wait(timeout=self.poll)
-            except subprocess.TimeoutExpired:
-                rc = None
-            if main_node and time.monotonic() - beat > HEARTBEAT_S and not (self.ranks / "rank-0.json").exists():
-                beat = time.monotonic()  # the ranks are still starting (imports): rank 0 beats once it runs
-                update_meta(self.run_dir, heartbeat=time.time())
-            if rc is not None:
-                if rc != 0:
-                    failure = self._dead_rank()
-                break
-            failure = self._dead_rank()
-            if failure:
-                break
-        if failure:
-            self.log(f"{failure}: ending every process of the run")
-            killed = kill_tree(os.getpid())
-            proc.wait()
-            self._reap_all()
-            self.log(f"ended {len(killed)} processes")
-        leftover = kill_tree(os.getpid())  # nothing may outlive the run (a rank a launcher left behind)
-        self._reap_all()
-        if not main_node:  # the main node's supervisor owns the run's status
-            self.log(f"node {node_rank}: " + (failure or f"launcher exited with status {proc.returncode}"))
-            return 1 if failure or proc.returncode else 0
-        meta = read_json(self.run_dir / "meta.json")
-        status = meta.get("status")
-        if failure or status not in TERMINAL or (proc.returncode != 0 and status != "completed"):
-            error = failure or f"the launcher exited with status {proc.returncode}"
-            if status in TERMINAL and not failure:
-                error = meta.get("error") or error
-            update_meta(self.run_dir, status="failed", error=error, ended_at=time.time(), heartbeat=time.time())
-            # the one run.fail block of a multi-process run (ranks leave it to the supervisor: exactly once)
-            ledger_record("run.fail", {"run_id": self.run_dir.name, "status": "failed", "last_step":
-                                       meta.get("last_step"), "error": error, "world_size": n})
-            self.log(f"run failed: {error}" + (f" ({len(leftover)} leftover processes ended)" if leftover else ""))
-            return 1
-        return 0
-
-    @staticmethod
-    def _reap_all(timeout: float = 60.0) -> None:
-        """Reap every child (re-parented orphans included) until none is left."""
-        deadline = time.time() + timeout
-        while time.time() < deadline:
-            try:
-                pid, _ = os.waitpid(-1, os.WNOHANG)
-            except ChildProcessError:
-                return
-            if pid == 0:
-                time.sleep(0.05)
-
-
-def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv:
-        print("usage: python -m engine.trainer.launch RUN_DIR [--resume] [--node-rank K]", file=sys.stderr)
-        return 2
-    node_rank = int(argv[argv.index("--node-rank") + 1]) if "--node-rank" in argv[1:-1] else None
-    return Supervisor(Path(argv[0]), resume="--resume" in argv[1:], node_rank=node_rank).main()
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+def _owner() -> tuple[int, str | None] | None:
+    raw = os.environ.get(OWNER_ENV, "")
+    pid, _, start = raw.partition(":")
+    return (int(pid), start or None) if pid.isdigit() else None

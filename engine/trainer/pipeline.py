@@ -24,6 +24,11 @@ Frames carry ``stage: "grpo"``; every event of a pipeline run carries its stage;
 ledger block (``pipeline.stage``). Resume (``run resume RUN``) restarts at the first stage that is not done:
 inside ``sft`` from its last SFT checkpoint, inside ``grpo`` from its last GRPO checkpoint, other stages anew.
 
+Several processes: rank 0 owns ``pipeline.json`` and decides; every rank keeps the state in memory, received
+from rank 0 at the start and after each stage (a broadcast: no rank reads the file while rank 0 writes it). The
+training stages (sft, grpo) run on every rank, their result is rank 0's; the checks and the push (gate, eval, push)
+run on rank 0 only and the others receive the verdict. The sft model is saved through the trainer, then a barrier.
+
 ``CARL_PIPELINE_HOLD=STAGE`` (or ``STAGE:STEP``) makes the worker pause when it enters STAGE (or once STAGE has
 written the checkpoint of STEP) until it is stopped or killed: how the tests kill a run inside each stage.
 """
@@ -38,7 +43,7 @@ from typing import Any
 
 from engine.errors import ValidationError
 
-PIPELINE_FILE = "pipeline.json"
+from engine.runs import PIPELINE_FILE  # the run store names its files
 SFT_DIR = "sft"
 KEY_NAMES = {"sft": "held-out", "gate": "verdict", "grpo": "held-out", "eval": "verdict", "push": "revision"}
 HOLD_ENV = "CARL_PIPELINE_HOLD"
@@ -112,35 +117,11 @@ def grpo_metric(cfg) -> str:
 
 def prepare_resume(run_dir: Path) -> int:
     """Reset the first unfinished stage to ``waiting`` and cut what it wrote after its last checkpoint; returns
-    the step it restarts from (its checkpoint's, else 0). Raises when nothing can resume."""
-    from engine.runs import _truncate_jsonl, last_checkpoint
+    the step it restarts from (its checkpoint's, else 0). Raises when nothing can resume. (The run store's own:
+    engine.runs.prepare_pipeline_resume, which ``run resume`` reaches through RunStore.prepare_resume.)"""
+    from engine.runs import prepare_pipeline_resume
 
-    run_dir = Path(run_dir)
-    state = read_state(run_dir)
-    todo = [s for s in state.get("stages", []) if s["status"] not in ("done", "skipped")]
-    if not todo:
-        raise ValidationError(f"pipeline run {run_dir.name} has every stage done", context={"run": run_dir.name})
-    st = todo[0]
-    if st.get("verdict") == "fail":
-        raise ValidationError(f"stage {st['name']} of run {run_dir.name} failed its check: {st.get('error')}",
-                              hint="A check's verdict does not change on resume: start a new run.",
-                              context={"run": run_dir.name, "stage": st["name"]})
-    name, step = st["name"], 0
-    if name in ("sft", "grpo"):
-        ck = last_checkpoint(run_dir / SFT_DIR if name == "sft" else run_dir)
-        step = ck[0] if ck else 0
-    _truncate_jsonl(run_dir / "events.jsonl",
-                    lambda e: e.get("stage") != name or (name in ("sft", "grpo") and int(e.get("step") or 0) <= step
-                                                         and e.get("name") not in ("stage_start", "stage_end")))
-    if name == "grpo":
-        _truncate_jsonl(run_dir / "frames.jsonl", lambda f: int(f.get("step", 0)) <= step)
-    st.update(status="waiting", error=None, resumed_from=step)
-    write_state(run_dir, state)
-    from engine.runs import update_meta
-
-    update_meta(run_dir, pipeline=[{k: s.get(k) for k in ("name", "status", "key", "key_name")}
-                                   for s in state["stages"]])
-    return step
+    return prepare_pipeline_resume(run_dir)
 
 
 def maybe_hold(stage: str, step: int | None, should_stop) -> None:
@@ -161,6 +142,14 @@ def maybe_hold(stage: str, step: int | None, should_stop) -> None:
 from engine.trainer.evalgate import task_accuracy  # noqa: E402,F401  (moved: the demo's warm start uses it too)
 
 
+def brief(m: dict[str, Any]) -> dict[str, Any]:
+    """The held-out eval's numbers kept in meta, events and pipeline.json."""
+    out = {k: m.get(k) for k in ("task_metric_name", "task_metric", "phi_mean", "discontinuity", "coherence",
+                                 "cloud", "completion_length", "n")}
+    out.update({k: m[k] for k in ("task_completion", "tool_format", "tool_calls_per_task") if k in m})  # agents
+    return out
+
+
 def with_model(cfg, path: str):
     out = cfg.model_copy(deep=True)
     out.model.name_or_path = path
@@ -176,28 +165,58 @@ class Pipeline:
         self.w = worker
         self.cfg = cfg
         self.run_dir = Path(worker.run_dir)
+        self.state: dict[str, Any] = {}
 
     def _save(self, st: dict[str, Any], **fields: Any) -> None:
-        from engine.trainer.worker import RANK0
+        """Update a stage on every rank (in memory); rank 0 also writes pipeline.json and meta."""
+        from engine.trainer.dist import is_main
 
-        if not RANK0:  # several processes: the main one keeps the state
-            st.update(fields)
-            return
-        state = read_state(self.run_dir)
-        for s in state["stages"]:
+        RANK0 = is_main()
+
+        for s in self.state["stages"]:
             if s["name"] == st["name"]:
                 s.update(fields)
                 st.update(s)
-        write_state(self.run_dir, state)
-        self.w.meta(pipeline=[{k: s.get(k) for k in ("name", "status", "key", "key_name")} for s in state["stages"]])
+        if not RANK0:
+            return
+        write_state(self.run_dir, self.state)
+        self.w.meta(pipeline=[{k: s.get(k) for k in ("name", "status", "key", "key_name")}
+                              for s in self.state["stages"]])
 
     def _stage(self, name: str) -> dict[str, Any]:
-        return next((s for s in read_state(self.run_dir)["stages"] if s["name"] == name), {})
+        return next((s for s in self.state["stages"] if s["name"] == name), {})
+
+    def _decide(self, name: str, st: dict[str, Any]) -> tuple:
+        """The stage's (status, key, detail, error, verdict), the same on every rank: rank 0's."""
+        from engine.trainer import dist
+        from engine.trainer.dist import is_main
+
+        RANK0 = is_main()
+
+        fn = getattr(self, "_" + name)
+        if dist.env_world_size() <= 1:
+            return fn(st)
+        if name in ("sft", "grpo"):  # every rank trains; rank 0's result is the stage's
+            return tuple(self.w.agree(f"the result of stage {name}", fn(st)))
+        out, exc = None, None
+        if RANK0:  # a check or the push: rank 0 alone decides
+            try:
+                out = ("ok", fn(st))
+            except Exception as e:  # noqa: BLE001 - every rank fails the stage the same way
+                out, exc = ("error", f"{type(e).__name__}: {e}".split("\n")[0][:300]), e
+        out = self.w.agree(f"the verdict of stage {name}", out)
+        if out[0] == "error":
+            raise exc if exc is not None else RuntimeError(f"rank 0 failed stage {name}: {out[1]}")
+        return tuple(out[1])
 
     def run(self) -> str:
         from engine.runs import ledger_record
+        from engine.trainer.dist import is_main
 
-        for st in list(read_state(self.run_dir)["stages"]):
+        RANK0 = is_main()
+
+        self.state = self.w.agree("the pipeline state", read_state(self.run_dir) if RANK0 else None)
+        for st in list(self.state["stages"]):
             if st["status"] in ("done", "skipped"):
                 continue
             name = st["name"]
@@ -210,7 +229,7 @@ class Pipeline:
                 self._save(st, status="stopped")
                 return "stopped"
             try:
-                status, key, detail, error, verdict = getattr(self, "_" + name)(st)
+                status, key, detail, error, verdict = self._decide(name, st)
             except Exception as exc:  # a crash inside the stage: say where; resume restarts the stage
                 self._save(st, status="stopped" if self.w.stop_requested.is_set() else "failed", ended=time.time(),
                            error=f"{type(exc).__name__}: {exc}".split("\n")[0][:300])
@@ -240,7 +259,6 @@ class Pipeline:
         from engine.trainer.evalgate import evaluate
         from engine.prompts import PromptFormat
         from engine.trainer.sft import train_sft
-        from engine.trainer.worker import _brief
 
         cfg = self.cfg
         device = grpo.resolve_device(cfg)
@@ -267,20 +285,29 @@ class Pipeline:
             self.w.event({"name": "checkpoint", "step": step, "path": str(path)})
             maybe_hold("sft", step, self.w.should_stop)
 
+        out = sft_dir / "model"
+        model.generation_config.pad_token_id = tok.pad_token_id
         model, res = train_sft(model, tok, train_rows, s, output_dir=sft_dir / "checkpoints", device=device,
                                val_metric=lambda m: task_accuracy(m, tok, val, cfg), lora=lora, save=True,
                                resume_from=ck[1] if ck else None, should_stop=self.w.should_stop_all,
                                on_progress=progress, on_checkpoint=checkpoint, log=self.w.log,
-                               fmt=PromptFormat.from_config(cfg))  # the prompts GRPO and the gate read
+                               fmt=PromptFormat.from_config(cfg),  # the prompts GRPO and the gate read
+                               save_model_to=None if s.lora else out)  # through the trainer, every rank
         detail = {"steps": res.steps, "val_metric": res.val_metric, "stopped_by": res.stopped_by, "loss": res.loss}
         if res.stopped_by == "stop":
             return "stopped", None, detail, None, None
-        out = sft_dir / "model"
-        model.generation_config.pad_token_id = tok.pad_token_id
-        model.save_pretrained(str(out))
-        tok.save_pretrained(str(out))
+        from engine.trainer.dist import is_main
+
+        RANK0 = is_main()
+
+        if RANK0:
+            if s.lora:  # the merged model: a whole replica on every rank (LoRA is not sharded here)
+                model.save_pretrained(str(out))
+            tok.save_pretrained(str(out))
+        self.w.barrier("the sft model saved")
         n_eval = len(eval_rows) if cfg.dataset.source == "builtin:addition" else cfg.eval.n_samples
-        held = _brief(evaluate(model, tok, eval_rows, cfg, n=n_eval)) if eval_rows else {}
+        evaluates = RANK0 or cfg.compute.strategy in ("zero3", "fsdp")  # replicas: rank 0 alone
+        held = brief(evaluate(model, tok, eval_rows, cfg, n=n_eval)) if eval_rows and evaluates else {}
         if held:
             self.w.log(f"sft: held-out {held['task_metric_name']} {held['task_metric']:.3f} (n={held['n']}) after "
                        f"{res.steps} steps ({res.stopped_by})")
@@ -295,11 +322,10 @@ class Pipeline:
             from engine.trainer import grpo
             from engine.trainer.data import load_rows
             from engine.trainer.evalgate import evaluate
-            from engine.trainer.worker import _brief
 
             model, tok = grpo.load_model_and_tokenizer(self.cfg, grpo.resolve_device(self.cfg), log=self.w.log)
             _, eval_rows = load_rows(self.cfg, cwd=Path.cwd())
-            held = _brief(evaluate(model, tok, eval_rows, self.cfg, n=self.cfg.eval.n_samples))
+            held = brief(evaluate(model, tok, eval_rows, self.cfg, n=self.cfg.eval.n_samples))
         m = held.get("task_metric")
         ok = m is not None and m >= thr
         why = f"held-out {held.get('task_metric_name')} {m if m is None else round(m, 4)} " \
@@ -331,7 +357,6 @@ class Pipeline:
             from engine.trainer import grpo
             from engine.trainer.data import load_rows
             from engine.trainer.evalgate import evaluate
-            from engine.trainer.worker import _brief
 
             final = self.run_dir / "final"
             cfg = with_model(self.cfg, str(final)) if final.is_dir() else self.cfg
@@ -363,8 +388,19 @@ class Pipeline:
             return "failed", None, {"reason": why}, f"push refused: {why}", "fail"
         # the stage's own end goes up with it: the uploaded pipeline.json reads done (its revision is the commit)
         self._save(st, detail={"repo": self.cfg.train.output_repo})
+        import copy
+
+        up = copy.deepcopy(self.state)
+        for s in up["stages"]:
+            if s["name"] == "push":
+                s.update(status="done", ended=time.time(), key="this commit", error=None,
+                         detail={**s.get("detail", {}), "repo": self.cfg.train.output_repo,
+                                 "path": self.w.sync.prefix})
         sha = self.w.sync.finish("completed", final_allowed=True, reason=why,
-                                 meta_fields={"status": "completed", "ended_at": time.time()})
+                                 meta_fields={"status": "completed", "ended_at": time.time(),
+                                              "pipeline": [{k: s.get(k) for k in ("name", "status", "key", "key_name")}
+                                                           for s in up["stages"]]},
+                                 overrides={PIPELINE_FILE: up})
         if sha is None:
             return "failed", None, {"reason": "upload failed"}, "the upload to the Hub failed (see stdout.log)", None
         self.w.sync_finished = True

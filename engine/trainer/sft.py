@@ -53,7 +53,8 @@ def train_sft(model, tok, rows: list[dict[str, Any]], settings, *, output_dir: s
               should_stop: Callable[[], bool] = lambda: False,
               on_progress: Callable[[dict[str, Any]], None] | None = None,
               on_checkpoint: Callable[[int, Path], None] | None = None,
-              log: Callable[[str], None] | None = None, fmt: Any = None) -> tuple[Any, SFTResult]:
+              log: Callable[[str], None] | None = None, fmt: Any = None,
+              save_model_to: str | Path | None = None) -> tuple[Any, SFTResult]:
     """Train ``model`` on ``rows`` (prompt + answer/completion) with ``settings`` (config.PipelineSFT).
 
     ``val_metric(model) -> float``: the validation task metric (needed to stop at ``settings.target``).
@@ -61,6 +62,8 @@ def train_sft(model, tok, rows: list[dict[str, Any]], settings, *, output_dir: s
     ``settings.save_steps`` and on a stop request under ``output_dir``; ``resume_from``: a checkpoint to continue
     from. ``on_progress`` gets ``{"step", "loss", "lr", "val_metric"}`` every ``check_every`` steps.
     ``fmt``: the run's engine.prompts.PromptFormat (chat template, system prompt, limit; see completion_rows).
+    ``save_model_to``: the trained model saved there through the trainer (every rank calls it: DeepSpeed and
+    FSDP gather the shards, the main process writes; not with LoRA, whose merged model the caller saves).
     Returns (the trained model — merged when LoRA —, :class:`SFTResult`)."""
     import datasets
     from transformers import TrainerCallback
@@ -129,6 +132,8 @@ def train_sft(model, tok, rows: list[dict[str, Any]], settings, *, output_dir: s
         trainer.remove_callback(cb)
     trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     done = int(trainer.state.global_step)
+    if save_model_to is not None and lora is None and state["by"] != "stop":
+        trainer.save_model(str(save_model_to))
     trained = trainer.model
     if lora is not None:
         trained = trained.merge_and_unload()

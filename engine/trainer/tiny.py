@@ -12,6 +12,7 @@ import json
 import os
 import random
 import shutil
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -151,7 +152,7 @@ def ensure_tiny(root: Path | None = None, *, sft_steps: int | None = None, targe
 
     ``sft_steps`` (or ``CARL_TINY_SFT_STEPS``): a fixed number of warm-start steps (0 = untrained); otherwise
     train until the validation accuracy reaches ``target`` (or ``CARL_TINY_SFT_TARGET``, default SFT_TARGET)."""
-    from filelock import FileLock
+    from filelock import FileLock, Timeout
 
     sft_steps = sft_steps if sft_steps is not None else sft_steps_default()
     target = target if target is not None else sft_target_default()
@@ -159,7 +160,15 @@ def ensure_tiny(root: Path | None = None, *, sft_steps: int | None = None, targe
     if (out / "carl_tiny.json").is_file():
         return out
     out.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(out) + ".lock"):
+    lock = FileLock(str(out) + ".lock")
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:  # another carl process builds it: wait (below), and say so — never silently
+        say = log or (lambda m: print(m, file=sys.stderr, flush=True))
+        say(f"tiny: waiting for another carl process building the demo model ({out}.lock)")
+    else:
+        lock.release()
+    with lock:
         if (out / "carl_tiny.json").is_file():
             return out
         import torch

@@ -3,7 +3,7 @@
 It owns its run directory (engine.runs): heartbeat in meta.json every couple of seconds, frames and events as
 it trains, checkpoints under checkpoints/, the final model under final/. SIGTERM/SIGINT or a ``stop.request``
 file ask for a graceful stop: the current step finishes, a checkpoint is written, status becomes ``stopped``.
-Under several processes (engine.trainer.launch) only the main process (global rank 0) writes meta, frames,
+Under several processes (engine.trainer.supervisor) only the main process (global rank 0) writes meta, frames,
 events, the ledger and the cascade state; every rank writes its own ``ranks/rank-<n>.json`` (pid, world size,
 the step its gate opened) and ``ranks/rank-<n>.exit`` when it finishes, for the supervisor.
 """
@@ -46,6 +46,9 @@ class Worker:
         self.rank_info: dict[str, Any] = {}
         self.stage: str | None = None  # a pipeline run's current stage (engine/trainer/pipeline.py)
         self.sync_finished = False  # the pipeline's push stage made the last upload
+        self._progress_at = 0.0
+        self._progress_doing: str | None = None
+        self._stack_file = None  # ranks/rank-<n>.stack: faulthandler's dump on SIGUSR1 (the supervisor's watchdog)
 
     # ---- bookkeeping
     def log(self, msg: str) -> None:
@@ -53,6 +56,37 @@ class Worker:
 
         who = f" rank {self.rank}:" if self.supervisor else ""
         print(f"[{time.strftime('%H:%M:%S')}]{who} {redact_text(str(msg))}", flush=True)
+        self.progress(msg[:200])
+
+    def progress(self, doing: str, *, waiting: bool = False) -> None:
+        """``ranks/rank-<n>.progress``: this rank's main thread got somewhere (several processes only; the
+        supervisor's watchdog reads it). ``waiting``: blocked on another rank on purpose (a broadcast)."""
+        if not self.supervisor:
+            return
+        now = time.time()
+        if doing == self._progress_doing and now - self._progress_at < 1.0 and not waiting:
+            return
+        self._progress_at, self._progress_doing = now, doing
+        from engine.runs import write_json
+
+        try:
+            write_json(self.run_dir / dist.RANK_DIR / f"rank-{self.rank}.progress",
+                       {"t": now, "doing": doing, "step": self.step, "stage": self.stage, "waiting": waiting})
+        except OSError:
+            pass
+
+    def agree(self, what: str, value: Any) -> Any:
+        """Rank 0's ``value`` on every rank: a decision made once (a collective with several processes)."""
+        if dist.env_world_size() > 1:
+            self.progress(("sending" if RANK0 else "waiting for rank 0: ") + what, waiting=True)
+        out = dist.broadcast(value)
+        self.progress(f"agreed: {what}")
+        return out
+
+    def barrier(self, what: str) -> None:
+        self.progress(f"waiting for every rank: {what}", waiting=True)
+        dist.barrier()
+        self.progress(f"every rank done: {what}")
 
     def rank_file(self, suffix: str = "json", **fields: Any) -> None:
         """``ranks/rank-<n>.<suffix>``: this rank's own record (several processes only)."""
@@ -67,7 +101,8 @@ class Worker:
         write_json(d / f"rank-{self.rank}.{suffix}", self.rank_info)
 
     def watchdog(self) -> None:
-        """A rank whose supervisor is gone ends itself: no orphans."""
+        """A rank whose supervisor is gone ends itself: no orphans (the watchdog of the ranks themselves is the
+        supervisor's, engine.trainer.supervisor)."""
         from engine.runs import pid_alive
 
         while not self.done.wait(HEARTBEAT_S / 2):
@@ -87,7 +122,14 @@ class Worker:
                 update_meta(self.run_dir, **fields)
 
     def heartbeat(self) -> None:
+        from engine.runs import pid_alive
+        from engine.trainer.launch import _owner
+
+        owner = None if self.supervisor else _owner()  # several processes: the supervisor watches the owner
         while not self.done.wait(HEARTBEAT_S):
+            if owner and not self.stop_requested.is_set() and not pid_alive(*owner):
+                self.log(f"the carl process that started the run (pid {owner[0]}) is gone: stopping the run")
+                self.stop_requested.set()
             try:
                 self.meta(heartbeat=time.time(), last_step=self.step)
             except OSError:
@@ -99,6 +141,7 @@ class Worker:
         return self.stop_requested.is_set()
 
     def event(self, e: dict[str, Any]) -> None:
+        self.progress(f"event {e.get('name')}" + (f" at step {e['step']}" if e.get("step") else ""))
         if e.get("name") == "gate_open":  # every rank records where its own gate opened
             self.rank_file(gate_opened_at=e.get("step"))
             if not RANK0:
@@ -150,7 +193,14 @@ class Worker:
             if cfg.train.output_repo:
                 from engine.remote.sync import OutputSync
 
-                self.sync = OutputSync.from_config(cfg, self.run_dir, log=self.log, meta=self.meta)
+                # uploads off the training loop: queued, retried, joined at the end (engine/remote/sync.py)
+                self.sync = OutputSync.from_config(cfg, self.run_dir, log=self.log, meta=self.meta,
+                                                   on_event=self.event, background=True)
+        if dist.env_world_size() > 1:  # the group first: every decision after this is made once and broadcast
+            from engine.trainer.grpo import resolve_device
+
+            self.progress("joining the process group")
+            dist.init_group(resolve_device(cfg))
         from engine.trainer.pipeline import is_pipeline
 
         if is_pipeline(self.run_dir):  # train --send-it: sft → gate → grpo → eval → push (engine/trainer/pipeline.py)
@@ -174,6 +224,10 @@ class Worker:
         device = grpo.resolve_device(cfg)
         self.log(f"run {self.run_id}: device {device}, model {cfg.model.name_or_path}, "
                  f"{cfg.grpo.max_steps} steps{' (resume)' if resume else ''}")
+        if self.supervisor:  # the supervisor built what the ranks load (engine/trainer/prepare.py)
+            from engine.trainer.prepare import check_prepared
+
+            check_prepared(cfg)
         model, tok = grpo.load_model_and_tokenizer(cfg, device, log=self.log)
         train_rows, eval_rows = load_rows(cfg, cwd=Path.cwd())
         from engine.provenance import run_start  # what reproduces the run: versions, git, data, model, seed
@@ -196,6 +250,8 @@ class Worker:
                      f"(n={before['n']}), phi_mean {before.get('phi_mean')}")
             self.meta(eval={"before": _brief(before)})
             self.event({"name": "eval", "phase": "before", "step": 0, **_brief(before)})
+        if not resume and eval_rows and dist.env_world_size() > 1:  # the others wait for rank 0's eval, saying so
+            self.barrier("the held-out eval before training")
         metric = grpo.task_metric_name(cfg)
         cascade = Cascade.from_config(cfg, metric)
         if ck is not None and (ck[1] / CASCADE_FILE).is_file():
@@ -208,22 +264,39 @@ class Worker:
         watch = CollapseWatch(cfg.cascade.on_collapse, on_event=self.event, request_stop=self.stop_requested.set,
                               cascade=cascade, log=self.log)
 
+        if ck is not None and RANK0:  # a resumed run: the monitor first sees the frames it kept (its history)
+            from engine.frames import read_frames
+
+            kept = read_frames(self.run_dir / "frames.jsonl")[0] if (self.run_dir / "frames.jsonl").is_file() else []
+            kept = [f for f in kept if f.step <= ck[0]]
+            earlier = watch.replay(kept)
+            self.log(f"collapse watch: replayed {len(kept)} kept frames"
+                     + (f" (its alarm at step {earlier['step']} was raised before the resume)" if earlier else ""))
+
         def on_frame(frame) -> None:
             self.step = frame.step
             watch(frame)
+
+        def decide(step: int) -> None:  # every rank, at every logged step: rank 0's collapse verdict, applied
+            self.step = step
+            watch.decide(lambda v: self.agree(f"the collapse verdict of step {step}", v))
 
         tracking = (cfg.tracking.project or cfg.project.name) if cfg.tracking.trackio and RANK0 else None
         callback = make_callback(self.run_dir, state_ref=lambda: holder.get("state"), should_stop=self.should_stop_all,
                                  on_event=self.event, on_frame=on_frame, trackio_project=tracking,
                                  run_name=self.run_id, config=cfg.model_dump(mode="json"),
-                                 skip_until=ck[0] if ck else 0, main=RANK0, stage=self.stage)
+                                 skip_until=ck[0] if ck else 0, main=RANK0, stage=self.stage, on_decide=decide,
+                                 on_progress=self.progress)
+        self.progress("building the trainer")
         trainer, state = grpo.build_trainer(cfg, self.run_dir, model, tok, train_rows, cascade,
                                             callbacks=[callback], on_event=self.event)
+        self.progress("training")
         holder["state"] = state
         self.rank_file(world_size=dist.world_size(), backend=dist.backend())
         trainer.train(resume_from_checkpoint=str(ck[1]) if ck else None)
         self.step = int(trainer.state.global_step)
-        self.rank_file(last_step=self.step, gate_opened_at=cascade.gate.opened_at, world_size=dist.world_size(),
+        self.rank_file(last_step=self.step, gate_opened_at=cascade.gate.opened_at, gate_closed_at=cascade.closed_at,
+                       carl_weight_last=cascade.carl_weight(self.step), world_size=dist.world_size(),
                        backend=dist.backend(), completions_per_step=state.global_n,
                        local_completions_per_step=state.local_n)
         self.log(f"CARL field: {state.capture_hits} batches from generation logits, {state.forward_hits} by forward")
@@ -250,11 +323,18 @@ class Worker:
     def main(self) -> int:
         if self.supervisor:  # one of several processes: the supervisor's pid is the run's pid
             dist.set_parent_death_signal(signal.SIGKILL)  # the launcher gone → this rank gone
+            import faulthandler
+
+            (self.run_dir / dist.RANK_DIR).mkdir(exist_ok=True)
+            self._stack_file = open(self.run_dir / dist.RANK_DIR / f"rank-{self.rank}.stack", "w")
+            faulthandler.register(signal.SIGUSR1, file=self._stack_file, all_threads=True)
             self.rank_file(world_size_env=dist.env_world_size())
-            self.meta(status="running", heartbeat=time.time(), error=None, ended_at=None)
+            self.progress("starting")
+            self.meta(status="running", heartbeat=time.time(), error=None, error_code=None, ended_at=None)
             threading.Thread(target=self.watchdog, daemon=True).start()
         else:
-            self.meta(status="running", pid=os.getpid(), heartbeat=time.time(), error=None, ended_at=None)
+            self.meta(status="running", pid=os.getpid(), heartbeat=time.time(), error=None, error_code=None,
+                      ended_at=None)
         threading.Thread(target=self.heartbeat, daemon=True).start()
 
         def on_signal(signum, frame):
@@ -306,10 +386,9 @@ class Worker:
 
 
 def _brief(m: dict[str, Any]) -> dict[str, Any]:
-    out = {k: m.get(k) for k in ("task_metric_name", "task_metric", "phi_mean", "discontinuity", "coherence",
-                                 "cloud", "completion_length", "n")}
-    out.update({k: m[k] for k in ("task_completion", "tool_format", "tool_calls_per_task") if k in m})  # agents
-    return out
+    from engine.trainer.pipeline import brief
+
+    return brief(m)
 
 
 def _read_eval(run_dir: Path) -> dict[str, Any]:

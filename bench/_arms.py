@@ -12,7 +12,7 @@ from typing import Any
 def run_arm(sets: list[str], *, env: dict[str, str] | None = None) -> dict[str, Any]:
     from engine.config import load_config
     from engine.runs import RunStore, read_json
-    from engine.trainer.grpo import plan
+    from engine.trainer.plan import plan
     from engine.trainer.worker import Worker
 
     old = {k: os.environ.get(k) for k in (env or {})}

@@ -39,7 +39,7 @@ def main() -> int:
     setup_home()
     from engine.config import load_config
     from engine.runs import RunStore
-    from engine.trainer.grpo import plan
+    from engine.trainer.plan import plan
     from engine.trainer.worker import Worker
 
     out = Path(args.out)

@@ -37,7 +37,7 @@ def run_once(processes: int, sets: list[str], timeout: float = 1800.0, device: s
              strategy: str = "ddp") -> dict:
     from engine.config import load_config
     from engine.runs import TERMINAL, RunStore, read_json
-    from engine.trainer.grpo import plan
+    from engine.trainer.plan import plan
 
     extra = [f"compute.processes={processes}", f"compute.device={device}", f"compute.strategy={strategy}",
              "tracking.trackio=false"]

@@ -110,7 +110,7 @@ def _config(model: Path, data: Path, **over):
 
 def grpo_check(torch, model: Path, data: Path, steps: int) -> dict:
     from engine.runs import RunStore
-    from engine.trainer.grpo import plan
+    from engine.trainer.plan import plan
     from engine.trainer.worker import Worker
 
     cfg = _config(model, data, grpo={"max_steps": steps})

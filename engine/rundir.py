@@ -11,10 +11,21 @@ import os
 import secrets
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from engine.errors import RunNotFound, ValidationError
 from engine.home import CarlHome
+
+TERMINAL = ("completed", "failed", "stopped")
+HEARTBEAT_S = 2.0
+PIPELINE_FILE = "pipeline.json"  # train --send-it runs (engine/trainer/pipeline.py)
+
+
+def stale_after() -> float:
+    try:
+        return float(os.environ.get("CARL_HEARTBEAT_STALE_S", "60"))
+    except ValueError:
+        return 60.0
 
 
 def runs_root(home: CarlHome | None = None) -> Path:
@@ -98,3 +109,70 @@ def model_checkpoints(run_dir: Path) -> dict[int, Path]:
         if (c / "config.json").is_file() or (c / "adapter_config.json").is_file():
             out[step] = c
     return out
+
+
+# ---- processes (a run's pid and its start time, read from /proc)
+def proc_start(pid: int) -> str | None:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[1].split()[19]
+
+
+def pid_alive(pid: int | None, start: str | None = None) -> bool:
+    """True when ``pid`` is a live (non-zombie) process, and the same process when ``start`` is known."""
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return True  # no /proc (macOS): trust kill(0)
+    if fields[0] in ("Z", "X"):
+        return False
+    return start is None or fields[19] == start
+
+
+def truncate_jsonl(path: Path, keep: Callable[[dict[str, Any]], bool]) -> int:
+    """Rewrite ``path`` keeping the complete lines ``keep`` accepts; return how many were dropped."""
+    if not path.is_file():
+        return 0
+    kept, dropped = [], 0
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            d = json.loads(line)
+        except ValueError:
+            dropped += 1
+            continue
+        if isinstance(d, dict) and keep(d):
+            kept.append(line)
+        else:
+            dropped += 1
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text("".join(x + "\n" for x in kept), encoding="utf-8")
+    tmp.replace(path)
+    return dropped
+
+
+def last_frame_step(run_dir: Path) -> int:
+    """The step of the last complete frame in ``frames.jsonl`` (0 when none), reading only the file's tail."""
+    try:
+        with open(Path(run_dir) / "frames.jsonl", "rb") as fh:
+            fh.seek(0, 2)
+            size = fh.tell()
+            fh.seek(max(0, size - 8192))
+            lines = fh.read().splitlines()
+    except OSError:
+        return 0
+    for line in reversed(lines):
+        try:
+            return int(json.loads(line).get("step", 0))
+        except (ValueError, AttributeError, TypeError):
+            continue
+    return 0

@@ -33,80 +33,19 @@ from typing import Any, Callable, Iterator
 from engine.errors import CARLError, RunNotFound, ValidationError
 from engine.home import CarlHome
 
-TERMINAL = ("completed", "failed", "stopped")
-HEARTBEAT_S = 2.0
 REPO_ROOT = Path(__file__).resolve().parent.parent
-
-
-def stale_after() -> float:
-    try:
-        return float(os.environ.get("CARL_HEARTBEAT_STALE_S", "60"))
-    except ValueError:
-        return 60.0
-
-
-def ledger_record(action: str, payload: dict[str, Any]) -> None:
-    """Record an action in the ledger. Never lets bookkeeping kill a run: failures are reported on stderr."""
-    from engine.ledger import record
-
-    try:
-        record(action, payload)
-    except CARLError as exc:
-        sys.stderr.write(f"carl: ledger: {action} not recorded: {exc.message} ({exc.hint})\n")
-
-
-# ------------------------------------------------------------------------------------------ processes
-def _proc_start(pid: int) -> str | None:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return stat.rsplit(")", 1)[1].split()[19]
-
-
-def pid_alive(pid: int | None, start: str | None = None) -> bool:
-    """True when ``pid`` is a live (non-zombie) process, and the same process when ``start`` is known."""
-    if not pid:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return True  # no /proc (macOS): trust kill(0)
-    if fields[0] in ("Z", "X"):
-        return False
-    return start is None or fields[19] == start
 
 
 # ------------------------------------------------------------------------------------------ meta
 # run-directory I/O lives in engine/rundir.py (one low module the store, the trainer and engine.models share)
-from engine.rundir import last_checkpoint, new_run_id, read_json, update_meta, write_json  # noqa: E402,F401
+from engine.rundir import (  # noqa: E402,F401  (the store's names for them)
+    HEARTBEAT_S, PIPELINE_FILE, TERMINAL, last_checkpoint, last_frame_step, new_run_id, pid_alive, proc_start,
+    read_json, stale_after, truncate_jsonl, update_meta, write_json)
+from engine.rundir import proc_start as _proc_start  # noqa: E402,F401
+from engine.ledger import ledger_record  # noqa: E402,F401
+from engine.trainer.launch import needs_supervisor, supervisor_command, worker_command  # noqa: E402,F401
+from engine.trainer.pipeline_files import prepare_pipeline_resume  # noqa: E402,F401
 
-
-def _truncate_jsonl(path: Path, keep: Callable[[dict[str, Any]], bool]) -> int:
-    """Rewrite ``path`` keeping the complete lines ``keep`` accepts; return how many were dropped."""
-    if not path.is_file():
-        return 0
-    kept, dropped = [], 0
-    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
-        try:
-            d = json.loads(line)
-        except ValueError:
-            dropped += 1
-            continue
-        if isinstance(d, dict) and keep(d):
-            kept.append(line)
-        else:
-            dropped += 1
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text("".join(x + "\n" for x in kept), encoding="utf-8")
-    tmp.replace(path)
-    return dropped
 
 
 class JsonlTail:
@@ -135,34 +74,6 @@ class JsonlTail:
             if isinstance(d, dict):
                 out.append(d)
         return out
-
-
-PIPELINE_FILE = "pipeline.json"  # train --send-it runs (engine/trainer/pipeline.py)
-
-
-def needs_supervisor(cfg_dict: dict[str, Any]) -> bool:
-    """Cheap (no torch): could this saved config need more than one process? Then the run starts through its
-    supervisor (``python -m engine.trainer.supervisor``), which decides."""
-    c = (cfg_dict or {}).get("compute") or {}
-    return int(c.get("processes") or 1) > 1 or int(c.get("nodes") or 1) > 1 or \
-        (int(c.get("gpus") or 1) > 1 and c.get("device") != "cpu")
-
-
-def supervisor_command(run_dir: str, *, resume: bool = False, node_rank: int | None = None) -> list[str]:
-    """The process a multi-process run is (engine/trainer/launch.py): it prepares, starts and watches the ranks."""
-    return [sys.executable, "-m", "engine.trainer.supervisor", run_dir] + (["--resume"] if resume else []) + \
-        (["--node-rank", str(node_rank)] if node_rank is not None else [])
-
-
-def worker_command(run_dir: str, *, gpus: int = 1, resume: bool = False) -> list[str]:
-    """The exact worker command: ``python -m engine.trainer.worker RUN_DIR``, or through ``accelerate launch``
-    (TRL's multi-GPU path) when ``gpus > 1``."""
-    tail = ["-m", "engine.trainer.worker", run_dir] + (["--resume"] if resume else [])
-    if gpus > 1:
-        acc = Path(sys.executable).parent / "accelerate"
-        return [str(acc) if acc.exists() else "accelerate", "launch", "--multi_gpu", "--num_processes",
-                str(gpus)] + tail
-    return [sys.executable] + tail
 
 
 # ------------------------------------------------------------------------------------------ store
@@ -228,15 +139,7 @@ class RunStore:
 
     @staticmethod
     def _last_frame_step(d: Path) -> int:
-        path = d / "frames.jsonl"
-        try:
-            with open(path, "rb") as fh:
-                fh.seek(0, 2)
-                size = fh.tell()
-                fh.seek(max(0, size - 8192))
-                lines = fh.read().splitlines()
-        except OSError:
-            return 0
+        return last_frame_step(d)
         for line in reversed(lines):
             try:
                 return int(json.loads(line).get("step", 0))
@@ -396,8 +299,8 @@ class RunStore:
                                   hint="Start a new run; checkpoints are written every grpo.save_steps and on stop.",
                                   context={"run": run_id})
         step = ck[0]
-        _truncate_jsonl(d / "frames.jsonl", lambda f: int(f.get("step", 0)) <= step)
-        _truncate_jsonl(d / "events.jsonl", lambda e: int(e.get("step", 0) or 0) <= step)
+        truncate_jsonl(d / "frames.jsonl", lambda f: int(f.get("step", 0)) <= step)
+        truncate_jsonl(d / "events.jsonl", lambda e: int(e.get("step", 0) or 0) <= step)
         update_meta(d, last_step=step, resumed_from=step)
         return run_id, step
 
@@ -439,35 +342,6 @@ class RunStore:
                 return
             self._reap()
             time.sleep(poll)
-
-
-def prepare_pipeline_resume(run_dir: Path) -> int:
-    """A ``--send-it`` run: reset the first unfinished stage to ``waiting`` and cut what it wrote after its last
-    checkpoint; returns the step it restarts from (its checkpoint's, else 0). Raises when nothing can resume."""
-    run_dir = Path(run_dir)
-    state = read_json(run_dir / PIPELINE_FILE)
-    todo = [s for s in state.get("stages", []) if s["status"] not in ("done", "skipped")]
-    if not todo:
-        raise ValidationError(f"pipeline run {run_dir.name} has every stage done", context={"run": run_dir.name})
-    st = todo[0]
-    if st.get("verdict") == "fail":
-        raise ValidationError(f"stage {st['name']} of run {run_dir.name} failed its check: {st.get('error')}",
-                              hint="A check's verdict does not change on resume: start a new run.",
-                              context={"run": run_dir.name, "stage": st["name"]})
-    name, step = st["name"], 0
-    if name in ("sft", "grpo"):
-        ck = last_checkpoint(run_dir / "sft" if name == "sft" else run_dir)
-        step = ck[0] if ck else 0
-    _truncate_jsonl(run_dir / "events.jsonl",
-                    lambda e: e.get("stage") != name or (name in ("sft", "grpo") and int(e.get("step") or 0) <= step
-                                                         and e.get("name") not in ("stage_start", "stage_end")))
-    if name == "grpo":
-        _truncate_jsonl(run_dir / "frames.jsonl", lambda f: int(f.get("step", 0)) <= step)
-    st.update(status="waiting", error=None, resumed_from=step)
-    write_json(run_dir / PIPELINE_FILE, state)
-    update_meta(run_dir, pipeline=[{k: s.get(k) for k in ("name", "status", "key", "key_name")}
-                                   for s in state["stages"]])
-    return step
 
 
 FRAME_KEYS = ("step", "phi", "entropy", "reward_mean", "task_reward", "carl_reward", "gate", "loss", "lr")

@@ -165,7 +165,7 @@ class TrainScreen(Screen):
         ctx = context_of(self)
         try:
             from engine.config import load_config
-            from engine.trainer.grpo import plan
+            from engine.trainer.plan import plan
 
             cfg, path = load_config(ctx.config_path, ctx.screen_args.get("sets") or [], cwd=ctx.cwd)
             self.post_message(PlanReady(plan(cfg, path), None))
@@ -344,7 +344,7 @@ class TrainScreen(Screen):
         ctx = context_of(self)
         try:
             from engine.config import load_config
-            from engine.trainer.grpo import plan
+            from engine.trainer.plan import plan
 
             cfg, path = load_config(ctx.config_path, ctx.screen_args.get("sets") or [], cwd=ctx.cwd)
             the_plan = plan(cfg, path, run_dir=str(self.store.root / "<run_id>"))

@@ -35,7 +35,7 @@ def run_worker(sets: list[str]):
 
     from engine.config import load_config
     from engine.runs import RunStore, read_json
-    from engine.trainer.grpo import plan
+    from engine.trainer.plan import plan
     from engine.trainer.worker import Worker
 
     cfg, path = load_config(None, sets)

@@ -40,7 +40,7 @@ def _build_model(path):
 def test_agent_grpo_run_uses_the_sql_tool(tmp_path, monkeypatch):
     from engine.config import load_config
     from engine.runs import RunStore
-    from engine.trainer.grpo import plan
+    from engine.trainer.plan import plan
     from engine.trainer.worker import Worker
 
     monkeypatch.setenv("TRACKIO_DIR", str(tmp_path / "trackio"))

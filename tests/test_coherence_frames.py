@@ -13,7 +13,7 @@ from tests._tiny_fixture import SMALL, tiny_cache, tiny_env  # noqa: F401
 def _run(sets):
     from engine.config import load_config
     from engine.runs import RunStore
-    from engine.trainer.grpo import plan
+    from engine.trainer.plan import plan
     from engine.trainer.worker import Worker
 
     cfg, path = load_config(None, SMALL + ["tracking.trackio=false"] + sets)

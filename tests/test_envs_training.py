@@ -13,7 +13,8 @@ from engine.envs.training import apply_tool_mask, factory_for, generated_fractio
 from engine.errors import ConfigError
 from engine.frames import Frame
 from engine.observe.analysis import summarize
-from engine.trainer.grpo import grpo_args, plan
+from engine.trainer.grpo import grpo_args
+from engine.trainer.plan import plan
 
 
 def _cfg(**env):

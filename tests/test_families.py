@@ -117,7 +117,7 @@ def test_quantization_is_refused_where_it_cannot_load():
     from engine.config import validate_dict
     from engine.errors import ConfigError
     from engine.trainer.families import check_quantization
-    from engine.trainer.grpo import plan
+    from engine.trainer.plan import plan
 
     cfg = validate_dict({"model": {"quantization": "4bit"}, "lora": {"enabled": True}, "compute": {"device": "cpu"}})
     with pytest.raises(ConfigError) as ei:
@@ -144,7 +144,7 @@ def test_lora_train_eval_infer(family_dir, name, tmp_path, ledger_env):
     from engine.config import validate_dict
     from engine.runs import RunStore
     from engine.trainer.evalgate import evaluate, load_for_eval
-    from engine.trainer.grpo import plan
+    from engine.trainer.plan import plan
     from engine.trainer.worker import Worker
 
     data = tmp_path / "data.jsonl"

@@ -57,14 +57,6 @@ def test_plain_carl_off_a_tty_prints_help_and_exits_0():
 # Edges that still close an import cycle while the other helpers break them; the integrator deletes each line
 # after merging (the same edges as the TEMP ignore_imports of the layers contract, plus the cycles inside a layer).
 TEMP_CYCLE_EDGES = {
-    ("engine.runs", "engine.trainer.launch"),  # TEMP: broken by procs in parallel
-    ("engine.runs", "engine.trainer.pipeline"),  # TEMP: broken by procs in parallel
-    ("engine.remote.sync", "engine.runs"),  # TEMP: broken by procs in parallel
-    ("engine.trainer.launch", "engine.runs"),  # TEMP: broken by procs in parallel
-    ("engine.trainer.pipeline", "engine.runs"),  # TEMP: broken by procs in parallel
-    ("engine.trainer.worker", "engine.runs"),  # TEMP: broken by procs in parallel
-    ("engine.trainer.grpo", "engine.trainer.launch"),  # TEMP: broken by procs in parallel
-    ("engine.trainer.pipeline", "engine.trainer.worker"),  # TEMP: broken by procs in parallel
     ("engine.observe.tensorboard", "engine.observe.sources"),  # TEMP: broken by observe in parallel
 }
 

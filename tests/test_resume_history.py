@@ -29,7 +29,7 @@ def test_resume_across_an_alarm_replays_the_kept_frames(tiny_env, capsys):
     from engine.frames import read_frames
     from engine.observe.collapse import BASELINE, detect_collapse
     from engine.runs import RunStore, update_meta
-    from engine.trainer.grpo import plan
+    from engine.trainer.plan import plan
     from engine.trainer.worker import Worker
 
     cfg, path = load_config(None, FORCED + ["grpo.max_steps=40", "grpo.save_steps=2", "cascade.on_collapse=warn"])

@@ -33,7 +33,7 @@ def _last_step(store, run_id):
 
 def test_lifecycle_detach_attach_stop_resume_kill_resume(tiny_env):
     from engine.config import load_config
-    from engine.trainer.grpo import plan
+    from engine.trainer.plan import plan
 
     cfg, path = load_config(None, SMALL + ["grpo.max_steps=14", "grpo.save_steps=2", "tracking.trackio=false"])
     store = RunStore()

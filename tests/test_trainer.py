@@ -86,7 +86,7 @@ def _train(sets):
     from engine.trainer import grpo
     from engine.trainer.callbacks import make_callback
     from engine.trainer.data import load_rows
-    from engine.trainer.grpo import plan
+    from engine.trainer.plan import plan
 
     cfg, path = load_config(None, SMALL + sets)
     store = RunStore()

@@ -28,7 +28,7 @@ def register(sub: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     from engine.config import load_config
     from engine.runs import RunStore
-    from engine.trainer.grpo import plan
+    from engine.trainer.plan import plan
 
     cfg, path = load_config(args.config, args.sets)
     store = RunStore()

@@ -530,7 +530,7 @@ TOOL_SPECS: tuple[ToolSpec, ...] = (
              ("engine.ledger:Ledger",), _ledger_show, ledger_action="ledger.show"),
     ToolSpec("start_training", "Start a local cascade GRPO training run in the background (needs the user's "
              "approval). Uses the project's carl.yaml or a preset, with optional LoRA / max_steps / overrides.",
-             StartTrainingInput, ("engine.runs:RunStore", "engine.trainer.grpo:plan"), _start_training, effectful=True,
+             StartTrainingInput, ("engine.runs:RunStore", "engine.trainer.plan:plan"), _start_training, effectful=True,
              ledger_action="run.start"),
     ToolSpec("stop_run", "Stop a running training run gracefully (checkpoint flushed; needs the user's approval).",
              RunRef, ("engine.runs:RunStore",), _stop_run, effectful=True, ledger_action="run.stop"),

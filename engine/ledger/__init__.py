@@ -16,10 +16,12 @@ in ``write_failures()`` so the workbench can show it.
 
 from __future__ import annotations
 
+import sys
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
+from engine.errors import CARLError
 from engine.home import CarlHome
 from engine.ledger.chain import (BLOCK_FIELDS, GENESIS_PREV, Ledger, VerifyResult, block_matches, format_ts,
                                  verify_dir, verify_segments)
@@ -136,3 +138,11 @@ def evaluate(action: dict[str, Any], config: Any = None, *, home: CarlHome | Non
         blocks = led.iter_blocks(since_ts=day)
         return policy.evaluate(action, config, blocks=blocks, now=now)
     return policy.evaluate(action, config, spent_today=spent_today, now=now)
+
+
+def ledger_record(action: str, payload: dict[str, Any]) -> None:
+    """Record an action in the ledger. Never lets bookkeeping kill a run: failures are reported on stderr."""
+    try:
+        record(action, payload)
+    except CARLError as exc:
+        sys.stderr.write(f"carl: ledger: {action} not recorded: {exc.message} ({exc.hint})\n")

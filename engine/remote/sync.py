@@ -267,7 +267,7 @@ class OutputSync:
 
     def _finish(self, status: str, *, final_allowed: bool, reason: str, meta_fields: dict[str, Any] | None,
                 overrides: dict[str, dict[str, Any]] | None) -> str | None:
-        from engine.runs import read_json, write_json
+        from engine.rundir import read_json, write_json
 
         final = self.run_dir / "final"
         send_final = final_allowed and final.is_dir()
@@ -314,7 +314,7 @@ def localize(run_dir: Path) -> None:
     and ``plan.json``'s ``command``/``launch`` (a record of how the job ran)."""
     import json
 
-    from engine.runs import read_json, write_json
+    from engine.rundir import read_json, write_json
 
     plan = read_json(run_dir / "plan.json")
     if plan and plan.get("config"):
@@ -343,7 +343,7 @@ def pull_run(ref: str, *, repo_id: str | None = None, revision: str | None = Non
              home: CarlHome | None = None) -> dict[str, Any]:
     """Download a remote run into the local run store; see the module docstring."""
     from engine.remote import store
-    from engine.runs import read_json, write_json
+    from engine.rundir import read_json, write_json
 
     home = home or CarlHome.from_env()
     rec: dict[str, Any] | None = None
@@ -401,10 +401,10 @@ def pull_run(ref: str, *, repo_id: str | None = None, revision: str | None = Non
                 remote={"repo_id": repo_id, "revision": sha, "path": prefix, "pulled_at": time.time(),
                         "job": (rec or {}).get("remote_id"), "in_container": remote_run})
     write_json(dest / "meta.json", meta)
-    from engine.runs import RunStore, last_checkpoint
+    from engine.rundir import last_checkpoint, last_frame_step
 
     ck = last_checkpoint(dest)
     return {"run_id": run_id, "run_dir": str(dest), "repo_id": repo_id, "revision": sha, "files": len(got),
-            "bytes": size, "status": status, "last_step": RunStore(home).meta(run_id).get("last_step"),
+            "bytes": size, "status": status, "last_step": max(meta.get("last_step") or 0, last_frame_step(dest)),
             "has_final": (dest / "final").is_dir(), "last_checkpoint": ck[0] if ck else None,
             "backend": meta["backend"]}

@@ -19,9 +19,33 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from engine.runs import needs_supervisor as maybe_distributed  # noqa: F401 - the launch layer's name for it
-from engine.runs import supervisor_command
 
+def needs_supervisor(cfg_dict: dict[str, Any]) -> bool:
+    """Cheap (no torch): could this saved config need more than one process? Then the run starts through its
+    supervisor (``python -m engine.trainer.supervisor``), which decides."""
+    c = (cfg_dict or {}).get("compute") or {}
+    return int(c.get("processes") or 1) > 1 or int(c.get("nodes") or 1) > 1 or \
+        (int(c.get("gpus") or 1) > 1 and c.get("device") != "cpu")
+
+
+def supervisor_command(run_dir: str, *, resume: bool = False, node_rank: int | None = None) -> list[str]:
+    """The process a multi-process run is (engine/trainer/launch.py): it prepares, starts and watches the ranks."""
+    return [sys.executable, "-m", "engine.trainer.supervisor", run_dir] + (["--resume"] if resume else []) + \
+        (["--node-rank", str(node_rank)] if node_rank is not None else [])
+
+
+def worker_command(run_dir: str, *, gpus: int = 1, resume: bool = False) -> list[str]:
+    """The exact worker command: ``python -m engine.trainer.worker RUN_DIR``, or through ``accelerate launch``
+    (TRL's multi-GPU path) when ``gpus > 1``."""
+    tail = ["-m", "engine.trainer.worker", run_dir] + (["--resume"] if resume else [])
+    if gpus > 1:
+        acc = Path(sys.executable).parent / "accelerate"
+        return [str(acc) if acc.exists() else "accelerate", "launch", "--multi_gpu", "--num_processes",
+                str(gpus)] + tail
+    return [sys.executable] + tail
+
+
+maybe_distributed = needs_supervisor  # the launch layer's older name for it
 STRATEGIES = ("ddp", "zero2", "zero3", "fsdp")
 SUPERVISOR_ENV = "CARL_SUPERVISOR_PID"
 

@@ -43,7 +43,7 @@ from typing import Any
 
 from engine.errors import ValidationError
 
-from engine.runs import PIPELINE_FILE  # the run store names its files
+from engine.rundir import PIPELINE_FILE  # the run directory names its files
 SFT_DIR = "sft"
 KEY_NAMES = {"sft": "held-out", "gate": "verdict", "grpo": "held-out", "eval": "verdict", "push": "revision"}
 HOLD_ENV = "CARL_PIPELINE_HOLD"
@@ -62,13 +62,13 @@ def read_state(run_dir: Path) -> dict[str, Any]:
 
 
 def write_state(run_dir: Path, state: dict[str, Any]) -> None:
-    from engine.runs import write_json
+    from engine.rundir import write_json
 
     write_json(Path(run_dir) / PIPELINE_FILE, state)
 
 
 def init_state(run_dir: Path, cfg) -> dict[str, Any]:
-    from engine.runs import update_meta
+    from engine.rundir import update_meta
 
     state = {"stages": [{"name": n, "status": "waiting", "started": None, "ended": None, "key": None,
                          "key_name": KEY_NAMES[n], "detail": {}, "error": None} for n in cfg.pipeline.stages]}
@@ -118,8 +118,8 @@ def grpo_metric(cfg) -> str:
 def prepare_resume(run_dir: Path) -> int:
     """Reset the first unfinished stage to ``waiting`` and cut what it wrote after its last checkpoint; returns
     the step it restarts from (its checkpoint's, else 0). Raises when nothing can resume. (The run store's own:
-    engine.runs.prepare_pipeline_resume, which ``run resume`` reaches through RunStore.prepare_resume.)"""
-    from engine.runs import prepare_pipeline_resume
+    engine.trainer.pipeline_files.prepare_pipeline_resume, which ``run resume`` reaches through RunStore.prepare_resume.)"""
+    from engine.trainer.pipeline_files import prepare_pipeline_resume
 
     return prepare_pipeline_resume(run_dir)
 
@@ -210,7 +210,7 @@ class Pipeline:
         return tuple(out[1])
 
     def run(self) -> str:
-        from engine.runs import ledger_record
+        from engine.ledger import ledger_record
         from engine.trainer.dist import is_main
 
         RANK0 = is_main()
@@ -253,7 +253,7 @@ class Pipeline:
 
     # ---- stages: each returns (status, key, detail, error, verdict)
     def _sft(self, st):
-        from engine.runs import last_checkpoint
+        from engine.rundir import last_checkpoint
         from engine.trainer import grpo
         from engine.trainer.data import load_rows
         from engine.trainer.evalgate import evaluate
@@ -337,7 +337,7 @@ class Pipeline:
                                                   f"(train SFT longer: pipeline.sft.target / steps)", "fail"
 
     def _grpo(self, st):
-        from engine.runs import last_checkpoint
+        from engine.rundir import last_checkpoint
 
         cfg = self.cfg
         sft = self._stage("sft")
@@ -368,7 +368,7 @@ class Pipeline:
         self.w.gate = (ok, why)
         self.w.event({"name": "eval_gate", "pass": ok, "reason": why, "task_metric": after.get("task_metric"),
                       "threshold": self.cfg.eval.threshold})
-        from engine.runs import ledger_record
+        from engine.ledger import ledger_record
 
         if self.w.rank == 0 or not self.w.supervisor:
             ledger_record("eval", {"run_id": self.w.run_id, "pass": ok, "reason": why, "stage": "eval",
@@ -381,7 +381,7 @@ class Pipeline:
         if not self.cfg.train.output_repo or self.w.sync is None:
             return "skipped", None, {"reason": "train.output_repo is not set"}, None, None
         from engine.remote.sync import final_policy
-        from engine.runs import ledger_record
+        from engine.ledger import ledger_record
 
         allowed, why = final_policy(self.cfg, self.w.gate)
         if not allowed:

@@ -92,7 +92,7 @@ class Supervisor:
     def _dead_rank(self) -> str | None:
         """Why the run is broken: a rank gone without its exit file (killed), else a rank that failed by itself
         (its exit file has the error), else a rank the launcher ended (it records the signal)."""
-        from engine.runs import pid_alive, read_json
+        from engine.rundir import pid_alive, read_json
 
         dead = []
         failed = [read_json(f) for f in self.ranks.glob("rank-*.exit")]
@@ -119,7 +119,7 @@ class Supervisor:
     def _progress(self, launched: float) -> list[tuple[float, int, str, bool]]:
         """(seconds since the last progress, rank, what it was doing, waiting on another rank) per unfinished
         rank of this node."""
-        from engine.runs import read_json
+        from engine.rundir import read_json
 
         out, now = [], time.time()
         for k in self.mine:
@@ -143,7 +143,7 @@ class Supervisor:
             stale = prog
         if not stale:
             return None
-        from engine.runs import read_json
+        from engine.rundir import read_json
 
         pids = {}
         for k in self.mine:
@@ -193,7 +193,8 @@ class Supervisor:
 
         from engine.config import validate_dict
         from engine.errors import CARLError
-        from engine.runs import HEARTBEAT_S, TERMINAL, ledger_record, pid_alive, read_json, update_meta
+        from engine.ledger import ledger_record
+        from engine.rundir import HEARTBEAT_S, TERMINAL, pid_alive, read_json, update_meta
         from engine.trainer.dist import set_child_subreaper
 
         set_child_subreaper()
@@ -235,7 +236,7 @@ class Supervisor:
 
         threading.Thread(target=beat, daemon=True).start()
         try:
-            from engine.runs import PIPELINE_FILE
+            from engine.rundir import PIPELINE_FILE
             from engine.trainer.prepare import prepare
 
             got = prepare(cfg, pipeline=(self.run_dir / PIPELINE_FILE).is_file(), log=self.log,
@@ -324,7 +325,7 @@ class Supervisor:
         meta = read_json(self.run_dir / "meta.json")
         status = meta.get("status")
         if forced and not failure and status not in TERMINAL:
-            from engine.runs import last_checkpoint
+            from engine.rundir import last_checkpoint
 
             ck = last_checkpoint(self.run_dir)
             error = (f"the ranks did not stop within compute.stop_grace_s ({grace_s:g}s) and were killed; "

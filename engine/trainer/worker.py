@@ -20,7 +20,8 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from engine.runs import HEARTBEAT_S, last_checkpoint, ledger_record, update_meta
+from engine.ledger import ledger_record
+from engine.rundir import HEARTBEAT_S, last_checkpoint, update_meta
 from engine.trainer import dist
 from engine.trainer.launch import SUPERVISOR_ENV
 
@@ -67,7 +68,7 @@ class Worker:
         if doing == self._progress_doing and now - self._progress_at < 1.0 and not waiting:
             return
         self._progress_at, self._progress_doing = now, doing
-        from engine.runs import write_json
+        from engine.rundir import write_json
 
         try:
             write_json(self.run_dir / dist.RANK_DIR / f"rank-{self.rank}.progress",
@@ -92,7 +93,7 @@ class Worker:
         """``ranks/rank-<n>.<suffix>``: this rank's own record (several processes only)."""
         if not self.supervisor:
             return
-        from engine.runs import _proc_start, write_json
+        from engine.rundir import proc_start as _proc_start, write_json
 
         self.rank_info.update(fields)
         self.rank_info.update(rank=self.rank, pid=os.getpid(), pid_start=_proc_start(os.getpid()))
@@ -103,7 +104,7 @@ class Worker:
     def watchdog(self) -> None:
         """A rank whose supervisor is gone ends itself: no orphans (the watchdog of the ranks themselves is the
         supervisor's, engine.trainer.supervisor)."""
-        from engine.runs import pid_alive
+        from engine.rundir import pid_alive
 
         while not self.done.wait(HEARTBEAT_S / 2):
             if not pid_alive(self.supervisor):
@@ -122,7 +123,7 @@ class Worker:
                 update_meta(self.run_dir, **fields)
 
     def heartbeat(self) -> None:
-        from engine.runs import pid_alive
+        from engine.rundir import pid_alive
         from engine.trainer.launch import _owner
 
         owner = None if self.supervisor else _owner()  # several processes: the supervisor watches the owner
@@ -392,7 +393,7 @@ def _brief(m: dict[str, Any]) -> dict[str, Any]:
 
 
 def _read_eval(run_dir: Path) -> dict[str, Any]:
-    from engine.runs import read_json
+    from engine.rundir import read_json
 
     return dict(read_json(run_dir / "meta.json").get("eval") or {})
 

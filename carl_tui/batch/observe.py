@@ -14,8 +14,9 @@ def register(sub: Any) -> None:
                     "with --follow. Sources: --file (frames.jsonl, JSONL of metrics, trainer_state.json or a "
                     "checkpoint dir), --trackio PROJECT [--run NAME], --url URL [--project P] --run NAME, or "
                     "--run RUN_ID alone for a run in CARL_HOME.")
-    p.add_argument("--file", metavar="PATH", help="frames.jsonl, a JSONL of metric dicts, trainer_state.json or a "
-                                                  "directory holding one")
+    p.add_argument("--file", metavar="PATH", help="frames.jsonl, JSONL of metric dicts (verl's too), trainer_state.json "
+                                                  "or a checkpoint dir, a console log, a .wandb file or W&B run dir, "
+                                                  "an MLflow store (mlruns/), a TensorBoard dir")
     p.add_argument("--trackio", metavar="PROJECT", help="a project in the local trackio store")
     p.add_argument("--trackio-dir", metavar="DIR", help="the trackio store (default $TRACKIO_DIR, else $HF_HOME/trackio)")
     p.add_argument("--url", metavar="URL", help="a trackio dashboard URL or Space id (user/space)")
@@ -96,7 +97,7 @@ def _empty_exit(out: dict[str, Any]) -> int:
 
 
 def _extras(src: Any) -> dict[str, Any]:
-    d: dict[str, Any] = {"kind": src.kind}
+    d: dict[str, Any] = {"kind": src.kind, "reader": src.reader or src.kind}
     if src.via:
         d["via"] = src.via
     return d

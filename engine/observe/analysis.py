@@ -22,9 +22,9 @@ from engine.probe import SIGMA  # the crystallization threshold: one definition,
 SMOOTH_WINDOW = 5
 
 # health thresholds
-ENTROPY_COLLAPSE_FRAC = 0.10  # entropy below 10 % of its starting level …
-ENTROPY_FLOOR = 0.05  # … or below 0.05 nats
+ENTROPY_COLLAPSE_FRAC = 0.10  # entropy below 10 % of its first logged value (TRL's step-0 entropy) …
 ENTROPY_COLLAPSE_MIN_FRAMES = 3  # for at least this many consecutive frames
+RECOVER_FRAMES = 3  # a span finding whose condition has not held for this many last frames has recovered
 EARLY_FRACTION = 0.5  # a collapse that starts in the first half of the run is "early" (bad)
 ZERO_STD_WARN, ZERO_STD_BAD = 0.5, 0.9  # rolling mean of frac_reward_zero_std
 CLIPPED_WARN, CLIPPED_BAD = 0.2, 0.5  # rolling mean of the clipped-completion ratio
@@ -36,7 +36,12 @@ LENGTH_CLIPPED = 0.3  # … or ≥ 30 % of completions hit the cap
 STALL_WINDOW = 20  # frames over which Φ must move
 STALL_RANGE = 0.01  # max − min of Φ below this over STALL_WINDOW frames: stalled
 KL_WARN, KL_BAD = 1.0, 10.0  # absolute KL levels
-KL_JUMP = 10.0  # or KL above 10× its early median (and above 0.1)
+KL_SPIKE = 5.0  # or a jump: KL above 5× the median of the KL_SPIKE_WINDOW frames before it …
+KL_SPIKE_WINDOW = 10
+KL_SPIKE_MIN = 0.3  # … and above 0.3 (a KL that starts near 0 and grows while the policy learns is no spike)
+LENGTH_COLLAPSE_FRAC = 0.25  # mean completion length at ≤ 25 % of its first logged value …
+LENGTH_COLLAPSE_MIN_START = 8.0  # … from a start of at least 8 tokens, for ENTROPY_COLLAPSE_MIN_FRAMES frames
+SOLVED_MARGIN = 0.1  # a reward within 10 % of the run's best (of its own range) counts as solved groups
 
 
 # ── small pure helpers ────────────────────────────────────────────────────────────────────────────────
@@ -135,10 +140,15 @@ class Finding:
     hint: str  # one line: what to do
     step: int | None = None  # collapse.onset: the step where the warning is first known
     evidence: dict[str, Any] | None = None  # collapse.onset: start vs now of each signal
+    recovered_at: int | None = None  # the condition stopped holding at this step (and has not held since)
+
+    @property
+    def open(self) -> bool:
+        return self.recovered_at is None
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
-        for k in ("step", "evidence"):
+        for k in ("step", "evidence", "recovered_at"):
             if d[k] is None:
                 del d[k]
         return d
@@ -157,37 +167,84 @@ def _spans(flags: Sequence[bool], min_len: int = 1) -> list[tuple[int, int]]:
     return out
 
 
+def recovered_step(steps: Sequence[int], last_flagged: int) -> int | None:
+    """The step where a condition last flagged at index ``last_flagged`` stopped holding — when it has not held
+    for the last RECOVER_FRAMES frames — else None (still open)."""
+    if len(steps) - 1 - last_flagged >= RECOVER_FRAMES:
+        return steps[last_flagged + 1]
+    return None
+
+
 def detect_nonfinite(frames: Sequence[Frame]) -> list[Finding]:
+    """NaN/±inf in the loss (``nonfinite_loss``), the reward (``nonfinite_reward``) or the gradient norm
+    (``nonfinite_grad``) — transformers writes them into trainer_state.json as bare ``NaN``/``Infinity``.
+    Never "recovered": weights that saw a non-finite update stay suspect."""
+    out = []
     bad = [f.step for f in frames if f.loss is not None and not finite(f.loss)]
-    if not bad:
-        return []
-    return [Finding("nonfinite_loss", "bad", bad[0], bad[-1],
-                    f"loss is NaN/inf on {len(bad)} frame(s), first at step {bad[0]}",
-                    "Lower the learning rate, enable gradient clipping (max_grad_norm) or check for fp16 overflow.")]
+    if bad:
+        out.append(Finding("nonfinite_loss", "bad", bad[0], bad[-1],
+                           f"loss is NaN/inf on {len(bad)} frame(s), first at step {bad[0]}",
+                           "Lower the learning rate, enable gradient clipping (max_grad_norm) or check for fp16 "
+                           "overflow."))
+    rew = [f.step for f in frames if f.reward_mean is not None and not finite(f.reward_mean)]
+    if rew:
+        out.append(Finding("nonfinite_reward", "bad", rew[0], rew[-1],
+                           f"reward is NaN/inf on {len(rew)} frame(s), first at step {rew[0]}",
+                           "A reward function returns NaN/inf (a failed parse, a division by zero): guard it and "
+                           "return a finite score; the advantages of those groups are garbage."))
+    grad = [f.step for f in frames if f.extra and "grad_norm" in f.extra and not finite(f.extra["grad_norm"])]
+    if grad:
+        out.append(Finding("nonfinite_grad", "bad", grad[0], grad[-1],
+                           f"grad_norm is NaN/inf on {len(grad)} frame(s), first at step {grad[0]}",
+                           "The update diverged: resume from the checkpoint before it with a lower learning rate "
+                           "and gradient clipping (max_grad_norm)."))
+    return out
 
 
 def detect_entropy_collapse(frames: Sequence[Frame]) -> list[Finding]:
+    """Entropy below ENTROPY_COLLAPSE_FRAC of its first logged value (TRL logs the policy's entropy from step 1:
+    a share of that start is comparable across models and vocabularies) for ≥ 3 consecutive frames."""
     steps, ent = series(frames, "entropy")
-    if len(ent) < ENTROPY_COLLAPSE_MIN_FRAMES + 1:
+    if len(ent) < ENTROPY_COLLAPSE_MIN_FRAMES + 1 or ent[0] <= 0:
         return []
-    base = median(ent[:SMOOTH_WINDOW])
+    base = ent[0]
     level = ENTROPY_COLLAPSE_FRAC * base
-    flags = [e < level or e < ENTROPY_FLOOR for e in ent]
-    spans = _spans(flags, ENTROPY_COLLAPSE_MIN_FRAMES)
+    spans = _spans([e < level for e in ent], ENTROPY_COLLAPSE_MIN_FRAMES)
     if not spans:
         return []
     a, b = spans[0][0], spans[-1][1]
     span_steps = steps[-1] - steps[0] or 1
     early = (steps[a] - steps[0]) / span_steps < EARLY_FRACTION
+    low = min(ent[a:b + 1])
     return [Finding("entropy_collapse", "bad" if early else "warn", steps[a], steps[b],
-                    f"policy entropy fell from {base:.3g} to {min(ent[a:b + 1]):.3g} nats"
+                    f"policy entropy fell from {base:.3g} to {low:.3g} nats ({low / base:.0%} of its start)"
                     + (" early in the run" if early else ""),
-                    "The policy stopped exploring: raise temperature, add an entropy bonus or lower the learning rate.")]
+                    "The policy stopped exploring: raise temperature, add an entropy bonus or lower the learning rate.",
+                    recovered_at=recovered_step(steps, b))]
+
+
+def detect_length_collapse(frames: Sequence[Frame]) -> list[Finding]:
+    """Completions shrinking to a few tokens (the policy found that a bare answer or an empty one pays)."""
+    steps, ln = series(frames, "completion_length")
+    if len(ln) < ENTROPY_COLLAPSE_MIN_FRAMES + 1 or ln[0] < LENGTH_COLLAPSE_MIN_START:
+        return []
+    base = ln[0]
+    spans = _spans([x <= LENGTH_COLLAPSE_FRAC * base for x in ln], ENTROPY_COLLAPSE_MIN_FRAMES)
+    if not spans:
+        return []
+    a, b = spans[0][0], spans[-1][1]
+    span_steps = steps[-1] - steps[0] or 1
+    early = (steps[a] - steps[0]) / span_steps < EARLY_FRACTION
+    low = min(ln[a:b + 1])
+    return [Finding("length_collapse", "bad" if early else "warn", steps[a], steps[b],
+                    f"completions shrank from {base:.3g} to {low:.3g} tokens ({low / base:.0%} of their start)",
+                    "Check what the short completions say: a format or answer-only shortcut paid — reward the "
+                    "reasoning format or penalise too-short answers.", recovered_at=recovered_step(steps, b))]
 
 
 def _ratio_finding(frames: Sequence[Frame], name: str, warn: float, bad: float, code: str, what: str,
-                   hint: str) -> list[Finding]:
-    steps, vals = series(frames, name)
+                   hint: str, vals_steps: tuple[list[int], list[float]] | None = None) -> list[Finding]:
+    steps, vals = vals_steps or series(frames, name)
     if not vals:
         return []
     roll = rolling_mean(vals, ROLL_WINDOW)
@@ -198,13 +255,39 @@ def _ratio_finding(frames: Sequence[Frame], name: str, warn: float, bad: float, 
     peak = max(roll[a:b + 1])
     sev = "bad" if peak >= bad else "warn"
     return [Finding(code, sev, steps[a], steps[b], f"{what} reached {peak:.0%} (rolling mean of {ROLL_WINDOW})",
-                    hint)]
+                    hint, recovered_at=recovered_step(steps, b))]
+
+
+def solved_share(frames: Sequence[Frame]) -> dict[int, float]:
+    """Per step, how much of the tied-group fraction can be groups that are all *right* (solved prompts): the
+    reward's place in the run's own range, [0, 1] — the task reward when logged (carl's: 0..1), else the reward.
+    A group that ties because every completion is correct is a solved prompt, not a dead one (no signal, but
+    nothing wrong)."""
+    for name in ("task_reward", "reward_mean"):
+        steps, vals = series(frames, name)
+        if len(vals) >= 2:
+            break
+    else:
+        return {}
+    roll = rolling_mean(vals, ROLL_WINDOW)
+    lo, hi = min(roll), max(roll)
+    if name == "task_reward" and 0.0 <= lo and hi <= 1.0:
+        lo, hi = 0.0, 1.0
+    if hi - lo <= 1e-9:
+        return {}
+    return {s: min(1.0, max(0.0, (r - lo) / (hi - lo) + SOLVED_MARGIN)) for s, r in zip(steps, roll)}
 
 
 def detect_zero_std(frames: Sequence[Frame]) -> list[Finding]:
+    """Dead groups (rewards all tie and are all wrong): ``frac_reward_zero_std`` less the share of tied groups
+    that can be solved ones (see :func:`solved_share`)."""
+    steps, vals = series(frames, "frac_reward_zero_std")
+    solved = solved_share(frames)
+    dead = [max(0.0, v - solved.get(s, 0.0)) for s, v in zip(steps, vals)]
     return _ratio_finding(frames, "frac_reward_zero_std", ZERO_STD_WARN, ZERO_STD_BAD, "zero_std_rewards",
-                          "groups whose rewards all tie (no GRPO gradient)",
-                          "Make the reward finer-grained, raise num_generations or the sampling temperature.")
+                          "groups whose rewards all tie and are not solved (no GRPO gradient)",
+                          "Make the reward finer-grained, raise num_generations or the sampling temperature.",
+                          vals_steps=(steps, dead))
 
 
 def detect_clipped(frames: Sequence[Frame]) -> list[Finding]:
@@ -251,21 +334,32 @@ def detect_stalled_phi(frames: Sequence[Frame]) -> list[Finding]:
 
 
 def detect_kl_blowup(frames: Sequence[Frame]) -> list[Finding]:
+    """KL to the reference (only when logged) at an absolute level (≥ KL_WARN), or a spike: above KL_SPIKE × the
+    median of the frames just before it and above KL_SPIKE_MIN. Never a ratio to the run's start: KL starts near 0
+    (policy = reference) and every run that learns multiplies it."""
     steps, kl = series(frames, "kl")
     if not kl:
         return []
-    early = median(kl[:SMOOTH_WINDOW])
-    limit = KL_WARN
-    if early > 0:
-        limit = min(limit, max(KL_JUMP * early, 0.1))
-    spans = _spans([v > limit for v in kl])
+    flags = []
+    limit: float | None = None  # while a spike holds: the level it must fall back under (from before it)
+    for i, v in enumerate(kl):
+        if limit is not None and v <= limit:
+            limit = None
+        if limit is None:
+            prev = kl[max(0, i - KL_SPIKE_WINDOW):i]
+            if len(prev) >= 3 and v > max(KL_SPIKE_MIN, KL_SPIKE * median(prev)):
+                limit = max(KL_SPIKE_MIN, KL_SPIKE * median(prev))
+        flags.append(v >= KL_WARN or limit is not None)
+    spans = _spans(flags)
     if not spans:
         return []
     a, b = spans[0][0], spans[-1][1]
     peak = max(kl[a:b + 1])
+    before = median(kl[max(0, a - KL_SPIKE_WINDOW):a]) if a else kl[0]
     return [Finding("kl_blowup", "bad" if peak >= KL_BAD else "warn", steps[a], steps[b],
-                    f"KL to the reference reached {peak:.3g} (early median {early:.3g})",
-                    "The policy is drifting fast: raise beta, lower the learning rate or clip harder.")]
+                    f"KL to the reference reached {peak:.3g} (from {before:.3g} just before)",
+                    "The policy is drifting fast: raise beta, lower the learning rate or clip harder.",
+                    recovered_at=recovered_step(steps, b))]
 
 
 def detect_collapse_onset(frames: Sequence[Frame]) -> list[Finding]:
@@ -281,18 +375,50 @@ def detect_collapse_onset(frames: Sequence[Frame]) -> list[Finding]:
                     step=alarm.step, evidence=alarm.evidence)]
 
 
-DETECTORS = (detect_collapse_onset, detect_nonfinite, detect_entropy_collapse, detect_length_hacking, detect_zero_std, detect_clipped,
-             detect_kl_blowup, detect_stalled_phi)
+DETECTORS = (detect_collapse_onset, detect_nonfinite, detect_entropy_collapse, detect_length_collapse,
+             detect_length_hacking, detect_zero_std, detect_clipped, detect_kl_blowup, detect_stalled_phi)
 
 
-def health(frames: Sequence[Frame]) -> dict[str, Any]:
+def health(frames: Sequence[Frame], settings: dict[str, Any] | None = None) -> dict[str, Any]:
     """``{"status": "ok"|"warn"|"bad"|"empty", "findings": [Finding.to_dict(), …]}``; ``empty`` when there
-    are no frames at all (nothing to be healthy about: never ``ok``)."""
+    are no frames at all (nothing to be healthy about: never ``ok``). The status counts the findings still open;
+    a recovered one stays listed with ``recovered_at``. ``settings`` (the run's resolved carl config, when known)
+    keeps hints from suggesting what is already in force."""
     if not frames:
         return {"status": "empty", "findings": []}
     findings = [f for det in DETECTORS for f in det(frames)]
-    status = "bad" if any(f.severity == "bad" for f in findings) else "warn" if findings else "ok"
+    if settings:
+        findings = [_fit_hint(f, settings) for f in findings]
+    live = [f for f in findings if f.open]
+    status = "bad" if any(f.severity == "bad" for f in live) else "warn" if live else "ok"
     return {"status": status, "findings": [f.to_dict() for f in findings]}
+
+
+def _setting(settings: dict[str, Any], dotted: str) -> Any:
+    cur: Any = settings
+    for part in dotted.split("."):
+        if not isinstance(cur, dict):
+            return None
+        cur = cur.get(part)
+    return cur
+
+
+def _fit_hint(f: Finding, settings: dict[str, Any]) -> Finding:
+    """The collapse.onset hint names only the cascade settings the run does not already have."""
+    if f.code != "collapse.onset":
+        return f
+    missing = [f"{k}: {v}" for k, v in (("cascade.combine", "varied_groups"), ("cascade.on_collapse", "close_gate"))
+               if _setting(settings, k) != v]
+    if missing:
+        hint = ("The policy is collapsing onto a few answers while the task reward is flat: stop, or keep CARL out "
+                f"of tied groups ({', '.join(missing)}).")
+    else:
+        hint = ("The policy is collapsing onto a few answers while the task reward is flat (varied_groups and "
+                "close_gate are already set): stop and resume from an earlier checkpoint with a lower learning "
+                "rate or a smaller CARL weight (cascade.carl_cap).")
+    from dataclasses import replace
+
+    return replace(f, hint=hint)
 
 
 # ── summary ───────────────────────────────────────────────────────────────────────────────────────────
@@ -326,8 +452,15 @@ def phi_stats(frames: Sequence[Frame]) -> dict[str, float] | None:
     return {"first": phis[0], "last": phis[-1], "min": min(phis), "max": max(phis), "mean": sum(phis) / len(phis)}
 
 
+def phase_reason(frames: Sequence[Frame]) -> str | None:
+    from engine.observe import trajectory as _phase
+
+    steps, phis = series(frames, "phi")
+    return _phase.phase_reason(phis, steps)
+
+
 def summarize(frames: Sequence[Frame], *, source: str, run: str | None, skipped: int = 0,
-              **extra: Any) -> dict[str, Any]:
+              settings: dict[str, Any] | None = None, **extra: Any) -> dict[str, Any]:
     """The `carl --batch observe` object (../shared/CONTRACT.md §observe)."""
     frames = sorted(frames, key=lambda f: f.step) if any(
         a.step > b.step for a, b in zip(frames, frames[1:])) else frames
@@ -340,8 +473,9 @@ def summarize(frames: Sequence[Frame], *, source: str, run: str | None, skipped:
         "metrics": metric_names(frames),
         "phi": phi_stats(frames),
         "phase": phase(frames),
+        "phase_reason": phase_reason(frames) if frames else None,
         "crystallization_step": crystallization_step(frames),
-        "health": health(frames),
+        "health": health(frames, settings),
         "skipped_lines": skipped,
     }
     from engine.envs.metrics import agent_summary

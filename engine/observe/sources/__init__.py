@@ -84,18 +84,54 @@ def list_runs(home: CarlHome | None = None, limit: int = 50) -> list[dict[str, A
     return out[:limit]
 
 
+SNIFF_BYTES = 64 * 1024
+
+
+def _sniff(p: Path) -> bytes:
+    try:
+        with open(p, "rb") as fh:
+            return fh.read(SNIFF_BYTES)
+    except OSError as exc:
+        raise ValidationError(f"cannot read {p}: {exc.strerror}", hint="Check the path and permissions.",
+                              context={"path": str(p)}) from exc
+
+
+def _first_json_object(head: bytes) -> bool:
+    for line in head.splitlines():
+        if line.strip():
+            try:
+                return isinstance(json.loads(line), dict)
+            except ValueError:
+                return False
+    return False
+
+
 def file_source(path: str | Path) -> Source:
-    """The right source for a path: a carl run dir, a trainer_state.json / checkpoint dir, or JSONL."""
+    """The right source for a path, recognised from what it holds (not only its name):
+
+    a carl run dir · a trainer_state.json / checkpoint / output dir · a TensorBoard logging dir or event file ·
+    a W&B run file (``:W&B`` header) or an offline run / ``wandb/`` dir · an MLflow file store (``mlruns/``,
+    an experiment or a run dir) · a JSON document with ``log_history`` · JSONL of metric dicts (verl's file logger
+    included) · a console log with printed Trainer dicts or verl console lines."""
     p = Path(path).expanduser()
     if p.is_dir():
         if (p / "frames.jsonl").exists() or (p / "meta.json").exists():
             return JsonlSource(p / "frames.jsonl", run=p.name, run_dir=p)
-        if not (p / "trainer_state.json").exists() and not any(p.glob("checkpoint-*/trainer_state.json")):
-            from engine.observe.sources.tensorboard import TensorBoardSource, is_event_dir
+        if (p / "trainer_state.json").exists() or any(p.glob("checkpoint-*/trainer_state.json")):
+            return TrainerStateSource(p)
+        from engine.observe.sources.wandb import WandbSource, find_run_file
 
-            if is_event_dir(p):  # a TensorBoard logging dir (report_to="tensorboard")
-                return TensorBoardSource(p)
-        return TrainerStateSource(p)
+        if find_run_file(p) is not None:
+            return WandbSource(p)
+        from engine.observe.sources.mlflow import MlflowSource, is_mlflow_store
+
+        if is_mlflow_store(p):
+            return MlflowSource(p)
+        from engine.observe.sources.tensorboard import TensorBoardSource, is_event_dir
+
+        if is_event_dir(p):  # a TensorBoard logging dir (report_to="tensorboard")
+            return TensorBoardSource(p)
+        return TrainerStateSource(p)  # raises: nothing here that a reader knows
     if not p.exists():
         raise ValidationError(f"cannot read {p}: no such file or directory", hint="Check the path.",
                               context={"path": str(p)})
@@ -103,10 +139,20 @@ def file_source(path: str | Path) -> Source:
         from engine.observe.sources.tensorboard import TensorBoardSource
 
         return TensorBoardSource(p)
-    if p.name == "trainer_state.json" or p.suffix == ".json":
-        return TrainerStateSource(p)
     if p.name == "frames.jsonl":  # carl's own run layout: the directory is the run
         return JsonlSource(p, run=p.parent.name, run_dir=p.parent)
+    head = _sniff(p)
+    if head[:4] == b":W&B" or p.suffix == ".wandb":
+        from engine.observe.sources.wandb import WandbSource
+
+        return WandbSource(p)
+    if p.name == "trainer_state.json" or p.suffix == ".json":  # one JSON document (NaN/Infinity allowed)
+        return TrainerStateSource(p)
+    if not _first_json_object(head):
+        from engine.observe.sources.console import ConsoleLogSource, looks_like_console
+
+        if looks_like_console(head):
+            return ConsoleLogSource(p)
     return JsonlSource(p, run=p.stem)
 
 
@@ -139,6 +185,10 @@ def parse_source_spec(text: str, home: CarlHome | None = None) -> Source:
     text = text.strip()
     if not text:
         raise ValidationError("empty source", hint="Type a path, trackio:PROJECT[/RUN], a URL or a run id.")
+    if text.startswith("wandb:"):  # a W&B run file or directory, said explicitly
+        from engine.observe.sources.wandb import WandbSource
+
+        return WandbSource(text[6:].strip())
     if text.startswith("tb:"):  # a TensorBoard logging dir or event file, said explicitly
         from engine.observe.sources.tensorboard import TensorBoardSource
 

@@ -9,7 +9,13 @@ from engine.frames import Frame
 
 # ── metric-name normalisation ─────────────────────────────────────────────────────────────────────────
 
-STEP_KEYS = ("step", "global_step", "_step", "iteration", "iter", "train/global_step")
+STEP_KEYS = ("step", "global_step", "train/global_step", "_step", "iteration", "iter")
+# verl (actor/critic metric names) and OpenRLHF-style names that mean the same as TRL's
+VERL_ALIASES: dict[str, str] = {
+    "actor/entropy": "entropy", "critic/score/mean": "reward_mean", "response_length/mean": "completion_length",
+    "response_length/clip_ratio": "clipped_ratio", "actor/kl_loss": "kl", "actor/pg_loss": "loss",
+    "actor/lr": "lr",
+}
 ALIASES: dict[str, str] = {
     "phi": "phi", "phi_mean": "phi", "phi/mean": "phi", "carl/phi": "phi", "coherence/phi": "phi",
     "entropy": "entropy", "entropy_mean": "entropy", "policy/entropy": "entropy",
@@ -26,6 +32,7 @@ ALIASES: dict[str, str] = {
     "frac_reward_zero_std": "frac_reward_zero_std",
     "step_time": "step_time",
     "timestamp": "timestamp", "_timestamp": "timestamp", "time": "timestamp",
+    **VERL_ALIASES,
 }
 STRIP_PREFIXES = ("train/",)
 
@@ -59,6 +66,9 @@ def normalize_metrics(d: dict[str, Any]) -> Frame:
     ``rewards[fn]``; ``carl/<component>`` → ``carl_components``; ``learning_rate`` → ``lr``;
     ``completions/mean_length`` → ``completion_length``; other numeric values → ``extra``.
     Raises ValueError when there is no integer step."""
+    nested = d.get("data")
+    if isinstance(nested, dict) and "step" in d:  # verl's file logger: {"step": N, "data": {metric: value}}
+        d = {**nested, "step": d["step"]}
     step = None
     for k in STEP_KEYS:
         if k in d:
@@ -139,6 +149,7 @@ def merge_by_step(frames: list[Frame]) -> list[Frame]:
 
 class Source:
     kind = "source"
+    reader: str | None = None  # which reader read it (the summary's "reader"); the kind when unset
     label = ""
     run: str | None = None
     via: str | None = None
@@ -167,7 +178,7 @@ class Source:
         return False
 
     def describe(self) -> dict[str, Any]:
-        d = {"kind": self.kind, "source": self.label, "run": self.run}
+        d = {"kind": self.kind, "reader": self.reader or self.kind, "source": self.label, "run": self.run}
         if self.via:
             d["via"] = self.via
         return d

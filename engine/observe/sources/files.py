@@ -15,6 +15,26 @@ from engine.observe.sources.base import Source, merge_by_step, normalize_metrics
 TERMINAL_STATUSES = ("completed", "failed", "stopped")
 
 
+def load_json_bytes(raw: bytes) -> object:
+    """JSON as Python's json module writes it: bare ``NaN``/``Infinity``/``-Infinity`` included (transformers
+    writes a diverged ``grad_norm`` that way). orjson first (fast); the standard parser only when it refuses."""
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return json.loads(raw)
+
+
+def _is_verl(path: Path) -> bool:
+    """verl's file logger writes ``{"step": N, "data": {…}}`` lines."""
+    try:
+        with open(path, "rb") as fh:
+            first = fh.readline(1 << 20)
+        d = json.loads(first)
+    except (OSError, ValueError):
+        return False
+    return isinstance(d, dict) and "step" in d and isinstance(d.get("data"), dict)
+
+
 class JsonlSource(Source):
     """carl's frames.jsonl or any JSONL of metric dicts; follows growth, truncation and rotation."""
 
@@ -27,6 +47,8 @@ class JsonlSource(Source):
         self.run_dir = run_dir
         if run_dir is not None:
             self.kind = "carl"
+        elif _is_verl(self.path):
+            self.reader = "verl"
         self._tail = JsonlTail(self.path)
         self._done = False
 
@@ -104,8 +126,8 @@ class TrainerStateSource(Source):
     def _read(self) -> tuple[list[Frame], int]:
         p = self.state_path()
         try:
-            state = orjson.loads(p.read_bytes())
-        except (OSError, orjson.JSONDecodeError) as exc:
+            state = load_json_bytes(p.read_bytes())
+        except (OSError, ValueError) as exc:
             raise ValidationError(f"cannot read {p}: not a trainer_state.json ({exc})",
                                   hint="Check the file; TRL writes it with each checkpoint.",
                                   context={"path": str(p)}) from exc

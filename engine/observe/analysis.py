@@ -259,10 +259,11 @@ def _ratio_finding(frames: Sequence[Frame], name: str, warn: float, bad: float, 
 
 
 def solved_share(frames: Sequence[Frame]) -> dict[int, float]:
-    """Per step, how much of the tied-group fraction can be groups that are all *right* (solved prompts): the
-    reward's place in the run's own range, [0, 1] — the task reward when logged (carl's: 0..1), else the reward.
-    A group that ties because every completion is correct is a solved prompt, not a dead one (no signal, but
-    nothing wrong)."""
+    """Per step, how much of the tied-group fraction can be groups that are all *right* (solved prompts). With a
+    0..1 task reward (carl's accuracy) that is at most the accuracy; with a reward of unknown scale, its place in
+    the run's own range — counted only once the reward has climbed at least half that range from its start (a
+    reward that sits at one level from step 1 says nothing about being right). A group that ties because every
+    completion is correct is a solved prompt, not a dead one (no signal, but nothing wrong)."""
     for name in ("task_reward", "reward_mean"):
         steps, vals = series(frames, name)
         if len(vals) >= 2:
@@ -270,12 +271,15 @@ def solved_share(frames: Sequence[Frame]) -> dict[int, float]:
     else:
         return {}
     roll = rolling_mean(vals, ROLL_WINDOW)
+    if name == "task_reward" and 0.0 <= min(vals) and max(vals) <= 1.0:
+        # an accuracy: the share of all-correct groups is at most the share of correct completions
+        return {s: min(1.0, r + SOLVED_MARGIN) for s, r in zip(steps, roll)}
     lo, hi = min(roll), max(roll)
-    if name == "task_reward" and 0.0 <= lo and hi <= 1.0:
-        lo, hi = 0.0, 1.0
     if hi - lo <= 1e-9:
-        return {}
-    return {s: min(1.0, max(0.0, (r - lo) / (hi - lo) + SOLVED_MARGIN)) for s, r in zip(steps, roll)}
+        return {}  # a reward that never moved: nothing says its level is "right"
+    # the reward's own scale is unknown: a level counts as solved only once the run has climbed to it
+    return {s: min(1.0, max(0.0, (r - lo) / (hi - lo) + SOLVED_MARGIN))
+            if r - roll[0] >= 0.5 * (hi - lo) else 0.0 for s, r in zip(steps, roll)}
 
 
 def detect_zero_std(frames: Sequence[Frame]) -> list[Finding]:

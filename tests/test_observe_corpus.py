@@ -1,0 +1,40 @@
+"""observe's verdict on every run of the corpus (tests/data/real/SOURCES.md; docs/observe.md has the table):
+public RL runs of LLMs other people published, read as they were published. A healthy run gets no open warn/bad
+finding; a broken one gets the finding that names what broke."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from engine.observe import file_source, summarize
+
+REAL = Path(__file__).parent / "data" / "real"
+
+# file → (status, codes that must be open, codes that must not appear open)
+CORPUS = {
+    "trl_dapo_vl3b_120531.console.log": ("bad", {"length_collapse", "entropy_collapse", "zero_std_rewards"}, set()),
+    "trl_dapo_vl3b_120223.console.log": ("bad", {"length_collapse"}, set()),
+    "trl_dapo_vl3b_181457.console.log": ("bad", {"clipped_completions"}, set()),
+    "scu_tsc_qwen05b_7934f1b.console.log": ("bad", {"zero_std_rewards"}, {"kl_blowup"}),
+    "scu_tsc_qwen05b_4308fd8.console.log": ("ok", set(), {"kl_blowup", "zero_std_rewards"}),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CORPUS))
+def test_corpus_verdict(name):
+    status, must, must_not = CORPUS[name]
+    src = file_source(REAL / name)
+    frames, skipped = src.load()
+    out = summarize(frames, source=src.label, run=src.run, skipped=skipped)
+    open_codes = {f["code"] for f in out["health"]["findings"] if "recovered_at" not in f}
+    assert out["health"]["status"] == status, out["health"]
+    assert must <= open_codes, out["health"]
+    assert not (must_not & open_codes), out["health"]
+
+
+def test_every_corpus_file_has_provenance():
+    sources = (REAL / "SOURCES.md").read_text()
+    for name in CORPUS:
+        assert f"`{name}`" in sources

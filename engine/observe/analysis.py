@@ -22,10 +22,10 @@ from engine.probe import SIGMA  # the crystallization threshold: one definition,
 SMOOTH_WINDOW = 5
 
 # health thresholds
-ENTROPY_COLLAPSE_FRAC = 0.10  # entropy below 10 % of its first logged value (TRL's step-0 entropy) …
-ENTROPY_COLLAPSE_MIN_FRAMES = 3  # for at least this many consecutive frames
+ENTROPY_COLLAPSE_MIN_FRAMES = 3  # consecutive frames a span rule must hold (entropy / length collapse)
 RECOVER_FRAMES = 3  # a span finding whose condition has not held for this many last frames has recovered
 EARLY_FRACTION = 0.5  # a collapse that starts in the first half of the run is "early" (bad)
+# (the entropy-collapse thresholds live with the collapse detector: engine/observe/collapse.py)
 ZERO_STD_WARN, ZERO_STD_BAD = 0.5, 0.9  # rolling mean of frac_reward_zero_std
 CLIPPED_WARN, CLIPPED_BAD = 0.2, 0.5  # rolling mean of the clipped-completion ratio
 ROLL_WINDOW = 5  # rolling window for the two ratios above
@@ -202,23 +202,18 @@ def detect_nonfinite(frames: Sequence[Frame]) -> list[Finding]:
 
 
 def detect_entropy_collapse(frames: Sequence[Frame]) -> list[Finding]:
-    """Entropy below ENTROPY_COLLAPSE_FRAC of its first logged value (TRL logs the policy's entropy from step 1:
-    a share of that start is comparable across models and vocabularies) for ≥ 3 consecutive frames."""
+    """The plain entropy collapse, computed by engine.observe.collapse.entropy_collapse (one home for collapse
+    rules); reported bad when it starts in the first half of the run, else warn."""
+    from engine.observe.collapse import entropy_collapse
+
     steps, ent = series(frames, "entropy")
-    if len(ent) < ENTROPY_COLLAPSE_MIN_FRAMES + 1 or ent[0] <= 0:
+    c = entropy_collapse(steps, ent)
+    if c is None:
         return []
-    base = ent[0]
-    level = ENTROPY_COLLAPSE_FRAC * base
-    spans = _spans([e < level for e in ent], ENTROPY_COLLAPSE_MIN_FRAMES)
-    if not spans:
-        return []
-    a, b = spans[0][0], spans[-1][1]
-    span_steps = steps[-1] - steps[0] or 1
-    early = (steps[a] - steps[0]) / span_steps < EARLY_FRACTION
-    low = min(ent[a:b + 1])
-    return [Finding("entropy_collapse", "bad" if early else "warn", steps[a], steps[b],
+    a, b, base, low = c["a"], c["b"], c["base"], c["low"]
+    return [Finding("entropy_collapse", "bad" if c["early"] else "warn", steps[a], steps[b],
                     f"policy entropy fell from {base:.3g} to {low:.3g} nats ({low / base:.0%} of its start)"
-                    + (" early in the run" if early else ""),
+                    + (" early in the run" if c["early"] else ""),
                     "The policy stopped exploring: raise temperature, add an entropy bonus or lower the learning rate.",
                     recovered_at=recovered_step(steps, b))]
 
@@ -273,7 +268,7 @@ def solved_share(frames: Sequence[Frame]) -> dict[int, float]:
     roll = rolling_mean(vals, ROLL_WINDOW)
     if name == "task_reward" and 0.0 <= min(vals) and max(vals) <= 1.0:
         # an accuracy: the share of all-correct groups is at most the share of correct completions
-        return {s: min(1.0, r + SOLVED_MARGIN) for s, r in zip(steps, roll)}
+        return {s: min(1.0, r) for s, r in zip(steps, roll)}
     lo, hi = min(roll), max(roll)
     if hi - lo <= 1e-9:
         return {}  # a reward that never moved: nothing says its level is "right"
@@ -376,7 +371,7 @@ def detect_collapse_onset(frames: Sequence[Frame]) -> list[Finding]:
     return [Finding("collapse.onset", "bad", alarm.since, alarm.step, alarm.message(),
                     "The policy is collapsing onto a few answers while the task reward is flat: stop, or keep CARL "
                     "out of tied groups (cascade.combine: varied_groups, cascade.on_collapse: close_gate).",
-                    step=alarm.step, evidence=alarm.evidence)]
+                    step=alarm.step, evidence=alarm.evidence, recovered_at=alarm.recovered_at)]
 
 
 DETECTORS = (detect_collapse_onset, detect_nonfinite, detect_entropy_collapse, detect_length_collapse,

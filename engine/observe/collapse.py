@@ -186,9 +186,12 @@ class CollapseMonitor:
         if self.streak < SUSTAIN:
             return None
         ev: dict[str, Any] = {}
+        direct = self.sig[DPG].ready or self.sig[DALL].ready  # the proxies are evidence only when used
         for n, key in ((DPG, "distinct_per_group"), (DALL, "distinct"), ("clipped_ratio", "clipped_ratio"),
                        (ZSTD, "zero_std"), (RSTD, "reward_std"), (LEN, "completion_length"),
                        ("entropy", "entropy"), ("phi", "phi"), ("task_reward", "task_reward")):
+            if direct and n in (ZSTD, RSTD, LEN):
+                continue
             sg = self.sig[n]
             if sg.ready:
                 ev[key] = {"start": round(sg.base, 4), "now": round(sg.now, 4)}

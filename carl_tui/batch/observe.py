@@ -21,6 +21,9 @@ def register(sub: Any) -> None:
     p.add_argument("--trackio-dir", metavar="DIR", help="the trackio store (default $TRACKIO_DIR, else $HF_HOME/trackio)")
     p.add_argument("--url", metavar="URL", help="a trackio dashboard URL or Space id (user/space)")
     p.add_argument("--project", metavar="P", help="project on the dashboard (default: the only one)")
+    p.add_argument("--send-token", action="store_true",
+                   help="with --url: send HF_TOKEN to this dashboard even if it is not a Space of your own user or "
+                        "orgs (by default it goes only to those)")
     p.add_argument("--run", metavar="RUN", help="run name (trackio) or, alone, a carl run id or prefix")
     p.add_argument("--follow", action="store_true", help="stream frames as JSON lines until the run ends or SIGINT")
     p.add_argument("--poll", type=float, default=0.5, metavar="S", help="seconds between polls when following")
@@ -55,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
     if args.poll <= 0:
         raise ValidationError("--poll must be > 0", hint="e.g. --poll 0.5")
     src = open_source(file=args.file, trackio=args.trackio, url=args.url, project=args.project, run=args.run,
-                      trackio_dir=args.trackio_dir)
+                      trackio_dir=args.trackio_dir, send_token=args.send_token)
     frames, skipped = src.load()
     settings = _settings(src)
     if args.webhook and not args.follow:

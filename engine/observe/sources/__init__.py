@@ -158,7 +158,7 @@ def file_source(path: str | Path) -> Source:
 
 def open_source(*, file: str | Path | None = None, trackio: str | None = None, url: str | None = None,
                 project: str | None = None, run: str | None = None, trackio_dir: str | Path | None = None,
-                home: CarlHome | None = None) -> Source:
+                home: CarlHome | None = None, send_token: bool = False) -> Source:
     """One source from the observe arguments (batch flags and screen arguments alike)."""
     given = [n for n, v in (("--file", file), ("--trackio", trackio), ("--url", url)) if v]
     if len(given) > 1:
@@ -169,7 +169,7 @@ def open_source(*, file: str | Path | None = None, trackio: str | None = None, u
     if trackio:
         return TrackioLocalSource(trackio, run=run, trackio_dir=trackio_dir)
     if url:
-        return TrackioRemoteSource(url, run=run, project=project)
+        return TrackioRemoteSource(url, run=run, project=project, send_token=send_token)
     if run:
         path = resolve_run(run, home)
         return JsonlSource(path, run=path.parent.name, run_dir=path.parent)

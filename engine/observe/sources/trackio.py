@@ -173,6 +173,34 @@ def split_dashboard_url(url: str) -> tuple[str, dict[str, str]]:
     return base, params
 
 
+def space_host(space_id: str) -> str:
+    return (urlparse(space_url(space_id)).hostname or "").lower()
+
+
+_OWNED: dict[str, set[str]] = {}
+
+
+def token_space_hosts(token: str) -> set[str]:
+    """The hosts of every Space of the token's user and orgs (huggingface_hub's ``whoami`` and ``list_spaces``,
+    ``HF_ENDPOINT`` honoured), cached per process; empty when the Hub cannot be asked (offline, bad token): then
+    the token is not sent. Exact hosts, not a name prefix: ``alice-evil-x.hf.space`` may be user ``alice-evil``'s."""
+    if token in _OWNED:
+        return _OWNED[token]
+    hosts: set[str] = set()
+    try:
+        from huggingface_hub import HfApi
+
+        api = HfApi()
+        info = api.whoami(token=token)
+        names = [str(info.get("name") or "")] + [str(o.get("name") or "") for o in info.get("orgs") or []]
+        for ns in filter(None, names):
+            hosts.update(space_host(sp.id) for sp in api.list_spaces(author=ns, token=token))
+    except Exception:  # noqa: BLE001 — offline, rate-limited or a bad token: do not send it
+        hosts = set()
+    _OWNED[token] = hosts
+    return hosts
+
+
 class TrackioRemoteSource(RereadSource):
     """A run on a trackio dashboard (local ``trackio show`` or a Space), read with its HTTP API."""
 
@@ -180,7 +208,9 @@ class TrackioRemoteSource(RereadSource):
     via = "trackio-http"
 
     def __init__(self, url: str, run: str | None = None, project: str | None = None, *, timeout: float = 15.0,
-                 retries: int = 3):
+                 retries: int = 3, send_token: bool = False):
+        self.send_token = send_token
+        self._token_ok: bool | None = None
         self.base, params = split_dashboard_url(url)
         self.project = project or params.get("project")
         self.run = run or params.get("run") or (params.get("runs", "").split(",")[0] or None)
@@ -190,9 +220,20 @@ class TrackioRemoteSource(RereadSource):
         self._last_step: int | None = None
 
     def _headers(self) -> dict[str, str]:
+        """HF_TOKEN goes only to a Space of the token's own user or one of its orgs (``whoami``), or anywhere
+        when asked (``--send-token``): a token sent to someone else's Space is a token given away."""
         token = os.environ.get("HF_TOKEN")
-        host = urlparse(self.base).hostname or ""
-        return {"Authorization": f"Bearer {token}"} if token and host.endswith(".hf.space") else {}
+        if not token:
+            return {}
+        if self._token_ok is None:
+            host = urlparse(self.base).hostname or ""
+            if self.send_token:
+                self._token_ok = True
+            elif not host.endswith(".hf.space"):
+                self._token_ok = False
+            else:
+                self._token_ok = host.lower() in token_space_hosts(token)
+        return {"Authorization": f"Bearer {token}"} if self._token_ok else {}
 
     def _request(self, method: str, path: str, payload: Any = None) -> Any:
         import httpx

@@ -17,6 +17,8 @@ from statistics import median
 from typing import Any, Iterable, Sequence
 
 from engine.frames import SCALAR_FIELDS, Frame
+
+_SCALARS = frozenset(SCALAR_FIELDS)
 from engine.probe import SIGMA  # the crystallization threshold: one definition, in the probe (re-exported)
 
 SMOOTH_WINDOW = 5
@@ -51,20 +53,76 @@ def finite(x: Any) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
+_COLUMNS: dict[int, tuple[Sequence[Frame], dict[str, tuple[list[int], list[float]]]]] = {}
+
+
 def series(frames: Sequence[Frame], name: str) -> tuple[list[int], list[float]]:
-    """(steps, values) of a metric over the frames where it is finite."""
-    steps: list[int] = []
-    vals: list[float] = []
-    for f in frames:
-        v = f.get(name)
-        if v is not None and finite(v):
-            steps.append(f.step)
-            vals.append(float(v))
-    return steps, vals
+    """(steps, values) of a metric over the frames where it is finite (computed once per metric while a
+    :func:`columns_cached` block is open on these frames: every detector reads the same columns)."""
+    cached = _COLUMNS.get(id(frames))
+    if cached is not None and cached[0] is frames:
+        hit = cached[1].get(name)
+        if hit is None:
+            hit = cached[1][name] = _series(frames, name)
+        return hit
+    return _series(frames, name)
+
+
+def _series(frames: Sequence[Frame], name: str) -> tuple[list[int], list[float]]:
+    if name in _SCALARS:
+        pairs = [(f.step, v) for f in frames if (v := getattr(f, name)) is not None]
+    else:
+        pairs = [(f.step, v) for f in frames if (v := f.get(name)) is not None]
+    if not pairs:
+        return [], []
+    try:
+        import numpy as np
+
+        arr = np.array([v for _, v in pairs], dtype=float)
+        ok = np.isfinite(arr)
+        if any(isinstance(v, bool) for _, v in pairs[:1]):
+            raise TypeError
+        if ok.all():
+            return [st for st, _ in pairs], arr.tolist()
+        return [st for (st, _), good in zip(pairs, ok.tolist()) if good], arr[ok].tolist()
+    except (TypeError, ValueError):  # a value that is not a number: the careful way
+        steps: list[int] = []
+        vals: list[float] = []
+        for st, v in pairs:
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
+                steps.append(st)
+                vals.append(float(v))
+        return steps, vals
+
+
+class columns_cached:
+    """``with columns_cached(frames):`` — series() of these frames is computed once per metric inside."""
+
+    def __init__(self, frames: Sequence[Frame]):
+        self.frames = frames
+        self.key = id(frames)
+
+    def __enter__(self) -> "columns_cached":
+        cur = _COLUMNS.get(self.key)
+        self.owner = not (cur is not None and cur[0] is self.frames)  # nested in a block on the same frames
+        if self.owner:
+            _COLUMNS[self.key] = (self.frames, {})
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.owner:
+            _COLUMNS.pop(self.key, None)
 
 
 def rolling_mean(xs: Sequence[float], window: int) -> list[float]:
     """Trailing rolling mean (the first values average what exists so far)."""
+    if len(xs) > 64:
+        import numpy as np
+
+        c = np.concatenate([[0.0], np.cumsum(np.asarray(xs, dtype=float))])
+        idx = np.arange(1, len(xs) + 1)
+        lo = np.maximum(idx - window, 0)
+        return ((c[idx] - c[lo]) / (idx - lo)).tolist()
     out: list[float] = []
     acc = 0.0
     for i, x in enumerate(xs):
@@ -180,19 +238,21 @@ def detect_nonfinite(frames: Sequence[Frame]) -> list[Finding]:
     (``nonfinite_grad``) — transformers writes them into trainer_state.json as bare ``NaN``/``Infinity``.
     Never "recovered": weights that saw a non-finite update stay suspect."""
     out = []
-    bad = [f.step for f in frames if f.loss is not None and not finite(f.loss)]
+    inf = math.inf
+    bad = [f.step for f in frames if (v := f.loss) is not None and not -inf < v < inf]  # NaN compares False
     if bad:
         out.append(Finding("nonfinite_loss", "bad", bad[0], bad[-1],
                            f"loss is NaN/inf on {len(bad)} frame(s), first at step {bad[0]}",
                            "Lower the learning rate, enable gradient clipping (max_grad_norm) or check for fp16 "
                            "overflow."))
-    rew = [f.step for f in frames if f.reward_mean is not None and not finite(f.reward_mean)]
+    rew = [f.step for f in frames if (v := f.reward_mean) is not None and not -inf < v < inf]
     if rew:
         out.append(Finding("nonfinite_reward", "bad", rew[0], rew[-1],
                            f"reward is NaN/inf on {len(rew)} frame(s), first at step {rew[0]}",
                            "A reward function returns NaN/inf (a failed parse, a division by zero): guard it and "
                            "return a finite score; the advantages of those groups are garbage."))
-    grad = [f.step for f in frames if f.extra and "grad_norm" in f.extra and not finite(f.extra["grad_norm"])]
+    grad = [f.step for f in frames if f.extra and (v := f.extra.get("grad_norm")) is not None
+            and not -inf < v < inf]
     if grad:
         out.append(Finding("nonfinite_grad", "bad", grad[0], grad[-1],
                            f"grad_norm is NaN/inf on {len(grad)} frame(s), first at step {grad[0]}",
@@ -344,10 +404,10 @@ def detect_kl_blowup(frames: Sequence[Frame]) -> list[Finding]:
     for i, v in enumerate(kl):
         if limit is not None and v <= limit:
             limit = None
-        if limit is None:
-            prev = kl[max(0, i - KL_SPIKE_WINDOW):i]
-            if len(prev) >= 3 and v > max(KL_SPIKE_MIN, KL_SPIKE * median(prev)):
-                limit = max(KL_SPIKE_MIN, KL_SPIKE * median(prev))
+        if limit is None and i >= 3 and v > KL_SPIKE_MIN:  # only a value above the floor can be a spike
+            level = max(KL_SPIKE_MIN, KL_SPIKE * median(kl[max(0, i - KL_SPIKE_WINDOW):i]))
+            if v > level:
+                limit = level
         flags.append(v >= KL_WARN or limit is not None)
     spans = _spans(flags)
     if not spans:
@@ -385,7 +445,8 @@ def health(frames: Sequence[Frame], settings: dict[str, Any] | None = None) -> d
     keeps hints from suggesting what is already in force."""
     if not frames:
         return {"status": "empty", "findings": []}
-    findings = [f for det in DETECTORS for f in det(frames)]
+    with columns_cached(frames):
+        findings = [f for det in DETECTORS for f in det(frames)]
     if settings:
         findings = [_fit_hint(f, settings) for f in findings]
     live = [f for f in findings if f.open]
@@ -463,24 +524,26 @@ def summarize(frames: Sequence[Frame], *, source: str, run: str | None, skipped:
     """The `carl --batch observe` object (../shared/CONTRACT.md §observe)."""
     frames = sorted(frames, key=lambda f: f.step) if any(
         a.step > b.step for a, b in zip(frames, frames[1:])) else frames
-    out: dict[str, Any] = {
-        "source": source,
-        "run": run,
-        "n_frames": len(frames),
-        "first_step": frames[0].step if frames else None,
-        "last_step": frames[-1].step if frames else None,
-        "metrics": metric_names(frames),
-        "phi": phi_stats(frames),
-        "phase": phase(frames),
-        "phase_reason": phase_reason(frames) if frames else None,
-        "crystallization_step": crystallization_step(frames),
-        "health": health(frames, settings),
-        "skipped_lines": skipped,
-    }
-    from engine.envs.metrics import agent_summary
+    with columns_cached(frames):
+        out: dict[str, Any] = {
+            "source": source,
+            "run": run,
+            "n_frames": len(frames),
+            "first_step": frames[0].step if frames else None,
+            "last_step": frames[-1].step if frames else None,
+            "metrics": metric_names(frames),
+            "phi": phi_stats(frames),
+            "phase": phase(frames),
+            "phase_reason": phase_reason(frames) if frames else None,
+            "crystallization_step": crystallization_step(frames),
+            "health": health(frames, settings),
+            "skipped_lines": skipped,
+        }
+    if any(m.startswith(("agent/", "tools/")) for m in out["metrics"]):
+        from engine.envs.metrics import agent_summary
 
-    agent = agent_summary(frames)  # agent runs only: task completion, tool format, tool calls per task
-    if agent is not None:
-        out["agent"] = agent
+        agent = agent_summary(frames)  # agent runs only: task completion, tool format, tool calls per task
+        if agent is not None:
+            out["agent"] = agent
     out.update(extra)
     return out

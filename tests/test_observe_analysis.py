@@ -222,3 +222,23 @@ def test_solved_groups_are_not_dead_ones():
     assert z is None or z.get("recovered_at") is not None
     dead = run(40, frac_reward_zero_std=0.95, task_reward=0.0)
     assert codes(dead)["zero_std_rewards"]["severity"] == "bad"
+
+
+def test_column_replay_equals_the_live_monitor():
+    """detect_collapse (column-wise) decides exactly what CollapseMonitor fed frame by frame decides: the alarm
+    step, its start, its evidence and its recovery (here: collapse, recovery, a relapse, a second recovery)."""
+    from engine.observe.collapse import CollapseMonitor, detect_collapse
+
+    def f(s, bad):
+        return Frame(step=s, entropy=0.3 if bad else 1.0, reward_mean=0.5, frac_reward_zero_std=0.9 if bad else 0.1,
+                     completion_length=20.0 if bad else 100.0, extra={"reward_std": 0.05 if bad else 0.5})
+
+    for frames in ([f(s, (20 <= s < 60) or (75 <= s < 85)) for s in range(120)],
+                   [f(s, s >= 20) for s in range(100)], [f(s, False) for s in range(100)]):
+        mon = CollapseMonitor()
+        for x in frames:
+            mon.update(x)
+        a, b = mon.alarm, detect_collapse(frames)
+        assert (a is None) == (b is None)
+        if a is not None:
+            assert (a.step, a.since, a.recovered_at, a.evidence) == (b.step, b.since, b.recovered_at, b.evidence)

@@ -242,3 +242,16 @@ def test_column_replay_equals_the_live_monitor():
         assert (a is None) == (b is None)
         if a is not None:
             assert (a.step, a.since, a.recovered_at, a.evidence) == (b.step, b.since, b.recovered_at, b.evidence)
+
+
+def test_trl_signals_sampling_drift_and_tool_failures():
+    frames = run(30, entropy=lambda s: 2.0 - 0.05 * s, frac_reward_zero_std=0.25,
+                 extra=lambda s: {"sampling/importance_sampling_ratio/mean": 1.0 if s < 15 else 0.6,
+                                  "tools/failure_frequency": 0.1 if s < 10 else 0.95, "clip_ratio/region_mean": 0.01})
+    c = codes(frames)
+    assert c["sampling_drift"]["severity"] == "bad" and 15 <= c["sampling_drift"]["first_step"] <= 19
+    assert c["tool_failures"]["severity"] == "bad"
+    sig = A.summarize(frames, source="x", run="x")["signals"]
+    assert sig["entropy_share_of_start"] == pytest.approx((2.0 - 0.05 * 29) / 2.0, rel=1e-3)
+    assert sig["frac_reward_zero_std"] == 0.25 and "kl" not in sig  # KL only when logged
+    assert A.summarize(run(5, loss=1.0), source="x", run="x")["signals"] is None

@@ -434,8 +434,57 @@ def detect_collapse_onset(frames: Sequence[Frame]) -> list[Finding]:
                     step=alarm.step, evidence=alarm.evidence, recovered_at=alarm.recovered_at)]
 
 
+IS_RATIO_DRIFT = 0.1  # TRL's sampling/importance_sampling_ratio/mean off 1 by ≥ 10 % (rolling mean of 5)
+TOOL_FAIL_WARN, TOOL_FAIL_BAD = 0.5, 0.9  # rolling mean of tools/failure_frequency
+
+
+def detect_sampling_drift(frames: Sequence[Frame]) -> list[Finding]:
+    """vLLM drift: the importance-sampling ratio between the trainer's and the generator's log-probs (TRL logs
+    ``sampling/importance_sampling_ratio/mean``) away from 1 means the two disagree about the policy."""
+    steps, vals = series(frames, "sampling/importance_sampling_ratio/mean")
+    if not vals:
+        return []
+    dev = [abs(v - 1.0) for v in rolling_mean(vals, ROLL_WINDOW)]
+    spans = _spans([d >= IS_RATIO_DRIFT for d in dev], ENTROPY_COLLAPSE_MIN_FRAMES)
+    if not spans:
+        return []
+    a, b = spans[0][0], spans[-1][1]
+    peak = max(dev[a:b + 1])
+    return [Finding("sampling_drift", "bad" if peak >= 3 * IS_RATIO_DRIFT else "warn", steps[a], steps[b],
+                    f"importance-sampling ratio (trainer vs generator log-probs) off 1 by {peak:.0%} "
+                    f"(rolling mean of {ROLL_WINDOW})",
+                    "The generator (vLLM) and the trainer disagree: check that weights are synced each step, the "
+                    "same dtype on both, and TRL's vllm_importance_sampling_correction.",
+                    recovered_at=recovered_step(steps, b))]
+
+
+def detect_tool_failures(frames: Sequence[Frame]) -> list[Finding]:
+    return _ratio_finding(frames, "tools/failure_frequency", TOOL_FAIL_WARN, TOOL_FAIL_BAD, "tool_failures",
+                          "tool calls that fail", "Check the tool schema in the prompt and the tool's errors: the "
+                          "policy cannot learn from calls that never run.")
+
+
+def trl_signals(frames: Sequence[Frame]) -> dict[str, Any] | None:
+    """TRL's health numbers in one place (the summary's ``signals``; None when none is logged): entropy as a share
+    of its first value, the last tied-group share, clip ratios, importance-sampling ratio, tool failures, KL (only
+    when logged)."""
+    out: dict[str, Any] = {}
+    _, ent = series(frames, "entropy")
+    if len(ent) >= 2 and ent[0] > 0:
+        out["entropy_share_of_start"] = round(ent[-1] / ent[0], 4)
+    for name in ("frac_reward_zero_std", "kl", "clip_ratio/region_mean", "clip_ratio/low_mean",
+                 "clip_ratio/high_mean", "sampling/importance_sampling_ratio/mean",
+                 "sampling/importance_sampling_ratio/min", "sampling/importance_sampling_ratio/max",
+                 "tools/failure_frequency", "reward_std"):
+        _, vals = series(frames, name)
+        if vals:
+            out[name] = round(vals[-1], 6)
+    return out or None
+
+
 DETECTORS = (detect_collapse_onset, detect_nonfinite, detect_entropy_collapse, detect_length_collapse,
-             detect_length_hacking, detect_zero_std, detect_clipped, detect_kl_blowup, detect_stalled_phi)
+             detect_length_hacking, detect_zero_std, detect_clipped, detect_kl_blowup, detect_sampling_drift,
+             detect_tool_failures, detect_stalled_phi)
 
 
 def health(frames: Sequence[Frame], settings: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -537,6 +586,7 @@ def summarize(frames: Sequence[Frame], *, source: str, run: str | None, skipped:
             "phase_reason": phase_reason(frames) if frames else None,
             "crystallization_step": crystallization_step(frames),
             "health": health(frames, settings),
+            "signals": trl_signals(frames),
             "skipped_lines": skipped,
         }
     if any(m.startswith(("agent/", "tools/")) for m in out["metrics"]):

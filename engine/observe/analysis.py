@@ -11,6 +11,7 @@ Phase and crystallization step come from change-points in the run's own Φ traje
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import asdict, dataclass
 from statistics import median
@@ -68,31 +69,60 @@ def series(frames: Sequence[Frame], name: str) -> tuple[list[int], list[float]]:
     return _series(frames, name)
 
 
-def _series(frames: Sequence[Frame], name: str) -> tuple[list[int], list[float]]:
-    if name in _SCALARS:
-        pairs = [(f.step, v) for f in frames if (v := getattr(f, name)) is not None]
-    else:
-        pairs = [(f.step, v) for f in frames if (v := f.get(name)) is not None]
-    if not pairs:
-        return [], []
-    try:
-        import numpy as np
+def _steps_of(frames: Sequence[Frame]) -> Any:
+    import numpy as np
 
-        arr = np.array([v for _, v in pairs], dtype=float)
-        ok = np.isfinite(arr)
-        if any(isinstance(v, bool) for _, v in pairs[:1]):
+    cached = _COLUMNS.get(id(frames))
+    if cached is not None and cached[0] is frames:
+        arr = cached[1].get("\0steps")
+        if arr is None:
+            arr = cached[1]["\0steps"] = np.fromiter((f.step for f in frames), dtype=np.int64, count=len(frames))
+        return arr
+    return np.fromiter((f.step for f in frames), dtype=np.int64, count=len(frames))
+
+
+def _series(frames: Sequence[Frame], name: str) -> tuple[list[int], list[float]]:
+    """No per-value tuples (they would make the cyclic GC walk a long run's frames again and again): one list
+    of raw values, converted by numpy (None → NaN), masked to the finite ones."""
+    import numpy as np
+
+    if name in _SCALARS:
+        raw = [getattr(f, name) for f in frames]
+    else:
+        raw = [f.get(name) for f in frames]
+    try:
+        if any(type(v) is bool for v in raw[:1]):
             raise TypeError
-        if ok.all():
-            return [st for st, _ in pairs], arr.tolist()
-        return [st for (st, _), good in zip(pairs, ok.tolist()) if good], arr[ok].tolist()
+        arr = np.array(raw, dtype=float)
     except (TypeError, ValueError):  # a value that is not a number: the careful way
         steps: list[int] = []
         vals: list[float] = []
-        for st, v in pairs:
+        for f, v in zip(frames, raw):
             if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
-                steps.append(st)
+                steps.append(f.step)
                 vals.append(float(v))
         return steps, vals
+    ok = np.isfinite(arr)
+    if not ok.any():
+        return [], []
+    return _steps_of(frames)[ok].tolist(), arr[ok].tolist()
+
+
+class _gc_paused:
+    """The summary makes no reference cycles; with a long run's frames alive, the cyclic GC would walk all of them
+    again and again while the summary allocates its columns. Paused for the block (restored as it was)."""
+
+    def __enter__(self) -> None:
+        import gc
+
+        self.was = gc.isenabled()
+        gc.disable()
+
+    def __exit__(self, *exc: object) -> None:
+        import gc
+
+        if self.was:
+            gc.enable()
 
 
 class columns_cached:
@@ -357,10 +387,18 @@ def detect_clipped(frames: Sequence[Frame]) -> list[Finding]:
 
 def detect_length_hacking(frames: Sequence[Frame]) -> list[Finding]:
     """Reward rising together with completion length running to the cap."""
-    rows = [(f.step, f.reward_mean, f.completion_length, f.clipped_ratio) for f in frames
-            if finite(f.reward_mean) and finite(f.completion_length)]
-    if len(rows) < 2 * SMOOTH_WINDOW:
+    def ok(f: Frame) -> bool:
+        return finite(f.reward_mean) and finite(f.completion_length)
+
+    head = [f for f in itertools.islice((f for f in frames if ok(f)), 2 * SMOOTH_WINDOW)]
+    if len(head) < 2 * SMOOTH_WINDOW:
         return []
+    tail = list(itertools.islice((f for f in reversed(frames) if ok(f)), LENGTH_WINDOW))[::-1]
+    rows = [(f.step, f.reward_mean, f.completion_length, f.clipped_ratio) for f in head[:SMOOTH_WINDOW]]
+    if len(tail) < LENGTH_WINDOW or head[-1].step >= tail[0].step:  # a short run: use every qualifying frame
+        rows = [(f.step, f.reward_mean, f.completion_length, f.clipped_ratio) for f in frames if ok(f)]
+    else:
+        rows += [(f.step, f.reward_mean, f.completion_length, f.clipped_ratio) for f in tail]
     win = rows[-LENGTH_WINDOW:]
     rew = [r[1] for r in win]
     ln = [r[2] for r in win]
@@ -392,6 +430,22 @@ def detect_stalled_phi(frames: Sequence[Frame]) -> list[Finding]:
                     "Training is not changing coherence: check the learning rate, the gate and the CARL weight.")]
 
 
+def _trailing_medians(xs: Sequence[float], window: int) -> list[float]:
+    """out[i] = median of xs[max(0, i - window):i] (NaN at i = 0)."""
+    n = len(xs)
+    out = [float("nan")] * n
+    head = min(n, window + 1)
+    for i in range(1, head):
+        out[i] = median(xs[:i])
+    if n > window:
+        import numpy as np
+        from numpy.lib.stride_tricks import sliding_window_view
+
+        med = np.median(sliding_window_view(np.asarray(xs, dtype=float), window), axis=1)  # med[j]: xs[j:j+w]
+        out[window:] = med[:n - window].tolist()
+    return out
+
+
 def detect_kl_blowup(frames: Sequence[Frame]) -> list[Finding]:
     """KL to the reference (only when logged) at an absolute level (≥ KL_WARN), or a spike: above KL_SPIKE × the
     median of the frames just before it and above KL_SPIKE_MIN. Never a ratio to the run's start: KL starts near 0
@@ -399,13 +453,14 @@ def detect_kl_blowup(frames: Sequence[Frame]) -> list[Finding]:
     steps, kl = series(frames, "kl")
     if not kl:
         return []
+    prev_median = _trailing_medians(kl, KL_SPIKE_WINDOW)  # median of the (up to) 10 values before each
     flags = []
     limit: float | None = None  # while a spike holds: the level it must fall back under (from before it)
     for i, v in enumerate(kl):
         if limit is not None and v <= limit:
             limit = None
         if limit is None and i >= 3 and v > KL_SPIKE_MIN:  # only a value above the floor can be a spike
-            level = max(KL_SPIKE_MIN, KL_SPIKE * median(kl[max(0, i - KL_SPIKE_WINDOW):i]))
+            level = max(KL_SPIKE_MIN, KL_SPIKE * prev_median[i])
             if v > level:
                 limit = level
         flags.append(v >= KL_WARN or limit is not None)
@@ -573,7 +628,7 @@ def summarize(frames: Sequence[Frame], *, source: str, run: str | None, skipped:
     """The `carl --batch observe` object (../shared/CONTRACT.md §observe)."""
     frames = sorted(frames, key=lambda f: f.step) if any(
         a.step > b.step for a, b in zip(frames, frames[1:])) else frames
-    with columns_cached(frames):
+    with columns_cached(frames), _gc_paused():
         out: dict[str, Any] = {
             "source": source,
             "run": run,

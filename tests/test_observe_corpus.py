@@ -38,3 +38,19 @@ def test_every_corpus_file_has_provenance():
     sources = (REAL / "SOURCES.md").read_text()
     for name in CORPUS:
         assert f"`{name}`" in sources
+
+
+def test_long_healthy_demo_run_has_no_collapse_finding():
+    """carl's demo at lr 4e-4 (`carl --batch train --set grpo.learning_rate=4e-4 --set grpo.max_steps=3000`, this
+    branch, 2026-12-07; the frames it logged before the session ended — see docs/coherence.md §7): it learns, so
+    no collapse.onset (the detector before this round fired at step 199) and no entropy collapse."""
+    import json
+
+    from engine.frames import Frame
+
+    path = Path(__file__).parent / "data" / "coherence" / "frames" / "demo-lr4e-4-long.jsonl"
+    frames = [Frame.from_dict(json.loads(x)) for x in path.read_text().splitlines() if x.strip()]
+    assert len(frames) >= 400
+    out = summarize(frames, source=str(path), run="demo-lr4e-4-long")
+    codes = {f["code"] for f in out["health"]["findings"]}
+    assert "collapse.onset" not in codes and "entropy_collapse" not in codes

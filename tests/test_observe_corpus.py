@@ -19,6 +19,7 @@ CORPUS = {
     "trl_dapo_vl3b_181457.console.log": ("bad", {"clipped_completions"}, set()),
     "scu_tsc_qwen05b_7934f1b.console.log": ("bad", {"zero_std_rewards"}, {"kl_blowup"}),
     "scu_tsc_qwen05b_4308fd8.console.log": ("ok", set(), {"kl_blowup", "zero_std_rewards"}),
+    "aaipl_grpo_ckpt500/trainer_state.json": ("bad", {"clipped_completions"}, set()),
 }
 
 

@@ -527,13 +527,23 @@ def trl_signals(frames: Sequence[Frame]) -> dict[str, Any] | None:
     _, ent = series(frames, "entropy")
     if len(ent) >= 2 and ent[0] > 0:
         out["entropy_share_of_start"] = round(ent[-1] / ent[0], 4)
-    for name in ("frac_reward_zero_std", "kl", "clip_ratio/region_mean", "clip_ratio/low_mean",
-                 "clip_ratio/high_mean", "sampling/importance_sampling_ratio/mean",
-                 "sampling/importance_sampling_ratio/min", "sampling/importance_sampling_ratio/max",
-                 "tools/failure_frequency", "reward_std"):
-        _, vals = series(frames, name)
-        if vals:
-            out[name] = round(vals[-1], 6)
+    names = ["frac_reward_zero_std", "kl", "clip_ratio/region_mean", "clip_ratio/low_mean", "clip_ratio/high_mean",
+             "sampling/importance_sampling_ratio/mean", "sampling/importance_sampling_ratio/min",
+             "sampling/importance_sampling_ratio/max", "tools/failure_frequency", "reward_std"]
+    present = set(metric_names(frames[-200:]))  # only the last value is needed: scan back from the end
+    todo = [n for n in names if n in present]  # a metric not logged lately has no current value
+    last: dict[str, float] = {}
+    for f in reversed(frames):
+        for n in todo:
+            if n not in last:
+                v = f.get(n)
+                if v is not None and finite(v):
+                    last[n] = float(v)
+        if len(last) == len(todo):
+            break
+    for n in names:
+        if n in last:
+            out[n] = round(last[n], 6)
     return out or None
 
 

@@ -168,3 +168,14 @@ def test_follow_webhook_alerts_before_the_plain_collapse(receiver, tmp_path):
     assert body["step"] < plain and body["severity"] == "bad"
     last_written = max((s for t, s in written if t <= t_alert), default=20)
     assert last_written < plain  # the alert was in before the plain-collapse frame was written
+
+
+def test_tracker_for_the_workbench_bell():
+    from engine.observe.alerts import AlertTracker
+
+    t = AlertTracker()
+    assert [p["code"] for p in t.new([finding("kl_blowup", "warn"), finding("stalled_phi", "info")], "r")] == [
+        "kl_blowup"]
+    assert t.new([finding("kl_blowup", "warn")], "r") == []
+    assert t.new([finding("kl_blowup", "warn", recovered_at=9)], "r") == []
+    assert [p["code"] for p in t.new([finding("kl_blowup", "warn")], "r")] == ["kl_blowup"]

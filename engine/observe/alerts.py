@@ -37,6 +37,30 @@ def alert_payload(finding: dict[str, Any], run: str | None) -> dict[str, Any]:
             "step": step, "message": finding.get("message", ""), "hint": finding.get("hint", "")}
 
 
+class AlertTracker:
+    """Which findings are *new* (the dedupe rule, without any sending): what the workbench needs for its bell and
+    banner, and what :class:`AlertSender` uses. ``new(findings, run)`` returns the alert payloads of the warn/bad
+    findings that just opened — once per opening; a recovered finding may open, and alert, again."""
+
+    def __init__(self) -> None:
+        self._open: set[str] = set()
+
+    def new(self, findings: Iterable[dict[str, Any]], run: str | None) -> list[dict[str, Any]]:
+        out = []
+        for f in findings:
+            code = f.get("code")
+            if not code or f.get("severity") not in ALERT_SEVERITIES:
+                continue
+            if f.get("recovered_at") is not None:
+                self._open.discard(code)
+                continue
+            if code in self._open:
+                continue
+            self._open.add(code)
+            out.append(alert_payload(f, run))
+        return out
+
+
 @dataclass
 class AlertStats:
     sent: int = 0
@@ -61,7 +85,7 @@ class AlertSender:
         self.ledger_home = ledger_home
         self.on_result = on_result
         self.stats = AlertStats()
-        self._open: set[str] = set()  # codes alerted and not recovered since
+        self.tracker = AlertTracker()
         self._q: queue.Queue[dict[str, Any] | None] = queue.Queue()
         self._max_queue = max_queue
         self._last_post = 0.0
@@ -72,18 +96,8 @@ class AlertSender:
 
     def offer(self, findings: Iterable[dict[str, Any]], *, run: str | None = None) -> list[dict[str, Any]]:
         """Queue an alert for each finding that is newly open; returns the payloads queued."""
-        out = []
-        for f in findings:
-            code = f.get("code")
-            if not code or f.get("severity") not in ALERT_SEVERITIES:
-                continue
-            if f.get("recovered_at") is not None:
-                self._open.discard(code)  # may alert again if it opens anew
-                continue
-            if code in self._open:
-                continue
-            self._open.add(code)
-            payload = alert_payload(f, run or self.run)
+        out = self.tracker.new(findings, run or self.run)
+        for payload in out:
             if self._q.qsize() >= self._max_queue:
                 try:
                     self._q.get_nowait()
@@ -91,7 +105,6 @@ class AlertSender:
                 except queue.Empty:
                     pass
             self._q.put(payload)
-            out.append(payload)
         return out
 
     def close(self, timeout: float = 10.0) -> None:

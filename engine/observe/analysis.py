@@ -81,9 +81,20 @@ def _steps_of(frames: Sequence[Frame]) -> Any:
     return np.fromiter((f.step for f in frames), dtype=np.int64, count=len(frames))
 
 
-def _series(frames: Sequence[Frame], name: str) -> tuple[list[int], list[float]]:
-    """No per-value tuples (they would make the cyclic GC walk a long run's frames again and again): one list
-    of raw values, converted by numpy (None → NaN), masked to the finite ones."""
+def column_array(frames: Sequence[Frame], name: str) -> Any:
+    """A metric over the frames as a float array aligned with them, NaN where absent or not finite (cached
+    inside a :class:`columns_cached` block, shared by every detector and the collapse replay)."""
+    cached = _COLUMNS.get(id(frames))
+    key = "\0col:" + name
+    if cached is not None and cached[0] is frames:
+        arr = cached[1].get(key)
+        if arr is None:
+            arr = cached[1][key] = _column_array(frames, name)
+        return arr
+    return _column_array(frames, name)
+
+
+def _column_array(frames: Sequence[Frame], name: str) -> Any:
     import numpy as np
 
     if name in _SCALARS:
@@ -93,16 +104,21 @@ def _series(frames: Sequence[Frame], name: str) -> tuple[list[int], list[float]]
     try:
         if any(type(v) is bool for v in raw[:1]):
             raise TypeError
-        arr = np.array(raw, dtype=float)
+        arr = np.array(raw, dtype=float)  # None → NaN
     except (TypeError, ValueError):  # a value that is not a number: the careful way
-        steps: list[int] = []
-        vals: list[float] = []
-        for f, v in zip(frames, raw):
-            if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
-                steps.append(f.step)
-                vals.append(float(v))
-        return steps, vals
-    ok = np.isfinite(arr)
+        arr = np.array([float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else np.nan
+                        for v in raw], dtype=float)
+    arr[~np.isfinite(arr)] = np.nan
+    return arr
+
+
+def _series(frames: Sequence[Frame], name: str) -> tuple[list[int], list[float]]:
+    """From the shared column (no per-value tuples: they would make the cyclic GC walk a long run's frames again
+    and again)."""
+    import numpy as np
+
+    arr = column_array(frames, name)
+    ok = ~np.isnan(arr)
     if not ok.any():
         return [], []
     return _steps_of(frames)[ok].tolist(), arr[ok].tolist()
@@ -480,7 +496,7 @@ def detect_collapse_onset(frames: Sequence[Frame]) -> list[Finding]:
     """The collapse early warning (engine/observe/collapse.py), replayed over the frames."""
     from engine.observe.collapse import detect_collapse
 
-    alarm = detect_collapse(frames)
+    alarm = detect_collapse(frames, column=lambda name: column_array(frames, name))
     if alarm is None:
         return []
     return [Finding("collapse.onset", "bad", alarm.since, alarm.step, alarm.message(),

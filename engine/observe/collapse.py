@@ -215,13 +215,15 @@ class CollapseMonitor:
             self.alarm.recovered_at = self.quiet_since
 
 
-def detect_collapse(frames: Iterable[Any], *, follow_recovery: bool = True) -> Alarm | None:
+def detect_collapse(frames: Iterable[Any], *, follow_recovery: bool = True,
+                    column: Any = None) -> Alarm | None:
     """Replay frames (Frame objects or frame dicts, in step order) through the monitor's rules: the alarm (with
     ``recovered_at`` when the conditions stopped holding after it), or None. Computed column-wise with numpy
     (:func:`_replay`) — the same decisions as feeding a :class:`CollapseMonitor` frame by frame (a test holds
-    them equal), at a fraction of the cost on long runs."""
+    them equal), at a fraction of the cost on long runs. ``column(name)``, when given, supplies a metric as a
+    float array aligned with the frames, NaN where absent or not finite (analysis shares its cached columns)."""
     frames = frames if isinstance(frames, list) else list(frames)
-    alarm = _replay(frames)
+    alarm = _replay(frames, column)
     if alarm is not None and not follow_recovery:
         alarm.recovered_at = None
     return alarm
@@ -268,13 +270,14 @@ class _Cols:
         self.any_ready = bool(self.ready.any())
 
 
-def _replay(frames: list[Any]) -> Alarm | None:
+def _replay(frames: list[Any], column: Any = None) -> Alarm | None:
     import numpy as np
 
     n = len(frames)
     if n <= BASELINE:
         return None
-    cols = {name: _Cols(_column(frames, name)) for name in CollapseMonitor.NAMES}
+    get = column or (lambda name: _column(frames, name))
+    cols = {name: _Cols(get(name)) for name in CollapseMonitor.NAMES}
     d, a, c, e, p, t = (cols[x] for x in CollapseMonitor.NAMES[:6])
     z, r, ln, rew = cols[ZSTD], cols[RSTD], cols[LEN], cols["reward_mean"]
     false = np.zeros(n, dtype=bool)

@@ -89,7 +89,16 @@ def column_array(frames: Sequence[Frame], name: str) -> Any:
     if cached is not None and cached[0] is frames:
         arr = cached[1].get(key)
         if arr is None:
-            arr = cached[1][key] = _column_array(frames, name)
+            names = cached[1].get("\0names")
+            if names is None:
+                names = cached[1]["\0names"] = set(metric_names(frames))
+            if name not in names:  # not logged by this run: no pass over the frames
+                import numpy as np
+
+                arr = np.full(len(frames), np.nan)
+            else:
+                arr = _column_array(frames, name)
+            cached[1][key] = arr
         return arr
     return _column_array(frames, name)
 
@@ -99,8 +108,10 @@ def _column_array(frames: Sequence[Frame], name: str) -> Any:
 
     if name in _SCALARS:
         raw = [getattr(f, name) for f in frames]
-    else:
+    elif name.startswith(("rewards/", "carl/")):
         raw = [f.get(name) for f in frames]
+    else:
+        raw = [f.extra.get(name) if f.extra else None for f in frames]
     try:
         if any(type(v) is bool for v in raw[:1]):
             raise TypeError
@@ -359,40 +370,62 @@ def _ratio_finding(frames: Sequence[Frame], name: str, warn: float, bad: float, 
                     hint, recovered_at=recovered_step(steps, b))]
 
 
-def solved_share(frames: Sequence[Frame]) -> dict[int, float]:
-    """Per step, how much of the tied-group fraction can be groups that are all *right* (solved prompts). With a
-    0..1 task reward (carl's accuracy) that is at most the accuracy; with a reward of unknown scale, its place in
-    the run's own range — counted only once the reward has climbed at least half that range from its start (a
-    reward that sits at one level from step 1 says nothing about being right). A group that ties because every
-    completion is correct is a solved prompt, not a dead one (no signal, but nothing wrong)."""
+def solved_share_array(frames: Sequence[Frame]) -> Any:
+    """Per frame (aligned, NaN where unknown), how much of the tied-group fraction can be groups that are all
+    *right* (solved prompts). With a 0..1 task reward (carl's accuracy) that is at most the accuracy; with a
+    reward of unknown scale, its place in the run's own range — counted only once the reward has climbed at least
+    half that range from its start (a reward that sits at one level from step 1 says nothing about being right).
+    A group that ties because every completion is correct is a solved prompt, not a dead one (no signal, but
+    nothing wrong). None when no reward is logged."""
+    import numpy as np
+
     for name in ("task_reward", "reward_mean"):
-        steps, vals = series(frames, name)
-        if len(vals) >= 2:
+        col = column_array(frames, name)
+        ok = ~np.isnan(col)
+        if ok.sum() >= 2:
             break
     else:
-        return {}
-    roll = rolling_mean(vals, ROLL_WINDOW)
-    if name == "task_reward" and 0.0 <= min(vals) and max(vals) <= 1.0:
-        # an accuracy: the share of all-correct groups is at most the share of correct completions
-        return {s: min(1.0, r) for s, r in zip(steps, roll)}
-    lo, hi = min(roll), max(roll)
+        return None
+    vals = col[ok]
+    roll = np.asarray(rolling_mean(vals.tolist(), ROLL_WINDOW))
+    out = np.full(len(frames), np.nan)
+    if name == "task_reward" and vals.min() >= 0.0 and vals.max() <= 1.0:
+        out[ok] = np.minimum(1.0, roll)  # an accuracy bounds the share of all-correct groups
+        return out
+    lo, hi = float(roll.min()), float(roll.max())
     if hi - lo <= 1e-9:
-        return {}  # a reward that never moved: nothing says its level is "right"
-    # the reward's own scale is unknown: a level counts as solved only once the run has climbed to it
-    return {s: min(1.0, max(0.0, (r - lo) / (hi - lo) + SOLVED_MARGIN))
-            if r - roll[0] >= 0.5 * (hi - lo) else 0.0 for s, r in zip(steps, roll)}
+        return None  # a reward that never moved: nothing says its level is "right"
+    climbed = roll - roll[0] >= 0.5 * (hi - lo)  # the reward's scale is unknown: only a level it climbed to
+    out[ok] = np.where(climbed, np.clip((roll - lo) / (hi - lo) + SOLVED_MARGIN, 0.0, 1.0), 0.0)
+    return out
+
+
+def solved_share(frames: Sequence[Frame]) -> dict[int, float]:
+    """:func:`solved_share_array` by step (for readers of one step at a time)."""
+    import numpy as np
+
+    arr = solved_share_array(frames)
+    if arr is None:
+        return {}
+    ok = ~np.isnan(arr)
+    return dict(zip(_steps_of(frames)[ok].tolist(), arr[ok].tolist()))
 
 
 def detect_zero_std(frames: Sequence[Frame]) -> list[Finding]:
     """Dead groups (rewards all tie and are all wrong): ``frac_reward_zero_std`` less the share of tied groups
-    that can be solved ones (see :func:`solved_share`)."""
-    steps, vals = series(frames, "frac_reward_zero_std")
-    solved = solved_share(frames)
-    dead = [max(0.0, v - solved.get(s, 0.0)) for s, v in zip(steps, vals)]
+    that can be solved ones (see :func:`solved_share_array`)."""
+    import numpy as np
+
+    z = column_array(frames, "frac_reward_zero_std")
+    ok = ~np.isnan(z)
+    if not ok.any():
+        return []
+    solved = solved_share_array(frames)
+    dead = z[ok] if solved is None else np.maximum(0.0, z[ok] - np.nan_to_num(solved[ok], nan=0.0))
     return _ratio_finding(frames, "frac_reward_zero_std", ZERO_STD_WARN, ZERO_STD_BAD, "zero_std_rewards",
                           "groups whose rewards all tie and are not solved (no GRPO gradient)",
                           "Make the reward finer-grained, raise num_generations or the sampling temperature.",
-                          vals_steps=(steps, dead))
+                          vals_steps=(_steps_of(frames)[ok].tolist(), dead.tolist()))
 
 
 def detect_clipped(frames: Sequence[Frame]) -> list[Finding]:
@@ -635,6 +668,14 @@ def metric_names(frames: Iterable[Frame]) -> list[str]:
             + [f"rewards/{n}" for n in sorted(rewards)] + [f"carl/{n}" for n in sorted(comps)] + sorted(extra))
 
 
+def _metric_names_cached(frames: Sequence[Frame]) -> list[str]:
+    names = metric_names(frames)
+    cached = _COLUMNS.get(id(frames))
+    if cached is not None and cached[0] is frames:
+        cached[1]["\0names"] = set(names)
+    return names
+
+
 def phi_stats(frames: Sequence[Frame]) -> dict[str, float] | None:
     _, phis = series(frames, "phi")
     if not phis:
@@ -661,7 +702,7 @@ def summarize(frames: Sequence[Frame], *, source: str, run: str | None, skipped:
             "n_frames": len(frames),
             "first_step": frames[0].step if frames else None,
             "last_step": frames[-1].step if frames else None,
-            "metrics": metric_names(frames),
+            "metrics": _metric_names_cached(frames),
             "phi": phi_stats(frames),
             "phase": phase(frames),
             "phase_reason": phase_reason(frames) if frames else None,

@@ -26,6 +26,7 @@ from engine.config_schema import (  # noqa: F401
     ComputeSection,
     EvalSection,
     TrackingSection,
+    AlertsSection,
     BudgetSection,
     TrainSection,
     STAGES,

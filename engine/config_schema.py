@@ -261,6 +261,13 @@ class TrackingSection(_Model):
     project: str | None = Field(None, description="trackio project (default: project.name)")
 
 
+class AlertsSection(_Model):
+    webhook: str | None = Field(None, description="Where carl's runs send one JSON message per new warn/bad health "
+                                                  "finding (a Slack/Discord incoming webhook or any receiver): a URL, "
+                                                  "or env:NAME to read it from a variable (docs/observe.md).")
+    min_interval_s: float = Field(1.0, ge=0, description="At most one alert POST per this many seconds.")
+
+
 class BudgetSection(_Model):
     max_usd_per_job: float = Field(10.0, ge=0, description="Refuse remote jobs estimated above this (USD).")
     max_usd_per_day: float = Field(25.0, ge=0, description="Refuse when today's spend would pass this (USD).")
@@ -341,6 +348,7 @@ class Config(_Model):
     compute: ComputeSection = Field(default_factory=ComputeSection)
     eval: EvalSection = Field(default_factory=EvalSection)
     tracking: TrackingSection = Field(default_factory=TrackingSection)
+    alerts: AlertsSection = Field(default_factory=AlertsSection)
     budget: BudgetSection = Field(default_factory=BudgetSection)
     train: TrainSection = Field(default_factory=TrainSection)
     pipeline: PipelineSection = Field(default_factory=PipelineSection)

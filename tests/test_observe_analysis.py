@@ -179,3 +179,79 @@ def test_diff_runs_aligned_by_step():
     assert d["phase"] == {"a": "knowing", "b": "knowing"}
     assert len(d["series"]) == 50 and d["series"][15] == {"step": 15, "phi_a": 0.05, "phi_b": 0.35,
                                                          "reward_a": 0.1, "reward_b": 0.3}
+
+
+def test_collapse_monitor_on_trl_metrics_and_recovery():
+    """Runs without distinct counts (TRL): tied groups rising, reward spread and length falling, entropy falling,
+    reward flat → collapse.onset; the conditions stop holding for RECOVER frames → recovered_at."""
+    from engine.observe.collapse import RECOVER, CollapseMonitor, detect_collapse
+
+    def f(s, bad):
+        return Frame(step=s, entropy=0.3 if bad else 1.0, reward_mean=0.5, frac_reward_zero_std=0.9 if bad else 0.1,
+                     completion_length=20.0 if bad else 100.0, extra={"reward_std": 0.05 if bad else 0.5})
+
+    frames = [f(s, 20 <= s < 60) for s in range(100)]
+    alarm = detect_collapse(frames)
+    assert alarm is not None and 20 < alarm.step < 40
+    assert {"zero_std", "reward_std", "completion_length", "entropy"} <= set(alarm.evidence)
+    assert alarm.recovered_at is not None and 60 <= alarm.recovered_at <= 60 + RECOVER
+    still = detect_collapse([f(s, s >= 20) for s in range(100)])
+    assert still is not None and still.recovered_at is None
+    # a reward that rises (the run learns) is not a collapse, whatever entropy does
+    learning = [Frame(step=s, entropy=1.0 if s < 20 else 0.3, reward_mean=0.01 * s, frac_reward_zero_std=0.1,
+                      completion_length=100.0) for s in range(100)]
+    assert detect_collapse(learning) is None
+    mon = CollapseMonitor()
+    fired = [a.step for a in (mon.update(x) for x in frames) if a is not None]
+    assert fired == [alarm.step]  # causal: fires once, live, where the replay says
+
+
+def test_kl_near_zero_start_growing_is_not_a_blowup():
+    """A run that learns multiplies its KL from ~0: never a finding below the absolute level."""
+    grows = codes(run(100, kl=lambda s: 0.0002 * 1.08 ** s))  # 0.0002 → 0.41
+    assert "kl_blowup" not in grows
+    spike = codes(run(40, kl=lambda s: 2.5 if s in (30, 31) else 0.02))["kl_blowup"]
+    assert spike["first_step"] == 30 and spike["recovered_at"] == 32
+    assert A.health(run(40, kl=lambda s: 2.5 if s in (30, 31) else 0.02))["status"] == "ok"  # recovered: not open
+
+
+def test_solved_groups_are_not_dead_ones():
+    # carl-style task reward: 95 % tied groups while the accuracy is ~1.0 — solved prompts
+    solved = run(40, frac_reward_zero_std=0.95, task_reward=lambda s: min(1.0, 0.1 + 0.05 * s))
+    z = codes(solved).get("zero_std_rewards")
+    assert z is None or z.get("recovered_at") is not None
+    dead = run(40, frac_reward_zero_std=0.95, task_reward=0.0)
+    assert codes(dead)["zero_std_rewards"]["severity"] == "bad"
+
+
+def test_column_replay_equals_the_live_monitor():
+    """detect_collapse (column-wise) decides exactly what CollapseMonitor fed frame by frame decides: the alarm
+    step, its start, its evidence and its recovery (here: collapse, recovery, a relapse, a second recovery)."""
+    from engine.observe.collapse import CollapseMonitor, detect_collapse
+
+    def f(s, bad):
+        return Frame(step=s, entropy=0.3 if bad else 1.0, reward_mean=0.5, frac_reward_zero_std=0.9 if bad else 0.1,
+                     completion_length=20.0 if bad else 100.0, extra={"reward_std": 0.05 if bad else 0.5})
+
+    for frames in ([f(s, (20 <= s < 60) or (75 <= s < 85)) for s in range(120)],
+                   [f(s, s >= 20) for s in range(100)], [f(s, False) for s in range(100)]):
+        mon = CollapseMonitor()
+        for x in frames:
+            mon.update(x)
+        a, b = mon.alarm, detect_collapse(frames)
+        assert (a is None) == (b is None)
+        if a is not None:
+            assert (a.step, a.since, a.recovered_at, a.evidence) == (b.step, b.since, b.recovered_at, b.evidence)
+
+
+def test_trl_signals_sampling_drift_and_tool_failures():
+    frames = run(30, entropy=lambda s: 2.0 - 0.05 * s, frac_reward_zero_std=0.25,
+                 extra=lambda s: {"sampling/importance_sampling_ratio/mean": 1.0 if s < 15 else 0.6,
+                                  "tools/failure_frequency": 0.1 if s < 10 else 0.95, "clip_ratio/region_mean": 0.01})
+    c = codes(frames)
+    assert c["sampling_drift"]["severity"] == "bad" and 15 <= c["sampling_drift"]["first_step"] <= 19
+    assert c["tool_failures"]["severity"] == "bad"
+    sig = A.summarize(frames, source="x", run="x")["signals"]
+    assert sig["entropy_share_of_start"] == pytest.approx((2.0 - 0.05 * 29) / 2.0, rel=1e-3)
+    assert sig["frac_reward_zero_std"] == 0.25 and "kl" not in sig  # KL only when logged
+    assert A.summarize(run(5, loss=1.0), source="x", run="x")["signals"] is None

@@ -84,3 +84,25 @@ def phase_of(phis: Sequence[float]) -> str | None:
     if len(before) < TREND_WINDOW:  # the rise is too recent to tell a plateau
         return "crystallizing"
     return "knowing"
+
+
+def phase_reason(phis: Sequence[float], steps: Sequence[int] | None = None) -> str | None:
+    """One line saying why :func:`phase_of` gave its label (the screens show it next to the phase)."""
+    if not phis:
+        return "no Φ logged (no entropy with a known vocabulary size)"
+    at = (lambda i: f"step {steps[i]}") if steps is not None else (lambda i: f"frame {i}")
+    st = start_level(phis)
+    if st is None:
+        return f"{len(phis)} Φ values: the start needs {BASELINE + 1} before a rise can count"
+    phi0, s = st
+    cp = change_point(phis)
+    if cp is None:
+        return f"no sustained rise of Φ above its start ({phi0:.3f} ± {s:.3f})"
+    label = phase_of(phis)
+    recent = list(phis[-TREND_WINDOW:])
+    level = sum(recent) / len(recent)
+    if label == "guessing":
+        return f"Φ rose at {at(cp)} but is back within noise of its start ({level:.3f} vs {phi0:.3f})"
+    if label == "crystallizing":
+        return f"Φ rising since {at(cp)}: {phi0:.3f} → {level:.3f}"
+    return f"Φ rose from {phi0:.3f} at {at(cp)} and levelled off at {level:.3f}"

@@ -1,0 +1,57 @@
+"""observe's verdict on every run of the corpus (tests/data/real/SOURCES.md; docs/observe.md has the table):
+public RL runs of LLMs other people published, read as they were published. A healthy run gets no open warn/bad
+finding; a broken one gets the finding that names what broke."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from engine.observe import file_source, summarize
+
+REAL = Path(__file__).parent / "data" / "real"
+
+# file → (status, codes that must be open, codes that must not appear open)
+CORPUS = {
+    "trl_dapo_vl3b_120531.console.log": ("bad", {"length_collapse", "entropy_collapse", "zero_std_rewards"}, set()),
+    "trl_dapo_vl3b_120223.console.log": ("bad", {"length_collapse"}, set()),
+    "trl_dapo_vl3b_181457.console.log": ("bad", {"clipped_completions"}, set()),
+    "scu_tsc_qwen05b_7934f1b.console.log": ("bad", {"zero_std_rewards"}, {"kl_blowup"}),
+    "scu_tsc_qwen05b_4308fd8.console.log": ("ok", set(), {"kl_blowup", "zero_std_rewards"}),
+    "aaipl_grpo_ckpt500/trainer_state.json": ("bad", {"clipped_completions"}, set()),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CORPUS))
+def test_corpus_verdict(name):
+    status, must, must_not = CORPUS[name]
+    src = file_source(REAL / name)
+    frames, skipped = src.load()
+    out = summarize(frames, source=src.label, run=src.run, skipped=skipped)
+    open_codes = {f["code"] for f in out["health"]["findings"] if "recovered_at" not in f}
+    assert out["health"]["status"] == status, out["health"]
+    assert must <= open_codes, out["health"]
+    assert not (must_not & open_codes), out["health"]
+
+
+def test_every_corpus_file_has_provenance():
+    sources = (REAL / "SOURCES.md").read_text()
+    for name in CORPUS:
+        assert f"`{name}`" in sources
+
+
+def test_long_healthy_demo_run_has_no_collapse_finding():
+    """carl's demo at lr 4e-4 (`carl --batch train --set grpo.learning_rate=4e-4 --set grpo.max_steps=3000`, this
+    branch, 2026-12-07; the frames it logged before the session ended — see docs/coherence.md §7): it learns, so
+    no collapse.onset (the detector before this round fired at step 199) and no entropy collapse."""
+    import json
+
+    from engine.frames import Frame
+
+    path = Path(__file__).parent / "data" / "coherence" / "frames" / "demo-lr4e-4-long.jsonl"
+    frames = [Frame.from_dict(json.loads(x)) for x in path.read_text().splitlines() if x.strip()]
+    assert len(frames) >= 400
+    out = summarize(frames, source=str(path), run="demo-lr4e-4-long")
+    codes = {f["code"] for f in out["health"]["findings"]}
+    assert "collapse.onset" not in codes and "entropy_collapse" not in codes

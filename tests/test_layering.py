@@ -57,7 +57,6 @@ def test_plain_carl_off_a_tty_prints_help_and_exits_0():
 # Edges that still close an import cycle while the other helpers break them; the integrator deletes each line
 # after merging (the same edges as the TEMP ignore_imports of the layers contract, plus the cycles inside a layer).
 TEMP_CYCLE_EDGES = {
-    ("engine.observe.tensorboard", "engine.observe.sources"),  # TEMP: broken by observe in parallel
 }
 
 

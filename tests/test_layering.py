@@ -54,12 +54,6 @@ def test_plain_carl_off_a_tty_prints_help_and_exits_0():
     assert "usage:" in out.stdout and "--batch" in out.stdout
 
 
-# Edges that still close an import cycle while the other helpers break them; the integrator deletes each line
-# after merging (the same edges as the TEMP ignore_imports of the layers contract, plus the cycles inside a layer).
-TEMP_CYCLE_EDGES = {
-}
-
-
 @functools.lru_cache(maxsize=1)
 def _engine_graph():  # built once per session (read-only)
     import grimp
@@ -112,9 +106,7 @@ def _cycles(graph, skip=frozenset()) -> list[list[str]]:
 
 def test_no_engine_module_is_in_an_import_cycle():
     graph = _engine_graph()
-    assert _cycles(graph, frozenset(TEMP_CYCLE_EDGES)) == []
-    for a, b in TEMP_CYCLE_EDGES:  # a listed edge that is gone must leave the list (the integrator's cue)
-        assert b in graph.find_modules_directly_imported_by(a), f"{a} -> {b} is gone: delete it from the list"
+    assert _cycles(graph) == []  # lazy (function-level) imports count: a cycle through one is still a cycle
 
 
 def test_cycle_finder_sees_lazy_imports():

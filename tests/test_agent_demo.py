@@ -6,9 +6,7 @@ per-turn Phi in the frames. The numbers the full demo reaches are in docs/agents
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -50,13 +48,22 @@ def test_transcripts_answer_their_tasks_in_the_sql_environment():
 
 
 @pytest.mark.slow
-def test_preset_resolves_and_runs_end_to_end(tmp_path):
-    env = {**os.environ, "CARL_HOME": str(tmp_path / "home"), "PYTHONPATH": str(ROOT),
+def test_preset_resolves_and_runs_end_to_end(tmp_path, monkeypatch, capsys):
+    # the verbs run in this process (carl_tui.batch.main, what `carl --batch` runs); `train` spawns the worker
+    # as its own process, as it does for a user
+    from carl_tui.batch import main
+
+    env = {"CARL_HOME": str(tmp_path / "home"), "PYTHONPATH": str(ROOT),
            "CARL_AGENT_WARM_STEPS": "5", "TRL_EXPERIMENTAL_SILENCE": "1", "CARL_LEDGER_PASSPHRASE": "test"}
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.chdir(tmp_path)
 
     def carl(*args):
-        return subprocess.run([sys.executable, "-m", "carl_tui", "--batch", *args], env=env, cwd=tmp_path,
-                              capture_output=True, text=True, timeout=600)
+        capsys.readouterr()
+        rc = main(list(args))
+        out, err = capsys.readouterr()
+        return subprocess.CompletedProcess(list(args), rc, out, err)
 
     r = carl("project", "init", "--preset", "agent-sql-cpu")
     assert r.returncode == 0, r.stderr

@@ -47,12 +47,13 @@ def test_on_collapse_close_gate_turns_carl_off_for_the_rest_of_the_run(tiny_env)
     from engine.frames import Frame
     from engine.observe.collapse import detect_collapse
 
-    d, status, frames, onsets, meta = _run(["grpo.max_steps=40", "grpo.save_steps=40",
+    # 24 steps: the alarm comes at step 16 (seed 0), the steps after it show the gate closed
+    d, status, frames, onsets, meta = _run(["grpo.max_steps=24", "grpo.save_steps=24",
                                             "cascade.on_collapse=close_gate"])
     assert status == "completed"
     assert len(onsets) == 1 and onsets[0]["action"] == "close_gate"
     alarm = onsets[0]["step"]
-    assert alarm < 38  # room to see the steps after it
+    assert alarm < 22  # room to see the steps after it
     # the replay of the run's frames finds the alarm where the live watch raised it
     assert detect_collapse([Frame.from_dict(f) for f in frames]).step == alarm
     before = [f for f in frames if f["step"] <= alarm]
@@ -62,5 +63,5 @@ def test_on_collapse_close_gate_turns_carl_off_for_the_rest_of_the_run(tiny_env)
     # from the next step on the CARL reward has weight 0: the rewards are the task's alone, stage A
     assert all(f["carl_weight"] == 0.0 and f["gate"] == "A" for f in after)
     # and it is kept with the cascade state in checkpoints (a resumed run keeps CARL off)
-    state = json.loads((d / "checkpoints" / "checkpoint-40" / "carl_cascade.json").read_text())
+    state = json.loads((d / "checkpoints" / "checkpoint-24" / "carl_cascade.json").read_text())
     assert state["closed_at"] == alarm + 1

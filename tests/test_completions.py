@@ -10,10 +10,9 @@ from engine.frames import Frame, FrameWriter
 from engine.observe.completions import completion_rows
 from engine.trainer.samples import COMPLETION_CHARS, SAMPLES_PER_FRAME, finish, score, take
 from screens.widgets.completion_table import CompletionTable
-from tests._tiny_fixture import tiny_cache, tiny_env  # noqa: F401
+from tests._tiny_fixture import fixed_gate_run, shared_runs, tiny_cache  # noqa: F401
 from tests.test_observe_screen import SIZES, make_app, settle
 from tests.test_observe_view_screen import settle_underline, until
-from tests.test_trainer import _run
 
 
 def test_samples_are_bounded_and_scored():
@@ -30,11 +29,10 @@ def test_samples_are_bounded_and_scored():
 
 
 @pytest.mark.slow
-def test_real_run_frames_carry_scored_samples(tiny_env):
-    status, d, frames, _, _ = _run(["grpo.max_steps=2", "grpo.save_steps=10", "cascade.mode=fixed",
-                                    "cascade.fixed_step=2", "cascade.warmup_steps=2", "cascade.combine=add",
-                                    "tracking.trackio=false"])
-    assert status == "completed" and [f["step"] for f in frames] == [1, 2]
+def test_real_run_frames_carry_scored_samples(fixed_gate_run):
+    # the shared fixed-gate run (tests/_tiny_fixture.py): stage A at step 1, the gate opens at step 2
+    status, d, frames, _, _ = fixed_gate_run
+    assert status == "completed" and [f["step"] for f in frames] == [1, 2, 3, 4]
     for f in frames:
         samples = f["samples"]
         assert 1 <= len(samples) <= SAMPLES_PER_FRAME
@@ -42,7 +40,7 @@ def test_real_run_frames_carry_scored_samples(tiny_env):
             assert isinstance(s["completion"], str) and len(s["completion"]) <= COMPLETION_CHARS
             assert s["prompt"].endswith("=")  # the addition prompt "37+45="
             assert 0.0 <= s["phi"] <= 1.0 and s["carl"] is not None and s["task"] is not None
-            # the reward GRPO trained on: task + the cascade's share of CARL (weight 0 in stage A, then 0.5)
+            # the reward GRPO trained on: task + the cascade's share of CARL (weight 0 in stage A, then 0.5, 1)
             assert s["reward"] == pytest.approx(s["task"] + f["carl_weight"] * s["carl"], abs=1e-5)
     rows = completion_rows([Frame.from_dict(f) for f in frames])
     assert len(rows) == sum(len(f["samples"]) for f in frames) and rows[0]["per"] == "completion"

@@ -35,7 +35,7 @@ def test_lifecycle_detach_attach_stop_resume_kill_resume(tiny_env):
     from engine.config import load_config
     from engine.trainer.plan import plan
 
-    cfg, path = load_config(None, SMALL + ["grpo.max_steps=14", "grpo.save_steps=2", "tracking.trackio=false"])
+    cfg, path = load_config(None, SMALL + ["grpo.max_steps=10", "grpo.save_steps=2", "tracking.trackio=false"])
     store = RunStore()
     run_id = store.create(cfg.to_yaml(), plan(cfg, path))
     d = store.run_dir(run_id)
@@ -48,7 +48,7 @@ def test_lifecycle_detach_attach_stop_resume_kill_resume(tiny_env):
     assert res["status"] == "stopped"
     stopped_at = _last_step(store, run_id)
     ck = last_checkpoint(d)
-    assert ck is not None and ck[0] == stopped_at and stopped_at < 14
+    assert ck is not None and ck[0] == stopped_at and stopped_at < 10
     assert (ck[1] / "carl_cascade.json").is_file()
 
     # attach replays the whole history then ends with done
@@ -80,7 +80,7 @@ def test_lifecycle_detach_attach_stop_resume_kill_resume(tiny_env):
     tail = list(store.follow(run_id, replay=False))
     assert tail[-1]["type"] == "done" and tail[-1]["status"] == "completed", tail[-1]
     frames, skipped = read_frames(d / "frames.jsonl")
-    assert [f.step for f in frames] == list(range(1, 15))
+    assert [f.step for f in frames] == list(range(1, 11))
     assert skipped == 0
     assert store.show(run_id)["status"] == "completed"
     with pytest.raises(ValidationError):

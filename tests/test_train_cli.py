@@ -1,4 +1,6 @@
-"""`carl --batch train / run / eval` through the real CLI (subprocesses, JSON on stdout)."""
+"""`carl --batch train / run / eval` through the real CLI, JSON on stdout: `train` as a subprocess (the worker's own
+process logs to trackio), the plan, the errors and the verbs that read the finished run in this process
+(``carl_tui.batch.main``, the same entry `carl --batch` runs)."""
 
 from __future__ import annotations
 
@@ -20,8 +22,25 @@ def carl(*args, env=None, timeout=400):
     return p.returncode, p.stdout, p.stderr
 
 
-def test_dry_run_plan_and_accelerate_command():
-    rc, out, err = carl("train", "--dry-run", "--set", "compute.gpus=4", "--set", "compute.device=cpu")
+@pytest.fixture
+def batch(capsys):
+    """`carl --batch ARGS` in this process: (exit code, stdout, stderr); ``env`` is set for this call only."""
+    from carl_tui.batch import main
+
+    def call(*args, env=None):
+        with pytest.MonkeyPatch.context() as mp:
+            for k, v in (env or {}).items():
+                mp.setenv(k, v)
+            capsys.readouterr()
+            rc = main(list(args))
+            out, err = capsys.readouterr()
+        return rc, out, err
+
+    return call
+
+
+def test_dry_run_plan_and_accelerate_command(batch):
+    rc, out, err = batch("train", "--dry-run", "--set", "compute.gpus=4", "--set", "compute.device=cpu")
     assert rc == 0, err
     plan = json.loads(out)
     assert plan["dry_run"] is True and plan["model"] == "builtin:tiny" and plan["preset"] == "tiny-cpu"
@@ -32,7 +51,7 @@ def test_dry_run_plan_and_accelerate_command():
     # compute.gpus counts on CUDA only: on CPU one process unless compute.processes says more (test_distributed)
     assert plan["world_size"] == 1 and plan["distributed"]["launcher"] == "python"
     assert plan["command"][-3:-1] == ["-m", "engine.trainer.worker"] and plan["command"][-1].endswith("<run_id>")
-    rc, out, err = carl("train", "--dry-run", "--set", "compute.gpus=4", "--set", "compute.device=cuda")
+    rc, out, err = batch("train", "--dry-run", "--set", "compute.gpus=4", "--set", "compute.device=cuda")
     assert rc == 0, err
     plan = json.loads(out)
     assert " launch --config_file " in plan["launch"] and " --multi_gpu --num_processes 4 " in plan["launch"]
@@ -45,14 +64,14 @@ def test_dry_run_plan_and_accelerate_command():
     (["--set", "compute.vllm=colocate"], "carl.config"),
     (["--set", "task.metric=nope"], "carl.config"),
 ])
-def test_train_config_errors(args, code):
-    rc, out, err = carl("train", "--dry-run", *args)
+def test_train_config_errors(args, code, batch):
+    rc, out, err = batch("train", "--dry-run", *args)
     assert rc == 2 and out == ""
     assert json.loads(err.strip().splitlines()[-1])["error"]["code"] == code
 
 
 @pytest.mark.slow
-def test_train_streams_frames_then_run_and_eval_verbs(tiny_env):
+def test_train_streams_frames_then_run_and_eval_verbs(tiny_env, batch):
     sets = [a for s in SMALL + ["grpo.max_steps=3", "grpo.save_steps=3"] for a in ("--set", s)]
     rc, out, err = carl("train", *sets)
     assert rc == 0, err
@@ -75,27 +94,28 @@ def test_train_streams_frames_then_run_and_eval_verbs(tiny_env):
         steps = sorted(r[0] for r in con.execute("SELECT step FROM metrics WHERE run_name = ?", (run_id,)))
     assert steps == [1, 2, 3]
 
-    rc, out, _ = carl("run", "list")
+    # the verbs that read the finished run: in this process
+    rc, out, _ = batch("run", "list")
     assert rc == 0 and json.loads(out)["runs"][0]["run_id"] == run_id
-    rc, out, _ = carl("run", "show", run_id[:15])
+    rc, out, _ = batch("run", "show", run_id[:15])
     shown = json.loads(out)
     assert shown["status"] == "completed" and shown["last_step"] == 3 and shown["config"]["grpo"]["max_steps"] == 3
-    rc, out, _ = carl("run", "attach", run_id)
+    rc, out, _ = batch("run", "attach", run_id)
     assert rc == 0 and [json.loads(x)["type"] for x in out.splitlines()][-1] == "done"
-    rc, out, err = carl("run", "diff", run_id, run_id)
+    rc, out, err = batch("run", "diff", run_id, run_id)
     assert rc == 0, err
     assert json.loads(out)["aligned_steps"] == 3
 
     # eval gate: threshold 0 passes on the task metric; the verdict follows the rule and says why
-    rc, out, err = carl("eval", "--run", run_id, "--threshold", "0", "--n", "40")
+    rc, out, err = batch("eval", "--run", run_id, "--threshold", "0", "--n", "40")
     res = json.loads(out)
     m = res["metrics"]
     expect = m["phi_mean"] >= 3 / 16 and m["distinct_fraction"] >= 0.05 and m["top_answer_share"] <= 0.5
     assert res["pass"] is expect and rc == (0 if expect else 1) and res["reason"]
-    rc, out, err = carl("eval", "--run", run_id, "--threshold", "1", "--n", "40")
+    rc, out, err = batch("eval", "--run", run_id, "--threshold", "1", "--n", "40")
     assert rc == 1 and json.loads(out)["pass"] is False
     # push without a token: a clear credential error before any work
-    rc, out, err = carl("eval", "--run", run_id, "--push", "--repo", "me/model",
+    rc, out, err = batch("eval", "--run", run_id, "--push", "--repo", "me/model",
                         env={"HF_ENDPOINT": "http://127.0.0.1:9", "HF_HOME": os.environ["CARL_HOME"]})
     assert rc == 3 and json.loads(err.strip().splitlines()[-1])["error"]["code"] == "carl.credential"
 

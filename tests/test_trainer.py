@@ -7,7 +7,8 @@ import os
 
 import pytest
 
-from tests._tiny_fixture import SMALL, run_worker, tiny_cache, tiny_env  # noqa: F401
+from tests._tiny_fixture import (SMALL, fixed_gate_run, run_worker, shared_runs, tiny_cache,  # noqa: F401
+                                 tiny_env)
 
 pytestmark = pytest.mark.slow
 
@@ -16,12 +17,11 @@ def _run(sets):
     return run_worker(SMALL + sets)
 
 
-def test_short_cascade_run_fixed_gate(tiny_env):
+def test_short_cascade_run_fixed_gate(fixed_gate_run):
     # trackio is checked in test_train_cli through a real worker process: in-process, trackio fixes its store
-    # directory when it is first imported (an earlier test in the session may have done so), not per test
-    status, d, frames, events, meta = _run(["grpo.max_steps=4", "grpo.save_steps=2", "cascade.mode=fixed",
-                                            "cascade.fixed_step=2", "cascade.warmup_steps=2",
-                                            "cascade.combine=add", "tracking.trackio=false"])
+    # directory when it is first imported (an earlier test in the session may have done so), not per test.
+    # The run (tests/_tiny_fixture.py FIXED_GATE: 4 steps, gate fixed at 2) is shared with test_completions.
+    status, d, frames, events, meta = fixed_gate_run
     assert status == "completed"
     assert [f["step"] for f in frames] == [1, 2, 3, 4]
     assert [f["gate"] for f in frames] == ["A", "B", "B", "B"]
@@ -115,11 +115,21 @@ def test_tempered_sampling_uses_the_forward_field(tiny_env):
     assert (state.forward_hits, state.capture_hits) == (2, 0)
 
 
-def test_untempered_sampling_reuses_the_generation_scores(tiny_env):
+# One untempered run (temperature 1, CARL on from step 1, varied-groups combination, concise task rewards) read by
+# the next two tests.
+VARIED_UNTEMPERED = ["grpo.max_steps=2", "grpo.save_steps=10", "grpo.temperature=1.0",
+                     "task.rewards=[{kind: concise, target_length: 2}]", 'cascade.mode="off"',
+                     "cascade.warmup_steps=0", "cascade.combine=varied_groups", "tracking.trackio=false"]
+
+
+def _varied_untempered(shared_runs):
+    return shared_runs("varied-untempered", lambda: _train(VARIED_UNTEMPERED))[1]
+
+
+def test_untempered_sampling_reuses_the_generation_scores(shared_runs):
     # the converse: at temperature 1 every batch's field comes from the capture on TRL's own `generate` call; a
     # TRL change that bypasses the patched generate shows up here (forward_hits > 0) instead of as 1.2x step time
-    trainer, state, frames, _ = _train(["grpo.max_steps=2", "grpo.temperature=1.0", 'cascade.mode="off"',
-                                        "cascade.warmup_steps=0", "tracking.trackio=false"])
+    trainer, state, frames, _ = _varied_untempered(shared_runs)
     assert all(0.0 <= f["phi"] <= 1.0 for f in frames)
     assert state.capture is not None
     assert (state.capture_hits, state.forward_hits) == (2, 0)
@@ -142,13 +152,10 @@ def test_evidence_gate_and_varied_groups_in_a_real_run(tiny_env):
     assert all(1.0 <= f["extra"]["completions/distinct_per_group"] <= 4.0 for f in frames)
 
 
-def test_varied_groups_adds_carl_where_task_rewards_vary_and_the_metric_says_so(tiny_env):
+def test_varied_groups_adds_carl_where_task_rewards_vary_and_the_metric_says_so(shared_runs):
     # TRL keeps the last batch's per-completion rewards: in stage B, a group whose task rewards vary got a CARL
     # term (> 0, CARL is in (0, 1)), a tied group got exactly 0, and carl/tied_groups is the fraction that got 0
-    trainer, state, frames, _ = _train([
-        "grpo.max_steps=2", "grpo.save_steps=10", "task.rewards=[{kind: concise, target_length: 2}]",
-        'cascade.mode="off"', "cascade.warmup_steps=0", "cascade.combine=varied_groups",
-        "tracking.trackio=false"])
+    trainer, state, frames, _ = _varied_untempered(shared_runs)
     logs = trainer._logs["rewards"]
     task, carl = list(logs["concise"]), list(logs["carl"])
     g = 4

@@ -42,16 +42,22 @@ def test_every_corpus_file_has_provenance():
 
 
 def test_long_healthy_demo_run_has_no_collapse_finding():
-    """carl's demo at lr 4e-4 (`carl --batch train --set grpo.learning_rate=4e-4 --set grpo.max_steps=3000`, this
-    branch, 2026-12-07; the frames it logged before the session ended — see docs/coherence.md §7): it learns, so
-    no collapse.onset (the detector before this round fired at step 199) and no entropy collapse."""
+    """carl's demo at lr 4e-4 for 3000 steps (`carl --batch train --set grpo.learning_rate=4e-4 --set
+    grpo.max_steps=3000 --set grpo.save_steps=100000 --set tracking.trackio=false`, branch observe, 2026-12-07;
+    held-out exact 0.435 → 0.820): it learns, so no collapse.onset (the detector before this round fired at step
+    199 and stayed) and nothing open at the end — its dead-group stretch (task reward 0.06–0.14 for the first
+    ~800 steps) has recovered."""
+    import gzip
     import json
 
     from engine.frames import Frame
 
-    path = Path(__file__).parent / "data" / "coherence" / "frames" / "demo-lr4e-4-long.jsonl"
-    frames = [Frame.from_dict(json.loads(x)) for x in path.read_text().splitlines() if x.strip()]
-    assert len(frames) >= 400
-    out = summarize(frames, source=str(path), run="demo-lr4e-4-long")
+    path = Path(__file__).parent / "data" / "coherence" / "frames" / "demo-lr4e-4-3000.jsonl.gz"
+    lines = gzip.decompress(path.read_bytes()).decode().splitlines()
+    frames = [Frame.from_dict(json.loads(x)) for x in lines if x.strip()]
+    assert len(frames) == 3000
+    out = summarize(frames, source=str(path), run="demo-lr4e-4-3000")
     codes = {f["code"] for f in out["health"]["findings"]}
     assert "collapse.onset" not in codes and "entropy_collapse" not in codes
+    assert out["health"]["status"] == "ok"
+    assert all("recovered_at" in f for f in out["health"]["findings"])

@@ -328,8 +328,8 @@ def test_a_gemma_eval_stops_at_end_of_turn(family_dir, tmp_path):
     _ends_turn_at(model, eot, 3)
     m = evaluate(model, tok, [{"prompt": "2+2=", "answer": "4"}, {"prompt": "1+1=", "answer": "2"}], cfg)
     assert m["completion_length"] == 3  # two tokens, then <end_of_turn>; 8 without the stop
-    texts, phis, _ = sample_batch(model, tok, ["2+2="], 2, 8, seed=0, fmt=PromptFormat())
-    assert [len(p) for p in phis[0]] == [3, 3]
+    rows = sample_batch(model, tok, ["2+2="], 2, 8, seed=0, fmt=PromptFormat())
+    assert [len(r["phi"]) for r in rows[0]] == [3, 3]
     lm = infer.LoadedModel(infer.ModelRef(str(path)), model, tok, "cpu")
     r = lm.generate("2+2=", infer.Sampling(max_new_tokens=8, greedy=True))
     assert r.finish_reason == "eos" and r.token_ids[-1] == eot and len(r.token_ids) == 3

@@ -370,7 +370,7 @@ def test_limits_hold_for_an_ordinary_user(host_world):
 
 
 SQL_DRIVER = textwrap.dedent('''
-    import json, resource, sys
+    import json, sys
     from engine.envs.sql import SqlEnvironment
     from engine.envs.sandbox import SandboxError
     env = SqlEnvironment({"timeout_s": 30})
@@ -380,7 +380,9 @@ SQL_DRIVER = textwrap.dedent('''
         out = ["ran"]
     except SandboxError as exc:
         out = ["stopped", exc.code]
-    out.append(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)
+    # this process's own peak (VmHWM): getrusage's ru_maxrss carries the parent's peak across fork + exec
+    hwm = [ln for ln in open("/proc/self/status") if ln.startswith("VmHWM:")][0]
+    out.append(int(hwm.split()[1]) // 1024)
     print(json.dumps(out))
 ''')
 

@@ -57,6 +57,7 @@ ACTIONS: dict[str, str] = {
     "mcp.tool_call": "an MCP client called a tool (name, input, ok)",
     "mcp.approval": "a person answered an MCP approval form",
     "consent.change": "privacy consent changed (`consent set`: changed flags, all flags)",
+    "alert.sent": "a health alert was delivered to a webhook (host only, never the URL; run, code, severity, step)",
 }
 
 

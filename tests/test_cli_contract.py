@@ -60,17 +60,31 @@ def test_help_and_version_exit_0(args):
         assert res.stdout.startswith("carl ")
 
 
+def carl_here(capsys, *args: str):
+    """What `python -m carl_tui ARGS` runs (carl_tui.cli.main), in this process: (exit code, stdout, stderr).
+    For the per-verb help pages; the process boundary is checked on the top-level help above."""
+    from carl_tui.cli import main
+
+    capsys.readouterr()
+    try:
+        rc = main(list(args))
+    except SystemExit as exc:  # argparse's --help, as in `raise SystemExit(main())`
+        rc = exc.code
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
 @pytest.mark.parametrize("verb", verb_modules())
-def test_every_verb_has_help(verb):
-    res = carl("--batch", verb, "--help")
-    assert res.returncode == 0, res.stderr
-    assert "usage:" in res.stdout and "Traceback" not in res.stderr
+def test_every_verb_has_help(verb, capsys):
+    rc, out, err = carl_here(capsys, "--batch", verb, "--help")
+    assert rc == 0, err
+    assert "usage:" in out and "Traceback" not in err
 
 
-def test_project_subcommands_have_help():
+def test_project_subcommands_have_help(capsys):
     for sub in ("init", "validate"):
-        res = carl("--batch", "project", sub, "--help")
-        assert res.returncode == 0 and "usage:" in res.stdout, res.stderr
+        rc, out, err = carl_here(capsys, "--batch", "project", sub, "--help")
+        assert rc == 0 and "usage:" in out, err
 
 
 # -------------------------------------------------------------------------------------------- usage errors

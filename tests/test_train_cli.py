@@ -1,25 +1,17 @@
-"""`carl --batch train / run / eval` through the real CLI, JSON on stdout: `train` as a subprocess (the worker's own
-process logs to trackio), the plan, the errors and the verbs that read the finished run in this process
-(``carl_tui.batch.main``, the same entry `carl --batch` runs)."""
+"""`carl --batch train / run / eval` through the batch entry `carl --batch` runs (``carl_tui.batch.main``, in this
+process), JSON on stdout: `train` spawns its worker as a process of its own (which logs to trackio), the run and
+eval verbs read the finished run."""
 
 from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sqlite3
-import sys
 from pathlib import Path
 
 import pytest
 
 from tests._tiny_fixture import SMALL, tiny_cache, tiny_env  # noqa: F401
-
-
-def carl(*args, env=None, timeout=400):
-    p = subprocess.run([sys.executable, "-m", "carl_tui", "--batch", *args], capture_output=True, text=True,
-                       timeout=timeout, env={**os.environ, **(env or {})})
-    return p.returncode, p.stdout, p.stderr
 
 
 @pytest.fixture
@@ -73,7 +65,7 @@ def test_train_config_errors(args, code, batch):
 @pytest.mark.slow
 def test_train_streams_frames_then_run_and_eval_verbs(tiny_env, batch):
     sets = [a for s in SMALL + ["grpo.max_steps=3", "grpo.save_steps=3"] for a in ("--set", s)]
-    rc, out, err = carl("train", *sets)
+    rc, out, err = batch("train", *sets)  # spawns the worker: its own process, which logs to trackio
     assert rc == 0, err
     lines = [json.loads(x) for x in out.splitlines()]
     frames = [x for x in lines if x["type"] == "frame"]
@@ -94,7 +86,6 @@ def test_train_streams_frames_then_run_and_eval_verbs(tiny_env, batch):
         steps = sorted(r[0] for r in con.execute("SELECT step FROM metrics WHERE run_name = ?", (run_id,)))
     assert steps == [1, 2, 3]
 
-    # the verbs that read the finished run: in this process
     rc, out, _ = batch("run", "list")
     assert rc == 0 and json.loads(out)["runs"][0]["run_id"] == run_id
     rc, out, _ = batch("run", "show", run_id[:15])

@@ -236,6 +236,9 @@ class ComputeSection(_Model):
 
 class EvalSection(_Model):
     threshold: float = Field(0.5, ge=0, le=1, description="task metric needed to pass")
+    min_gain: float | None = Field(None, ge=-1, le=1, description="Pass also requires the task metric to beat the "
+                                                                "starting model's by this much (a run's held-out "
+                                                                "eval before training); null turns it off.")
     n_samples: int = Field(64, ge=1, description="Eval prompts.")
     phi_min: float = Field(3 / 16, ge=0, le=1, description="phi_mean needed to pass (SIGMA)")
     discontinuity_min: float = Field(0.3, ge=0, le=1, description="Not checked any more (the band passed "

@@ -7,6 +7,7 @@ fails closed when coherence data is missing. Exit 0 on pass."""
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +40,7 @@ def run(args: argparse.Namespace) -> int:
     from engine.runs import RunStore, last_checkpoint, ledger_record
 
     subject: dict[str, Any]
+    before = None  # the starting model's task metric (a run's meta), for eval.min_gain
     if args.run:
         store = RunStore()
         run_id = store.resolve(args.run)
@@ -56,6 +58,8 @@ def run(args: argparse.Namespace) -> int:
                                       hint="Wait for a checkpoint or the end of the run.", context={"run": run_id})
             path = ck[1]
         subject = {"run_id": run_id, "model_path": str(path)}
+        before = ((json.loads((d / "meta.json").read_text(encoding="utf-8")).get("eval") or {}).get("before")
+                  or {}).get("task_metric") if (d / "meta.json").is_file() else None
     else:
         cfg, _ = load_config(args.config, args.sets)
         path = Path(args.adapter).expanduser()
@@ -88,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
     if args.best_of is not None:
         metrics["best_of"] = _best_of(model, tok, rows[:n], cfg, args.best_of, args.select)
     threshold = cfg.eval.threshold if args.threshold is None else args.threshold
-    passed, reason = decide(metrics, cfg.eval, threshold)
+    passed, reason = decide(metrics, cfg.eval, threshold, before=before)
     out: dict[str, Any] = {"pass": passed, "metrics": metrics, "threshold": threshold, "reason": reason,
                            "gate": {"phi_min": cfg.eval.phi_min, "min_distinct": cfg.eval.min_distinct,
                                     "max_top_share": cfg.eval.max_top_share,

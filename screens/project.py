@@ -224,7 +224,7 @@ class ProjectScreen(Screen):
             self._set_status(f"no {CONFIG_FILENAME}: choose a preset", None)
             self.query_one("#presets", OptionList).focus()
         else:
-            self.query_one(f"#{FIELDS[0].widget_id}").focus()
+            self.query_one("#form").focus()  # tab enters the first field; screen keys never type into one
 
     def _fill_form(self) -> None:
         defaults = Config().model_dump(mode="json")

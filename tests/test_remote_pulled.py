@@ -150,7 +150,7 @@ async def try_prompt(pilot):
     await until(pilot, lambda: isinstance(pilot.app.screen, TryScreen))
     screen = pilot.app.screen
     await settle(pilot)
-    await pilot.press(*PROMPT, "enter")
+    await pilot.press("slash", *PROMPT, "enter")
     await until(pilot, lambda: screen.results[0] is not None and not screen._generating)
     await settle(pilot)
     return screen

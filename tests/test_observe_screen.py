@@ -141,7 +141,7 @@ async def test_picker_opens_a_typed_path_and_metric_chooser_cycles(tmp_path):
         # the recent-runs list offers the run too
         await pilot.press("s")
         assert screen.query_one("#obs-runs").get_option_at_index(0).id == "picked"
-        await pilot.press("tab", "enter")
+        await pilot.press("enter")  # s focuses the list (never the box): enter opens the highlighted run
         await settle(pilot, 40, ended=True)
 
 

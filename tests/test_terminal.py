@@ -320,3 +320,16 @@ def test_quitting_with_a_live_run_names_it_and_the_attach_command(tmux, workdir,
     finally:
         worker.kill()
         worker.wait()
+
+
+@pytest.mark.parametrize("width,height,no_color", [(120, 40, True)], ids=["120x40-nocolor"])
+def test_project_switches_say_on_or_off_in_words(tmux, workdir, width, height, no_color):
+    """Under NO_COLOR a switch alone looks the same on and off: each says ON or OFF beside it."""
+    (workdir / "proj" / "carl.yaml").write_text("lora:\n  enabled: false\n")
+    pane = start(tmux, workdir, width, height, no_color, "project")
+    try:
+        screen = pane.wait(lambda s: "OFF" in box_line(s, "LoRA") or "OFF" in box_line(s, "lora"),
+                           what="the LoRA switch says OFF")
+        assert "ON" in screen  # the CARL reward is on by default
+    finally:
+        pane.kill()

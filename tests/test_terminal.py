@@ -68,7 +68,10 @@ def start(tmux, workdir, width: int, height: int, no_color: bool, *args: str):
         env["NO_COLOR"] = "1"
     pane = tmux.start(carl_argv(*args), width=width, height=height, env=env, cwd=workdir / "proj")
     first = args[0] if args else "project"
-    pane.wait(lambda s: f"carl · {first}" in s and "CARL_HOME" in s, timeout=60, what=f"the {first} screen")
+    # readiness: the header names the screen and the footer is drawn (the screen is mounted and takes keys)
+    pane.wait(lambda s: f"carl · {first}" in s and "CARL_HOME" in s and "palette" in footer(s), timeout=60,
+              what=f"the {first} screen")
+    pane.stable(settle=0.2)
     return pane
 
 

@@ -294,7 +294,7 @@ class TryScreen(Screen):
         Binding("a", "best_of", "Best-of", show=False),  # the models line says "a best-of N by …"
         Binding("n", "cycle_best_n", "Best-of N", show=False),
         Binding("s", "cycle_select", "Best-of selection", show=False),
-        Binding("slash", "focus_prompt", "Prompt"),
+        Binding("slash", "focus_prompt", "Prompt", show=False),  # the status line says "/ …": the footer fits at 80
         Binding("enter", "focus_prompt", "Prompt", show=False),
     ]
 
@@ -433,7 +433,7 @@ class TryScreen(Screen):
         elif self.refs[0] is None:
             self._set_status("No model yet: press m and name one (run:RUN, a path, a Hub id or builtin:tiny).")
         else:
-            self._set_status("Type a prompt and press Enter.")
+            self._set_status("Press / to type a prompt, then Enter.")
             if start and self.autostart:
                 self.action_generate()
 
@@ -494,7 +494,7 @@ class TryScreen(Screen):
         if self.query_one("#try-prompt", Input).value.strip():
             self.action_generate()
         else:
-            self._set_status(f"{'AB'[pane]} = {ref.label}. Type a prompt and press Enter.")
+            self._set_status(f"{'AB'[pane]} = {ref.label}. Press / to type a prompt, then Enter.")
 
     def _close_model_row(self) -> None:
         self._editing = None
@@ -514,7 +514,7 @@ class TryScreen(Screen):
                              error=True)
             return None
         if not prompt.strip():
-            self._set_status("Type a prompt first.", error=True)
+            self._set_status("Type a prompt first (/ enters the box).", error=True)
             return None
         return prompt
 

@@ -205,12 +205,15 @@ async def test_model_errors_show_inline_and_compare_can_be_turned_off(runs, tmp_
     app = make_app(tmp_path, run=BASE, compare=f"run:{LORA}")
     async with app.run_test(size=(80, 24)) as pilot:
         await settle(pilot)
-        await pilot.press("escape")  # from the prompt to the tokens, where letters are keys
-        await pilot.press("m", *"/nonexistent/model", "enter")
+        await pilot.press("m")  # no box is entered on arrival: letters are keys; m opens the model box
+        await settle(pilot)
+        await pilot.press(*"/nonexistent/model", "enter")
         await settle(pilot)
         assert "carl.validation" in status(app) and "model path not found" in status(app)
         assert app.screen.refs[0].run_id == BASE  # unchanged
-        await pilot.press("escape", "v", "ctrl+u", "enter")  # an empty compare box turns comparison off
+        await pilot.press("v")  # the box closed onto the tokens: letters are keys (Esc there would go back)
+        await settle(pilot)
+        await pilot.press("ctrl+u", "enter")  # an empty compare box turns comparison off
         await settle(pilot)
         assert app.screen.refs[1] is None
         assert app.screen.query_one("#try-pane-1").has_class("hidden")

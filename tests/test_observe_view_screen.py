@@ -179,7 +179,7 @@ async def test_marks_are_bounded_and_single_enter_opens_one_run(tmp_path):
     async with app.run_test(size=(80, 24)) as pilot:
         screen = pilot.app.screen
         await until(pilot, lambda: screen.query_one("#obs-runs").option_count == len(RUNS))
-        await pilot.press("down", "space")
+        await pilot.press("space")  # the picker opens in the list, on the newest run
         assert screen.marked == ["20250103-hot"]
         assert "1 marked" in str(screen.query_one("#obs-error").render())
         await pilot.press("space")  # unmark

@@ -39,6 +39,9 @@ def _factory(module: str, cls: str) -> Callable[[], Screen]:
 class CarlApp(App):
     TITLE = "carl"
     CSS_PATH = "styles/app.tcss"
+    # No automatic focus: each screen places it on purpose, never in a text input the user did not enter
+    # (a screen key typed on arrival would otherwise land in the box).
+    AUTO_FOCUS = None
     MODES = {name: _factory(mod, cls) for name, (mod, cls, _, _) in SCREENS.items()}
     # Screen switching stays out of the footer (the footer is for the screen's own keys); `?` lists it all.
     BINDINGS = [
@@ -68,6 +71,14 @@ class CarlApp(App):
             except Exception:  # an invalid carl.yaml is shown (with its errors) on the project screen
                 project = "(invalid carl.yaml)"
         self.sub_title = f"{project} · CARL_HOME {self.ctx.home_display}"
+
+    def open_try(self, run: str) -> None:
+        """The try screen on a run's model (train's `y`): a request the try screen takes when it shows."""
+        self.ctx.try_request = {"run": run}
+        if self.current_mode == "try":
+            self.screen.take_request()
+        else:
+            self.switch_mode("try")  # the screen takes the request on mount or on resume
 
     def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
         yield from super().get_system_commands(screen)
@@ -123,4 +134,22 @@ def run_app(screen: str = "project", screen_args: dict[str, Any] | None = None) 
     ctx = WorkbenchContext(home=CarlHome.from_env(), cwd=Path.cwd(),
                            config_path=Path(args["config"]) if args.get("config") else None, screen_args=args)
     CarlApp(ctx=ctx, screen=screen).run()
+    line = live_runs_line(ctx.home)
+    if line:
+        print(line)
     return 0
+
+
+def live_runs_line(home: CarlHome) -> str | None:
+    """The exit line when runs go on after the workbench closes: which, and how to get back to them."""
+    try:
+        from engine.runs import RunStore
+
+        live = [r["run_id"] for r in RunStore(home).list() if r.get("status") == "running"]
+    except Exception:  # a half-written run directory must not turn quitting into a traceback
+        return None
+    if not live:
+        return None
+    names = ", ".join(live[:5]) + (f" and {len(live) - 5} more" if len(live) > 5 else "")
+    return (f"carl: {len(live)} run{'s' if len(live) > 1 else ''} still running ({names}); "
+            f"watch with `carl train --run {live[0]}`, stop with `carl --batch run stop {live[0]}`")

@@ -36,6 +36,7 @@ class BuiltinDataset:
     name: str
     module: str
     about: str
+    eval_gate: dict[str, float] | None = None  # the eval section's gate for runs on this task, unless they set one
 
 
 MODELS: dict[str, BuiltinModel] = {m.name: m for m in (
@@ -44,7 +45,8 @@ MODELS: dict[str, BuiltinModel] = {m.name: m for m in (
                  tokenizer_subdir="tokenizer"),
 )}
 DATASETS: dict[str, BuiltinDataset] = {d.name: d for d in (
-    BuiltinDataset("builtin:addition", "engine.trainer.tiny", "2-digit addition with a fixed held-out set"),
+    BuiltinDataset("builtin:addition", "engine.trainer.tiny", "2-digit addition with a fixed held-out set",
+                   eval_gate={"threshold": 0.3, "min_gain": 0.0}),  # ≥ 0.3 held out and no worse than the start
     BuiltinDataset("builtin:sql-tasks", "engine.envs.demo", "the agent demo's SQL tasks"),
 )}
 
@@ -90,6 +92,12 @@ def provenance(name: str) -> dict[str, Any] | None:
     mod = _module(model_entry(name).module)
     fn = getattr(mod, "provenance", None)
     return fn() if fn is not None else None
+
+
+def eval_gate(name: str) -> dict[str, float] | None:
+    """The eval gate a built-in task brings (None: the config's own defaults)."""
+    d = DATASETS.get(name)
+    return dict(d.eval_gate) if d and d.eval_gate else None
 
 
 def load_rows(name: str, cfg: Any) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:

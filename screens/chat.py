@@ -218,7 +218,7 @@ class ChatScreen(Screen):
         self._refresh_sessions()
         self._update_status()
         self.set_interval(FLUSH_S, self._flush)
-        self.query_one("#prompt", PromptInput).focus()
+        # the prompt is entered with / or i: a screen key (t, o, …) typed on arrival must never land in it
 
     def _update_status(self) -> None:
         sid = self.session or "new"
@@ -249,7 +249,7 @@ class ChatScreen(Screen):
                 ol.highlighted = 0
             ol.focus()
         else:
-            self.query_one("#prompt", PromptInput).focus()
+            self.set_focus(None)
 
     @on(OptionList.OptionSelected, "#session-list")
     def _resume(self, event: OptionList.OptionSelected) -> None:
@@ -257,7 +257,7 @@ class ChatScreen(Screen):
             return
         self.load_session(event.option.id)
         self.query_one("#sessions").remove_class("-open")
-        self.query_one("#prompt", PromptInput).focus()
+        self.set_focus(None)
 
     def on_key(self, event: Any) -> None:
         ol = self.query_one("#session-list", OptionList)

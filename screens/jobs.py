@@ -48,6 +48,14 @@ LOG_DRAIN_S = 0.1  # the log queue is drained (one redraw) at most 10 times a se
 MIN_POLL_S = 0.2
 
 
+
+def typed(exc: BaseException) -> CARLError:
+    """A worker thread's failure as a typed error (a paid submit or a pull must never end the app)."""
+    if isinstance(exc, CARLError):
+        return exc
+    return CARLError(f"internal error: {type(exc).__name__}: {exc}",
+                     hint="This is a bug in carl; the batch verb with CARL_DEBUG=1 shows the traceback.")
+
 class _Cancelled(Exception):
     """Raised inside a log follow's sleep when the follow is cancelled (stops the engine's poll loop)."""
 
@@ -506,7 +514,8 @@ class JobsScreen(Screen):
             credentials(backend, rs)  # carl.credential before asking anyone to approve a cost
             make_client(backend, rs)  # carl.config (e.g. no managed url) likewise; builds nothing remote
             est = estimate_job(cfg, backend, home=self._ctx().home)
-        except CARLError as exc:
+        except Exception as exc:  # any failure is shown typed; the screen is never left busy
+            exc = typed(exc)
             self._post(self._submit_failed, exc, backend, None)
             return
         self._post(self._ask_approval, backend, est)
@@ -536,7 +545,8 @@ class JobsScreen(Screen):
             cfg, found = self._config()
             out = submit_job(cfg, backend, approve=approve, via="tui", config_path=found, home=self._ctx().home)
             jobs = self._list_jobs()
-        except CARLError as exc:
+        except Exception as exc:  # any failure is shown typed; the screen is never left busy
+            exc = typed(exc)
             # a submit that failed after its approval leaves a record with status failed: show it
             self._post(self._submit_failed, exc, backend, self._list_jobs())
             self._after_managed_submit(backend)
@@ -607,7 +617,8 @@ class JobsScreen(Screen):
             cfg, _ = self._config()
             out = stop_job(run_id, cfg, home=self._ctx().home)
             jobs = self._list_jobs()
-        except CARLError as exc:
+        except Exception as exc:  # any failure is shown typed; the screen is never left busy
+            exc = typed(exc)
             self._post(self._stop_failed, exc, run_id)
             return
         self._post(self._stopped, out, jobs)
@@ -643,7 +654,8 @@ class JobsScreen(Screen):
 
         try:
             out = pull_run(run_id, home=self._ctx().home)
-        except CARLError as exc:
+        except Exception as exc:  # any failure is shown typed; the screen is never left busy
+            exc = typed(exc)
             self._post(self._pull_failed, exc, run_id)
             return
         self._post(self._pulled, out)

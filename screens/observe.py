@@ -59,6 +59,14 @@ class OverlayLoaded(Message):
         self.token, self.runs, self.errors = token, runs, errors
 
 
+# What each phase means (docs/observe.md), shown when the summary gives no reason of its own (phase_reason)
+PHASE_MEANS = {
+    "guessing": "no sustained rise of Φ from where the run started (Φ's own trajectory, not σ)",
+    "crystallizing": "Φ rose from where the run started and is still rising",
+    "knowing": "Φ rose from where the run started and has levelled off",
+}
+
+
 class RunList(OptionList):
     """The picker's recent runs: space marks up to four of them to overlay (Enter then opens the overlay; the
     key is the screen's, so `?` lists it)."""
@@ -99,12 +107,13 @@ class ObserveScreen(Screen):
     BINDINGS = [
         Binding("f", "toggle_follow", "Follow"),
         Binding("m", "cycle_metric(1)", "Metric"),
-        Binding("shift+m", "cycle_metric(-1)", "Prev metric", show=False),
+        Binding("M", "cycle_metric(-1)", "Prev metric", show=False),
         Binding("r", "reload", "Reload"),
         Binding("e", "cycle_smoothing", "EMA"),
         Binding("x", "cycle_x", "X-axis", show=False),
-        Binding("shift+l", "toggle_log", "Log-y", show=False),  # l alone is the ledger screen
+        Binding("L", "toggle_log", "Log-y", show=False),  # a terminal sends "L" (never "shift+l"); l alone is the ledger
         Binding("s", "show_tab('source')", "Source"),
+        Binding("slash", "focus_spec", "Type a source", show=False),
         Binding("escape", "back", "Charts", show=False),
         Binding("1", "show_tab('charts')", "Charts", show=False),
         Binding("2", "show_tab('health')", "Health", show=False),
@@ -192,7 +201,7 @@ class ObserveScreen(Screen):
             self.open(src)
         else:
             self.query_one(TabbedContent).active = "source"
-            self.call_after_refresh(lambda: self.query_one("#obs-spec", Input).focus())
+            self.call_after_refresh(self.action_focus_runs)  # never the box: a screen key must not type into it
 
     def on_unmount(self) -> None:
         self._stop.set()
@@ -569,9 +578,13 @@ class ObserveScreen(Screen):
         lines.append(f"[b]Phase[/b]: {phase or 'no Φ in this source'}"
                      + (f" · crystallization step {s['crystallization_step']}"
                         if s.get("crystallization_step") is not None else ""))
+        reason = s.get("phase_reason") or PHASE_MEANS.get(phase or "")
+        if reason:
+            lines.append(f"  [dim]{escape(reason)}[/dim]")
         if phi:
             lines.append(f"Φ first {phi['first']:.4f} · last {phi['last']:.4f} · min {phi['min']:.4f} · "
-                         f"max {phi['max']:.4f} · mean {phi['mean']:.4f}  (σ = {SIGMA:.4f})")
+                         f"max {phi['max']:.4f} · mean {phi['mean']:.4f}  (σ = {SIGMA:.4f} is the charts' "
+                         f"reference line; it does not decide the phase)")
         lines.append("")
         findings = h.get("findings") or []
         empty = empty_source_error(s) if h.get("status") == "empty" else None
@@ -582,8 +595,12 @@ class ObserveScreen(Screen):
             lines.append("[green]✓ No health findings.[/]")
         for f in findings:
             color = "red" if f["severity"] == "bad" else "yellow"
-            lines.append(f"[{color}][b]{f['severity'].upper()}[/b] {escape(f['code'])}[/] "
-                         f"steps {f['first_step']}–{f['last_step']}")
+            if f.get("recovered_at") is not None:  # it stopped holding: say so, not BAD to the end of the run
+                lines.append(f"[green][b]RECOVERED[/b] {escape(f['code'])}[/] ({escape(f['severity'])} "
+                             f"steps {f['first_step']}–{f['last_step']}, recovered at step {f['recovered_at']})")
+            else:
+                lines.append(f"[{color}][b]{f['severity'].upper()}[/b] {escape(f['code'])}[/] "
+                             f"steps {f['first_step']}–{f['last_step']}")
             lines.append(f"  {escape(f['message'])}")
             lines.append(f"  [dim]→ {escape(f['hint'])}[/dim]")
         self.query_one("#obs-health", Static).update("\n".join(lines))
@@ -644,6 +661,12 @@ class ObserveScreen(Screen):
         else:
             self.set_focus(None)  # no runs: at least leave the box, so the screen's keys work
 
+    def action_focus_spec(self) -> None:
+        """`/`: into the source box (on the Source tab), to type a path, a run id or a URL."""
+        self.query_one(TabbedContent).active = "source"
+        self._fill_runs()
+        self.query_one("#obs-spec", Input).focus()
+
     def action_leave_source(self) -> None:
         self.action_focus_runs()
 
@@ -678,7 +701,7 @@ class ObserveScreen(Screen):
         if tab == "source":
             self.query_one(TabbedContent).active = tab
             self._fill_runs()
-            self.query_one("#obs-spec", Input).focus()
+            self.action_focus_runs()  # the list, not the box: `/` enters the box
             return
         self.set_focus(None)
         self.query_one(TabbedContent).active = tab

@@ -122,7 +122,7 @@ class ProbeScreen(Screen):
         yield Footer()
 
     def on_mount(self) -> None:
-        self.query_one("#probe-path", Input).focus()
+        self.query_one("#probe-body").focus()  # `/` enters the path box; screen keys never type into it
         if context_of(self).screen_args.get("logits"):
             self.action_reload()
 

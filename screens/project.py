@@ -125,6 +125,7 @@ class ProjectScreen(Screen):
     ProjectScreen .row Input, ProjectScreen .row Select { width: 1fr; }
     ProjectScreen .row Switch { width: auto; height: 1; border: none; padding: 0; }
     ProjectScreen .row Switch:focus { background-tint: $foreground 10%; }
+    ProjectScreen .row .switch-state { width: 4; height: 1; margin-left: 1; }
     ProjectScreen .row Input.-invalid { background: $error 20%; }
     ProjectScreen .field-error { color: $text-error; padding-left: 16; height: auto; }
     ProjectScreen #form-help { color: $text-muted; margin-top: 1; height: auto; }
@@ -163,6 +164,8 @@ class ProjectScreen(Screen):
                     with Horizontal(classes="row"):
                         yield Label(field.label, id=f"label-{field.widget_id}")
                         yield self._widget(field)
+                        if field.kind == "bool":  # the state in words: a switch alone reads the same under NO_COLOR
+                            yield Static("", id=f"state-{field.widget_id}", classes="switch-state")
                     yield Static("", id=f"err-{field.widget_id}", classes="field-error -empty")
                 yield Static("tab/shift+tab move · space toggles · enter opens a choice · ctrl+s saves · "
                              "esc leaves the field (then p t o c l switch screens)", id="form-help")
@@ -224,7 +227,7 @@ class ProjectScreen(Screen):
             self._set_status(f"no {CONFIG_FILENAME}: choose a preset", None)
             self.query_one("#presets", OptionList).focus()
         else:
-            self.query_one(f"#{FIELDS[0].widget_id}").focus()
+            self.query_one("#form").focus()  # tab enters the first field; screen keys never type into one
 
     def _fill_form(self) -> None:
         defaults = Config().model_dump(mode="json")
@@ -236,6 +239,7 @@ class ProjectScreen(Screen):
             with widget.prevent(Input.Changed, Switch.Changed, Select.Changed):
                 if isinstance(widget, Switch):
                     widget.value = bool(value)
+                    self._show_switch(field.widget_id, bool(value))
                 elif isinstance(widget, Select):
                     widget.value = value if value in field.choices else field.choices[0]
                 else:
@@ -332,8 +336,15 @@ class ProjectScreen(Screen):
     @on(Switch.Changed)
     def _switch_changed(self, event: Switch.Changed) -> None:
         field = self._field_for(event.switch.id)
+        self._show_switch(event.switch.id or "", bool(event.value))
         if field is not None:
             self.set_field(field, bool(event.value))
+
+    def _show_switch(self, widget_id: str, on: bool) -> None:
+        try:
+            self.query_one(f"#state-{widget_id}", Static).update("ON" if on else "OFF")
+        except Exception:  # no state label (not a form switch)
+            pass
 
     @on(Select.Changed)
     def _select_changed(self, event: Select.Changed) -> None:

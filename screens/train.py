@@ -7,6 +7,7 @@ second however fast frames arrive (MetricChart). Opening the screen re-attaches 
 
 from __future__ import annotations
 
+import re
 import time
 from collections import deque
 from pathlib import Path
@@ -70,6 +71,34 @@ def _log_tail(path: Path, n: int = LOG_LINES) -> list[str]:
     keep = [ln for ln in lines if ln.strip() and "Writing model shards" not in ln and "warn" not in ln.lower()]
     return keep[-n:]
 
+
+
+_ANSI = re.compile(r"\x1b(?:\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(?:\x07|\x1b\\)|[@-Z\\-_])")
+_WARNING = re.compile(r"\b(?:\w+Warning|warnings\.warn)\b")
+
+
+def clean_log(lines: list[str]) -> list[str]:
+    """The worker log as a person reads it: ANSI colour codes stripped (they showed as garbage), a progress bar
+    redrawn with \\r kept at its last state, and library warnings (a FutureWarning and the source line under it)
+    folded into one line that counts them; stdout.log keeps every byte."""
+    out: list[str] = []
+    warned = 0
+    skip_next = False
+    for raw in lines:
+        line = _ANSI.sub("", raw).split("\r")[-1].rstrip()
+        if skip_next:
+            skip_next = False
+            if line.startswith((" ", "\t")):
+                continue
+        if _WARNING.search(line):
+            warned += 1
+            skip_next = True  # Python prints the offending source line under the warning
+            continue
+        if line:
+            out.append(line)
+    if warned:
+        out.append(f"({warned} library warning{'s' if warned > 1 else ''} folded; stdout.log has them)")
+    return out
 
 class TrainScreen(Screen):
     TITLE = "carl · train"  # the header names the screen
@@ -159,6 +188,11 @@ class TrainScreen(Screen):
         self.machine_system = msg.system
         self.refresh_text()
 
+    def on_screen_resume(self) -> None:
+        """Back on train with no run open: the plan line is read again (the project may have been saved)."""
+        if self.run_id is None and self.is_mounted and self.plan is not None:
+            self.resolve_plan()
+
     # ---- plan
     @work(thread=True, exclusive=True, group="plan")
     def resolve_plan(self) -> None:
@@ -234,7 +268,7 @@ class TrainScreen(Screen):
         self.frames.extend(new)
         self.events.extend(events)
         self.meta = meta
-        self.log_lines = log
+        self.log_lines = clean_log(log)
         if meta.get("status") in ("completed", "failed", "stopped"):
             self.following = False
             self.live_system = None  # the worker is gone: show what its last frame recorded
@@ -396,10 +430,19 @@ class TrainScreen(Screen):
 
     def action_try_run(self) -> None:
         """Open the try panel on this run's model (its final model, else its newest checkpoint)."""
-        if not self.run_id:
-            self._say("open a run first (a); to try any model, open the try panel from the command palette")
+        open_try = getattr(self.app, "open_try", None)
+        if not self.run_id:  # no run open: `y` is the try screen, as on every other screen
+            if callable(open_try):
+                self.app.switch_mode("try")
+            else:
+                self._say("open a run first (a)")
             return
-        from screens.try_panel import TryScreen
+        # The try screen (its mode), not a screen pushed on train's stack: pushed, it would come back with `t`
+        # from any later screen (y, o, t opened try instead of train).
+        if callable(open_try):
+            open_try(run=self.run_id)
+            return
+        from screens.try_panel import TryScreen  # outside the shell (a bare App in a test)
 
         self.app.push_screen(TryScreen(run=self.run_id))
 

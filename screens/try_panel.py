@@ -288,13 +288,15 @@ class TryScreen(Screen):
     BINDINGS = [
         Binding("escape", "cancel", "Cancel"),
         Binding("m", "set_model(0)", "Model"),
-        Binding("c", "set_model(1)", "Compare"),
+        # v (versus) and a (all N): c and b are the chat and probe screens' keys, and stay so here
+        Binding("v", "set_model(1)", "Compare"),
         Binding("g", "toggle_greedy", "Sampling"),  # greedy ⇄ sample (short: the footer fits at 80)
         Binding("ctrl+r", "generate", "Run again"),
-        Binding("b", "best_of", "Best-of", show=False),  # the models line says "b best-of N by …"
+        Binding("a", "best_of", "Best-of", show=False),  # the models line says "a best-of N by …"
         Binding("n", "cycle_best_n", "Best-of N", show=False),
         Binding("s", "cycle_select", "Best-of selection", show=False),
-        Binding("slash", "focus_prompt", "Prompt", show=False),
+        Binding("slash", "focus_prompt", "Prompt", show=False),  # the status line says "/ …": the footer fits at 80
+        Binding("enter", "focus_prompt", "Prompt", show=False),
     ]
 
     class Token(Message):
@@ -374,12 +376,29 @@ class TryScreen(Screen):
         for k in ("model", "adapter", "run", "compare", "prompt"):
             if self._init.get(k) is None and isinstance(args.get(k), str):
                 self._init[k] = args[k]
+        request = self._pop_request()
+        if request:
+            self._init.update(model=None, adapter=None, run=request["run"])
         self.query_one("#try-legend", Static).update(legend(bool(getattr(self.app, "no_color", False))))
         if self._init["prompt"]:
             self.query_one("#try-prompt", Input).value = self._init["prompt"]
-        self.query_one("#try-prompt", Input).focus()
+        self.query_one("#try-view-0", TokenView).focus()  # `/` or Enter enters the prompt box, never a screen key
         self._show_models()
         self._resolve_initial(dict(self._init), context_of(self).home)
+
+    def _pop_request(self) -> dict[str, Any] | None:
+        ctx = context_of(self)
+        request, ctx.try_request = getattr(ctx, "try_request", None), None
+        return request
+
+    def on_screen_resume(self) -> None:
+        self.take_request()
+
+    def take_request(self) -> None:
+        """Train's `y` on a run: pane A becomes that run's model (the prompt and pane B stay)."""
+        request = self._pop_request()
+        if request:
+            self._resolve_initial({"run": request["run"], "prompt": None}, context_of(self).home)
 
     # ---- model choice
     @work(thread=True, exclusive=True, group="try-resolve")
@@ -415,7 +434,7 @@ class TryScreen(Screen):
         elif self.refs[0] is None:
             self._set_status("No model yet: press m and name one (run:RUN, a path, a Hub id or builtin:tiny).")
         else:
-            self._set_status("Type a prompt and press Enter.")
+            self._set_status("Press / to type a prompt, then Enter.")
             if start and self.autostart:
                 self.action_generate()
 
@@ -423,8 +442,8 @@ class TryScreen(Screen):
         s = self.sampling
         mode = "greedy" if s.is_greedy else f"sampling T {s.temperature:g} · top-p {s.top_p:g} · seed {s.seed}"
         labels = [(r.label if r else "no model (m)") for r in self.refs]
-        compare = "" if self.refs[1] is not None else " · c compare"
-        best = f" · b best-of {self.best_n} by {self.best_select}"
+        compare = "" if self.refs[1] is not None else " · v compare"
+        best = f" · a best-of {self.best_n} by {self.best_select}"
         self.query_one("#try-models", Static).update(f"{mode} · ≤{s.max_new_tokens} new tokens{compare}{best}")
         for i in range(2):
             self.query_one(f"#try-title-{i}", Static).update(Text(f"{'AB'[i]} · {labels[i]}"))
@@ -476,12 +495,12 @@ class TryScreen(Screen):
         if self.query_one("#try-prompt", Input).value.strip():
             self.action_generate()
         else:
-            self._set_status(f"{'AB'[pane]} = {ref.label}. Type a prompt and press Enter.")
+            self._set_status(f"{'AB'[pane]} = {ref.label}. Press / to type a prompt, then Enter.")
 
     def _close_model_row(self) -> None:
         self._editing = None
         self.query_one("#try-model-row").add_class("hidden")
-        self.query_one("#try-prompt", Input).focus()
+        self.query_one("#try-view-0", TokenView).focus()
 
     # ---- generation
     @on(Input.Submitted, "#try-prompt")
@@ -496,7 +515,7 @@ class TryScreen(Screen):
                              error=True)
             return None
         if not prompt.strip():
-            self._set_status("Type a prompt first.", error=True)
+            self._set_status("Type a prompt first (/ enters the box).", error=True)
             return None
         return prompt
 
@@ -689,9 +708,7 @@ class TryScreen(Screen):
         if self.focused is prompt:
             self.query_one("#try-view-0", TokenView).focus()  # letters (m, c, g) act again
         elif len(self.app.screen_stack) > 1 and self.app.screen is self:
-            self.app.pop_screen()  # pushed from another screen (e.g. train after a run): back there
-        else:
-            prompt.focus()
+            self.app.pop_screen()  # pushed from another screen: back there
 
     def action_toggle_greedy(self) -> None:
         s = self.sampling

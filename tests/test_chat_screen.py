@@ -77,7 +77,7 @@ def test_chat_conversation_with_tool_panel(snap_compare, snap_home, snap_env, si
                {"input_tokens": 2000, "output_tokens": 120})])
 
     async def run_before(pilot):
-        await pilot.press(*_type("what is my project?"), "enter")
+        await pilot.press("slash", *_type("what is my project?"), "enter")
         await _until(pilot, lambda: _chat(pilot.app).state == "ready" and not _chat(pilot.app).busy)
         await pilot.app.workers.wait_for_complete()
         await pilot.pause()
@@ -94,7 +94,7 @@ def test_chat_approval_modal(snap_compare, snap_home, snap_env, size, loop):
     async def run_before(pilot):
         from screens.chat import ApprovalModal
 
-        await pilot.press(*_type("read it"), "enter")
+        await pilot.press("slash", *_type("read it"), "enter")
         await _until(pilot, lambda: isinstance(pilot.app.screen, ApprovalModal))
         await pilot.pause()
 
@@ -113,7 +113,7 @@ async def test_approve_refuse_resume_and_history(tmp_path, loop, monkeypatch):
         from screens.chat import ApprovalModal, ToolPanel
 
         chat = _chat(app)
-        await pilot.press(*_type("first"), "enter")
+        await pilot.press("slash", *_type("first"), "enter")
         await _until(pilot, lambda: isinstance(app.screen, ApprovalModal))
         await pilot.press("n")
         await _until(pilot, lambda: not chat.busy)
@@ -164,7 +164,7 @@ async def test_escape_cancels_a_reply_in_flight(tmp_path, loop, monkeypatch):
     app = make_app(tmp_path)
     async with app.run_test(size=(80, 24)) as pilot:
         chat = _chat(app)
-        await pilot.press(*_type("hi"), "enter")
+        await pilot.press("slash", *_type("hi"), "enter")
         await _until(pilot, lambda: chat.busy)
         await _until(pilot, lambda: "Cancel reply" in _footer(app))  # while a reply streams, Esc cancels it
         await pilot.press("escape")
@@ -190,7 +190,7 @@ async def test_escape_leaves_the_prompt_so_screen_keys_work(tmp_path, monkeypatc
     async with app.run_test(size=(80, 24)) as pilot:
         chat = _chat(app)
         prompt = chat.query_one("#prompt")
-        await pilot.press(*_type("hi"))
+        await pilot.press("slash", *_type("hi"))
         assert app.focused is prompt
         await _until(pilot, lambda: "esc Leave input" in _footer(app))
         await pilot.press("escape")
@@ -218,7 +218,7 @@ async def test_paid_remote_submit_uses_the_remote_approval_modal(tmp_path, loop,
         from screens.approval import ApprovalScreen
 
         chat = _chat(app)
-        await pilot.press(*_type("train on hf"), "enter")
+        await pilot.press("slash", *_type("train on hf"), "enter")
         await _until(pilot, lambda: isinstance(app.screen, ApprovalScreen))
         assert app.screen.estimate["backend"] == "hf" and app.screen.estimate["estimated_usd"] > 0
         await pilot.press("n")

@@ -530,3 +530,23 @@ def test_snapshot_pulled_run(snap_compare, snap_home, snap_env, hub, tmp_path, s
         await pull_selected(pilot, ups=2)
 
     assert snap_compare(snap_app(snap_home), terminal_size=size, run_before=run_before)
+
+
+@pytest.mark.anyio
+async def test_an_unexpected_failure_in_a_pull_is_shown_typed_and_the_screen_is_not_left_busy(tmp_path,
+                                                                                           monkeypatch):
+    """Not only carl's own errors: any exception in a worker thread is shown (code, message, hint) instead of
+    ending the app, and the screen takes keys again."""
+    import engine.remote.sync as sync
+
+    seed_jobs(CarlHome.from_env())
+
+    def broken(*args, **kwargs):  # fault injection: a library failing in a way carl did not foresee
+        raise OSError("disk went away")
+
+    monkeypatch.setattr(sync, "pull_run", broken)
+    app = snap_app(tmp_path)
+    async with app.run_test(size=(120, 40)) as pilot:
+        screen = await pull_selected(pilot, ups=2)
+        assert screen.busy is None and app.is_running
+        assert "internal error: OSError: disk went away" in message(screen)

@@ -115,6 +115,9 @@ async def test_escape_leaves_any_text_input(tmp_path, monkeypatch):
     for name in ("observe", "chat", "probe", "try"):
         app = make_app(tmp_path, name)
         async with app.run_test(size=(80, 24)) as pilot:
+            await pilot.pause()
+            assert not isinstance(app.focused, Input), name  # no screen opens inside a text input
+            await pilot.press("slash")  # the user enters it on purpose
             await until(pilot, lambda: isinstance(app.focused, Input))
             await pilot.press("escape")
             assert not isinstance(app.focused, Input), name
@@ -129,6 +132,8 @@ async def test_observe_picker_down_into_the_runs_and_enter_opens(tmp_path):
     app = make_app(tmp_path, "observe")
     async with app.run_test(size=(80, 24)) as pilot:
         screen = app.screen
+        await until(pilot, lambda: app.focused is not None and app.focused.id == "obs-runs")  # never the box
+        await pilot.press("slash")
         await until(pilot, lambda: app.focused is not None and app.focused.id == "obs-spec")
         await pilot.press("down")  # from the source box into the recent runs
         runs = screen.query_one("#obs-runs")
@@ -145,6 +150,7 @@ async def test_enter_on_an_empty_source_box_opens_the_highlighted_run(tmp_path):
     app = make_app(tmp_path, "observe")
     async with app.run_test(size=(80, 24)) as pilot:
         screen = app.screen
+        await pilot.press("slash")
         await until(pilot, lambda: app.focused is not None and app.focused.id == "obs-spec")
         await pilot.press("enter")
         await until(pilot, lambda: screen.source is not None and len(screen.frames) == 3 and screen.summary_current)
@@ -156,6 +162,7 @@ async def test_enter_on_an_empty_source_box_without_runs_says_so(tmp_path):
     app = make_app(tmp_path, "observe")
     async with app.run_test(size=(80, 24)) as pilot:
         screen = app.screen
+        await pilot.press("slash")
         await until(pilot, lambda: app.focused is not None and app.focused.id == "obs-spec")
         await pilot.press("enter")
         await until(pilot, lambda: screen.error is not None)

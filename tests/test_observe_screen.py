@@ -129,19 +129,19 @@ async def test_picker_opens_a_typed_path_and_metric_chooser_cycles(tmp_path):
     async with app.run_test(size=(80, 24)) as pilot:
         screen = app.screen
         assert screen.query_one("#obs-tabs").active == "source"  # nothing given: the picker
-        await pilot.press(*str(d / "frames.jsonl"), "enter")
+        await pilot.press("slash", *str(d / "frames.jsonl"), "enter")
         await settle(pilot, 40, ended=True)
         assert screen.query_one("#obs-tabs").active == "charts" and screen.source.run == "picked"
         other = screen.query_one("#chart-other", MetricChart)
         first = screen.other_metric
         await pilot.press("m")
         assert screen.other_metric != first and other.title.startswith(screen.other_metric)
-        await pilot.press("shift+m")
+        await pilot.press("M")
         assert screen.other_metric == first
         # the recent-runs list offers the run too
         await pilot.press("s")
         assert screen.query_one("#obs-runs").get_option_at_index(0).id == "picked"
-        await pilot.press("tab", "enter")
+        await pilot.press("enter")  # s focuses the list (never the box): enter opens the highlighted run
         await settle(pilot, 40, ended=True)
 
 

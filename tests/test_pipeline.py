@@ -47,7 +47,7 @@ def test_dry_run_lists_every_stage_with_its_settings():
     by = {s["name"]: s["settings"] for s in stages}
     assert by["sft"]["target"] == 0.35 and by["sft"]["base_model"] == "builtin:tiny (untrained)"
     assert by["gate"] == {"min_task_metric": 0.2, "metric": "exact"}
-    assert by["grpo"]["from"] == "the sft model" and by["eval"]["threshold"] == 0.5
+    assert by["grpo"]["from"] == "the sft model" and by["eval"]["threshold"] == 0.3  # the demo task's gate (engine.builtins: builtin:addition)
     assert by["push"]["repo"] == "alice/demo" and by["push"]["skipped"] is False
     assert not os.path.exists(os.path.join(os.environ["CARL_HOME"], "runs"))  # touched nothing
     rc, out, err = carl("train", "--send-it", "--dry-run", "--set", "pipeline.stages=[grpo, sft]")

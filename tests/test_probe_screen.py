@@ -34,7 +34,7 @@ def make_app(root: Path, **screen_args) -> CarlApp:
 def type_and_load(path: str):
     async def run_before(pilot) -> None:
         await pilot.pause()
-        await pilot.press(*path, "enter")
+        await pilot.press("slash", *path, "enter")
         await pilot.app.workers.wait_for_complete()
         await pilot.pause()
 
@@ -77,7 +77,7 @@ async def test_enter_measures_the_file_and_fills_the_panel(tmp_path):
     write_logits(tmp_path, shape=(20, 30))
     app = make_app(tmp_path)
     async with app.run_test(size=(80, 24)) as pilot:
-        await pilot.press(*LOGITS, "enter")
+        await pilot.press("slash", *LOGITS, "enter")
         await wait_workers(pilot)
         screen = app.screen
         assert screen.error is None and screen.snapshot is not None
@@ -100,14 +100,14 @@ async def test_errors_show_code_message_and_hint_then_recover(tmp_path):
     (tmp_path / "bad.npy").write_text("nope")
     app = make_app(tmp_path)
     async with app.run_test(size=(80, 24)) as pilot:
-        await pilot.press(*"bad.npy", "enter")
+        await pilot.press("slash", *"bad.npy", "enter")
         await wait_workers(pilot)
         status = str(app.screen.query_one("#probe-status").render())
         assert "carl.validation" in status and "→" in status
         assert app.screen.query_one("#probe-status").has_class("error")
         inp = app.screen.query_one("#probe-path")
         inp.value = ""
-        await pilot.press(*"masked.npy", "enter")
+        await pilot.press(*"masked.npy", "enter")  # the box is still entered
         await wait_workers(pilot)
         assert app.screen.error is not None and app.screen.error.code == "carl.probe.nonfinite"
         await pilot.press("ctrl+t")  # masked mode on: -inf is probability 0, reloads
@@ -121,7 +121,7 @@ async def test_errors_show_code_message_and_hint_then_recover(tmp_path):
 async def test_empty_path_is_an_inline_error(tmp_path):
     app = make_app(tmp_path)
     async with app.run_test(size=(80, 24)) as pilot:
-        await pilot.press("enter")
+        await pilot.press("slash", "enter")
         await pilot.pause()
         assert app.screen.error is not None and "no logits file" in str(app.screen.error)
 
@@ -149,7 +149,7 @@ async def test_the_panel_scores_with_the_projects_carl_weights(tmp_path):
     write_weights(tmp_path)
     app = make_app(tmp_path)
     async with app.run_test(size=(80, 24)) as pilot:
-        await pilot.press(*LOGITS, "enter")
+        await pilot.press("slash", *LOGITS, "enter")
         await wait_workers(pilot)
         screen = app.screen
         assert screen.error is None and screen.settings.weights == SKEWED

@@ -46,7 +46,7 @@ async def test_live_validation_blocks_save_until_fixed(tmp_path):
         await pilot.pause()
         screen = app.screen
         assert screen.errors == []
-        await pilot.press(*["tab"] * 5, "end", "backspace", "0")  # batch_size 32 → 30
+        await pilot.press(*["tab"] * 6, "end", "backspace", "0")  # into the form, then batch_size 32 → 30
         await pilot.pause()
         assert [e["field"] for e in screen.errors] == ["grpo.batch_size"]
         assert "num_generations" in str(screen.query_one("#err-f-grpo-batch-size").render())
@@ -74,7 +74,7 @@ async def test_switches_select_and_text_fields_edit_the_file(tmp_path):
     async with app.run_test(size=(120, 40)) as pilot:
         await pilot.pause()
         screen = app.screen
-        await pilot.press("end", *["backspace"] * 2, "n", "e", "w")  # project.name keepme → keepnew
+        await pilot.press("tab", "end", *["backspace"] * 2, "n", "e", "w")  # into project.name: keepme → keepnew
         await pilot.press(*["tab"] * 7, "space")  # → LoRA switch on
         await pilot.press("tab", "space")  # → CARL reward off
         await pilot.press("tab", "enter", "up", "up", "enter")  # cascade.mode evidence → fixed
@@ -114,11 +114,16 @@ async def test_single_keys_switch_screens_after_leaving_a_field(tmp_path):
     app = make_app(tmp_path)
     async with app.run_test(size=(80, 24)) as pilot:
         await pilot.pause()
-        await pilot.press("t")  # typed into the focused Input, not a screen switch
+        name = app.screen.query_one("#f-project-name").value
+        assert name == "carl-demo"
+        await pilot.press("t")  # no field is entered on arrival: t is the train screen, never a letter in a field
+        await pilot.pause()
+        assert app.current_mode == "train" and app.screen_stack[0] is not None
+        await pilot.press("p", "tab", "t")  # tab enters the first field: now t is typed there
         await pilot.pause()
         assert app.current_mode == "project"
-        assert app.screen.query_one("#f-project-name").value.startswith("t")
-        await pilot.press("escape", "t")  # the other screens' own tests cover what they do with keys
+        assert app.screen.query_one("#f-project-name").value in (name + "t", "t")  # (tab selects the text)
+        await pilot.press("escape", "t")  # Esc leaves the field; the other screens' own tests cover their keys
         await pilot.pause()
         assert app.current_mode == "train"
 

@@ -150,7 +150,7 @@ async def try_prompt(pilot):
     await until(pilot, lambda: isinstance(pilot.app.screen, TryScreen))
     screen = pilot.app.screen
     await settle(pilot)
-    await pilot.press(*PROMPT, "enter")
+    await pilot.press("slash", *PROMPT, "enter")
     await until(pilot, lambda: screen.results[0] is not None and not screen._generating)
     await settle(pilot)
     return screen
@@ -257,7 +257,7 @@ async def test_observe_overlays_a_pulled_run_with_a_local_one(pulled, tmp_path):
     async with app.run_test(size=(120, 40)) as pilot:
         screen = pilot.app.screen
         await until(pilot, lambda: screen.query_one("#obs-runs").option_count == 2)
-        await pilot.press("down", "space", "down", "space", "enter")  # the newest run (the pulled one) first
+        await pilot.press("space", "down", "space", "enter")  # the picker opens in the list: the newest (pulled) run first
         await until(pilot, lambda: not screen.overlay_pending and len(screen.overlay_runs) == 1
                     and len(screen.frames) == STEPS)
         assert [label for label, _ in screen._overlay_all()] == [RID, "20250101-120000-local"]

@@ -150,7 +150,9 @@ async def _follow_and_stop(app, d):
 
 
 @pytest.mark.anyio
-async def test_y_opens_the_try_panel_on_the_open_run_and_esc_returns(tmp_path):
+async def test_y_opens_the_try_screen_on_the_open_run_and_t_always_returns_to_train(tmp_path):
+    """`y` opens the try screen (its own mode): `t` goes back to train, also after visiting another screen
+    (y, o, t once opened try instead of train, from then on)."""
     from screens.try_panel import TryScreen
 
     make_run(tmp_path / "home", "20250101-120000-done", range(1, 4))
@@ -161,12 +163,10 @@ async def test_y_opens_the_try_panel_on_the_open_run_and_esc_returns(tmp_path):
         await pilot.pause()
         assert isinstance(app.screen, TryScreen)
         assert app.screen._init["run"] == "20250101-120000-done"
-        await pilot.press("escape")
-        await pilot.pause()
-        if isinstance(app.screen, TryScreen):  # the first esc may leave the prompt box
-            await pilot.press("escape")
+        for keys, screen in ((("t",), TrainScreen), (("y", "o", "t"), TrainScreen), (("y",), TryScreen)):
+            await pilot.press(*keys)
             await pilot.pause()
-        assert isinstance(app.screen, TrainScreen)
+            assert isinstance(app.screen, screen), keys
 
 
 @pytest.mark.parametrize("size", SIZES, ids=lambda s: f"{s[0]}x{s[1]}")

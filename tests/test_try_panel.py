@@ -91,7 +91,7 @@ def keys(*groups):
     return run_before
 
 
-GENERATE = ([*PROMPT, "enter"],)
+GENERATE = (["slash", *PROMPT, "enter"],)  # `/` enters the prompt box (no box is focused on arrival)
 
 
 # ── snapshots ─────────────────────────────────────────────────────────────────────────────────────────
@@ -107,11 +107,11 @@ def test_try_panel_completion_shaded_with_cursor(snap_compare, snap_home, snap_e
 def test_try_panel_side_by_side_compare(snap_compare, snap_home, snap_env, runs, size):
     """c sets the second checkpoint and the same prompt runs on both, side by side: same text, brighter tokens."""
     app = make_app(snap_home, run=BASE)
-    assert snap_compare(app, run_before=keys(*GENERATE, ["c", *f"run:{SHARP}", "enter"], ["home"]),
+    assert snap_compare(app, run_before=keys(*GENERATE, ["v", *f"run:{SHARP}", "enter"], ["home"]),
                         terminal_size=size)
 
 
-BEST_OF = ([*PROMPT, "escape"], ["b"])  # prompt typed, Esc to the tokens (letters are keys), b: best-of 8
+BEST_OF = (["slash", *PROMPT, "escape"], ["a"])  # prompt typed, Esc to the tokens (letters are keys), a: best-of 8
 
 
 @pytest.mark.parametrize("size", SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
@@ -125,7 +125,7 @@ def test_try_panel_best_of_candidates(snap_compare, snap_home, snap_env, runs, s
 def test_try_panel_best_of_4_by_carl(snap_compare, snap_home, snap_env, runs):
     """n cycles N (8 → 16 → 4), s cycles the selection (logprob → majority → random → phi → carl)."""
     app = make_app(snap_home, run=BASE)
-    assert snap_compare(app, run_before=keys([*PROMPT, "escape"], ["n", "n", "s", "s", "s", "s"], ["b"]),
+    assert snap_compare(app, run_before=keys(["slash", *PROMPT, "escape"], ["n", "n", "s", "s", "s", "s"], ["a"]),
                         terminal_size=(80, 24))
 
 
@@ -160,7 +160,7 @@ async def test_tokens_arrive_live_and_esc_cancels(runs, tmp_path, monkeypatch):
     app = make_app(tmp_path, run=LORA, max_new_tokens=20)
     async with app.run_test(size=(80, 24)) as pilot:
         await settle(pilot)
-        await pilot.press(*PROMPT, "enter")
+        await pilot.press("slash", *PROMPT, "enter")
         view = views(app)[0]
         for _ in range(3000):  # model load + first forward, generous under load
             await asyncio.sleep(0.02)
@@ -181,7 +181,7 @@ async def test_cursor_moves_and_is_shared_by_both_panes(runs, tmp_path):
     app = make_app(tmp_path, run=BASE, compare=f"run:{LORA}")
     async with app.run_test(size=(120, 40)) as pilot:
         await settle(pilot)
-        await pilot.press(*PROMPT, "enter")
+        await pilot.press("slash", *PROMPT, "enter")
         await settle(pilot)
         a, b = views(app)
         assert a.steps and b.steps and app.focused is a
@@ -205,12 +205,15 @@ async def test_model_errors_show_inline_and_compare_can_be_turned_off(runs, tmp_
     app = make_app(tmp_path, run=BASE, compare=f"run:{LORA}")
     async with app.run_test(size=(80, 24)) as pilot:
         await settle(pilot)
-        await pilot.press("escape")  # from the prompt to the tokens, where letters are keys
-        await pilot.press("m", *"/nonexistent/model", "enter")
+        await pilot.press("m")  # no box is entered on arrival: letters are keys; m opens the model box
+        await settle(pilot)
+        await pilot.press(*"/nonexistent/model", "enter")
         await settle(pilot)
         assert "carl.validation" in status(app) and "model path not found" in status(app)
         assert app.screen.refs[0].run_id == BASE  # unchanged
-        await pilot.press("escape", "c", "ctrl+u", "enter")  # an empty compare box turns comparison off
+        await pilot.press("v")  # the box closed onto the tokens: letters are keys (Esc there would go back)
+        await settle(pilot)
+        await pilot.press("ctrl+u", "enter")  # an empty compare box turns comparison off
         await settle(pilot)
         assert app.screen.refs[1] is None
         assert app.screen.query_one("#try-pane-1").has_class("hidden")
@@ -227,7 +230,7 @@ async def test_defaults_to_the_newest_run_and_says_so_when_there_is_none(runs, t
     async with app.run_test(size=(80, 24)) as pilot:
         await settle(pilot)
         assert app.screen.refs[0] is None and "No model yet" in status(app)
-        await pilot.press(*PROMPT, "enter")
+        await pilot.press("slash", *PROMPT, "enter")
         assert "No model yet" in status(app)
 
 
@@ -250,7 +253,7 @@ async def test_a_runs_model_is_scored_with_the_runs_carl_weights(runs, tmp_path)
     app = make_app(tmp_path, run=BASE)
     async with app.run_test(size=(80, 24)) as pilot:
         await settle(pilot)
-        await pilot.press(*PROMPT, "enter")
+        await pilot.press("slash", *PROMPT, "enter")
         await settle(pilot)
         res = app.screen.results[0]
         assert res is not None and res.weights == skewed
@@ -270,8 +273,8 @@ async def test_best_of_lists_the_engines_candidates_and_marks_the_chosen_one(run
     app = make_app(tmp_path, run=BASE, compare=f"run:{LORA}")
     async with app.run_test(size=(120, 40)) as pilot:
         await settle(pilot)
-        await pilot.press(*PROMPT, "escape", "s")  # logprob → majority
-        await pilot.press("b")
+        await pilot.press("slash", *PROMPT, "escape", "s")  # logprob → majority
+        await pilot.press("a")
         await settle(pilot)
         scr = app.screen
         assert scr.best_select == "majority" == SELECTIONS[(SELECTIONS.index("logprob") + 1) % len(SELECTIONS)]

@@ -7,6 +7,7 @@ fails closed when coherence data is missing. Exit 0 on pass."""
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +50,7 @@ def run(args: argparse.Namespace) -> int:
     from engine.runs import RunStore, ledger_record
 
     subject: dict[str, Any]
+    before = None  # the starting model's task metric (a run's meta), for eval.min_gain
     if args.run:
         from engine.models.names import parse_run_name, run_model_dir
 
@@ -63,6 +65,8 @@ def run(args: argparse.Namespace) -> int:
             cfg = validate_dict(apply_overrides(cfg.model_dump(mode="json"), args.sets), source=str(d))
         _, path, _ = run_model_dir(run_id, step=step, final=final)  # engine.models: the names infer takes
         subject = {"run_id": run_id, "model_path": str(path)}
+        before = ((json.loads((d / "meta.json").read_text(encoding="utf-8")).get("eval") or {}).get("before")
+                  or {}).get("task_metric") if (d / "meta.json").is_file() else None
     else:
         cfg, _ = load_config(args.config, args.sets)
         path = Path(args.adapter).expanduser()
@@ -102,7 +106,7 @@ def run(args: argparse.Namespace) -> int:
         metrics["best_of"] = _best_of(model, tok, rows[:n], cfg, args.best_of, args.select, p=args.borda_p,
                                       eta=args.eta)
     threshold = cfg.eval.threshold if args.threshold is None else args.threshold
-    passed, reason = decide(metrics, cfg.eval, threshold)
+    passed, reason = decide(metrics, cfg.eval, threshold, before=before)
     out: dict[str, Any] = {"pass": passed, "metrics": metrics, "threshold": threshold, "reason": reason,
                            "gate": {"phi_min": cfg.eval.phi_min, "min_distinct": cfg.eval.min_distinct,
                                     "max_top_share": cfg.eval.max_top_share,

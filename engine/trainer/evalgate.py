@@ -122,9 +122,11 @@ def task_accuracy(model, tok, rows: list[dict[str, Any]], cfg) -> float:
     return sum(scores) / len(scores) if scores else 0.0
 
 
-def decide(metrics: dict[str, Any], ecfg, threshold: float | None = None) -> tuple[bool, str]:
+def decide(metrics: dict[str, Any], ecfg, threshold: float | None = None,
+           before: float | None = None) -> tuple[bool, str]:
     """(pass, reason). Fails closed on missing task or coherence data. The collapse checks (distinct answers,
-    top-answer share, Phi spread) are engine.trainer.evalchecks."""
+    top-answer share, Phi spread) are engine.trainer.evalchecks. ``before``: the starting model's task metric,
+    which ``eval.min_gain`` needs (set and unknown: fails closed)."""
     from engine.trainer.evalchecks import check_collapse
 
     thr = ecfg.threshold if threshold is None else threshold
@@ -139,13 +141,22 @@ def decide(metrics: dict[str, Any], ecfg, threshold: float | None = None) -> tup
     fails, missing = check_collapse(metrics, ecfg)
     if missing:
         return False, f"coherence data missing: {missing} could not be computed (fails closed)"
+    gain = getattr(ecfg, "min_gain", None)
+    if gain is not None:
+        if not ok(before):
+            fails.insert(0, f"eval.min_gain {gain:g} set but the starting model's task metric is unknown "
+                            f"(evaluate a run, or set eval.min_gain: null)")
+        elif metrics["task_metric"] < before + gain:
+            fails.insert(0, f"task metric {metrics['task_metric']:.3f} < start {before:.3f} + "
+                            f"eval.min_gain {gain:g}")
     if metrics["task_metric"] < thr:
         fails.insert(0, f"task metric {metrics['task_metric']:.3f} < threshold {thr:.3f}")
     if metrics["phi_mean"] < ecfg.phi_min:
         fails.append(f"phi_mean {metrics['phi_mean']:.3f} < SIGMA {ecfg.phi_min:.4f}")
     if fails:
         return False, "; ".join(fails)
-    return True, (f"task metric {metrics['task_metric']:.3f} >= {thr:.3f}, phi_mean {metrics['phi_mean']:.3f} >= "
+    gained = f" (start {before:.3f} + {gain:g})" if gain is not None else ""
+    return True, (f"task metric {metrics['task_metric']:.3f} >= {thr:.3f}{gained}, phi_mean {metrics['phi_mean']:.3f} >= "
                   f"SIGMA, no collapse (distinct {metrics.get('distinct_fraction', 0):.2f}, top answer "
                   f"{metrics.get('top_answer_share', 0):.0%}, phi spread {metrics.get('phi_spread', 0):.4f})")
 

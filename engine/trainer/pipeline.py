@@ -364,7 +364,9 @@ class Pipeline:
             _, eval_rows = load_rows(self.cfg, cwd=Path.cwd())
             n_eval = len(eval_rows) if self.cfg.dataset.source == "builtin:addition" else self.cfg.eval.n_samples
             after = evaluate(model, tok, eval_rows, self.cfg, n=n_eval)
-        ok, why = decide(after, self.cfg.eval)
+        grpo_detail = self._stage("grpo").get("detail") or {}
+        start = grpo_detail.get("before") or (self._stage("sft").get("detail") or {}).get("heldout") or {}
+        ok, why = decide(after, self.cfg.eval, before=start.get("task_metric"))
         self.w.gate = (ok, why)
         self.w.event({"name": "eval_gate", "pass": ok, "reason": why, "task_metric": after.get("task_metric"),
                       "threshold": self.cfg.eval.threshold})
@@ -375,7 +377,9 @@ class Pipeline:
                                    "task_metric": after.get("task_metric"), "threshold": self.cfg.eval.threshold})
         if ok:
             return "done", "pass", {"reason": why}, None, "pass"
-        return "failed", "fail", {"reason": why}, f"eval gate failed: {why}; nothing pushed", "fail"
+        return "failed", "fail", {"reason": why}, (f"eval gate failed: {why}; nothing pushed (to pass: train longer "
+                                                   f"with grpo.max_steps, or set eval.threshold / eval.min_gain "
+                                                   f"to what this model should reach)"), "fail"
 
     def _push(self, st):
         if not self.cfg.train.output_repo or self.w.sync is None:

@@ -318,7 +318,7 @@ class Worker:
             if self.sync is not None:
                 from engine.trainer.evalgate import decide
 
-                self.gate = decide(after, cfg.eval)
+                self.gate = decide(after, cfg.eval, before=(before or {}).get("task_metric"))
         return "completed", after
 
     def main(self) -> int:
@@ -351,8 +351,12 @@ class Worker:
         signal.signal(signal.SIGTERM, on_signal)
         signal.signal(signal.SIGINT, on_signal)
         status, error = "failed", None
+        from engine.trainer.pipeline import StageFailed
+
         try:
             status = self.run()
+        except StageFailed as exc:  # a check's verdict (the pipeline logged why), not a crash: no traceback
+            error = str(exc).split("\n")[0][:500]
         except BaseException as exc:  # the run failed: say why in meta, full traceback in stdout.log
             traceback.print_exc()
             error = f"{type(exc).__name__}: {exc}".split("\n")[0][:500]

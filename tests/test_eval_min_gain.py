@@ -27,11 +27,12 @@ def test_min_gain_with_no_known_start_fails_closed_and_unset_changes_nothing():
 
 def test_min_gain_is_a_config_field():
     cfg = validate_dict({"eval": {"min_gain": 0.1}})
-    assert cfg.eval.min_gain == 0.1 and validate_dict({"model": {"name_or_path": "gpt2"}}).eval.min_gain is None
+    own_task = {"model": {"name_or_path": "gpt2"}, "dataset": {"source": "rows.jsonl"}}
+    assert cfg.eval.min_gain == 0.1 and validate_dict(own_task).eval.min_gain is None
 
 
 def test_the_demo_gate_is_relative_to_its_start_and_yields_to_any_choice():
-    """The demo (builtin:tiny on builtin:addition) passes when it reaches 0.3 and loses nothing over its start:
+    """The demo's task (builtin:addition; its gate comes from engine.builtins) passes when it reaches 0.3 and loses nothing over its start:
     `carl --batch train --send-it` on a fresh CARL_HOME measured before 0.435 → after 0.460 (2026-12-07)."""
     from engine.config import Config, preset
 

@@ -38,7 +38,7 @@ def test_sigma_is_three_sixteenths_and_has_one_home():
     again = []
     for path in [*root.glob("engine/**/*.py"), *root.glob("screens/**/*.py"), *root.glob("carl_tui/**/*.py")]:
         rel = str(path.relative_to(root))
-        if rel == "engine/probe.py":
+        if rel == "engine/probe/constants.py":
             continue
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
             named = [t.id for t in (node.targets if isinstance(node, ast.Assign) else

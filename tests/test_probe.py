@@ -1,6 +1,6 @@
 """engine.probe: property tests against an independent float64 reference written from the formulas.
 
-The reference below shares no code with engine/probe.py: it loops over tokens in float64, the way the issue
+The reference below shares no code with engine/probe/: it loops over tokens in float64, the way the issue
 states the math (softmax, H = -Σ p log p with 0·log 0 = 0, Phi = 1 - H/log V, multiscale coherence, cloud,
 discontinuity, CARL = 0.5·coh + 0.3·cloud + 0.2·disc).
 """
@@ -248,9 +248,9 @@ def test_chunked_and_threaded_kernel_equals_single_pass(monkeypatch):
     x = (rng.standard_normal((37, 501)) * 4).astype(np.float32)
     tokens = rng.integers(0, 501, size=37)
     whole = token_stats(x, tokens)
-    monkeypatch.setattr(probe, "_CHUNK_ELEMS_CPU", 1500)  # 2 rows per chunk
-    monkeypatch.setattr(probe, "_THREAD_MIN_ELEMS", 1)  # force the thread pool
-    monkeypatch.setattr(probe, "_cpu_threads", lambda: 3)
+    monkeypatch.setattr(probe.kernel, "_CHUNK_ELEMS_CPU", 1500)  # 2 rows per chunk
+    monkeypatch.setattr(probe.kernel, "_THREAD_MIN_ELEMS", 1)  # force the thread pool
+    monkeypatch.setattr(probe.kernel, "_cpu_threads", lambda: 3)
     chunked = token_stats(x, tokens)
     for a, b in zip(whole, chunked):
         np.testing.assert_array_equal(a, b)

@@ -221,15 +221,20 @@ def generate_candidates(lm, prompt: str, n: int, select: str, sampling, *, weigh
 
 
 def sample_batch(model, tok, prompts: Sequence[str], n: int, max_new_tokens: int, seed: int, *,
-                 temperature: float = 1.0, fmt: Any = None) -> list[list[dict[str, Any]]]:
-    """N samples per prompt in one batched ``generate`` (left-padded), with the field of each sampled token read
+                 temperature: float = 1.0, fmt: Any = None, budget_mb: float | None = None
+                 ) -> list[list[dict[str, Any]]]:
+    """N samples per prompt, batched ``generate`` calls (left-padded), with the field of each sampled token read
     on the raw logits of its step by the probe's kernel: ``[P][N]`` dicts of text and per-token ``phi``,
-    ``entropy``, ``selected_prob``, ``self_certainty``, ``confidence`` (up to and including the first EOS)."""
+    ``entropy``, ``selected_prob``, ``self_certainty``, ``confidence`` (up to and including the first stop).
+
+    The prompts go in chunks whose ``prompts × N × max_new_tokens`` step logits fit the logits budget
+    (``budget_mb``; None: the device default, engine.memory) — never all P·N·T·V at once; one prompt over the
+    budget on its own is a ``carl.resource.oom`` with the budget to lower if the device runs out."""
     import torch
 
-    from engine.probe import DEEPCONF_TOPK, token_scores
-
+    from engine.memory import budget_mb as resolve_budget, device_of, oom_guard, positions_per_chunk, vocab_size
     from engine.models.stops import cut_at_stop, stop_ids
+    from engine.probe import DEEPCONF_TOPK, token_scores
     from engine.prompts import RAW, encode_many
 
     torch.manual_seed(seed)
@@ -237,24 +242,28 @@ def sample_batch(model, tok, prompts: Sequence[str], n: int, max_new_tokens: int
     ids = encode_many(list(prompts), tok, fmt or RAW)
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     stops = stop_ids(model, tok)
-    w = max(len(x) for x in ids)
     device = next(model.parameters()).device
-    enc = {"input_ids": torch.tensor([[pad] * (w - len(x)) + x for x in ids], device=device),
-           "attention_mask": torch.tensor([[0] * (w - len(x)) + [1] * len(x) for x in ids], device=device)}
-    with torch.no_grad():
-        out = model.generate(**enc, do_sample=True, temperature=temperature, top_k=0, top_p=1.0,
-                             max_new_tokens=max_new_tokens, num_return_sequences=n, output_logits=True,
-                             return_dict_in_generate=True, pad_token_id=pad, eos_token_id=stops)
-        width = enc["input_ids"].shape[1]
-        seqs = out.sequences[:, width:]
-        f = token_scores(torch.stack(out.logits, dim=1).float(), seqs.clamp(min=0), allow_masked=True,
-                         topk=DEEPCONF_TOPK)
-    rows = []
-    for r in range(seqs.shape[0]):
-        k = len(cut_at_stop(seqs[r].tolist(), stops)[0])
-        rows.append({"text": tok.decode(seqs[r, :k].tolist(), skip_special_tokens=True),
-                     **{name: f[name][r, :k].double().tolist() for name in
-                        ("phi", "entropy", "selected_prob", "self_certainty", "confidence")}})
+    budget = resolve_budget(budget_mb, device_of(model))
+    per_chunk = max(1, positions_per_chunk(budget, vocab_size(model)) // max(1, n * max_new_tokens))
+    rows: list[dict[str, Any]] = []
+    for lo in range(0, len(ids), per_chunk):
+        part = ids[lo:lo + per_chunk]
+        w = max(len(x) for x in part)
+        enc = {"input_ids": torch.tensor([[pad] * (w - len(x)) + x for x in part], device=device),
+               "attention_mask": torch.tensor([[0] * (w - len(x)) + [1] * len(x) for x in part], device=device)}
+        with torch.no_grad(), oom_guard("best-of sampling", budget, prompts=len(part), n=n):
+            out = model.generate(**enc, do_sample=True, temperature=temperature, top_k=0, top_p=1.0,
+                                 max_new_tokens=max_new_tokens, num_return_sequences=n, output_logits=True,
+                                 return_dict_in_generate=True, pad_token_id=pad, eos_token_id=stops)
+            seqs = out.sequences[:, w:]
+            f = token_scores(torch.stack(out.logits, dim=1).float(), seqs.clamp(min=0), allow_masked=True,
+                             topk=DEEPCONF_TOPK)
+            del out
+        for r in range(seqs.shape[0]):
+            k = len(cut_at_stop(seqs[r].tolist(), stops)[0])
+            rows.append({"text": tok.decode(seqs[r, :k].tolist(), skip_special_tokens=True),
+                         **{name: f[name][r, :k].double().tolist() for name in
+                            ("phi", "entropy", "selected_prob", "self_certainty", "confidence")}})
     return [rows[i * n:(i + 1) * n] for i in range(len(prompts))]
 
 

@@ -105,3 +105,30 @@ def test_eval_best_of_borda_is_the_engine_selection(tiny, capsys, tmp_path, monk
     texts = best_of_texts(model, tok, [r["prompt"] for r in held], 4, "borda", 8, seed=0, p=1.0)
     want = sum(t.strip() == r["answer"] for t, r in zip(texts, held)) / len(held)
     assert bo["task_metric"] == pytest.approx(want)
+
+
+def test_best_of_sampling_keeps_step_logits_within_the_budget(tiny):
+    """sample_batch never holds all P·N·T·V step logits at once: with a budget that fits one prompt's N×T
+    positions, each prompt is its own generate call; every prompt still gets its N samples with their fields."""
+    from engine.bestof import sample_batch
+    from engine.memory import bytes_per_position, vocab_size
+    from engine.models import LoadOptions, load_model, resolve_name
+
+    model, tok = load_model(resolve_name(str(tiny)), LoadOptions(device="cpu"))
+    calls = []
+    real = model.generate
+
+    def counted(*a, **kw):
+        calls.append(kw["input_ids"].shape[0])
+        return real(*a, **kw)
+
+    model.generate = counted
+    n, t = 3, 6
+    one_prompt_mb = n * t * bytes_per_position(vocab_size(model)) / 2**20
+    rows = sample_batch(model, tok, ["12+7=", "30+41=", "5+5="], n, t, seed=0, budget_mb=one_prompt_mb * 1.5)
+    assert calls == [1, 1, 1]
+    assert [len(r) for r in rows] == [n, n, n]
+    assert all(len(s["phi"]) == len(s["self_certainty"]) <= t for r in rows for s in r)
+    calls.clear()
+    sample_batch(model, tok, ["12+7=", "30+41=", "5+5="], n, t, seed=0)  # the CPU default fits all three
+    assert calls == [3]

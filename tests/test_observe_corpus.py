@@ -20,6 +20,10 @@ CORPUS = {
     "scu_tsc_qwen05b_7934f1b.console.log": ("bad", {"zero_std_rewards"}, {"kl_blowup"}),
     "scu_tsc_qwen05b_4308fd8.console.log": ("ok", set(), {"kl_blowup", "zero_std_rewards"}),
     "aaipl_grpo_ckpt500/trainer_state.json": ("bad", {"clipped_completions"}, set()),
+    "chaos_economy_grpo/trainer_state.json": ("bad", {"clipped_completions"}, set()),
+    "memredteam_finance_grpo_stage1.jsonl": ("ok", set(), set()),
+    "unsloth_grpo_ckpt250/trainer_state.json": ("ok", set(), {"kl_blowup"}),
+    "gemma3_grpo_ckpt250/trainer_state.json": ("ok", set(), set()),
 }
 
 

@@ -24,6 +24,19 @@ CORPUS = {
     "memredteam_finance_grpo_stage1.jsonl": ("ok", set(), set()),
     "unsloth_grpo_ckpt250/trainer_state.json": ("ok", set(), {"kl_blowup"}),
     "gemma3_grpo_ckpt250/trainer_state.json": ("ok", set(), set()),
+    "wordle_grpo_stage2_ckpt160/trainer_state.json": ("ok", set(), {"kl_blowup"}),
+    # a disagreement (docs/observe.md): expected warn, carl says ok — see DISAGREEMENTS
+    "xling_openrs_rs2_ckpt50/trainer_state.json": ("ok", set(), set()),
+}
+
+# file → (the verdict a person gives it, why carl cannot give it today). The CORPUS entry above holds carl's
+# verdict, so the docs table stays true; when a rule learns to see it, the CORPUS entry moves to the expected one.
+DISAGREEMENTS = {
+    "xling_openrs_rs2_ckpt50/trainer_state.json": (
+        "warn",
+        "mean length 88-96 % of the 3584-token cap, but the log has no clipped_ratio/max_length: "
+        "the cap is only in the repository's config",
+    ),
 }
 
 
@@ -37,6 +50,12 @@ def test_corpus_verdict(name):
     assert out["health"]["status"] == status, out["health"]
     assert must <= open_codes, out["health"]
     assert not (must_not & open_codes), out["health"]
+
+
+def test_disagreements_are_corpus_runs_with_another_verdict():
+    for name, (expected, why) in DISAGREEMENTS.items():
+        assert name in CORPUS and why
+        assert expected != CORPUS[name][0]
 
 
 def test_every_corpus_file_has_provenance():

@@ -27,6 +27,9 @@ CORPUS = {
     "wordle_grpo_stage2_ckpt160/trainer_state.json": ("ok", set(), {"kl_blowup"}),
     # a disagreement (docs/observe.md): expected warn, carl says ok — see DISAGREEMENTS
     "xling_openrs_rs2_ckpt50/trainer_state.json": ("ok", set(), set()),
+    "selfreward_dpo_m2_ckpt100/trainer_state.json": ("ok", set(), set()),
+    # a disagreement: expected bad (nothing trains), carl says ok — see DISAGREEMENTS
+    "selfreward_dpo_m2v2_ckpt100/trainer_state.json": ("ok", set(), set()),
 }
 
 # file → (the verdict a person gives it, why carl cannot give it today). The CORPUS entry above holds carl's
@@ -36,6 +39,10 @@ DISAGREEMENTS = {
         "warn",
         "mean length 88-96 % of the 3584-token cap, but the log has no clipped_ratio/max_length: "
         "the cap is only in the repository's config",
+    ),
+    "selfreward_dpo_m2v2_ckpt100/trainer_state.json": (
+        "bad",
+        "grad_norm 0.0 and loss ln 2 on every step: no rule reads a run that never updates",
     ),
 }
 

@@ -48,6 +48,23 @@ BEST_OF_NS = (4, 8, 16)
 DEFAULT_BEST_OF = 8
 
 
+def fit_label(label: str, width: int) -> str:
+    """``label`` cut from the LEFT to ``width`` cells (``…`` + the tail): two checkpoints of one run differ at the
+    end (``RUN/checkpoint-20`` vs ``RUN/final``), so the tail is what must stay visible."""
+    if width <= 0:
+        return ""
+    if cell_len(label) <= width:
+        return label
+    if width == 1:
+        return "…"
+    tail = ""
+    for ch in reversed(label):
+        if cell_len(tail) + cell_len(ch) > width - 1:
+            break
+        tail = ch + tail
+    return "…" + tail
+
+
 def token_label(token: str) -> str:
     """How one token's text shows in a cell: newlines ⏎, tabs ⇥, all-space tokens ␣, empty pieces ∅."""
     if token == "":
@@ -445,10 +462,23 @@ class TryScreen(Screen):
         compare = "" if self.refs[1] is not None else " · v compare"
         best = f" · a best-of {self.best_n} by {self.best_select}"
         self.query_one("#try-models", Static).update(f"{mode} · ≤{s.max_new_tokens} new tokens{compare}{best}")
-        for i in range(2):
-            self.query_one(f"#try-title-{i}", Static).update(Text(f"{'AB'[i]} · {labels[i]}"))
+        self._labels = labels
+        self._fit_titles()
         self.query_one("#try-pane-1").set_class(self.refs[1] is None or self._best_mode, "hidden")
         self.query_one("#try-pane-best").set_class(not self._best_mode, "hidden")
+        self.call_after_refresh(self._fit_titles)  # pane B shown or hidden changes the titles' width
+
+    def _fit_titles(self) -> None:
+        """Pane titles ``A · LABEL`` cut from the left to the pane's width, so the differing tail stays visible."""
+        labels = getattr(self, "_labels", None) or ["", ""]
+        for i in range(2):
+            title = self.query_one(f"#try-title-{i}", Static)
+            # before the first layout the pane's width is unknown: the screen's share of it
+            width = title.size.width or max(10, (self.size.width or 80) // (1 if self.refs[1] is None else 2) - 4)
+            title.update(Text(f"{'AB'[i]} · {fit_label(labels[i], width - 4)}"))
+
+    def on_resize(self) -> None:
+        self.call_after_refresh(self._fit_titles)
 
     def action_set_model(self, pane: int) -> None:
         self._editing = pane

@@ -23,7 +23,7 @@ SCREENS: dict[str, tuple[str, str, str, str]] = {
     "observe": ("screens.observe", "ObserveScreen", "o", "open any run: Phi, rewards, phase, health"),
     "chat": ("screens.chat", "ChatScreen", "c", "ask the agent about your runs"),
     "ledger": ("screens.ledger", "LedgerScreen", "l", "the signed, hash-chained record of every action"),
-    "probe": ("screens.probe", "ProbeScreen", "b", "measure Phi over a logits file"),
+    "probe": ("screens.probe", "ProbeScreen", "b", "measure Phi over a logits file, or a model on a prompt"),
     "jobs": ("screens.jobs", "JobsScreen", "j", "remote jobs: estimate, submit with approval, status, logs, stop"),
     "try": ("screens.try_panel", "TryScreen", "y", "try a model: completions shaded token by token by Phi"),
 }
@@ -79,6 +79,14 @@ class CarlApp(App):
             self.screen.take_request()
         else:
             self.switch_mode("try")  # the screen takes the request on mount or on resume
+
+    def open_probe(self, logits: str) -> None:
+        """The probe screen on a logits file (try's `P`): a request the probe screen takes when it shows."""
+        self.ctx.probe_request = {"logits": logits}
+        if self.current_mode == "probe":
+            self.screen.take_request()
+        else:
+            self.switch_mode("probe")
 
     def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
         yield from super().get_system_commands(screen)

@@ -309,6 +309,7 @@ class TryScreen(Screen):
         Binding("v", "set_model(1)", "Compare"),
         Binding("g", "toggle_greedy", "Sampling"),  # greedy ⇄ sample (short: the footer fits at 80)
         Binding("ctrl+r", "generate", "Run again"),
+        Binding("P", "probe_completion", "Probe it"),  # pane A's logits → CARL_HOME/probe/*.npz → the probe
         Binding("a", "best_of", "Best-of", show=False),  # the models line says "a best-of N by …"
         Binding("n", "cycle_best_n", "Best-of N", show=False),
         Binding("s", "cycle_select", "Best-of selection", show=False),
@@ -632,6 +633,50 @@ class TryScreen(Screen):
                 view0 = self.query_one("#try-view-0", TokenView)
                 if view0.steps:
                     view0.focus()
+
+    # ---- probe
+    def action_probe_completion(self) -> None:
+        """P: pane A's completion, teacher-forced once more with ``keep_logits``, saved to ``CARL_HOME/probe/
+        RUN-….npz`` (keys logits, tokens, model, prompt, text) and opened in the probe screen."""
+        res, ref = self.results[0], self.refs[0]
+        if res is None or ref is None or not res.token_ids or self._generating:
+            self._set_status("Nothing to probe yet: run a prompt first (/ then Enter), then P.", error=True)
+            return
+        self._set_status("saving the completion's logits for the probe …")
+        self._save_logits(ref, res, context_of(self))
+
+    @work(thread=True, exclusive=True, group="try-probe")
+    def _save_logits(self, ref: ModelRef, res: InferResult, ctx: Any) -> None:
+        import re
+        import time
+        from pathlib import Path
+
+        from engine import infer
+        from screens.probe import save_logits
+
+        try:
+            st = infer.settings_for(ref, config_path=ctx.config_path, cwd=ctx.cwd, home=ctx.home)
+            scored = infer.load(ref).score(res.prompt, token_ids=res.token_ids, keep_logits=True,
+                                           fmt=st.prompt_format(), weights=st.weights)
+            name = re.sub(r"[^A-Za-z0-9_.-]+", "_", ref.label or "model").strip("_")[-60:] or "model"
+            stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime(ctx.clock() if ctx.clock else time.time()))
+            path = Path(ctx.home.root) / "probe" / f"{name}-{stamp}.npz"
+            save_logits(path, scored.logits.float().numpy(), scored.token_ids, model=ref.label or ref.model,
+                        prompt=res.prompt, text=res.text)
+        except CARLError as exc:
+            self.app.call_from_thread(self._set_status, f"{exc.code}: {exc.message} — {exc.hint}", True)
+            return
+        except Exception as exc:  # noqa: BLE001 — shown in the status line, the workbench stays up
+            self.app.call_from_thread(self._set_status, f"could not save the logits: {type(exc).__name__}: {exc}",
+                                      True)
+            return
+        self.app.call_from_thread(self._probe_saved, path)
+
+    def _probe_saved(self, path: Path) -> None:
+        self.notify(f"logits saved to {path}", timeout=6)
+        opener = getattr(self.app, "open_probe", None)
+        if opener is not None:
+            opener(str(path))
 
     # ---- best-of-N
     def action_cycle_best_n(self) -> None:

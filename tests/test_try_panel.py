@@ -342,3 +342,32 @@ def test_try_panel_long_labels_cut_from_the_left(snap_compare, snap_home, snap_e
     make_run(Path(os.environ["CARL_HOME"]) / "runs", LONG, final=runs, checkpoints={20: runs})
     app = make_app(snap_home, run=LONG, compare=f"{LONG}@20")
     assert snap_compare(app, run_before=keys(), terminal_size=size)
+
+
+@pytest.mark.anyio
+async def test_P_saves_pane_As_logits_and_the_probe_opens_them(runs, tmp_path):
+    import os
+
+    import numpy as np
+
+    app = make_app(tmp_path, run=BASE)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await settle(pilot)
+        await pilot.press("P")  # nothing generated yet: said so, nothing saved
+        await settle(pilot)
+        assert "Nothing to probe yet" in status(app)
+        await pilot.press("slash", *PROMPT, "enter")
+        await settle(pilot)
+        result = app.screen.results[0]
+        await pilot.press("P")  # the key a terminal sends for shift+p
+        await settle(pilot)
+        await settle(pilot)
+        saved = sorted((Path(os.environ["CARL_HOME"]) / "probe").glob("*.npz"))
+        assert len(saved) == 1 and saved[0].name.startswith(f"{BASE}_final-")
+        with np.load(saved[0]) as z:
+            assert z["logits"].shape == (len(result.token_ids), result.vocab_size)
+            assert z["tokens"].tolist() == result.token_ids and str(z["prompt"]) == PROMPT
+        probe = app.screen
+        assert type(probe).__name__ == "ProbeScreen" and probe.error is None
+        assert probe.query_one("#probe-path").value == str(saved[0])
+        assert probe.snapshot.phi.tolist() == pytest.approx(result.phi, abs=1e-4)

@@ -309,7 +309,8 @@ class TryScreen(Screen):
         Binding("v", "set_model(1)", "Compare"),
         Binding("g", "toggle_greedy", "Sampling"),  # greedy ⇄ sample (short: the footer fits at 80)
         Binding("ctrl+r", "generate", "Run again"),
-        Binding("P", "probe_completion", "Probe it"),  # pane A's logits → CARL_HOME/probe/*.npz → the probe
+        # pane A's logits → CARL_HOME/probe/*.npz → the probe; the done line says "P probe" (the footer is full at 80)
+        Binding("P", "probe_completion", "Probe it", show=False),
         Binding("a", "best_of", "Best-of", show=False),  # the models line says "a best-of N by …"
         Binding("n", "cycle_best_n", "Best-of N", show=False),
         Binding("s", "cycle_select", "Best-of selection", show=False),
@@ -628,7 +629,7 @@ class TryScreen(Screen):
                 cancelled = any(r.finish_reason == "cancelled" for r in done)
                 summary = " · ".join(f"{'AB'[i]} {len(r.token_ids)} tokens ({r.finish_reason})"
                                      for i, r in enumerate(self.results) if r is not None)
-                self._set_status(("cancelled · " if cancelled else "done · ") + summary + " · ←/→ move the cursor")
+                self._set_status(("cancelled · " if cancelled else "done · ") + summary + " · ←/→ cursor · P probe it")
             if not isinstance(self.focused, Input) or self.focused.id == "try-prompt":
                 view0 = self.query_one("#try-view-0", TokenView)
                 if view0.steps:

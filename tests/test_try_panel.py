@@ -359,6 +359,7 @@ async def test_P_saves_pane_As_logits_and_the_probe_opens_them(runs, tmp_path):
         await pilot.press("slash", *PROMPT, "enter")
         await settle(pilot)
         result = app.screen.results[0]
+        assert "P probe it" in status(app)  # the done line names the key (the footer is full at 80 columns)
         await pilot.press("P")  # the key a terminal sends for shift+p
         await settle(pilot)
         await settle(pilot)

@@ -6,6 +6,7 @@ keys work again."""
 from __future__ import annotations
 
 import importlib
+import sys
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
@@ -57,9 +58,19 @@ class CarlApp(App):
         self.ctx = ctx or WorkbenchContext(home=CarlHome.from_env(), cwd=Path.cwd())
         self._first = screen if screen in SCREENS else "project"
 
+    REAP_INTERVAL = 2.0  # seconds between two collections of finished worker processes
+
     def on_mount(self) -> None:
         self.refresh_subtitle()
         self.switch_mode(self._first)
+        # a run started here (train, resume, chat's tool) is a child of this process: collect it when it ends,
+        # not when the workbench exits (until then a finished worker would stay a zombie)
+        self.set_interval(self.REAP_INTERVAL, self.reap_workers)
+
+    def reap_workers(self) -> None:
+        runs = sys.modules.get("engine.runs")  # nothing was spawned if the module was never imported
+        if runs is not None:
+            runs.RunStore.reap()
 
     def refresh_subtitle(self, project: str | None = None) -> None:
         if project is None:

@@ -119,6 +119,7 @@ class TrainScreen(Screen):
         Binding("a", "attach", "Attach"),
         Binding("u", "resume", "Resume"),
         Binding("y", "try_run", "Try it"),
+        Binding("E", "export", "Export", show=False),  # as `observe --export`: CARL_HOME/exports/
     ]
 
     def __init__(self) -> None:
@@ -364,6 +365,11 @@ class TrainScreen(Screen):
         return "hw (this machine): " + system_text(m)
 
     # ---- actions
+    def action_export(self) -> None:
+        from screens.export_key import export_frames
+
+        export_frames(self, self.frames, self.run_id or "train")
+
     def action_start(self) -> None:
         if self.run_id and self.following:
             self.message_text = "a run is being followed: stop (x) or detach (d) first"

@@ -307,6 +307,8 @@ class TrainScreen(Screen):
                     f"{g.get('max_steps')} steps × {g.get('per_device_train_batch_size')}/"
                     f"{g.get('num_generations')} gen · lr {g.get('learning_rate')} · {p.get('device')}"
                     f"{' ×' + str(p.get('gpus')) if (p.get('gpus') or 1) > 1 else ''} · cascade {p.get('cascade', {}).get('mode')}")
+            if g.get("seed") is not None:  # identical config → identical numbers: say so, and how to vary it
+                plan += f" · seed {g['seed']} (fixed: same config, same numbers; --set grpo.seed=N)"
         else:
             plan = "resolving the plan…"
         self.query_one("#plan", Static).update(plan)

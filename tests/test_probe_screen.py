@@ -232,3 +232,19 @@ def test_probe_panel_from_a_model_and_a_prompt(snap_compare, snap_home, snap_env
     """`carl probe --model RUN --prompt P`: the run's greedy completion measured on open."""
     assert snap_compare(make_app(snap_home, model=probe_run, prompt=PROMPT), run_before=wait_workers,
                         terminal_size=size)
+
+
+@pytest.mark.anyio
+async def test_carl_probe_model_prompt_text_measures_on_open(probe_run, tmp_path):
+    from carl_tui.cli import _screen_parser
+    from engine import infer
+
+    args = vars(_screen_parser("probe").parse_args(["--model", probe_run, "--prompt", PROMPT, "--text", "19"]))
+    assert (args["model"], args["prompt"], args["text"], args["logits"]) == (probe_run, PROMPT, "19", None)
+    app = make_app(tmp_path, **args)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await wait_workers(pilot)
+        await wait_workers(pilot)
+        scored = infer.load(infer.parse_spec(probe_run)).score(PROMPT, "19")
+        assert app.screen.error is None and app.screen.snapshot.phi.tolist() == pytest.approx(scored.phi, abs=1e-4)
+        assert app.focused is None or app.focused.id != "probe-path"  # opened measured, no box entered

@@ -6,6 +6,7 @@ keys work again."""
 from __future__ import annotations
 
 import importlib
+import sys
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
@@ -23,7 +24,7 @@ SCREENS: dict[str, tuple[str, str, str, str]] = {
     "observe": ("screens.observe", "ObserveScreen", "o", "open any run: Phi, rewards, phase, health"),
     "chat": ("screens.chat", "ChatScreen", "c", "ask the agent about your runs"),
     "ledger": ("screens.ledger", "LedgerScreen", "l", "the signed, hash-chained record of every action"),
-    "probe": ("screens.probe", "ProbeScreen", "b", "measure Phi over a logits file"),
+    "probe": ("screens.probe", "ProbeScreen", "b", "measure Phi over a logits file, or a model on a prompt"),
     "jobs": ("screens.jobs", "JobsScreen", "j", "remote jobs: estimate, submit with approval, status, logs, stop"),
     "try": ("screens.try_panel", "TryScreen", "y", "try a model: completions shaded token by token by Phi"),
 }
@@ -57,9 +58,19 @@ class CarlApp(App):
         self.ctx = ctx or WorkbenchContext(home=CarlHome.from_env(), cwd=Path.cwd())
         self._first = screen if screen in SCREENS else "project"
 
+    REAP_INTERVAL = 2.0  # seconds between two collections of finished worker processes
+
     def on_mount(self) -> None:
         self.refresh_subtitle()
         self.switch_mode(self._first)
+        # a run started here (train, resume, chat's tool) is a child of this process: collect it when it ends,
+        # not when the workbench exits (until then a finished worker would stay a zombie)
+        self.set_interval(self.REAP_INTERVAL, self.reap_workers)
+
+    def reap_workers(self) -> None:
+        runs = sys.modules.get("engine.runs")  # nothing was spawned if the module was never imported
+        if runs is not None:
+            runs.RunStore.reap()
 
     def refresh_subtitle(self, project: str | None = None) -> None:
         if project is None:
@@ -79,6 +90,14 @@ class CarlApp(App):
             self.screen.take_request()
         else:
             self.switch_mode("try")  # the screen takes the request on mount or on resume
+
+    def open_probe(self, logits: str) -> None:
+        """The probe screen on a logits file (try's `P`): a request the probe screen takes when it shows."""
+        self.ctx.probe_request = {"logits": logits}
+        if self.current_mode == "probe":
+            self.screen.take_request()
+        else:
+            self.switch_mode("probe")
 
     def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
         yield from super().get_system_commands(screen)

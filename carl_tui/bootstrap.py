@@ -7,7 +7,9 @@
   ``--system-site-packages`` and that torch is used instead of the CPU pin.
   As root on a machine with apt-get, bubblewrap (the code sandbox's jail, engine/envs/sandbox.py) is installed
   when missing; elsewhere the sandbox falls back to unshare, and ``carl --batch doctor`` says which it has.
-- ``run``: install, then open ``carl`` (the workbench on the built-in tiny demo).
+- ``run``: install, then open ``carl`` (the workbench on the built-in tiny demo). Run from carl's own source tree
+  (a fresh clone's root), it opens the train screen on the demo in ``CARL_HOME/demo`` instead: the workbench's
+  working directory is where a preset writes ``carl.yaml``, and that must not be the source tree.
 - ``test``: install, then run the test suite (pytest); exits with pytest's code.
 """
 
@@ -85,6 +87,26 @@ def install() -> Path:
     return py
 
 
+def is_source_tree(path: Path) -> bool:
+    """``path`` is carl's own source tree (a clone's root): this very package, the engine and pyproject.toml."""
+    p = path.resolve()
+    return (p / "carl_tui" / "bootstrap.py").is_file() and (p / "engine").is_dir() and (p / "pyproject.toml").is_file()
+
+
+def demo_dir() -> Path:
+    """Where the workbench runs when started from the source tree: ``CARL_HOME/demo`` (default ~/.carl/demo)."""
+    home = Path(os.environ.get("CARL_HOME") or Path.home() / ".carl").expanduser()
+    return home / "demo"
+
+
+def run_target(argv: list[str], cwd: Path) -> tuple[Path, list[str]]:
+    """The working directory and ``carl`` arguments for ``run``: in the source tree, the demo directory and (with
+    no arguments) the train screen on the built-in demo; anywhere else, unchanged."""
+    if not is_source_tree(cwd):
+        return cwd, list(argv)
+    return demo_dir(), list(argv) or ["train"]
+
+
 def main(argv: list[str]) -> int:
     what = argv[0] if argv else "install"
     if what not in ("install", "run", "test"):
@@ -99,7 +121,12 @@ def main(argv: list[str]) -> int:
         _say(f"installed: {_bin('carl')}")
         return 0
     if what == "run":
-        os.execv(str(_bin("carl")), [str(_bin("carl")), *argv[1:]])
+        cwd, args = run_target(argv[1:], Path.cwd())
+        if cwd != Path.cwd():
+            cwd.mkdir(parents=True, exist_ok=True)
+            _say(f"this is carl's source tree: the workbench opens on the demo in {cwd} (a carl.yaml goes there)")
+            os.chdir(cwd)
+        os.execv(str(_bin("carl")), [str(_bin("carl")), *args])
     return subprocess.run([str(py), "-m", "pytest", *argv[1:]], cwd=ROOT).returncode
 
 

@@ -54,6 +54,10 @@ def _screen_parser(screen: str) -> argparse.ArgumentParser:
     if screen == "probe":
         p.add_argument("--logits", help=".npy/.npz/.safetensors logits file")
         p.add_argument("--tokens", help="token ids file")
+        p.add_argument("--model", help="a model instead of a file: RUN, RUN/checkpoint-N, RUN@N, run:ID, a path, "
+                                       "builtin:tiny or a Hub id (with --prompt)")
+        p.add_argument("--prompt", help="the prompt the model continues (with --model)")
+        p.add_argument("--text", help="a text to score after the prompt (default: the model's greedy completion)")
     return p
 
 

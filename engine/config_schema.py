@@ -105,6 +105,9 @@ class GRPOSection(_Model):
     beta: float = Field(0.0, ge=0, description="KL coefficient (0 = no reference model).")
     logging_steps: int = Field(1, ge=1, description="Write a frame every N steps.")
     save_steps: int = Field(20, ge=1, description="Checkpoint every N steps.")
+    save_total_limit: int | None = Field(
+        10, ge=1, description="Checkpoints kept on disk: the oldest beyond it are deleted as new ones are written "
+                              "(null = keep all; a long run with save_steps 20 filled 282 MB by step 1360).")
     seed: int = Field(0, description="Random seed (sampling, data order, init).")
 
     @model_validator(mode="after")

@@ -279,6 +279,15 @@ class RunStore:
             if proc.poll() is not None:
                 self._procs.pop(pid, None)
 
+    @classmethod
+    def reap(cls) -> list[int]:
+        """Collect every finished child this process spawned (any RunStore), so none stays a zombie while a
+        long-lived caller (the workbench) goes on; the pids still running."""
+        for pid, proc in list(cls._procs.items()):
+            if proc.poll() is not None:
+                cls._procs.pop(pid, None)
+        return list(cls._procs)
+
     def prepare_resume(self, ref: str) -> tuple[str, int]:
         """Check a run can resume and cut frames/events after its last checkpoint (no duplicates)."""
         run_id = self.resolve(ref)

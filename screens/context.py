@@ -21,6 +21,7 @@ class WorkbenchContext:
     config_path: Path | None = None  # --config, else ./carl.yaml if present
     screen_args: dict[str, Any] = field(default_factory=dict)
     clock: Callable[[], float] = time.time  # frozen in snapshot tests
+    probe_request: dict[str, Any] | None = None  # try's `P`: the logits file the probe screen opens when it shows
     try_request: dict[str, Any] | None = None  # train's `y`: the run the try screen opens when it next shows
 
     @property

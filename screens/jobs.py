@@ -40,6 +40,31 @@ from screens.context import context_of
 
 BACKENDS = ("hf", "runpod", "managed")
 TERMINAL = ("completed", "failed", "stopped")
+def cpu_only_reason(cfg: Any) -> str | None:
+    """Why the config in force trains on a CPU (so a GPU flavor buys nothing it needs), or None."""
+    if getattr(cfg.compute, "device", "auto") == "cpu":
+        return "compute.device is cpu"
+    if str(cfg.model.name_or_path).startswith("builtin:"):
+        return f"its model {cfg.model.name_or_path} is the built-in CPU demo"
+    return None
+
+
+def is_gpu_flavor(backend: str, flavor: Any) -> bool:
+    f = str(flavor or "").lower()
+    if backend == "runpod":
+        return True  # RunPod prices GPUs
+    if backend == "hf":
+        return bool(f) and not f.startswith("cpu")
+    return "gpu" in f
+
+
+def gpu_for_cpu_text(backend: str, flavor: Any, reason: str) -> str:
+    """The plain word the estimate owes a CPU-only config when the backend would rent it a GPU."""
+    fix = "remote.hf.flavor: cpu-upgrade" if backend == "hf" else f"another backend or flavor (remote.{backend})"
+    return (f"Note: this config runs on a CPU ({reason}); {backend}'s {flavor} is a GPU it does not need and is what "
+            f"the estimate prices. Train it here (t) or set {fix}.")
+
+
 JOB_COLUMNS = (("run id", "run_id"), ("status", "status"), ("flavor", "flavor"), ("cost", "cost"),
                ("step", "step"))
 STATUS_STYLE = {"queued": "yellow", "running": "bold green", "completed": "bold", "failed": "bold red",
@@ -190,6 +215,7 @@ class JobsScreen(Screen):
         self.backend = backend if backend in BACKENDS else None
         self._backend_pinned = self.backend is not None
         self.backend_rows: dict[str, dict[str, Any]] = {}
+        self.cpu_only: str | None = None  # why the config in force trains on a CPU (cpu_only_reason)
         self.backend_errors: dict[str, CARLError] = {}
         self.budget: dict[str, Any] | None = None
         self.load_error: CARLError | None = None
@@ -281,8 +307,10 @@ class JobsScreen(Screen):
         errors: dict[str, CARLError] = {}
         load_error: CARLError | None = None
         default = None
+        cpu_only = None
         try:
             cfg, _ = self._config()
+            cpu_only = cpu_only_reason(cfg)
             rs = remote_settings(cfg)
             default = rs.default_backend
             creds = {c["backend"]: c for c in credential_status(rs)}
@@ -306,11 +334,12 @@ class JobsScreen(Screen):
             jobs = []
             load_error = load_error or exc
         if not get_current_worker().is_cancelled:  # a newer reload replaced this one
-            self._post(self._loaded, rows, errors, load_error, default, jobs)
+            self._post(self._loaded, rows, errors, load_error, default, jobs, cpu_only)
 
     def _loaded(self, rows: dict[str, dict[str, Any]], errors: dict[str, CARLError], load_error: CARLError | None,
-                default: str | None, jobs: list[dict[str, Any]]) -> None:
+                default: str | None, jobs: list[dict[str, Any]], cpu_only: str | None = None) -> None:
         self.backend_rows, self.backend_errors, self.load_error = rows, errors, load_error
+        self.cpu_only = cpu_only
         if not self._backend_pinned:
             self.backend = default or self.backend or "hf"
         ests = [r["estimate"] for r in rows.values() if r.get("estimate")]
@@ -361,7 +390,15 @@ class JobsScreen(Screen):
             table.add_row(mark, Text(b, style="bold" if picked else ""), flavor, cell, cred)
         from rich.console import Group
 
-        panel.update(Group(title, table))
+        note = self.cpu_gpu_note(self.backend or "hf")
+        panel.update(Group(title, table, Text(note, style="yellow")) if note else Group(title, table))
+
+    def cpu_gpu_note(self, backend: str) -> str | None:
+        """The note when ``backend`` would rent a GPU for a config that trains on a CPU, else None."""
+        flavor = (self.backend_rows.get(backend) or {}).get("flavor")
+        if self.cpu_only and is_gpu_flavor(backend, flavor):
+            return gpu_for_cpu_text(backend, flavor, self.cpu_only)
+        return None
 
     def _say_backend_state(self) -> None:
         """The picked backend's estimate error (inline, with hint), or a one-line prompt."""
@@ -526,7 +563,8 @@ class JobsScreen(Screen):
             self.say(f"Free on {escape(backend)} under the policy: submitting…")
             self.do_submit(backend, False)
             return
-        self.say(f"Approve {usd(est.get('estimated_usd'))} on {escape(backend)}? (y approve · n deny)")
+        gpu = " — a GPU for a CPU-only config (see the note)" if self.cpu_gpu_note(backend) else ""
+        self.say(f"Approve {usd(est.get('estimated_usd'))} on {escape(backend)}{gpu}? (y approve · n deny)")
         self.app.push_screen(ApprovalScreen(est), lambda ok: self._decided(backend, bool(ok)))
 
     def _decided(self, backend: str, approved: bool) -> None:

@@ -109,6 +109,7 @@ class ObserveScreen(Screen):
         Binding("m", "cycle_metric(1)", "Metric"),
         Binding("M", "cycle_metric(-1)", "Prev metric", show=False),
         Binding("r", "reload", "Reload"),
+        Binding("E", "export", "Export", show=False),  # as `observe --export`: CARL_HOME/exports/
         Binding("e", "cycle_smoothing", "EMA"),
         Binding("x", "cycle_x", "X-axis", show=False),
         Binding("L", "toggle_log", "Log-y", show=False),  # a terminal sends "L" (never "shift+l"); l alone is the ledger
@@ -475,6 +476,11 @@ class ObserveScreen(Screen):
         if not self.overlay_runs:
             self._show_overlay(False)
         self._redraw_charts()
+
+    def action_export(self) -> None:
+        from screens.export_key import export_frames
+
+        export_frames(self, self.frames, (self.source and (self.source.run or self.source.label)) or "observe")
 
     def action_mark_run(self) -> None:
         """space in the recent-runs list: mark / unmark the highlighted run for an overlay (2–4 runs)."""

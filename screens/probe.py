@@ -1,4 +1,11 @@
-"""Probe panel: open a logits file and see its per-token Phi field and CARL reward components.
+"""Probe panel: the per-token Phi field and CARL reward components of a logits file, or of a model on a prompt.
+
+The first box takes either a logits file or a model name. A model (anything the resolver accepts: ``RUN``,
+``RUN/checkpoint-N``, ``RUN@N``, ``run:ID``, a directory, ``builtin:tiny``, a Hub id) needs a prompt (second box);
+with a text (third box) the text is scored after the prompt (teacher-forced, ``LoadedModel.score``), without one
+the model's greedy completion is (``LoadedModel.generate``) — both with ``keep_logits``, so the panel measures the
+model's own logits; the model loads through engine.infer (the try panel's cache). The try panel's ``p`` key saves
+its pane A completion's logits to ``CARL_HOME/probe/*.npz`` and opens them here.
 
 Type a path (relative to the working directory; prefilled from ``carl probe --logits F``) and press Enter: a
 worker thread reads the file (``engine.probe.load_logits_file``) and measures it (``CoherenceProbe``); the
@@ -23,7 +30,7 @@ from textual.screen import Screen
 from textual.widgets import Footer, Header, Input, Static
 from textual.worker import get_current_worker
 
-from engine.errors import CARLError
+from engine.errors import CARLError, ValidationError
 from engine.probe import DEFAULT_WEIGHTS, SIGMA, CoherenceProbe, Snapshot, load_logits_file
 from screens.context import context_of
 from screens.widgets.phi_strip import PhiPlot, PhiStrip
@@ -68,6 +75,57 @@ def stats_text(snap: Snapshot) -> Text:
     )))
 
 
+LOGITS_SUFFIXES = (".npy", ".npz", ".safetensors")
+PROBE_MAX_NEW_TOKENS = 32
+
+
+def is_logits_file(raw: str, cwd: Path) -> bool:
+    """A logits file (by its suffix, or an existing file), not a model name."""
+    p = Path(raw).expanduser()
+    p = p if p.is_absolute() else cwd / p
+    return p.suffix.lower() in LOGITS_SUFFIXES or p.is_file()
+
+
+def model_logits(name: str, prompt: str, text: str | None = None, *, home: Any = None, cwd: Path | None = None,
+                 config_path: Any = None, max_new_tokens: int = PROBE_MAX_NEW_TOKENS) -> tuple[Any, Any, Any, Any]:
+    """``(logits [T, V] float32 numpy, token ids [T], InferResult, settings)`` of ``name`` on ``prompt``: ``text``
+    scored after the prompt when given, else the greedy completion. The model is resolved and loaded the way
+    infer and the try panel do (engine.infer.parse_spec / load); the weights and prompt format are its run's."""
+    import numpy as np
+
+    from engine import infer
+
+    if not prompt:
+        raise ValidationError("a model needs a prompt to probe", hint="Type a prompt in the Prompt box (/ then Tab).")
+    ref = infer.parse_spec(name, home=home)
+    st = infer.settings_for(ref, config_path=config_path, cwd=cwd, home=home)
+    lm = infer.load(ref)
+    if text:
+        res = lm.score(prompt, text, keep_logits=True, fmt=st.prompt_format(), weights=st.weights)
+    else:
+        res = lm.generate(prompt, infer.Sampling(max_new_tokens=max_new_tokens, greedy=True), keep_logits=True,
+                          fmt=st.prompt_format(), weights=st.weights)
+    if res.logits is None or not res.token_ids:
+        raise ValidationError(f"{ref.label or name} produced no tokens for this prompt",
+                              hint="Give a text to score, or a prompt the model continues.")
+    logits = res.logits
+    logits = logits.float().numpy() if hasattr(logits, "numpy") else np.asarray(logits, dtype=np.float32)
+    if logits.ndim == 3:
+        logits = logits[0]
+    return logits, np.asarray(res.token_ids, dtype=np.int64), res, st
+
+
+def save_logits(path: Path, logits: Any, tokens: Any, **meta: str) -> Path:
+    """The ``.npz`` the probe (screen and ``--batch probe --logits``) opens: keys ``logits``, ``tokens`` (+ text
+    metadata: model, prompt, text)."""
+    import numpy as np
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(path, logits=np.asarray(logits, dtype=np.float32), tokens=np.asarray(tokens, dtype=np.int64),
+             **{k: np.asarray(v) for k, v in meta.items() if v is not None})
+    return path
+
+
 class ProbeScreen(Screen):
     TITLE = "carl · probe"  # the header names the screen
     """The probe panel (mode key ``b``)."""
@@ -77,6 +135,9 @@ class ProbeScreen(Screen):
     ProbeScreen #probe-path-row { height: 3; }
     ProbeScreen #probe-path-label { width: auto; padding: 1 1 0 0; }
     ProbeScreen #probe-path { width: 1fr; }
+    ProbeScreen #probe-prompt-row { height: 3; }
+    ProbeScreen .probe-label { width: 13; padding: 1 1 0 0; }
+    ProbeScreen #probe-prompt, ProbeScreen #probe-text { width: 1fr; }
     ProbeScreen #probe-status { height: auto; color: $text-muted; }
     ProbeScreen #probe-status.error { color: $error; }
     ProbeScreen .probe-title { color: $accent; text-style: bold; height: 1; }
@@ -107,12 +168,23 @@ class ProbeScreen(Screen):
         yield Header()
         with VerticalScroll(id="probe-body"):
             with Horizontal(id="probe-path-row"):
-                yield Static("Logits", id="probe-path-label")
-                path = Input(value=str(logits), placeholder=".npy / .npz / .safetensors path, Enter loads",
+                yield Static("Logits/model", id="probe-path-label")
+                path = Input(value=str(logits or ctx.screen_args.get("model") or ""),
+                             placeholder="a .npy/.npz/.safetensors file, or a model (RUN, RUN@N, path …)",
                              id="probe-path")
                 path.cursor_blink = False
                 yield path
-            yield Static("Open a logits file ([T, V] or [B, T, V]) to see its per-token Phi field.", id="probe-status")
+            with Horizontal(id="probe-prompt-row"):
+                yield Static("Prompt", classes="probe-label")
+                prompt = Input(value=ctx.screen_args.get("prompt") or "", placeholder="a model's prompt",
+                               id="probe-prompt")
+                text = Input(value=ctx.screen_args.get("text") or "",
+                             placeholder="text to score (empty: its greedy completion)", id="probe-text")
+                prompt.cursor_blink = text.cursor_blink = False
+                yield prompt
+                yield text
+            yield Static("Open a logits file ([T, V] or [B, T, V]), or name a model and a prompt, to see the "
+                         "per-token Phi field. / enters the box, Tab the next, Enter measures.", id="probe-status")
             yield Static("Φ per token", classes="probe-title hidden", id="probe-strip-title")
             yield PhiStrip(id="probe-strip", classes="hidden")
             yield PhiPlot(SIGMA, id="probe-plot", classes="hidden")
@@ -123,21 +195,47 @@ class ProbeScreen(Screen):
 
     def on_mount(self) -> None:
         self.query_one("#probe-body").focus()  # `/` enters the path box; screen keys never type into it
-        if context_of(self).screen_args.get("logits"):
+        args = context_of(self).screen_args
+        if self.take_request():
+            return
+        if args.get("logits") or (args.get("model") and args.get("prompt")):
             self.action_reload()
 
+    def on_screen_resume(self) -> None:
+        self.take_request()
+
+    def take_request(self) -> bool:
+        """Try's `P`: open the logits file it saved (the prompt and text boxes are emptied: a file needs none)."""
+        ctx = context_of(self)
+        request, ctx.probe_request = getattr(ctx, "probe_request", None), None
+        if not request:
+            return False
+        self.query_one("#probe-path", Input).value = request["logits"]
+        self.query_one("#probe-prompt", Input).value = ""
+        self.query_one("#probe-text", Input).value = ""
+        self.action_reload()
+        return True
+
     # ── actions ──────────────────────────────────────────────────────────────────────────────────────
-    @on(Input.Submitted, "#probe-path")
+    @on(Input.Submitted)
     def _submitted(self, event: Input.Submitted) -> None:
+        self.query_one("#probe-body").focus()  # Enter measures and leaves the box: letters are screen keys again
         self.action_reload()
 
     def action_reload(self) -> None:
         raw = self.query_one("#probe-path", Input).value.strip()
         if not raw:
-            self._show_error(CARLError("no logits file given", code="carl.validation",
-                                       hint="Type the path of a .npy, .npz or .safetensors file and press Enter."))
+            self._show_error(CARLError("no logits file or model given", code="carl.validation",
+                                       hint="Type the path of a .npy, .npz or .safetensors file, or a model name "
+                                            "and a prompt, and press Enter."))
             return
         ctx = context_of(self)
+        if not is_logits_file(raw, ctx.cwd):
+            prompt = self.query_one("#probe-prompt", Input).value
+            text = self.query_one("#probe-text", Input).value
+            self._set_status(f"loading {raw} and {'scoring the text' if text else 'generating'} …")
+            self._measure_model(raw, prompt, text or None, self.allow_masked, ctx)
+            return
         path = self._resolve(raw)
         tokens = ctx.screen_args.get("tokens")
         self._set_status(f"loading {raw} …")
@@ -180,6 +278,24 @@ class ProbeScreen(Screen):
         if not worker.is_cancelled:  # a newer load replaced this one: its result is stale
             self.app.call_from_thread(self._show, snap, path, st)
 
+    @work(thread=True, exclusive=True, group="probe")
+    def _measure_model(self, name: str, prompt: str, text: str | None, allow_masked: bool, ctx: Any) -> None:
+        worker = get_current_worker()
+        try:
+            logits, toks, res, st = model_logits(name, prompt, text, home=ctx.home, cwd=ctx.cwd,
+                                                 config_path=ctx.config_path)
+            snap = CoherenceProbe(weights=st.weights).measure(logits, toks, allow_masked=allow_masked)
+        except CARLError as exc:
+            self.app.call_from_thread(self._show_error, exc)
+            return
+        except Exception as exc:  # a model that fails: shown inline rather than crashing the workbench
+            self.app.call_from_thread(self._show_error, CARLError(f"internal error: {type(exc).__name__}: {exc}"))
+            return
+        if not worker.is_cancelled:
+            label = res.ref.label or name
+            what = "scored text" if text else "greedy completion"
+            self.app.call_from_thread(self._show, snap, Path(label), st, f"{label} · {what} {res.text!r}")
+
     # ── rendering (UI thread) ────────────────────────────────────────────────────────────────────────
     def _set_status(self, message: str, error: bool = False) -> None:
         status = self.query_one("#probe-status", Static)
@@ -192,11 +308,11 @@ class ProbeScreen(Screen):
         for wid in ("#probe-strip-title", "#probe-strip", "#probe-plot", "#probe-numbers"):
             self.query_one(wid).add_class("hidden")
 
-    def _show(self, snap: Snapshot, path: Path, st: Any = None) -> None:
+    def _show(self, snap: Snapshot, path: Path, st: Any = None, source: str | None = None) -> None:
         self.error, self.snapshot = None, snap
         self.settings = st
         masked = " · masked −inf" if self.allow_masked else ""
-        self._set_status(f"✓ {escape(path.name)}: {snap.n_tokens} tokens · V {snap.vocab_size}{masked}")
+        self._set_status(f"✓ {escape(source or path.name)}: {snap.n_tokens} tokens · V {snap.vocab_size}{masked}")
         phi = snap.phi.tolist()
         title = f"Φ per token (σ = {SIGMA:g})" + (f" · {len(snap.per_sequence)} sequences, in order"
                                                   if snap.batched else "")

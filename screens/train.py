@@ -119,6 +119,7 @@ class TrainScreen(Screen):
         Binding("a", "attach", "Attach"),
         Binding("u", "resume", "Resume"),
         Binding("y", "try_run", "Try it"),
+        Binding("E", "export", "Export", show=False),  # as `observe --export`: CARL_HOME/exports/
     ]
 
     def __init__(self) -> None:
@@ -306,6 +307,8 @@ class TrainScreen(Screen):
                     f"{g.get('max_steps')} steps × {g.get('per_device_train_batch_size')}/"
                     f"{g.get('num_generations')} gen · lr {g.get('learning_rate')} · {p.get('device')}"
                     f"{' ×' + str(p.get('gpus')) if (p.get('gpus') or 1) > 1 else ''} · cascade {p.get('cascade', {}).get('mode')}")
+            if g.get("seed") is not None:  # identical config → identical numbers: say so, and how to vary it
+                plan += f" · seed {g['seed']} (fixed: same config, same numbers; --set grpo.seed=N)"
         else:
             plan = "resolving the plan…"
         self.query_one("#plan", Static).update(plan)
@@ -364,6 +367,11 @@ class TrainScreen(Screen):
         return "hw (this machine): " + system_text(m)
 
     # ---- actions
+    def action_export(self) -> None:
+        from screens.export_key import export_frames
+
+        export_frames(self, self.frames, self.run_id or "train")
+
     def action_start(self) -> None:
         if self.run_id and self.following:
             self.message_text = "a run is being followed: stop (x) or detach (d) first"

@@ -48,6 +48,23 @@ BEST_OF_NS = (4, 8, 16)
 DEFAULT_BEST_OF = 8
 
 
+def fit_label(label: str, width: int) -> str:
+    """``label`` cut from the LEFT to ``width`` cells (``…`` + the tail): two checkpoints of one run differ at the
+    end (``RUN/checkpoint-20`` vs ``RUN/final``), so the tail is what must stay visible."""
+    if width <= 0:
+        return ""
+    if cell_len(label) <= width:
+        return label
+    if width == 1:
+        return "…"
+    tail = ""
+    for ch in reversed(label):
+        if cell_len(tail) + cell_len(ch) > width - 1:
+            break
+        tail = ch + tail
+    return "…" + tail
+
+
 def token_label(token: str) -> str:
     """How one token's text shows in a cell: newlines ⏎, tabs ⇥, all-space tokens ␣, empty pieces ∅."""
     if token == "":
@@ -292,6 +309,8 @@ class TryScreen(Screen):
         Binding("v", "set_model(1)", "Compare"),
         Binding("g", "toggle_greedy", "Sampling"),  # greedy ⇄ sample (short: the footer fits at 80)
         Binding("ctrl+r", "generate", "Run again"),
+        # pane A's logits → CARL_HOME/probe/*.npz → the probe; the done line says "P probe" (the footer is full at 80)
+        Binding("P", "probe_completion", "Probe it", show=False),
         Binding("a", "best_of", "Best-of", show=False),  # the models line says "a best-of N by …"
         Binding("n", "cycle_best_n", "Best-of N", show=False),
         Binding("s", "cycle_select", "Best-of selection", show=False),
@@ -445,10 +464,23 @@ class TryScreen(Screen):
         compare = "" if self.refs[1] is not None else " · v compare"
         best = f" · a best-of {self.best_n} by {self.best_select}"
         self.query_one("#try-models", Static).update(f"{mode} · ≤{s.max_new_tokens} new tokens{compare}{best}")
-        for i in range(2):
-            self.query_one(f"#try-title-{i}", Static).update(Text(f"{'AB'[i]} · {labels[i]}"))
+        self._labels = labels
+        self._fit_titles()
         self.query_one("#try-pane-1").set_class(self.refs[1] is None or self._best_mode, "hidden")
         self.query_one("#try-pane-best").set_class(not self._best_mode, "hidden")
+        self.call_after_refresh(self._fit_titles)  # pane B shown or hidden changes the titles' width
+
+    def _fit_titles(self) -> None:
+        """Pane titles ``A · LABEL`` cut from the left to the pane's width, so the differing tail stays visible."""
+        labels = getattr(self, "_labels", None) or ["", ""]
+        for i in range(2):
+            title = self.query_one(f"#try-title-{i}", Static)
+            # before the first layout the pane's width is unknown: the screen's share of it
+            width = title.size.width or max(10, (self.size.width or 80) // (1 if self.refs[1] is None else 2) - 4)
+            title.update(Text(f"{'AB'[i]} · {fit_label(labels[i], width - 4)}"))
+
+    def on_resize(self) -> None:
+        self.call_after_refresh(self._fit_titles)
 
     def action_set_model(self, pane: int) -> None:
         self._editing = pane
@@ -597,11 +629,55 @@ class TryScreen(Screen):
                 cancelled = any(r.finish_reason == "cancelled" for r in done)
                 summary = " · ".join(f"{'AB'[i]} {len(r.token_ids)} tokens ({r.finish_reason})"
                                      for i, r in enumerate(self.results) if r is not None)
-                self._set_status(("cancelled · " if cancelled else "done · ") + summary + " · ←/→ move the cursor")
+                self._set_status(("cancelled · " if cancelled else "done · ") + summary + " · ←/→ cursor · P probe it")
             if not isinstance(self.focused, Input) or self.focused.id == "try-prompt":
                 view0 = self.query_one("#try-view-0", TokenView)
                 if view0.steps:
                     view0.focus()
+
+    # ---- probe
+    def action_probe_completion(self) -> None:
+        """P: pane A's completion, teacher-forced once more with ``keep_logits``, saved to ``CARL_HOME/probe/
+        RUN-….npz`` (keys logits, tokens, model, prompt, text) and opened in the probe screen."""
+        res, ref = self.results[0], self.refs[0]
+        if res is None or ref is None or not res.token_ids or self._generating:
+            self._set_status("Nothing to probe yet: run a prompt first (/ then Enter), then P.", error=True)
+            return
+        self._set_status("saving the completion's logits for the probe …")
+        self._save_logits(ref, res, context_of(self))
+
+    @work(thread=True, exclusive=True, group="try-probe")
+    def _save_logits(self, ref: ModelRef, res: InferResult, ctx: Any) -> None:
+        import re
+        import time
+        from pathlib import Path
+
+        from engine import infer
+        from screens.probe import save_logits
+
+        try:
+            st = infer.settings_for(ref, config_path=ctx.config_path, cwd=ctx.cwd, home=ctx.home)
+            scored = infer.load(ref).score(res.prompt, token_ids=res.token_ids, keep_logits=True,
+                                           fmt=st.prompt_format(), weights=st.weights)
+            name = re.sub(r"[^A-Za-z0-9_.-]+", "_", ref.label or "model").strip("_")[-60:] or "model"
+            stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime(ctx.clock() if ctx.clock else time.time()))
+            path = Path(ctx.home.root) / "probe" / f"{name}-{stamp}.npz"
+            save_logits(path, scored.logits.float().numpy(), scored.token_ids, model=ref.label or ref.model,
+                        prompt=res.prompt, text=res.text)
+        except CARLError as exc:
+            self.app.call_from_thread(self._set_status, f"{exc.code}: {exc.message} — {exc.hint}", True)
+            return
+        except Exception as exc:  # noqa: BLE001 — shown in the status line, the workbench stays up
+            self.app.call_from_thread(self._set_status, f"could not save the logits: {type(exc).__name__}: {exc}",
+                                      True)
+            return
+        self.app.call_from_thread(self._probe_saved, path)
+
+    def _probe_saved(self, path: Path) -> None:
+        self.notify(f"logits saved to {path}", timeout=6)
+        opener = getattr(self.app, "open_probe", None)
+        if opener is not None:
+            opener(str(path))
 
     # ---- best-of-N
     def action_cycle_best_n(self) -> None:

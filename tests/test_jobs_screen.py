@@ -550,3 +550,23 @@ async def test_an_unexpected_failure_in_a_pull_is_shown_typed_and_the_screen_is_
         screen = await pull_selected(pilot, ups=2)
         assert screen.busy is None and app.is_running
         assert "internal error: OSError: disk went away" in message(screen)
+
+
+@pytest.mark.anyio
+async def test_the_estimate_says_plainly_when_it_prices_a_gpu_for_a_cpu_only_config(tmp_path):
+    # the built-in demo (the default model) trains on a CPU; hf's default flavor is a GPU
+    cfg = write_config(tmp_path, {"default_backend": "hf"})
+    app = host(tmp_path, cfg)
+    async with app.run_test(size=(120, 40)) as pilot:
+        js = jobs_screen(app)
+        await until(pilot, lambda: js.loaded, "load")
+        panel = " ".join(text_of(js, "#jobs-backends").split())
+        assert "runs on a CPU" in panel and "built-in CPU demo" in panel and "a10g-large is a GPU" in panel
+        assert "remote.hf.flavor: cpu-upgrade" in panel
+    # a CPU flavor: nothing to say
+    cpu = write_config(tmp_path, {"default_backend": "hf", "hf": {"flavor": "cpu-upgrade"}})
+    app = host(tmp_path, cpu)
+    async with app.run_test(size=(120, 40)) as pilot:
+        js = jobs_screen(app)
+        await until(pilot, lambda: js.loaded, "load")
+        assert "runs on a CPU" not in " ".join(text_of(js, "#jobs-backends").split())

@@ -107,7 +107,7 @@ async def test_errors_show_code_message_and_hint_then_recover(tmp_path):
         assert app.screen.query_one("#probe-status").has_class("error")
         inp = app.screen.query_one("#probe-path")
         inp.value = ""
-        await pilot.press(*"masked.npy", "enter")  # the box is still entered
+        await pilot.press("slash", *"masked.npy", "enter")  # Enter left the box: / enters it again
         await wait_workers(pilot)
         assert app.screen.error is not None and app.screen.error.code == "carl.probe.nonfinite"
         await pilot.press("ctrl+t")  # masked mode on: -inf is probability 0, reloads
@@ -158,3 +158,93 @@ async def test_the_panel_scores_with_the_projects_carl_weights(tmp_path):
                                                                            + 0.2 * r.discontinuity)
         rewards = str(screen.query_one("#probe-rewards").render())
         assert "×1" in rewards and "weights: carl.yaml" in rewards
+
+
+# ── a model and a prompt instead of a logits file ──────────────────────────────────────────────────────
+
+from tests._tiny_fixture import tiny_cache, tiny_env  # noqa: E402,F401
+from tests.test_infer import PROMPT, make_run, tiny_path  # noqa: E402
+
+MODEL_RUN = "20250101-000000-probe"
+
+
+@pytest.fixture
+def probe_run(tiny_env):  # noqa: F811
+    """A completed run whose final/ is the session's tiny model (what `RUN` names in the probe's first box)."""
+    import os
+
+    from engine import infer
+
+    infer.clear_cache()
+    make_run(Path(os.environ["CARL_HOME"]) / "runs", MODEL_RUN, final=tiny_path(tiny_env))
+    yield MODEL_RUN
+    infer.clear_cache()
+
+
+@pytest.mark.anyio
+async def test_a_model_and_a_prompt_are_probed_with_the_models_own_logits(probe_run, tmp_path):
+    from engine import infer
+    from engine.probe import CoherenceProbe
+
+    app = make_app(tmp_path)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await pilot.pause()
+        # keys as typed: / enters the first box, Tab the prompt, Enter measures
+        await pilot.press("slash", *probe_run, "tab", *PROMPT, "enter")
+        await wait_workers(pilot)
+        screen = app.screen
+        assert screen.error is None, screen.error
+        ref = infer.parse_spec(probe_run)
+        res = infer.load(ref).generate(PROMPT, infer.Sampling(max_new_tokens=32, greedy=True), keep_logits=True)
+        want = CoherenceProbe().measure(res.logits.float().numpy(), np.asarray(res.token_ids))
+        assert screen.snapshot.n_tokens == len(res.token_ids)
+        assert screen.snapshot.phi.tolist() == pytest.approx(want.phi.tolist(), abs=1e-5)
+        assert screen.snapshot.phi.tolist()[: len(res.phi)] == pytest.approx(res.phi, abs=1e-4)
+        assert screen.snapshot.rewards.carl == pytest.approx(want.rewards.carl, abs=1e-5)
+        status = str(screen.query_one("#probe-status").render())
+        assert f"{probe_run}/final" in status and "greedy completion" in status
+        # a text to score: teacher-forced, the text's own tokens
+        await pilot.press("slash", "tab", "tab", *"19", "enter")
+        await wait_workers(pilot)
+        scored = infer.load(ref).score(PROMPT, "19")
+        assert screen.snapshot.n_tokens == len(scored.token_ids)
+        assert screen.snapshot.phi.tolist() == pytest.approx(scored.phi, abs=1e-4)
+        assert "scored text" in str(screen.query_one("#probe-status").render())
+
+
+@pytest.mark.anyio
+async def test_a_model_without_a_prompt_or_an_unknown_name_is_an_inline_error(tmp_path):
+    app = make_app(tmp_path, model="no-such-run-anywhere")
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.pause()
+        await pilot.press("slash", "enter")
+        await wait_workers(pilot)
+        assert app.screen.error is not None and app.screen.error.code == "carl.validation"
+        assert "prompt" in str(app.screen.error)
+        await pilot.press("slash", "tab", *"1+1=", "enter")
+        await wait_workers(pilot)
+        assert app.screen.error is not None and app.screen.error.code.startswith("carl.")
+        assert "✗" in str(app.screen.query_one("#probe-status").render())
+
+
+@pytest.mark.parametrize("size", SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
+def test_probe_panel_from_a_model_and_a_prompt(snap_compare, snap_home, snap_env, probe_run, size):
+    """`carl probe --model RUN --prompt P`: the run's greedy completion measured on open."""
+    assert snap_compare(make_app(snap_home, model=probe_run, prompt=PROMPT), run_before=wait_workers,
+                        terminal_size=size)
+
+
+@pytest.mark.anyio
+async def test_carl_probe_model_prompt_text_measures_on_open(probe_run, tmp_path):
+    from carl_tui.cli import _screen_parser
+    from engine import infer
+
+    args = vars(_screen_parser("probe").parse_args(["--model", probe_run, "--prompt", PROMPT, "--text", "19"]))
+    assert (args["model"], args["prompt"], args["text"], args["logits"]) == (probe_run, PROMPT, "19", None)
+    app = make_app(tmp_path, **args)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await wait_workers(pilot)
+        await wait_workers(pilot)
+        scored = infer.load(infer.parse_spec(probe_run)).score(PROMPT, "19")
+        assert app.screen.error is None and app.screen.snapshot.phi.tolist() == pytest.approx(scored.phi, abs=1e-4)
+        assert app.focused is None or app.focused.id != "probe-path"  # opened measured, no box entered

@@ -32,7 +32,8 @@ def test_resume_across_an_alarm_replays_the_kept_frames(tiny_env, capsys):
     from engine.trainer.plan import plan
     from engine.trainer.worker import Worker
 
-    cfg, path = load_config(None, FORCED + ["grpo.max_steps=40", "grpo.save_steps=2", "cascade.on_collapse=warn"])
+    cfg, path = load_config(None, FORCED + ["grpo.max_steps=40", "grpo.save_steps=2", "grpo.save_total_limit=null",
+                                        "cascade.on_collapse=warn"])
     store = RunStore()
     run_id = store.create(cfg.to_yaml(), plan(cfg, path))
     d = store.run_dir(run_id)

@@ -15,7 +15,7 @@ from carl_tui.app import CarlApp
 from engine import infer
 from engine.home import CarlHome
 from screens.context import WorkbenchContext
-from screens.try_panel import TokenView, TryScreen, token_label
+from screens.try_panel import TokenView, TryScreen, fit_label, token_label
 from tests._tiny_fixture import tiny_cache, tiny_env  # noqa: F401
 from tests.test_infer import PROMPT, make_run, save_random_lora, tiny_path
 
@@ -303,3 +303,72 @@ async def test_best_of_lists_the_engines_candidates_and_marks_the_chosen_one(run
         assert not scr.query_one("#try-pane-1").has_class("hidden")
         assert scr.query_one("#try-pane-best").has_class("hidden")
         assert scr.results[0] is not None and scr.results[1] is not None
+
+
+def test_fit_label_cuts_from_the_left_keeping_the_differing_tail():
+    assert fit_label("RUN/final", 20) == "RUN/final"
+    assert fit_label("20250101-000000-a-long-name/checkpoint-20", 16) == "…e/checkpoint-20"
+    assert fit_label("20250101-000000-a-long-name/final", 10) == "…ame/final"
+    assert len(fit_label("x" * 50, 12)) == 12 and fit_label("abc", 1) == "…" and fit_label("abc", 0) == ""
+
+
+LONG = "20250101-000000-a-rather-long-experiment-name"
+
+
+@pytest.mark.anyio
+async def test_pane_labels_are_names_the_resolver_accepts_and_keep_their_tail(runs, tmp_path):
+    import os
+
+    make_run(Path(os.environ["CARL_HOME"]) / "runs", LONG, final=runs, checkpoints={20: runs})
+    app = make_app(tmp_path, run=LONG, compare=f"{LONG}@20")
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(pilot)
+        refs = app.screen.refs
+        assert [r.label for r in refs] == [f"{LONG}/final", f"{LONG}/checkpoint-20"]
+        for r in refs:  # a label typed back into the model box names the same model (no Hub lookup)
+            again = infer.parse_spec(r.label)
+            assert (again.model, again.adapter, again.run_id) == (r.model, r.adapter, r.run_id)
+        titles = [str(app.screen.query_one(f"#try-title-{i}").render()) for i in range(2)]
+        width = app.screen.query_one("#try-title-0").size.width
+        assert titles[0].startswith("A · …") and titles[0].endswith("/final") and len(titles[0]) <= width
+        assert titles[1].startswith("B · …") and titles[1].endswith("/checkpoint-20")
+
+
+@pytest.mark.parametrize("size", SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
+def test_try_panel_long_labels_cut_from_the_left(snap_compare, snap_home, snap_env, runs, size):
+    """A long run id, final vs checkpoint-20 side by side: both titles end with the part that differs."""
+    import os
+
+    make_run(Path(os.environ["CARL_HOME"]) / "runs", LONG, final=runs, checkpoints={20: runs})
+    app = make_app(snap_home, run=LONG, compare=f"{LONG}@20")
+    assert snap_compare(app, run_before=keys(), terminal_size=size)
+
+
+@pytest.mark.anyio
+async def test_P_saves_pane_As_logits_and_the_probe_opens_them(runs, tmp_path):
+    import os
+
+    import numpy as np
+
+    app = make_app(tmp_path, run=BASE)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await settle(pilot)
+        await pilot.press("P")  # nothing generated yet: said so, nothing saved
+        await settle(pilot)
+        assert "Nothing to probe yet" in status(app)
+        await pilot.press("slash", *PROMPT, "enter")
+        await settle(pilot)
+        result = app.screen.results[0]
+        assert "P probe it" in status(app)  # the done line names the key (the footer is full at 80 columns)
+        await pilot.press("P")  # the key a terminal sends for shift+p
+        await settle(pilot)
+        await settle(pilot)
+        saved = sorted((Path(os.environ["CARL_HOME"]) / "probe").glob("*.npz"))
+        assert len(saved) == 1 and saved[0].name.startswith(f"{BASE}_final-")
+        with np.load(saved[0]) as z:
+            assert z["logits"].shape == (len(result.token_ids), result.vocab_size)
+            assert z["tokens"].tolist() == result.token_ids and str(z["prompt"]) == PROMPT
+        probe = app.screen
+        assert type(probe).__name__ == "ProbeScreen" and probe.error is None
+        assert probe.query_one("#probe-path").value == str(saved[0])
+        assert probe.snapshot.phi.tolist() == pytest.approx(result.phi, abs=1e-4)

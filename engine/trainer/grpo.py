@@ -51,6 +51,7 @@ def grpo_args(cfg, output_dir: str | Path, device: str) -> dict[str, Any]:
         "per_device_train_batch_size": g.batch_size, "num_generations": g.num_generations,
         "max_completion_length": g.max_completion_length, "temperature": g.temperature, "beta": g.beta,
         "logging_steps": g.logging_steps, "save_steps": g.save_steps, "save_strategy": "steps", "seed": g.seed,
+        "save_total_limit": g.save_total_limit,
         "bf16": device == "cuda" and cfg.model.dtype in ("auto", "bfloat16"), "fp16": False,
         "gradient_checkpointing": cfg.compute.gradient_checkpointing, "use_cpu": device == "cpu",
         "report_to": "none", "disable_tqdm": True, "save_only_model": False, "logging_first_step": False,

@@ -59,8 +59,13 @@ def _system_packages() -> None:
 
     if shutil.which("bwrap") or not shutil.which("apt-get") or not hasattr(os, "geteuid") or os.geteuid() != 0:
         return
+    install = ["apt-get", "install", "-y", "--no-install-recommends", "bubblewrap"]
     try:
-        _run(["apt-get", "install", "-y", "--no-install-recommends", "bubblewrap"])
+        try:
+            _run(install)
+        except subprocess.CalledProcessError:  # a fresh machine's package lists may be empty: read them once
+            _run(["apt-get", "update"])
+            _run(install)
     except (OSError, subprocess.CalledProcessError):
         _say("could not install bubblewrap: the sandbox uses its unshare fallback (see `carl --batch doctor`)")
 

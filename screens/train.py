@@ -28,11 +28,13 @@ from engine.probe import SIGMA
 from screens.context import context_of
 from screens.widgets.agent import AgentPanel
 from screens.widgets.charts import MetricChart
+from screens.widgets.health_alerts import HealthAlerts, health_badge, phase_words
 from screens.widgets.stage_line import StageLine
 
 POLL_S = 0.25
 LOG_LINES = 6
 SAMPLES = 5
+SUMMARY_S = 1.0  # at most one health/phase summary a second while frames arrive (always one when the run ends)
 
 
 class RunUpdate(Message):
@@ -134,6 +136,11 @@ class TrainScreen(Screen):
         self.message_text = ""
         self.live_system: dict[str, Any] | None = None  # sampled now from the worker process (local, live)
         self.machine_system: dict[str, Any] | None = None  # this machine, when no run is open
+        self.summary: dict[str, Any] | None = None  # observe's summary of the frames: phase, reason, health
+        self._summary_at = 0.0
+        self._summary_stale = False
+        self.alerts = HealthAlerts()  # bell + notification on a new warn/bad finding of the watched run
+        self._alerts_primed = False
 
     # ---- layout
     def compose(self) -> ComposeResult:
@@ -225,6 +232,9 @@ class TrainScreen(Screen):
         self.events = []
         self.live_system = None
         self.samples.clear()
+        self.summary, self._summary_at, self._summary_stale = None, 0.0, False
+        self.alerts.reset()
+        self._alerts_primed = False
         for chart in self.query(MetricChart):
             chart.clear()
         self.query_one(AgentPanel).set_frames([])
@@ -288,7 +298,23 @@ class TrainScreen(Screen):
                 if f.sample:
                     self.samples.append(f"{f.step:>4}  {f.sample}")
             self.query_one(AgentPanel).set_frames(self.frames)
+            self._summary_stale = True
+        self._summarize(final=not self.following)
         self.refresh_text()
+
+    def _summarize(self, *, final: bool = False) -> None:
+        """Observe's summary of the frames (phase, its reason, health findings), throttled; then the alerts: a
+        new warn/bad finding while the run is watched rings once, a recovery is said."""
+        now = time.monotonic()
+        if not self.frames or not self._summary_stale or (not final and now - self._summary_at < SUMMARY_S):
+            return
+        from engine.observe.analysis import summarize
+
+        self.summary = summarize(self.frames, source=self.run_id or "train", run=self.run_id)
+        self._summary_at, self._summary_stale = now, False
+        self.alerts.announce(self, self.summary, self.run_id,
+                             prime=not (self._alerts_primed and (self.following or final)))
+        self._alerts_primed = True
 
     # ---- text
     def gate_text(self) -> str:
@@ -328,6 +354,9 @@ class TrainScreen(Screen):
                       f"Φ {_fmt(last.phi if last else None)} · task {_fmt(last.task_reward if last else None)} · "
                       f"CARL {_fmt(last.carl_reward if last else None)} · entropy {_fmt(last.entropy if last else None)}"
                       f"{acc}")
+            if self.summary:  # the same words as observe: the phase, its reason, the open and recovered findings
+                label, reason = phase_words(self.summary)
+                status += f"\nphase [b]{label}[/b]: {escape(reason)} · {health_badge(self.summary)}"
             onset = next((e for e in self.events if e.get("name") == "collapse_onset"), None)
             if onset is not None:
                 status += (f"\n[b red]⚠ collapse onset at step {onset.get('step')}[/] "

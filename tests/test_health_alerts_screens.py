@@ -5,6 +5,7 @@ shown on the badge, never rung. The phase label's reason is on screen. Pilot tes
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -84,3 +85,52 @@ async def test_observe_does_not_ring_for_what_was_there_when_the_run_opened(tmp_
         reason = str(screen.query_one("#obs-reason").render())
         assert screen.query_one("#obs-reason").display
         assert reason == f"{screen.summary['phase']}: {screen.summary['phase_reason']}"
+
+
+def _train_frames(steps, entropy: float) -> list[dict]:
+    from tests.test_train_screen import frame as train_frame
+
+    out = []
+    for s in steps:
+        f = train_frame(s)
+        f.entropy = entropy
+        out.append(f.to_dict())
+    return out
+
+
+async def test_train_rings_once_for_a_new_finding_shows_the_phase_reason_and_the_recovery(tmp_path):
+    from tests.test_train_screen import make_app as train_app
+    from tests.test_train_screen import make_run as train_run
+
+    stand_in = subprocess.Popen(["sleep", "120"])  # a live "worker" process, so the run reads as running
+    try:
+        await _watch_train(tmp_path, train_app, train_run, stand_in.pid)
+    finally:
+        stand_in.kill()
+        stand_in.wait()
+
+
+async def _watch_train(tmp_path, train_app, train_run, pid):
+    d = train_run(tmp_path / "home", "20250101-120000-live", [], status="running", pid=pid)
+    _append(d / "frames.jsonl", _train_frames(range(1, 21), 0.9))
+    app = train_app(tmp_path, run="20250101-120000-live")
+    rings: list[int] = []
+    app.bell = lambda: rings.append(1)
+    async with app.run_test(size=(80, 24)) as pilot:
+        screen = app.screen
+        await _wait(pilot, lambda: len(screen.frames) == 20 and screen.summary is not None and screen.following)
+        assert screen.following and not rings and not _notes(app)
+        label, reason = screen.summary["phase"].upper(), screen.summary["phase_reason"]
+        assert f"phase {label}: {reason}" in str(screen.query_one("#status").render())
+        _append(d / "frames.jsonl", _train_frames(range(21, 27), 0.02))  # entropy collapses
+        await _wait(pilot, lambda: any("entropy_collapse" in n for n in _notes(app)))
+        assert rings == [1]
+        assert next(n for n in _notes(app) if "entropy_collapse" in n).startswith(
+            "⚠ WARN entropy_collapse in run 20250101-120000-live at step")
+        _append(d / "frames.jsonl", _train_frames(range(27, 33), 0.9))  # it recovers, and the run ends
+        meta = json.loads((d / "meta.json").read_text())
+        (d / "meta.json").write_text(json.dumps({**meta, "status": "completed"}))
+        await _wait(pilot, lambda: any(n.startswith("✓ RECOVERED entropy_collapse") for n in _notes(app)))
+        await pilot.pause()
+        assert rings == [1]
+        assert "1 recovered" in str(screen.query_one("#status").render())

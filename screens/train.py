@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from rich.markup import escape
+from rich.text import Text
 from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding
@@ -106,9 +107,9 @@ class TrainScreen(Screen):
     TITLE = "carl · train"  # the header names the screen
     DEFAULT_CSS = """
     TrainScreen #train-head { height: auto; padding: 0 1; }
-    TrainScreen #plan { height: auto; color: $text-muted; }
+    TrainScreen #plan { height: auto; color: $text-muted; text-wrap: nowrap; text-overflow: ellipsis; }
     TrainScreen #status { height: auto; }
-    TrainScreen #hw { height: auto; color: $text-muted; }
+    TrainScreen #hw { height: auto; color: $text-muted; text-wrap: nowrap; text-overflow: ellipsis; }
     TrainScreen #charts { height: 1fr; min-height: 8; }
     TrainScreen #charts MetricChart { width: 1fr; height: 1fr; }
     TrainScreen #bottom { height: 8; }
@@ -317,9 +318,15 @@ class TrainScreen(Screen):
         self._alerts_primed = True
 
     # ---- text
+    def _room(self) -> int:
+        """Columns one header line has (the screen less the head's padding); wide when not laid out yet."""
+        return (self.size.width - 2) if self.size.width > 20 else 200
+
     def gate_text(self) -> str:
         opened = next((e for e in self.events if e.get("name") == "gate_open"), None)
         if opened:
+            if self._room() < 100:  # one line at 80 columns: the step the gate opened at, not the rule's name
+                return f"[b]gate B[/b] since step {opened.get('step')}"
             return f"[b]gate B[/b] (opened at step {opened.get('step')}, {opened.get('mode')})"
         mode = (self.plan or {}).get("cascade", {}).get("mode", "evidence")
         return f"gate A (task only; {mode} gate closed)"
@@ -356,7 +363,12 @@ class TrainScreen(Screen):
                       f"{acc}")
             if self.summary:  # the same words as observe: the phase, its reason, the open and recovered findings
                 label, reason = phase_words(self.summary)
-                status += f"\nphase [b]{label}[/b]: {escape(reason)} · {health_badge(self.summary)}"
+                badge = health_badge(self.summary)
+                head = f"{Text.from_markup(badge).plain} · phase {label}: "
+                room = self._room() - len(head)
+                if len(reason) > room:  # one line: the reason is cut, the words before it never are
+                    reason = reason[: max(0, room - 1)] + "…"
+                status += f"\n{badge} · phase [b]{label}[/b]: {escape(reason)}"
             onset = next((e for e in self.events if e.get("name") == "collapse_onset"), None)
             if onset is not None:
                 status += (f"\n[b red]⚠ collapse onset at step {onset.get('step')}[/] "

@@ -121,7 +121,7 @@ async def _watch_train(tmp_path, train_app, train_run, pid):
         await _wait(pilot, lambda: len(screen.frames) == 20 and screen.summary is not None and screen.following)
         assert screen.following and not rings and not _notes(app)
         label, reason = screen.summary["phase"].upper(), screen.summary["phase_reason"]
-        assert f"phase {label}: {reason}" in str(screen.query_one("#status").render())
+        assert f"phase {label}: {reason}" in str(screen.query_one("#status").render()).replace("\n", " ")
         _append(d / "frames.jsonl", _train_frames(range(21, 27), 0.02))  # entropy collapses
         await _wait(pilot, lambda: any("entropy_collapse" in n for n in _notes(app)))
         assert rings == [1]

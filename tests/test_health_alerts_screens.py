@@ -134,3 +134,40 @@ async def _watch_train(tmp_path, train_app, train_run, pid):
         await pilot.pause()
         assert rings == [1]
         assert "1 recovered" in str(screen.query_one("#status").render())
+
+
+# Snapshots of the new states (baselines are made by the integrator after merging: not committed here).
+SIZES = [(80, 24), (120, 40)]
+
+
+@pytest.mark.parametrize("size", SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
+def test_observe_alert_banner_snapshot(snap_compare, snap_home, snap_env, size):
+    d = snap_home / "home" / "runs" / "live-1"
+    d.mkdir(parents=True)
+    (d / "meta.json").write_text(json.dumps({"run_id": "live-1", "status": "running"}))
+    _append(d / "frames.jsonl", [_frame(s, 2.0) for s in range(20)])
+    app = make_app(snap_home, run="live-1")
+    app.bell = lambda: None
+
+    async def run_before(pilot):
+        await settle(pilot, 20)
+        _append(d / "frames.jsonl", [_frame(s, 0.05) for s in range(20, 26)])
+        await _wait(pilot, lambda: any("entropy_collapse" in n for n in _notes(pilot.app)))
+        await settle(pilot, 26)
+
+    assert snap_compare(app, terminal_size=size, run_before=run_before)
+
+
+@pytest.mark.parametrize("size", SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
+def test_observe_recovered_health_tab_snapshot(snap_compare, snap_home, snap_env, size):
+    d = snap_home / "home" / "runs" / "old-1"
+    d.mkdir(parents=True)
+    (d / "meta.json").write_text(json.dumps({"run_id": "old-1", "status": "completed"}))
+    _append(d / "frames.jsonl", [_frame(s, 0.05 if 20 <= s < 26 else 2.0) for s in range(34)])
+    app = make_app(snap_home, run="old-1")
+
+    async def run_before(pilot):
+        screen = await settle(pilot, 34, ended=True)
+        assert "1 recovered" in str(screen.query_one("#obs-health-badge").render())
+
+    assert snap_compare(app, terminal_size=size, press=["2"], run_before=run_before)

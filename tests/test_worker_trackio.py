@@ -60,3 +60,10 @@ def test_a_finished_run_writes_trackio_in_carl_home_and_ends_without_an_upload_l
     assert lines[-1] == f"carl: trackio metrics saved in {home / 'trackio'}"
     assert any((home / "trackio").rglob("*.db")), sorted(p.name for p in (home / "trackio").rglob("*"))
     assert not (user / ".cache" / "huggingface" / "trackio").exists()
+    # and observe finds it there without being told: `trackio:demo` reads CARL_HOME/trackio when TRACKIO_DIR is unset
+    from engine.observe.sources.trackio import TrackioLocalSource
+
+    src = TrackioLocalSource("demo")
+    assert src.trackio_dir == home / "trackio"
+    frames, _ = src.load()
+    assert [f.step for f in frames] == [1] and src.run == "r1"

@@ -17,9 +17,6 @@ The worker runs user reward code and ``trust_remote_code`` models, so it gets on
   ``CARL_MANAGED_TOKEN``) **only** while telemetry consent is on and the run's carl.yaml names the platform (the
   worker then sends telemetry).
 
-Added: ``TRACKIO_DIR`` = ``$CARL_HOME/trackio`` unless the caller set one (trackio reads it when first imported,
-so it must be in the worker's environment from the start).
-
 Never, whatever their name: the chat key (``ANTHROPIC_*``), RunPod's key (``RUNPOD_*`` and the variable the run's
 ``remote.runpod.token_env`` names), other providers' keys (``OPENAI_*``, ``AWS_*``, ``GOOGLE_*``, ``AZURE_*``,
 ``GH_``/``GITHUB_`` tokens), and the managed token outside the case above.
@@ -99,11 +96,4 @@ def worker_environment(run_dir: str | Path | None = None, environ: Mapping[str, 
             continue
         if name in BASIC or name.startswith(PREFIXES):
             out[name] = value
-    if not out.get("TRACKIO_DIR"):  # trackio reads it once, at import: its store lives in CARL_HOME, not ~/.cache
-        try:
-            from engine.home import CarlHome
-
-            out["TRACKIO_DIR"] = str(CarlHome.from_env().root / "trackio")
-        except Exception:
-            pass
     return out

@@ -1,13 +1,12 @@
-"""Trackio in the worker: its store lives under CARL_HOME (set in the worker's environment before trackio is
-imported), and a finished run's last log line says where the metrics are, not "Uploading logs to Trackio"."""
+"""Trackio in the worker: its store lives under CARL_HOME (RunStore.spawn sets TRACKIO_DIR in the worker's
+environment, so it is there before trackio is imported), and a finished run's last log line says where the
+metrics are, not "Uploading logs to Trackio"."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
-from pathlib import Path
 
-from engine.runs import REPO_ROOT
 
 # What the worker does around trackio, in a process of its own started with the worker's environment: the carl
 # callback's on_train_begin (trackio.init), one logged step, on_train_end (trackio.finish).
@@ -26,27 +25,48 @@ cb.on_train_end(args, state, TrainerControl())
 """
 
 
-def test_worker_environment_puts_trackio_under_carl_home(tmp_path, monkeypatch):
-    from engine.worker_env import worker_environment
+def _spawn_env(monkeypatch) -> dict:
+    """The environment RunStore.spawn gives a worker (Popen's env, captured; nothing is started)."""
+    import subprocess as sp
 
+    from engine.runs import RunStore
+
+    seen: dict = {}
+
+    class _Stop(Exception):
+        pass
+
+    def fake_popen(cmd, **kw):
+        seen.update(kw["env"])
+        raise _Stop
+
+    store = RunStore()
+    run_id = store.create("grpo:\n  max_steps: 1\n", {})
+    with monkeypatch.context() as mp:
+        mp.setattr(sp, "Popen", fake_popen)
+        try:
+            store.spawn(run_id)
+        except _Stop:
+            pass
+    return seen
+
+
+def test_spawn_puts_trackio_under_carl_home_unless_set(tmp_path, monkeypatch):
     monkeypatch.setenv("CARL_HOME", str(tmp_path / "home"))
     monkeypatch.delenv("TRACKIO_DIR", raising=False)
-    assert worker_environment()["TRACKIO_DIR"] == str(tmp_path / "home" / "trackio")
+    assert _spawn_env(monkeypatch)["TRACKIO_DIR"] == str(tmp_path / "home" / "trackio")
     monkeypatch.setenv("TRACKIO_DIR", str(tmp_path / "mine"))  # one the user chose is kept
-    assert worker_environment()["TRACKIO_DIR"] == str(tmp_path / "mine")
+    assert _spawn_env(monkeypatch)["TRACKIO_DIR"] == str(tmp_path / "mine")
 
 
 def test_a_finished_run_writes_trackio_in_carl_home_and_ends_without_an_upload_line(tmp_path, monkeypatch):
-    from engine.worker_env import worker_environment
-
     home, user = tmp_path / "home", tmp_path / "user"
     user.mkdir()
     monkeypatch.setenv("CARL_HOME", str(home))
     monkeypatch.setenv("HOME", str(user))
     for name in ("TRACKIO_DIR", "HF_HOME", "TRACKIO_SPACE_ID"):
         monkeypatch.delenv(name, raising=False)
-    env = worker_environment()
-    env["PYTHONPATH"] = str(REPO_ROOT)
+    env = _spawn_env(monkeypatch)  # exactly what a spawned worker gets
     run = tmp_path / "run"
     run.mkdir()
     log = run / "stdout.log"

@@ -243,6 +243,7 @@ class TrainScreen(Screen):
         self._tails = (JsonlTail(d / "frames.jsonl"), JsonlTail(d / "events.jsonl"))
         meta = self.store.meta(run_id)
         self.apply(self._tails[0].read(), self._tails[1].read(), meta, _log_tail(d / "stdout.log"))
+        self._alerts_primed = True  # what was there at opening is on the badge; from now on a new finding rings
         if meta.get("status") in ("running", "created"):
             self.following = True
             self.follow(run_id)

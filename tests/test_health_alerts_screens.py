@@ -136,6 +136,29 @@ async def _watch_train(tmp_path, train_app, train_run, pid):
         assert "1 recovered" in str(screen.query_one("#status").render())
 
 
+async def test_train_rings_for_a_finding_in_the_first_frames_of_a_run_it_opened_empty(tmp_path):
+    """A run started from the train screen opens with no frames: its first summary already counts (nothing was
+    there to keep quiet about)."""
+    from tests.test_train_screen import make_app as train_app
+    from tests.test_train_screen import make_run as train_run
+
+    stand_in = subprocess.Popen(["sleep", "120"])
+    try:
+        d = train_run(tmp_path / "home", "20250101-120000-new", [], status="running", pid=stand_in.pid)
+        app = train_app(tmp_path, run="20250101-120000-new")
+        rings: list[int] = []
+        app.bell = lambda: rings.append(1)
+        async with app.run_test(size=(80, 24)) as pilot:
+            screen = app.screen
+            await _wait(pilot, lambda: screen.following)
+            _append(d / "frames.jsonl", _train_frames(range(1, 21), 0.9) + _train_frames(range(21, 27), 0.02))
+            await _wait(pilot, lambda: any("entropy_collapse" in n for n in _notes(app)))
+            assert rings == [1]
+    finally:
+        stand_in.kill()
+        stand_in.wait()
+
+
 # Snapshots of the new states (baselines are made by the integrator after merging: not committed here).
 SIZES = [(80, 24), (120, 40)]
 

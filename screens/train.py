@@ -336,7 +336,10 @@ class TrainScreen(Screen):
         p = self.plan or {}
         if p:
             g = p.get("grpo", {})
-            plan = (f"{p.get('config') or 'preset ' + str(p.get('preset'))} · {p.get('model')} · {p.get('dataset')} · "
+            where = p.get("config")
+            if where and self._room() < 100:  # at 80 columns the file's name: the path would push the rest off
+                where = Path(where).name
+            plan = (f"{where or 'preset ' + str(p.get('preset'))} · {p.get('model')} · {p.get('dataset')} · "
                     f"{g.get('max_steps')} steps × {g.get('per_device_train_batch_size')}/"
                     f"{g.get('num_generations')} gen · lr {g.get('learning_rate')} · {p.get('device')}"
                     f"{' ×' + str(p.get('gpus')) if (p.get('gpus') or 1) > 1 else ''} · cascade {p.get('cascade', {}).get('mode')}")

@@ -81,3 +81,14 @@ async def test_observe_charts_at_80x24_keep_titles_and_whole_step_ticks(tmp_path
             assert re.split(r"[ :(]", chart.title)[0] in lines[0], (chart.id, lines[:2])
             ticks = lines[-1].split()
             assert ticks and all(re.fullmatch(r"-?\d+", t) for t in ticks) and ticks[-1] == "59", (chart.id, lines[-1])
+
+
+async def test_empty_train_charts_keep_their_titles_at_80x24(tmp_path):
+    from tests.test_train_screen import make_app
+
+    app = make_app(tmp_path)  # no run: three empty charts
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.pause()
+        for chart in app.screen.query(MetricChart):
+            lines = _text(chart)
+            assert re.split(r"[ :(]", chart.title)[0] in lines[0], (chart.id, lines[:1])

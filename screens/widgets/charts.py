@@ -198,4 +198,6 @@ class MetricChart(PlotextPlot):
             if room > 0:
                 plt.title(fit_title(self.title, room))
         if not drawn:
-            plt.title(f"{self.title} — no data")
+            room = self.size.width - 2  # an empty plot has no y labels
+            full = f"{self.title} — no data"
+            plt.title(full if len(full) <= room or room <= 0 else fit_title(self.title, room))

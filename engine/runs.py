@@ -197,6 +197,8 @@ class RunStore:
             env["CARL_RUN_OWNER"] = f"{os.getpid()}:{_proc_start(os.getpid()) or ''}"
         env["PYTHONPATH"] = str(REPO_ROOT) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
         env.setdefault("PYTHONUNBUFFERED", "1")
+        if not env.get("TRACKIO_DIR"):  # trackio reads it once, at import: its store lives with the runs
+            env["TRACKIO_DIR"] = str(self.home.root / "trackio")
         (d / "stop.request").unlink(missing_ok=True)
         log = open(d / "stdout.log", "ab")
         try:

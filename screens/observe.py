@@ -34,6 +34,7 @@ from screens.context import context_of
 from screens.widgets.charts import COLORS, MetricChart
 from screens.widgets.completion_table import CompletionTable
 from screens.widgets.frame_table import FrameTable
+from screens.widgets.health_alerts import PHASE_MEANS, HealthAlerts, health_badge, phase_words
 
 FIXED = ("phi", "reward_mean", "task_reward", "carl_reward", "entropy")
 SUMMARY_EVERY = 0.5  # seconds between summaries while following (always one after the last batch)
@@ -59,14 +60,6 @@ class OverlayLoaded(Message):
         self.token, self.runs, self.errors = token, runs, errors
 
 
-# What each phase means (docs/observe.md), shown when the summary gives no reason of its own (phase_reason)
-PHASE_MEANS = {
-    "guessing": "no sustained rise of Φ from where the run started (Φ's own trajectory, not σ)",
-    "crystallizing": "Φ rose from where the run started and is still rising",
-    "knowing": "Φ rose from where the run started and has levelled off",
-}
-
-
 class RunList(OptionList):
     """The picker's recent runs: space marks up to four of them to overlay (Enter then opens the overlay; the
     key is the screen's, so `?` lists it)."""
@@ -90,6 +83,7 @@ class ObserveScreen(Screen):
     ObserveScreen .phase-guessing { background: $warning-muted; color: $text; }
     ObserveScreen .phase-crystallizing { background: $accent-muted; color: $text; }
     ObserveScreen .phase-knowing { background: $success-muted; color: $text; }
+    ObserveScreen #obs-reason { height: 1; padding: 0 1; color: $text-muted; display: none; }
     ObserveScreen #obs-tabs { height: 1fr; }
     ObserveScreen TabPane { padding: 0; }
     ObserveScreen #obs-grid { grid-size: 2 2; grid-gutter: 0 1; height: 1fr; }
@@ -144,6 +138,8 @@ class ObserveScreen(Screen):
         self._token = 0
         self._stop = threading.Event()
         self._pending: list[FramesArrived] = []
+        self.alerts = HealthAlerts()  # bell + notification on a new warn/bad finding of the followed run
+        self._alerts_primed = False
 
     # ── layout ────────────────────────────────────────────────────────────────────────────────────────
     def compose(self) -> ComposeResult:
@@ -152,6 +148,7 @@ class ObserveScreen(Screen):
             yield Static("no run open — press s to pick one", id="obs-source")
             yield Static("", id="obs-health-badge")
             yield Static(" — ", id="obs-phase", classes="phase-none")
+        yield Static("", id="obs-reason")  # why the phase label says what it says (phase_reason)
         with TabbedContent(initial="charts", id="obs-tabs"):
             with TabPane("1 Charts", id="charts"):
                 yield Static("", id="obs-view")
@@ -220,6 +217,8 @@ class ObserveScreen(Screen):
         self.frames, self.summary, self.error, self.ended = [], None, None, False
         self.loading = True
         self._pending.clear()
+        self.alerts.reset()
+        self._alerts_primed = False
         for chart in self.query(MetricChart):
             chart.clear()
         self.query_one(FrameTable).reset()
@@ -306,6 +305,11 @@ class ObserveScreen(Screen):
             self._refresh_header()
             if summary is not None:
                 self._refresh_health()
+        if summary is not None and self.source is not None:
+            # what is there when the run opens is shown, not rung; what opens (or recovers) while following is
+            self.alerts.announce(self, summary, self.source.run or self.source.label,
+                                 prime=not (self._alerts_primed and self.following))
+            self._alerts_primed = True
 
     # ── charts ────────────────────────────────────────────────────────────────────────────────────────
     def _xy(self, frames: list[Frame], name: str) -> tuple[list[int], list[float]]:
@@ -568,12 +572,12 @@ class ObserveScreen(Screen):
         phase = s.get("phase")
         badge = self.query_one("#obs-phase", Static)
         badge.set_classes(f"phase-{phase or 'none'}")
-        badge.update(f"{(phase or 'no Φ').upper()}")
-        h = (s.get("health") or {})
-        status, n = h.get("status"), len(h.get("findings") or [])
-        mark = {"ok": "[green]✓ ok[/]", "warn": f"[yellow]⚠ {n} warn[/]", "bad": f"[red]✗ {n} bad[/]",
-                "empty": "[yellow]∅ empty[/]"}
-        self.query_one("#obs-health-badge", Static).update(mark.get(status, "") if status else "")
+        label, reason = phase_words(s)
+        badge.update(label)
+        why = self.query_one("#obs-reason", Static)
+        why.display = bool(s) and bool(reason)
+        why.update(f"{label.lower()}: {escape(reason)}")
+        self.query_one("#obs-health-badge", Static).update(health_badge(s))
 
     def _refresh_health(self) -> None:
         s = self.summary or {}

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from rich.markup import escape
+from rich.text import Text
 from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding
@@ -28,11 +29,13 @@ from engine.probe import SIGMA
 from screens.context import context_of
 from screens.widgets.agent import AgentPanel
 from screens.widgets.charts import MetricChart
+from screens.widgets.health_alerts import HealthAlerts, health_badge, phase_words
 from screens.widgets.stage_line import StageLine
 
 POLL_S = 0.25
 LOG_LINES = 6
 SAMPLES = 5
+SUMMARY_S = 1.0  # at most one health/phase summary a second while frames arrive (always one when the run ends)
 
 
 class RunUpdate(Message):
@@ -104,9 +107,9 @@ class TrainScreen(Screen):
     TITLE = "carl · train"  # the header names the screen
     DEFAULT_CSS = """
     TrainScreen #train-head { height: auto; padding: 0 1; }
-    TrainScreen #plan { height: auto; color: $text-muted; }
+    TrainScreen #plan { height: auto; color: $text-muted; text-wrap: nowrap; text-overflow: ellipsis; }
     TrainScreen #status { height: auto; }
-    TrainScreen #hw { height: auto; color: $text-muted; }
+    TrainScreen #hw { height: auto; color: $text-muted; text-wrap: nowrap; text-overflow: ellipsis; }
     TrainScreen #charts { height: 1fr; min-height: 8; }
     TrainScreen #charts MetricChart { width: 1fr; height: 1fr; }
     TrainScreen #bottom { height: 8; }
@@ -135,6 +138,11 @@ class TrainScreen(Screen):
         self.message_text = ""
         self.live_system: dict[str, Any] | None = None  # sampled now from the worker process (local, live)
         self.machine_system: dict[str, Any] | None = None  # this machine, when no run is open
+        self.summary: dict[str, Any] | None = None  # observe's summary of the frames: phase, reason, health
+        self._summary_at = 0.0
+        self._summary_stale = False
+        self.alerts = HealthAlerts()  # bell + notification on a new warn/bad finding of the watched run
+        self._alerts_primed = False
 
     # ---- layout
     def compose(self) -> ComposeResult:
@@ -226,6 +234,9 @@ class TrainScreen(Screen):
         self.events = []
         self.live_system = None
         self.samples.clear()
+        self.summary, self._summary_at, self._summary_stale = None, 0.0, False
+        self.alerts.reset()
+        self._alerts_primed = False
         for chart in self.query(MetricChart):
             chart.clear()
         self.query_one(AgentPanel).set_frames([])
@@ -233,6 +244,7 @@ class TrainScreen(Screen):
         self._tails = (JsonlTail(d / "frames.jsonl"), JsonlTail(d / "events.jsonl"))
         meta = self.store.meta(run_id)
         self.apply(self._tails[0].read(), self._tails[1].read(), meta, _log_tail(d / "stdout.log"))
+        self._alerts_primed = True  # what was there at opening is on the badge; from now on a new finding rings
         if meta.get("status") in ("running", "created"):
             self.following = True
             self.follow(run_id)
@@ -289,12 +301,34 @@ class TrainScreen(Screen):
                 if f.sample:
                     self.samples.append(f"{f.step:>4}  {f.sample}")
             self.query_one(AgentPanel).set_frames(self.frames)
+            self._summary_stale = True
+        self._summarize(final=not self.following)
         self.refresh_text()
 
+    def _summarize(self, *, final: bool = False) -> None:
+        """Observe's summary of the frames (phase, its reason, health findings), throttled; then the alerts: a
+        new warn/bad finding while the run is watched rings once, a recovery is said."""
+        now = time.monotonic()
+        if not self.frames or not self._summary_stale or (not final and now - self._summary_at < SUMMARY_S):
+            return
+        from engine.observe.analysis import summarize
+
+        self.summary = summarize(self.frames, source=self.run_id or "train", run=self.run_id)
+        self._summary_at, self._summary_stale = now, False
+        self.alerts.announce(self, self.summary, self.run_id,
+                             prime=not (self._alerts_primed and (self.following or final)))
+        self._alerts_primed = True
+
     # ---- text
+    def _room(self) -> int:
+        """Columns one header line has (the screen less the head's padding); wide when not laid out yet."""
+        return (self.size.width - 2) if self.size.width > 20 else 200
+
     def gate_text(self) -> str:
         opened = next((e for e in self.events if e.get("name") == "gate_open"), None)
         if opened:
+            if self._room() < 100:  # one line at 80 columns: the step the gate opened at, not the rule's name
+                return f"[b]gate B[/b] since step {opened.get('step')}"
             return f"[b]gate B[/b] (opened at step {opened.get('step')}, {opened.get('mode')})"
         mode = (self.plan or {}).get("cascade", {}).get("mode", "evidence")
         return f"gate A (task only; {mode} gate closed)"
@@ -303,7 +337,10 @@ class TrainScreen(Screen):
         p = self.plan or {}
         if p:
             g = p.get("grpo", {})
-            plan = (f"{p.get('config') or 'preset ' + str(p.get('preset'))} · {p.get('model')} · {p.get('dataset')} · "
+            where = p.get("config")
+            if where and self._room() < 100:  # at 80 columns the file's name: the path would push the rest off
+                where = Path(where).name
+            plan = (f"{where or 'preset ' + str(p.get('preset'))} · {p.get('model')} · {p.get('dataset')} · "
                     f"{g.get('max_steps')} steps × {g.get('per_device_train_batch_size')}/"
                     f"{g.get('num_generations')} gen · lr {g.get('learning_rate')} · {p.get('device')}"
                     f"{' ×' + str(p.get('gpus')) if (p.get('gpus') or 1) > 1 else ''} · cascade {p.get('cascade', {}).get('mode')}")
@@ -331,6 +368,14 @@ class TrainScreen(Screen):
                       f"Φ {_fmt(last.phi if last else None)} · task {_fmt(last.task_reward if last else None)} · "
                       f"CARL {_fmt(last.carl_reward if last else None)} · entropy {_fmt(last.entropy if last else None)}"
                       f"{acc}")
+            if self.summary:  # the same words as observe: the phase, its reason, the open and recovered findings
+                label, reason = phase_words(self.summary)
+                badge = health_badge(self.summary)
+                head = f"{Text.from_markup(badge).plain} · phase {label}: "
+                room = self._room() - len(head)
+                if len(reason) > room:  # one line: the reason is cut, the words before it never are
+                    reason = reason[: max(0, room - 1)] + "…"
+                status += f"\n{badge} · phase [b]{label}[/b]: {escape(reason)}"
             onset = next((e for e in self.events if e.get("name") == "collapse_onset"), None)
             if onset is not None:
                 status += (f"\n[b red]⚠ collapse onset at step {onset.get('step')}[/] "

@@ -337,3 +337,23 @@ def test_project_switches_say_on_or_off_in_words(tmux, workdir, width, height, n
         assert "ON" in screen  # the CARL reward is on by default
     finally:
         pane.kill()
+
+
+@pytest.mark.parametrize("width,height,no_color", [(80, 24, True)], ids=["80x24-nocolor"])
+def test_train_charts_read_at_80x24_without_colour(tmux, workdir, width, height, no_color):
+    """At 80×24 under NO_COLOR: every chart keeps a title, task and CARL have different legend glyphs, the x
+    ticks are whole steps ending at the last step (30), and the header is one line per item."""
+    pane = start(tmux, workdir, width, height, no_color, "train", "--run", RUN)
+    try:
+        screen = pane.wait(lambda s: " CARL" in s and "phase " in s, what="the charts and the phase line")
+        screen = pane.stable(settle=0.3)
+        lines = screen.splitlines()
+        assert any("Φ" in ln and "reward" in ln and "entropy" in ln for ln in lines), screen  # three titles
+        task = next(ln for ln in lines if " task " in ln and "┤" in ln)
+        carl = next(ln for ln in lines if " CARL" in ln and ("┤" in ln or "│" in ln) and "vs CARL" not in ln)
+        assert task.split(" task ")[0].split()[-1][-2:] != carl.split(" CARL")[0].split()[-1][-2:], (task, carl)
+        ticks = next(ln for ln in reversed(lines) if ln.strip().endswith("30"))
+        assert all(t.isdigit() for t in ticks.split()), ticks
+        assert any(ln.strip().startswith("run " + RUN) and "gate B since step 10" in ln for ln in lines), screen
+    finally:
+        pane.kill()

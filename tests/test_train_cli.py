@@ -85,6 +85,11 @@ def test_train_streams_frames_then_run_and_eval_verbs(tiny_env, batch):
     with sqlite3.connect(db) as con:
         steps = sorted(r[0] for r in con.execute("SELECT step FROM metrics WHERE run_name = ?", (run_id,)))
     assert steps == [1, 2, 3]
+    # the worker log ends without trackio's "Uploading logs to Trackio (please wait...)" (nothing is uploaded
+    # without a Space): carl says where the metrics are instead
+    log = (Path(done["run_dir"]) / "stdout.log").read_text(errors="replace")
+    assert "Uploading logs to Trackio" not in log
+    assert f"carl: trackio metrics saved in {os.environ['TRACKIO_DIR']}" in log.splitlines()
 
     rc, out, _ = batch("run", "list")
     assert rc == 0 and json.loads(out)["runs"][0]["run_id"] == run_id

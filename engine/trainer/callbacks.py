@@ -178,7 +178,17 @@ def make_callback(run_dir: Path, *, state_ref: Callable[[], Any], should_stop: C
                 self.writer.close()
             if self.trackio is not None:
                 try:
-                    self.trackio.finish()  # flushes what trackio still buffers: a failure may lose metrics
+                    import contextlib
+                    import io
+
+                    said = io.StringIO()  # trackio says "Uploading logs to Trackio" even when it only writes locally
+                    with contextlib.redirect_stdout(said):
+                        self.trackio.finish()  # flushes what trackio still buffers: a failure may lose metrics
+                    kept = [x for x in said.getvalue().splitlines() if x.strip() and "Uploading logs to Trackio" not in x]
+                    for line in kept:
+                        print(line, flush=True)
+                    store = getattr(getattr(self.trackio, "utils", None), "TRACKIO_DIR", None)
+                    print(f"carl: trackio metrics saved{f' in {store}' if store else ''}", flush=True)
                 except Exception as exc:
                     self._tracking_failed("finish", exc, int(state.global_step))
 

@@ -20,6 +20,45 @@ from textual_plotext import PlotextPlot
 
 DEFAULT_MARKER = os.environ.get("CARL_CHART_MARKER", "hd")  # "hd" (quadrant blocks), "braille", "dot", "sd"
 COLORS = ("cyan", "magenta", "yellow", "green", "blue", "red")
+# the 2nd, 3rd… series of one chart: a glyph of its own, so series differ by shape, not only by colour (NO_COLOR)
+SERIES_MARKERS = ("x", "+", "o", "*", "#")
+
+
+def series_marker(i: int, first: str = DEFAULT_MARKER) -> str:
+    """The marker of series ``i`` (0-based) of a chart whose first series uses ``first``."""
+    return first if i == 0 else SERIES_MARKERS[(i - 1) % len(SERIES_MARKERS)]
+
+
+def int_ticks(lo: float, hi: float, n: int) -> list[int]:
+    """At most ``n`` integer x ticks from ``lo`` to ``hi`` (steps), evenly spaced, the last one always ``hi``."""
+    a, b = math.ceil(lo), math.floor(hi)
+    if b <= a:
+        return [b] if b == a else [round(hi)]
+    n = max(2, min(n, b - a + 1))
+    ticks = sorted({a + round(k * (b - a) / (n - 1)) for k in range(n)})
+    return ticks
+
+
+def fit_title(title: str, room: int) -> str:
+    """``title`` shortened to ``room`` columns (plotext drops a title wider than the plot): first to the part
+    before ``:`` or `` (``, then cut with an ellipsis."""
+    if len(title) <= room:
+        return title
+    for sep in (":", " ("):
+        head = title.split(sep)[0].rstrip()
+        if head and len(head) <= room:
+            return head
+    return title[: max(1, room - 1)] + "…"
+
+
+def y_labels(ticks: list[float]) -> list[str]:
+    """The shortest labels (3 to 6 significant digits) that still tell every tick apart: a narrow label column
+    leaves the plot, and its title, more room."""
+    for digits in range(3, 7):
+        labels = [f"{t:.{digits}g}" for t in ticks]
+        if len(set(labels)) == len(labels):
+            return labels
+    return [f"{t:.6g}" for t in ticks]
 
 
 class MetricChart(PlotextPlot):
@@ -114,7 +153,7 @@ class MetricChart(PlotextPlot):
         if self.y_label:
             plt.ylabel(self.y_label)
         drawn = 0
-        lo = hi = None
+        lo = hi = xlo = xhi = None
         for i, (name, (xs, ys)) in enumerate(self._series.items()):
             if not xs:
                 continue
@@ -124,9 +163,11 @@ class MetricChart(PlotextPlot):
                 if not keep:
                     continue
                 txs, tys = [x for x, _ in keep], [y for _, y in keep]
-            plt.plot(txs, tys, marker=self.marker, color=COLORS[i % len(COLORS)],
+            plt.plot(txs, tys, marker=series_marker(drawn, self.marker), color=COLORS[i % len(COLORS)],
                      label=name if len(self._series) > 1 else None)
             drawn += 1
+            xlo = min(txs) if xlo is None else min(xlo, min(txs))
+            xhi = max(txs) if xhi is None else max(xhi, max(txs))
             lo = min(tys) if lo is None else min(lo, min(tys))
             hi = max(tys) if hi is None else max(hi, max(tys))
         sigma = self.sigma
@@ -144,5 +185,19 @@ class MetricChart(PlotextPlot):
                     ticks = [lo, hi]
                 plt.yticks(ticks, [f"{10 ** t:.2g}" for t in ticks])
                 self._decade_ticks = True
+            else:  # a few ticks with short labels (the y label column is what squeezes the title out)
+                n = max(2, min(5, (self.size.height - 3) // 2))
+                ticks = [lo - pad + k * (hi - lo + 2 * pad) / (n - 1) for k in range(n)]
+                labels = y_labels(ticks)
+                plt.yticks(ticks, labels)
+                self._label_w = max(len(x) for x in labels)
+            if xlo is not None and all(float(x).is_integer() for x in (xlo, xhi)):  # steps: integer ticks, the
+                xt = int_ticks(xlo, xhi, max(2, self.size.width // 8))   # last step always among them
+                plt.xticks(xt, [str(t) for t in xt])
+            room = self.size.width - getattr(self, "_label_w", 5)  # plotext drops a title wider than this
+            if room > 0:
+                plt.title(fit_title(self.title, room))
         if not drawn:
-            plt.title(f"{self.title} — no data")
+            room = self.size.width - 2  # an empty plot has no y labels
+            full = f"{self.title} — no data"
+            plt.title(full if len(full) <= room or room <= 0 else fit_title(self.title, room))

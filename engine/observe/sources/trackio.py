@@ -35,6 +35,12 @@ class TrackioLocalSource(RereadSource):
     def __init__(self, project: str, run: str | None = None, trackio_dir: str | Path | None = None):
         self.project = project
         self.trackio_dir = Path(trackio_dir).expanduser() if trackio_dir else default_trackio_dir()
+        if not trackio_dir and not os.environ.get("TRACKIO_DIR"):  # carl's workers write under CARL_HOME/trackio
+            from engine.home import CarlHome
+
+            carl = CarlHome.from_env().root / "trackio"
+            if (carl / f"{_canonical_project(project)}.db").is_file():
+                self.trackio_dir = carl
         self.run = run
         self.run_id: str | None = None
         self.label = f"trackio:{project}"

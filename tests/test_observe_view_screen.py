@@ -75,10 +75,9 @@ async def settle_underline(pilot, screen) -> None:
 
 
 async def open_overlay(pilot, marks: int = 2) -> ObserveScreen:
-    """Picker → ↓ into the runs → space marks `marks` runs → Enter overlays them."""
+    """The picker opens in the runs list on the newest run → space marks `marks` runs → Enter overlays them."""
     screen = pilot.app.screen
     await until(pilot, lambda: screen.query_one("#obs-runs").option_count == len(RUNS))
-    await pilot.press("down")
     for i in range(marks):
         await pilot.press("space")
         if i + 1 < marks:

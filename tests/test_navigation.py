@@ -187,8 +187,10 @@ def test_observe_picker_in_the_runs_list_snapshot(snap_compare, snap_home, snap_
     write_run(snap_home / "home", "20250102-000000-bbbb")
 
     async def run_before(pilot):
-        await until(pilot, lambda: pilot.app.focused is not None and pilot.app.focused.id == "obs-spec")
-        await pilot.press("down", "down")
+        # the picker opens in the runs list on the newest run (no text box focused): one down to the older run
+        await until(pilot, lambda: pilot.app.focused is not None and pilot.app.focused.id == "obs-runs"
+                    and pilot.app.focused.option_count == 2)
+        await pilot.press("down")
         await pilot.pause()
 
     assert snap_compare(make_app(snap_home, "observe"), terminal_size=size, run_before=run_before)

@@ -308,7 +308,9 @@ def _replay(frames: list[Any], column: Any = None) -> Alarm | None:
     flat = np.where(task_ready, flat_t, np.where(rew.ready, flat_r, True))
     hit = defined & sharp & flat & np.where(have_div, div | length, True)
     hit[:BASELINE] = False  # the monitor judges from the frame after the baseline (frames > BASELINE)
-    steps = [int(f.step if hasattr(f, "step") else f["step"]) for f in frames]
+    def step_of(i: int) -> int:  # only the few steps an alarm names (no pass over a long run's frames)
+        f = frames[i]
+        return int(f.step if hasattr(f, "step") else f["step"])
     # the first frame ending SUSTAIN consecutive hits
     run = 0
     at = None
@@ -319,7 +321,7 @@ def _replay(frames: list[Any], column: Any = None) -> Alarm | None:
             break
     if at is None:
         return None
-    since = steps[at - SUSTAIN + 1]
+    since = step_of(at - SUSTAIN + 1)
     ev: dict[str, Any] = {}
     use_direct = bool(direct[at])
     for name, key in ((DPG, "distinct_per_group"), (DALL, "distinct"), ("clipped_ratio", "clipped_ratio"),
@@ -335,12 +337,12 @@ def _replay(frames: list[Any], column: Any = None) -> Alarm | None:
     sig = {"diversity": bool(div[at]), "length": bool(length[at]), "sharpening": bool(sharp[at]),
            "task_flat": bool(flat[at])}
     ev["signals"] = [k for k in ("diversity", "length", "sharpening", "task_flat") if sig[k]]
-    alarm = Alarm(step=steps[at], since=since, evidence=ev)
+    alarm = Alarm(step=step_of(at), since=since, evidence=ev)
     after = hit[at + 1:]
     hits_after = np.flatnonzero(after)
     quiet_from = at + 1 + (int(hits_after[-1]) + 1 if len(hits_after) else 0)
     if n - quiet_from >= RECOVER:
-        alarm.recovered_at = steps[quiet_from]
+        alarm.recovered_at = step_of(quiet_from)
     return alarm
 
 

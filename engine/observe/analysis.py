@@ -100,12 +100,15 @@ def column_array(frames: Sequence[Frame], name: str) -> Any:
             names = cached[1].get("\0names")
             if names is None:
                 names = cached[1]["\0names"] = set(metric_names(frames))
-            if name not in names:  # not logged by this run: no pass over the frames
-                import numpy as np
+            import numpy as np
 
+            if name not in names:  # not logged by this run: no pass over the frames
                 arr = np.full(len(frames), np.nan)
             else:
                 arr = _column_array(frames, name)
+                bad = ~np.isfinite(arr)
+                if name in _SCALARS and not bad.any():  # every frame held a finite number: the raw column is it
+                    cached[1]["\0raw:" + name] = arr
             cached[1][key] = arr
         return arr
     return _column_array(frames, name)
@@ -327,10 +330,15 @@ def _nonfinite_steps(frames: Sequence[Frame], name: str) -> list[int] | None:
 
     if len(frames) < 64 or type(getattr(frames[0], name)) not in (float, int):
         return None
-    try:
-        arr = np.fromiter(map(attrgetter(name), frames), dtype=float, count=len(frames))
-    except (TypeError, ValueError):
-        return None
+    cached = _COLUMNS.get(id(frames))
+    raw = cached[1].get("\0raw:" + name) if cached is not None and cached[0] is frames else None
+    if raw is not None:
+        arr = raw
+    else:
+        try:
+            arr = np.fromiter(map(attrgetter(name), frames), dtype=float, count=len(frames))
+        except (TypeError, ValueError):
+            return None
     return _steps_of(frames)[np.flatnonzero(~np.isfinite(arr))].tolist()
 
 
@@ -389,7 +397,12 @@ def detect_length_collapse(frames: Sequence[Frame]) -> list[Finding]:
     if len(ln) < ENTROPY_COLLAPSE_MIN_FRAMES + 1 or ln[0] < LENGTH_COLLAPSE_MIN_START:
         return []
     base = ln[0]
-    spans = _spans([x <= LENGTH_COLLAPSE_FRAC * base for x in ln], ENTROPY_COLLAPSE_MIN_FRAMES)
+    if len(ln) > 64:
+        import numpy as np
+
+        spans = _spans(np.asarray(ln, dtype=float) <= LENGTH_COLLAPSE_FRAC * base, ENTROPY_COLLAPSE_MIN_FRAMES)
+    else:
+        spans = _spans([x <= LENGTH_COLLAPSE_FRAC * base for x in ln], ENTROPY_COLLAPSE_MIN_FRAMES)
     if not spans:
         return []
     a, b = spans[0][0], spans[-1][1]
@@ -745,8 +758,9 @@ def phase_reason(frames: Sequence[Frame]) -> str | None:
     return _phase.phase_reason(phis, steps, crystallization_index(phis))
 
 
-def _out_of_order(frames: Sequence[Frame]) -> bool:
-    """Some frame has a smaller step than the one before it."""
+def _steps_in_order(frames: Sequence[Frame]) -> Any:
+    """The frames' steps as an array when they are in order (an empty tuple for a short list), None when some
+    frame has a smaller step than the one before it."""
     if len(frames) > 64:
         import numpy as np
 
@@ -755,15 +769,19 @@ def _out_of_order(frames: Sequence[Frame]) -> bool:
         except (TypeError, ValueError, OverflowError):
             pass
         else:
-            return bool((steps[1:] < steps[:-1]).any())
-    return any(a.step > b.step for a, b in zip(frames, frames[1:]))
+            return None if (steps[1:] < steps[:-1]).any() else steps
+    return None if any(a.step > b.step for a, b in zip(frames, frames[1:])) else ()
 
 
 def summarize(frames: Sequence[Frame], *, source: str, run: str | None, skipped: int = 0,
               settings: dict[str, Any] | None = None, **extra: Any) -> dict[str, Any]:
     """The `carl --batch observe` object (../shared/CONTRACT.md §observe)."""
-    frames = sorted(frames, key=lambda f: f.step) if _out_of_order(frames) else frames
+    steps = _steps_in_order(frames)
+    if steps is None:
+        frames = sorted(frames, key=lambda f: f.step)
     with columns_cached(frames), _gc_paused():
+        if steps is not None and len(steps):
+            _COLUMNS[id(frames)][1]["\0steps"] = steps  # the order check's steps are the summary's
         out: dict[str, Any] = {
             "source": source,
             "run": run,

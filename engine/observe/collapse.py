@@ -361,13 +361,22 @@ def entropy_collapse(steps: list[int], ent: list[float]) -> dict[str, Any] | Non
     base = ent[0]
     level = ENTROPY_COLLAPSE_FRAC * base
     spans, start = [], None
-    for i, e in enumerate(list(ent) + [float("inf")]):
-        if e < level and start is None:
-            start = i
-        elif not e < level and start is not None:
-            if i - start >= ENTROPY_COLLAPSE_MIN_FRAMES:
-                spans.append((start, i - 1))
-            start = None
+    if len(ent) > 64:  # a long run: the same spans column-wise
+        import numpy as np
+
+        below = np.asarray(ent, dtype=float) < level
+        edges = np.diff(np.concatenate(([False], below, [False])).astype(np.int8))
+        starts, ends = np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)
+        keep = ends - starts >= ENTROPY_COLLAPSE_MIN_FRAMES
+        spans = list(zip(starts[keep].tolist(), (ends[keep] - 1).tolist()))
+    else:
+        for i, e in enumerate(list(ent) + [float("inf")]):
+            if e < level and start is None:
+                start = i
+            elif not e < level and start is not None:
+                if i - start >= ENTROPY_COLLAPSE_MIN_FRAMES:
+                    spans.append((start, i - 1))
+                start = None
     if not spans:
         return None
     a, b = spans[0][0], spans[-1][1]

@@ -258,6 +258,12 @@ class _Cols:
         import numpy as np
 
         present = ~np.isnan(vals)
+        if not present.any():  # not logged: what the general path gives, without the passes
+            self.ready = np.zeros(len(vals), dtype=bool)
+            self.base = float("nan")
+            self.now = np.zeros(len(vals))
+            self.any_ready = False
+            return
         count = np.cumsum(present)
         pv = vals[present]
         self.ready = count >= max(BASELINE, SMOOTH)

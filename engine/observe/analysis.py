@@ -17,7 +17,10 @@ from dataclasses import asdict, dataclass
 from statistics import median
 from typing import Any, Iterable, Sequence
 
-from engine.frames import SCALAR_FIELDS, Frame
+from functools import partial
+from operator import attrgetter, is_not
+
+from engine.frames import SCALAR_FIELDS, Frame, gc_paused
 
 _SCALARS = frozenset(SCALAR_FIELDS)
 from engine.probe import SIGMA  # the crystallization threshold: one definition, in the probe (re-exported)
@@ -65,8 +68,13 @@ def series(frames: Sequence[Frame], name: str) -> tuple[list[int], list[float]]:
         hit = cached[1].get(name)
         if hit is None:
             hit = cached[1][name] = _series(frames, name)
+            if name == "phi":
+                cached[1]["\0memo"] = (hit[1], {})
         return hit
     return _series(frames, name)
+
+
+_STEP = attrgetter("step")
 
 
 def _steps_of(frames: Sequence[Frame]) -> Any:
@@ -76,9 +84,9 @@ def _steps_of(frames: Sequence[Frame]) -> Any:
     if cached is not None and cached[0] is frames:
         arr = cached[1].get("\0steps")
         if arr is None:
-            arr = cached[1]["\0steps"] = np.fromiter((f.step for f in frames), dtype=np.int64, count=len(frames))
+            arr = cached[1]["\0steps"] = np.fromiter(map(_STEP, frames), dtype=np.int64, count=len(frames))
         return arr
-    return np.fromiter((f.step for f in frames), dtype=np.int64, count=len(frames))
+    return np.fromiter(map(_STEP, frames), dtype=np.int64, count=len(frames))
 
 
 def column_array(frames: Sequence[Frame], name: str) -> Any:
@@ -92,12 +100,15 @@ def column_array(frames: Sequence[Frame], name: str) -> Any:
             names = cached[1].get("\0names")
             if names is None:
                 names = cached[1]["\0names"] = set(metric_names(frames))
-            if name not in names:  # not logged by this run: no pass over the frames
-                import numpy as np
+            import numpy as np
 
+            if name not in names:  # not logged by this run: no pass over the frames
                 arr = np.full(len(frames), np.nan)
             else:
                 arr = _column_array(frames, name)
+                bad = ~np.isfinite(arr)
+                if name in _SCALARS and not bad.any():  # every frame held a finite number: the raw column is it
+                    cached[1]["\0raw:" + name] = arr
             cached[1][key] = arr
         return arr
     return _column_array(frames, name)
@@ -106,19 +117,25 @@ def column_array(frames: Sequence[Frame], name: str) -> Any:
 def _column_array(frames: Sequence[Frame], name: str) -> Any:
     import numpy as np
 
-    if name in _SCALARS:
-        raw = [getattr(f, name) for f in frames]
+    if name in _SCALARS and not (frames and type(getattr(frames[0], name)) is bool):
+        try:  # the fast path: a value in every frame, all numbers (C loops only)
+            arr = np.fromiter(map(attrgetter(name), frames), dtype=float, count=len(frames))
+        except (TypeError, ValueError):
+            raw = list(map(attrgetter(name), frames))
+        else:
+            raw = None
     elif name.startswith(("rewards/", "carl/")):
         raw = [f.get(name) for f in frames]
     else:
         raw = [f.extra.get(name) if f.extra else None for f in frames]
-    try:
-        if any(type(v) is bool for v in raw[:1]):
-            raise TypeError
-        arr = np.array(raw, dtype=float)  # None → NaN
-    except (TypeError, ValueError):  # a value that is not a number: the careful way
-        arr = np.array([float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else np.nan
-                        for v in raw], dtype=float)
+    if raw is not None:
+        try:
+            if any(type(v) is bool for v in raw[:1]):
+                raise TypeError
+            arr = np.array(raw, dtype=float)  # None → NaN
+        except (TypeError, ValueError):  # a value that is not a number: the careful way
+            arr = np.array([float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else np.nan
+                            for v in raw], dtype=float)
     arr[~np.isfinite(arr)] = np.nan
     return arr
 
@@ -135,21 +152,7 @@ def _series(frames: Sequence[Frame], name: str) -> tuple[list[int], list[float]]
     return _steps_of(frames)[ok].tolist(), arr[ok].tolist()
 
 
-class _gc_paused:
-    """The summary makes no reference cycles; with a long run's frames alive, the cyclic GC would walk all of them
-    again and again while the summary allocates its columns. Paused for the block (restored as it was)."""
-
-    def __enter__(self) -> None:
-        import gc
-
-        self.was = gc.isenabled()
-        gc.disable()
-
-    def __exit__(self, *exc: object) -> None:
-        import gc
-
-        if self.was:
-            gc.enable()
+_gc_paused = gc_paused  # the summary makes no reference cycles either (engine.frames.gc_paused)
 
 
 class columns_cached:
@@ -174,12 +177,23 @@ class columns_cached:
 def rolling_mean(xs: Sequence[float], window: int) -> list[float]:
     """Trailing rolling mean (the first values average what exists so far)."""
     if len(xs) > 64:
-        import numpy as np
+        return _rolling_mean_array(xs, window).tolist()
+    return _rolling_mean_list(xs, window)
 
-        c = np.concatenate([[0.0], np.cumsum(np.asarray(xs, dtype=float))])
-        idx = np.arange(1, len(xs) + 1)
-        lo = np.maximum(idx - window, 0)
-        return ((c[idx] - c[lo]) / (idx - lo)).tolist()
+
+def _rolling_mean_array(xs: Any, window: int) -> Any:
+    """:func:`rolling_mean` as a numpy array (the same numbers)."""
+    import numpy as np
+
+    if len(xs) <= 64:
+        return np.asarray(_rolling_mean_list(list(xs), window), dtype=float)
+    c = np.concatenate([[0.0], np.cumsum(np.asarray(xs, dtype=float))])
+    idx = np.arange(1, len(xs) + 1)
+    lo = np.maximum(idx - window, 0)
+    return (c[idx] - c[lo]) / (idx - lo)
+
+
+def _rolling_mean_list(xs: Sequence[float], window: int) -> list[float]:
     out: list[float] = []
     acc = 0.0
     for i, x in enumerate(xs):
@@ -218,18 +232,30 @@ def correlation(xs: Sequence[float], ys: Sequence[float]) -> float:
 # ── phase ─────────────────────────────────────────────────────────────────────────────────────────────
 
 
+def _memo(kind: str, phis: Sequence[float], fn: Any) -> Any:
+    """Inside a :class:`columns_cached` block, one result per (kind, Φ series) — the cached series is the same list
+    object every time (the summary asks for the change-point five times)."""
+    for _, cache in _COLUMNS.values():
+        hit = cache.get("\0memo")
+        if hit is not None and hit[0] is phis:
+            if kind not in hit[1]:
+                hit[1][kind] = fn()
+            return hit[1][kind]
+    return fn()
+
+
 def phase_of(phis: Sequence[float]) -> str | None:
     """The current phase of a Φ trajectory, from its own change-points (engine.observe.trajectory)."""
     from engine.observe import trajectory as _phase
 
-    return _phase.phase_of(phis)
+    return _memo("phase", phis, lambda: _phase.phase_of(phis, crystallization_index(phis)))
 
 
 def crystallization_index(phis: Sequence[float]) -> int | None:
     """Index of the change-point where Φ began its first detected rise above its start (engine.observe.trajectory)."""
     from engine.observe import trajectory as _phase
 
-    return _phase.change_point(phis)
+    return _memo("cp", phis, lambda: _phase.change_point(phis))
 
 
 def crystallization_step(frames: Sequence[Frame]) -> int | None:
@@ -270,7 +296,14 @@ class Finding:
 
 
 def _spans(flags: Sequence[bool], min_len: int = 1) -> list[tuple[int, int]]:
-    """Index ranges [a, b] of consecutive True values at least min_len long."""
+    """Index ranges [a, b] of consecutive True values at least min_len long (a bool numpy array: column-wise)."""
+    if not isinstance(flags, (list, tuple)):
+        import numpy as np
+
+        edges = np.diff(np.concatenate(([False], np.asarray(flags, dtype=bool), [False])).astype(np.int8))
+        starts, ends = np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)
+        keep = ends - starts >= min_len
+        return list(zip(starts[keep].tolist(), (ends[keep] - 1).tolist()))
     out, start = [], None
     for i, fl in enumerate(list(flags) + [False]):
         if fl and start is None:
@@ -290,19 +323,42 @@ def recovered_step(steps: Sequence[int], last_flagged: int) -> int | None:
     return None
 
 
+def _nonfinite_steps(frames: Sequence[Frame], name: str) -> list[int] | None:
+    """Steps where a Frame scalar logged on every frame is NaN/±inf (C loops only); None when some frame lacks it
+    or holds a non-number (the caller's per-frame path decides those)."""
+    import numpy as np
+
+    if len(frames) < 64 or type(getattr(frames[0], name)) not in (float, int):
+        return None
+    cached = _COLUMNS.get(id(frames))
+    raw = cached[1].get("\0raw:" + name) if cached is not None and cached[0] is frames else None
+    if raw is not None:
+        arr = raw
+    else:
+        try:
+            arr = np.fromiter(map(attrgetter(name), frames), dtype=float, count=len(frames))
+        except (TypeError, ValueError):
+            return None
+    return _steps_of(frames)[np.flatnonzero(~np.isfinite(arr))].tolist()
+
+
 def detect_nonfinite(frames: Sequence[Frame]) -> list[Finding]:
     """NaN/±inf in the loss (``nonfinite_loss``), the reward (``nonfinite_reward``) or the gradient norm
     (``nonfinite_grad``) — transformers writes them into trainer_state.json as bare ``NaN``/``Infinity``.
     Never "recovered": weights that saw a non-finite update stay suspect."""
     out = []
     inf = math.inf
-    bad = [f.step for f in frames if (v := f.loss) is not None and not -inf < v < inf]  # NaN compares False
+    bad = _nonfinite_steps(frames, "loss")
+    if bad is None:
+        bad = [f.step for f in frames if (v := f.loss) is not None and not -inf < v < inf]  # NaN compares False
     if bad:
         out.append(Finding("nonfinite_loss", "bad", bad[0], bad[-1],
                            f"loss is NaN/inf on {len(bad)} frame(s), first at step {bad[0]}",
                            "Lower the learning rate, enable gradient clipping (max_grad_norm) or check for fp16 "
                            "overflow."))
-    rew = [f.step for f in frames if (v := f.reward_mean) is not None and not -inf < v < inf]
+    rew = _nonfinite_steps(frames, "reward_mean")
+    if rew is None:
+        rew = [f.step for f in frames if (v := f.reward_mean) is not None and not -inf < v < inf]
     if rew:
         out.append(Finding("nonfinite_reward", "bad", rew[0], rew[-1],
                            f"reward is NaN/inf on {len(rew)} frame(s), first at step {rew[0]}",
@@ -341,7 +397,12 @@ def detect_length_collapse(frames: Sequence[Frame]) -> list[Finding]:
     if len(ln) < ENTROPY_COLLAPSE_MIN_FRAMES + 1 or ln[0] < LENGTH_COLLAPSE_MIN_START:
         return []
     base = ln[0]
-    spans = _spans([x <= LENGTH_COLLAPSE_FRAC * base for x in ln], ENTROPY_COLLAPSE_MIN_FRAMES)
+    if len(ln) > 64:
+        import numpy as np
+
+        spans = _spans(np.asarray(ln, dtype=float) <= LENGTH_COLLAPSE_FRAC * base, ENTROPY_COLLAPSE_MIN_FRAMES)
+    else:
+        spans = _spans([x <= LENGTH_COLLAPSE_FRAC * base for x in ln], ENTROPY_COLLAPSE_MIN_FRAMES)
     if not spans:
         return []
     a, b = spans[0][0], spans[-1][1]
@@ -356,18 +417,26 @@ def detect_length_collapse(frames: Sequence[Frame]) -> list[Finding]:
 
 def _ratio_finding(frames: Sequence[Frame], name: str, warn: float, bad: float, code: str, what: str,
                    hint: str, vals_steps: tuple[list[int], list[float]] | None = None) -> list[Finding]:
-    steps, vals = vals_steps or series(frames, name)
-    if not vals:
+    import numpy as np
+
+    if vals_steps is None:
+        col = column_array(frames, name)
+        ok = ~np.isnan(col)
+        vals_steps = (_steps_of(frames)[ok], col[ok])
+    steps, vals = vals_steps  # numpy arrays: no per-value Python objects
+    if not len(vals):
         return []
-    roll = rolling_mean(vals, ROLL_WINDOW)
-    spans = _spans([v >= warn for v in roll])
+    roll = _rolling_mean_array(vals, ROLL_WINDOW)
+    spans = _spans(roll >= warn)
     if not spans:
         return []
     a, b = spans[0][0], spans[-1][1]
-    peak = max(roll[a:b + 1])
+    peak = float(roll[a:b + 1].max())
     sev = "bad" if peak >= bad else "warn"
-    return [Finding(code, sev, steps[a], steps[b], f"{what} reached {peak:.0%} (rolling mean of {ROLL_WINDOW})",
-                    hint, recovered_at=recovered_step(steps, b))]
+    rec = recovered_step(steps, b)
+    return [Finding(code, sev, int(steps[a]), int(steps[b]),
+                    f"{what} reached {peak:.0%} (rolling mean of {ROLL_WINDOW})",
+                    hint, recovered_at=None if rec is None else int(rec))]
 
 
 def solved_share_array(frames: Sequence[Frame]) -> Any:
@@ -387,7 +456,7 @@ def solved_share_array(frames: Sequence[Frame]) -> Any:
     else:
         return None
     vals = col[ok]
-    roll = np.asarray(rolling_mean(vals.tolist(), ROLL_WINDOW))
+    roll = _rolling_mean_array(vals, ROLL_WINDOW)
     out = np.full(len(frames), np.nan)
     if name == "task_reward" and vals.min() >= 0.0 and vals.max() <= 1.0:
         out[ok] = np.minimum(1.0, roll)  # an accuracy bounds the share of all-correct groups
@@ -425,7 +494,7 @@ def detect_zero_std(frames: Sequence[Frame]) -> list[Finding]:
     return _ratio_finding(frames, "frac_reward_zero_std", ZERO_STD_WARN, ZERO_STD_BAD, "zero_std_rewards",
                           "groups whose rewards all tie and are not solved (no GRPO gradient)",
                           "Make the reward finer-grained, raise num_generations or the sampling temperature.",
-                          vals_steps=(_steps_of(frames)[ok].tolist(), dead.tolist()))
+                          vals_steps=(_steps_of(frames)[ok], dead))
 
 
 def detect_clipped(frames: Sequence[Frame]) -> list[Finding]:
@@ -499,9 +568,12 @@ def detect_kl_blowup(frames: Sequence[Frame]) -> list[Finding]:
     """KL to the reference (only when logged) at an absolute level (≥ KL_WARN), or a spike: above KL_SPIKE × the
     median of the frames just before it and above KL_SPIKE_MIN. Never a ratio to the run's start: KL starts near 0
     (policy = reference) and every run that learns multiplies it."""
-    steps, kl = series(frames, "kl")
-    if not kl:
+    import numpy as np
+
+    col = column_array(frames, "kl")
+    if np.isnan(col).all() or np.nanmax(col) <= KL_SPIKE_MIN:  # never high enough to be a level or a spike
         return []
+    steps, kl = series(frames, "kl")
     prev_median = _trailing_medians(kl, KL_SPIKE_WINDOW)  # median of the (up to) 10 values before each
     flags = []
     limit: float | None = None  # while a spike holds: the level it must fall back under (from before it)
@@ -649,23 +721,19 @@ def _fit_hint(f: Finding, settings: dict[str, Any]) -> Finding:
 
 def metric_names(frames: Iterable[Frame]) -> list[str]:
     """Names of every metric present in the frames: Frame scalars in Frame order, then rewards/<fn>,
-    carl/<component> and extra keys, each group sorted."""
-    present: set[str] = set()
-    rewards: set[str] = set()
-    comps: set[str] = set()
-    extra: set[str] = set()
-    for f in frames:
-        for name in SCALAR_FIELDS:
-            if name not in present and getattr(f, name) is not None:
-                present.add(name)
-        if f.rewards:
-            rewards.update(f.rewards)
-        if f.carl_components:
-            comps.update(f.carl_components)
-        if f.extra:
-            extra.update(f.extra)
+    carl/<component> and extra keys, each group sorted. (One C-level pass per field: no Python code per frame.)"""
+    frames = frames if isinstance(frames, (list, tuple)) else list(frames)
+    not_none = partial(is_not, None)
+    present = {name for name in SCALAR_FIELDS
+               if (frames and getattr(frames[0], name) is not None)
+               or any(map(not_none, map(attrgetter(name), frames)))}
+
+    def keys(attr: str) -> set[str]:
+        return set().union(*filter(None, map(attrgetter(attr), frames)))
+
     return ([n for n in SCALAR_FIELDS if n in present and n != "timestamp"]
-            + [f"rewards/{n}" for n in sorted(rewards)] + [f"carl/{n}" for n in sorted(comps)] + sorted(extra))
+            + [f"rewards/{n}" for n in sorted(keys("rewards"))] + [f"carl/{n}" for n in sorted(keys("carl_components"))]
+            + sorted(keys("extra")))
 
 
 def _metric_names_cached(frames: Sequence[Frame]) -> list[str]:
@@ -687,15 +755,33 @@ def phase_reason(frames: Sequence[Frame]) -> str | None:
     from engine.observe import trajectory as _phase
 
     steps, phis = series(frames, "phi")
-    return _phase.phase_reason(phis, steps)
+    return _phase.phase_reason(phis, steps, crystallization_index(phis))
+
+
+def _steps_in_order(frames: Sequence[Frame]) -> Any:
+    """The frames' steps as an array when they are in order (an empty tuple for a short list), None when some
+    frame has a smaller step than the one before it."""
+    if len(frames) > 64:
+        import numpy as np
+
+        try:
+            steps = np.fromiter(map(_STEP, frames), dtype=np.int64, count=len(frames))
+        except (TypeError, ValueError, OverflowError):
+            pass
+        else:
+            return None if (steps[1:] < steps[:-1]).any() else steps
+    return None if any(a.step > b.step for a, b in zip(frames, frames[1:])) else ()
 
 
 def summarize(frames: Sequence[Frame], *, source: str, run: str | None, skipped: int = 0,
               settings: dict[str, Any] | None = None, **extra: Any) -> dict[str, Any]:
     """The `carl --batch observe` object (../shared/CONTRACT.md §observe)."""
-    frames = sorted(frames, key=lambda f: f.step) if any(
-        a.step > b.step for a, b in zip(frames, frames[1:])) else frames
+    steps = _steps_in_order(frames)
+    if steps is None:
+        frames = sorted(frames, key=lambda f: f.step)
     with columns_cached(frames), _gc_paused():
+        if steps is not None and len(steps):
+            _COLUMNS[id(frames)][1]["\0steps"] = steps  # the order check's steps are the summary's
         out: dict[str, Any] = {
             "source": source,
             "run": run,

@@ -258,6 +258,12 @@ class _Cols:
         import numpy as np
 
         present = ~np.isnan(vals)
+        if not present.any():  # not logged: what the general path gives, without the passes
+            self.ready = np.zeros(len(vals), dtype=bool)
+            self.base = float("nan")
+            self.now = np.zeros(len(vals))
+            self.any_ready = False
+            return
         count = np.cumsum(present)
         pv = vals[present]
         self.ready = count >= max(BASELINE, SMOOTH)
@@ -308,7 +314,9 @@ def _replay(frames: list[Any], column: Any = None) -> Alarm | None:
     flat = np.where(task_ready, flat_t, np.where(rew.ready, flat_r, True))
     hit = defined & sharp & flat & np.where(have_div, div | length, True)
     hit[:BASELINE] = False  # the monitor judges from the frame after the baseline (frames > BASELINE)
-    steps = [int(f.step if hasattr(f, "step") else f["step"]) for f in frames]
+    def step_of(i: int) -> int:  # only the few steps an alarm names (no pass over a long run's frames)
+        f = frames[i]
+        return int(f.step if hasattr(f, "step") else f["step"])
     # the first frame ending SUSTAIN consecutive hits
     run = 0
     at = None
@@ -319,7 +327,7 @@ def _replay(frames: list[Any], column: Any = None) -> Alarm | None:
             break
     if at is None:
         return None
-    since = steps[at - SUSTAIN + 1]
+    since = step_of(at - SUSTAIN + 1)
     ev: dict[str, Any] = {}
     use_direct = bool(direct[at])
     for name, key in ((DPG, "distinct_per_group"), (DALL, "distinct"), ("clipped_ratio", "clipped_ratio"),
@@ -335,12 +343,12 @@ def _replay(frames: list[Any], column: Any = None) -> Alarm | None:
     sig = {"diversity": bool(div[at]), "length": bool(length[at]), "sharpening": bool(sharp[at]),
            "task_flat": bool(flat[at])}
     ev["signals"] = [k for k in ("diversity", "length", "sharpening", "task_flat") if sig[k]]
-    alarm = Alarm(step=steps[at], since=since, evidence=ev)
+    alarm = Alarm(step=step_of(at), since=since, evidence=ev)
     after = hit[at + 1:]
     hits_after = np.flatnonzero(after)
     quiet_from = at + 1 + (int(hits_after[-1]) + 1 if len(hits_after) else 0)
     if n - quiet_from >= RECOVER:
-        alarm.recovered_at = steps[quiet_from]
+        alarm.recovered_at = step_of(quiet_from)
     return alarm
 
 
@@ -359,13 +367,22 @@ def entropy_collapse(steps: list[int], ent: list[float]) -> dict[str, Any] | Non
     base = ent[0]
     level = ENTROPY_COLLAPSE_FRAC * base
     spans, start = [], None
-    for i, e in enumerate(list(ent) + [float("inf")]):
-        if e < level and start is None:
-            start = i
-        elif not e < level and start is not None:
-            if i - start >= ENTROPY_COLLAPSE_MIN_FRAMES:
-                spans.append((start, i - 1))
-            start = None
+    if len(ent) > 64:  # a long run: the same spans column-wise
+        import numpy as np
+
+        below = np.asarray(ent, dtype=float) < level
+        edges = np.diff(np.concatenate(([False], below, [False])).astype(np.int8))
+        starts, ends = np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)
+        keep = ends - starts >= ENTROPY_COLLAPSE_MIN_FRAMES
+        spans = list(zip(starts[keep].tolist(), (ends[keep] - 1).tolist()))
+    else:
+        for i, e in enumerate(list(ent) + [float("inf")]):
+            if e < level and start is None:
+                start = i
+            elif not e < level and start is not None:
+                if i - start >= ENTROPY_COLLAPSE_MIN_FRAMES:
+                    spans.append((start, i - 1))
+                start = None
     if not spans:
         return None
     a, b = spans[0][0], spans[-1][1]

@@ -65,11 +65,15 @@ def change_point(phis: Sequence[float]) -> int | None:
     return None
 
 
-def phase_of(phis: Sequence[float]) -> str | None:
+_UNSET: object = object()
+
+
+def phase_of(phis: Sequence[float], cp: object = _UNSET) -> str | None:
+    """``cp``, when given, is ``change_point(phis)`` already computed (a long run's summary asks once)."""
     if not phis:
         return None
     st = start_level(phis)
-    cp = change_point(phis)
+    cp = change_point(phis) if cp is _UNSET else cp
     if st is None or cp is None:
         return "guessing"
     phi0, s = st
@@ -86,7 +90,7 @@ def phase_of(phis: Sequence[float]) -> str | None:
     return "knowing"
 
 
-def phase_reason(phis: Sequence[float], steps: Sequence[int] | None = None) -> str | None:
+def phase_reason(phis: Sequence[float], steps: Sequence[int] | None = None, cp: object = _UNSET) -> str | None:
     """One line saying why :func:`phase_of` gave its label (the screens show it next to the phase)."""
     if not phis:
         return "no Φ logged (no entropy with a known vocabulary size)"
@@ -95,10 +99,10 @@ def phase_reason(phis: Sequence[float], steps: Sequence[int] | None = None) -> s
     if st is None:
         return f"{len(phis)} Φ values: the start needs {BASELINE + 1} before a rise can count"
     phi0, s = st
-    cp = change_point(phis)
+    cp = change_point(phis) if cp is _UNSET else cp
     if cp is None:
         return f"no sustained rise of Φ above its start ({phi0:.3f} ± {s:.3f})"
-    label = phase_of(phis)
+    label = phase_of(phis, cp)
     recent = list(phis[-TREND_WINDOW:])
     level = sum(recent) / len(recent)
     if label == "guessing":

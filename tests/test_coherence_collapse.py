@@ -79,7 +79,8 @@ def _gate(label):
     from engine.trainer.data import load_rows
     from engine.trainer.evalgate import decide, evaluate, load_for_eval
 
-    cfg, _ = load_config(None, ["tracking.trackio=false"], cwd=DATA)
+    # the task metric is not what decides here: no absolute threshold (below) and no gain over a start
+    cfg, _ = load_config(None, ["tracking.trackio=false", "eval.min_gain=null"], cwd=DATA)
     _, rows = load_rows(cfg)
     model, tok = load_for_eval(DATA / label, cfg)
     model = model.float()

@@ -75,7 +75,8 @@ class Pane:
         for ch in text:
             self.server.tmux("send-keys", "-t", self.name, "-l", ch)
 
-    def wait(self, predicate: Callable[[str], bool] | str, timeout: float = 20.0, what: str = "") -> str:
+    def wait(self, predicate: Callable[[str], bool] | str, timeout: float = 45.0, what: str = "") -> str:
+        # generous: a passing wait returns as soon as the screen shows it; only a loaded machine gets near this
         check = (lambda s: predicate in s) if isinstance(predicate, str) else predicate
         deadline = time.monotonic() + timeout
         screen = ""

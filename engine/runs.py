@@ -140,12 +140,6 @@ class RunStore:
     @staticmethod
     def _last_frame_step(d: Path) -> int:
         return last_frame_step(d)
-        for line in reversed(lines):
-            try:
-                return int(json.loads(line).get("step", 0))
-            except (ValueError, AttributeError, TypeError):
-                continue
-        return 0
 
     def show(self, ref: str) -> dict[str, Any]:
         run_id = self.resolve(ref)

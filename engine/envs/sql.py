@@ -175,43 +175,39 @@ class SqlEnvironment:
             return self._db().execute(sql, params)
         except (sqlite3.Error, ValueError, OverflowError, MemoryError) as exc:
             msg = str(exc)
-            if "out of memory" in msg.lower() or isinstance(exc, MemoryError):
-                raise SandboxError(f"query stopped at the SQLite heap limit ({self._limits.heap_mb} MB)",
-                                   code="carl.sandbox.memory",
-                                   hint="Bound the query (LIMIT, a WHERE on the recursion).") from None
-            if "too big" in msg or "too long" in msg or "too many" in msg or "too deep" in msg:
+            if "too long" in msg or "too many" in msg or "too deep" in msg:
                 raise SandboxError(f"query stopped at an SQLite limit: {msg}", code="carl.sandbox.sql_limit",
                                    hint="Build smaller values: strings and blobs are capped at "
                                         f"{self._limits.max_value_bytes} bytes.") from None
-            if "interrupted" in msg:
-                raise SandboxError(f"query stopped at the time limit ({self._limits.timeout_s:g} s)",
-                                   code="carl.sandbox.timeout") from None
             if "readonly" in msg or "not authorized" in msg or "query_only" in msg:
                 if not self._allow_writes:
                     raise SandboxError(f"this database is read-only ({msg})", code="carl.sandbox.read_only",
                                        hint="Only SELECT queries are allowed for this task.") from None
                 raise SandboxError(f"not allowed: {msg}", code="carl.sandbox.sql",
                                    hint="ATTACH, PRAGMA and extensions are not available.") from None
-            raise SandboxError(f"SQL error: {msg}", code="carl.sandbox.sql",
-                               hint="Fix the query (list_tables / describe_table show the schema).") from None
+            raise self._stopped(exc, hint="Fix the query (list_tables / describe_table show the schema).") from None
 
     def _fetch(self, cur: sqlite3.Cursor) -> list[Any]:
         try:
             return cur.fetchmany(self._limits.max_rows + 1)
         except (sqlite3.Error, MemoryError) as exc:
-            msg = str(exc)
-            if "out of memory" in msg.lower() or isinstance(exc, MemoryError):
-                raise SandboxError(f"query stopped at the SQLite heap limit ({self._limits.heap_mb} MB)",
-                                   code="carl.sandbox.memory",
-                                   hint="Bound the query (LIMIT, a WHERE on the recursion).") from None
-            if "too big" in msg:
-                raise SandboxError(f"query stopped at an SQLite limit: {msg}", code="carl.sandbox.sql_limit",
-                                   hint="Build smaller values: strings and blobs are capped at "
-                                        f"{self._limits.max_value_bytes} bytes.") from None
-            if "interrupted" in msg:
-                raise SandboxError(f"query stopped at the time limit ({self._limits.timeout_s:g} s)",
-                                   code="carl.sandbox.timeout") from None
-            raise SandboxError(f"SQL error: {msg}", code="carl.sandbox.sql") from None
+            raise self._stopped(exc) from None
+
+    def _stopped(self, exc: BaseException, hint: str | None = None) -> SandboxError:
+        """A query (or its fetch) stopped by SQLite: the heap limit, a value-size limit, the time limit, or an
+        ordinary SQL error (``hint`` for the last)."""
+        msg = str(exc)
+        if "out of memory" in msg.lower() or isinstance(exc, MemoryError):
+            return SandboxError(f"query stopped at the SQLite heap limit ({self._limits.heap_mb} MB)",
+                                code="carl.sandbox.memory", hint="Bound the query (LIMIT, a WHERE on the recursion).")
+        if "too big" in msg:
+            return SandboxError(f"query stopped at an SQLite limit: {msg}", code="carl.sandbox.sql_limit",
+                                hint="Build smaller values: strings and blobs are capped at "
+                                     f"{self._limits.max_value_bytes} bytes.")
+        if "interrupted" in msg:
+            return SandboxError(f"query stopped at the time limit ({self._limits.timeout_s:g} s)",
+                                code="carl.sandbox.timeout")
+        return SandboxError(f"SQL error: {msg}", code="carl.sandbox.sql", hint=hint)
 
     def _record(self, tool: str, args: dict[str, Any], ok: bool) -> None:
         self.calls.append({"tool": tool, "args": args, "ok": ok})

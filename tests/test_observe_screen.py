@@ -51,6 +51,33 @@ def make_app(root: Path, **screen_args) -> CarlApp:
     return CarlApp(ctx=ctx, screen="observe")
 
 
+def underline_settled(screen) -> bool:
+    """The tab bar's underline sits under the active tab (it moves after a refresh once a tab is switched)."""
+    from textual.widgets._tabs import Underline
+
+    tabs = screen.query_one("#obs-tabs Tabs")
+    try:
+        active = tabs.query_one("#tabs-list > Tab.-active")
+    except Exception:  # noqa: BLE001 — no active tab yet
+        return False
+    ul = tabs.query_one(Underline)
+    span = active.virtual_region.shrink(active.styles.gutter).column_span
+    return ul.show_highlight and (ul.highlight_start, ul.highlight_end) == span
+
+
+async def settle_underline(pilot, screen) -> None:
+    """The tab underline is placed after a refresh from the active tab's region; under load that region can still
+    be the pre-layout one, and the underline then stays put until the next resize. Ask again (without animation)
+    until it sits under the active tab, so a snapshot never depends on timing."""
+    tabs = screen.query_one("#obs-tabs Tabs")
+    for _ in range(3000):
+        if underline_settled(screen):
+            return
+        tabs._highlight_active(animate=False)  # what Tabs does itself on a resize
+        await pilot.pause(0.02)
+    raise AssertionError("the tab underline never settled")
+
+
 async def settle(pilot, n: int, *, ended: bool | None = None, tries: int = 3000) -> ObserveScreen:
     """Wait until the screen holds n frames and a summary of all of them (and, if asked, the run ended), then
     apply and draw everything."""
@@ -65,6 +92,7 @@ async def settle(pilot, n: int, *, ended: bool | None = None, tries: int = 3000)
     await pilot.pause()
     screen.flush()
     await pilot.pause()
+    await settle_underline(pilot, screen)
     assert len(screen.frames) == n
     return screen
 

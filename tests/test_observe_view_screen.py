@@ -14,7 +14,7 @@ from engine.frames import FrameWriter
 from engine.observe.view import ema
 from screens.observe import ObserveScreen
 from screens.widgets.charts import MetricChart
-from tests.test_observe_screen import SIZES, make_app, settle
+from tests.test_observe_screen import SIZES, make_app, settle, settle_underline
 
 RUNS = (("20250101-base", 0.0, 0.0), ("20250102-warm", 0.04, 0.1), ("20250103-hot", 0.08, 0.25))
 
@@ -45,33 +45,6 @@ async def until(pilot, cond, limit: int = 3000) -> None:
             return
         await pilot.pause(0.02)
     raise AssertionError("condition not reached")
-
-
-def underline_settled(screen) -> bool:
-    """The tab bar's underline sits under the active tab (it moves after a refresh once a tab is switched)."""
-    from textual.widgets._tabs import Underline
-
-    tabs = screen.query_one("#obs-tabs Tabs")
-    try:
-        active = tabs.query_one("#tabs-list > Tab.-active")
-    except Exception:  # noqa: BLE001 — no active tab yet
-        return False
-    ul = tabs.query_one(Underline)
-    span = active.virtual_region.shrink(active.styles.gutter).column_span
-    return ul.show_highlight and (ul.highlight_start, ul.highlight_end) == span
-
-
-async def settle_underline(pilot, screen) -> None:
-    """The tab underline is placed after a refresh from the active tab's region; under load that region can still
-    be the pre-layout one, and the underline then stays put until the next resize. Ask again (without animation)
-    until it sits under the active tab, so a snapshot never depends on timing."""
-    tabs = screen.query_one("#obs-tabs Tabs")
-    for _ in range(3000):
-        if underline_settled(screen):
-            return
-        tabs._highlight_active(animate=False)  # what Tabs does itself on a resize
-        await pilot.pause(0.02)
-    raise AssertionError("the tab underline never settled")
 
 
 async def open_overlay(pilot, marks: int = 2) -> ObserveScreen:

@@ -181,7 +181,7 @@ async def test_the_try_panel_compares_with_run_checkpoint_n_offline(runs, tmp_pa
     app = make_app(tmp_path, run=BASE)
     async with app.run_test(size=(120, 40)) as pilot:
         await settle(pilot)
-        await pilot.press("escape", "c", "ctrl+u", *f"{BASE}/checkpoint-2", "enter")
+        await pilot.press("v", "ctrl+u", *f"{BASE}/checkpoint-2", "enter")  # v opens the compare box (c is chat)
         await settle(pilot)
         ref = app.screen.refs[1]
         assert ref is not None and (ref.run_id, ref.checkpoint) == (BASE, "checkpoint-2"), status(app)

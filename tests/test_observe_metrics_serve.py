@@ -13,6 +13,7 @@ from pathlib import Path
 import httpx
 
 from engine.frames import FrameWriter
+from tests._signals import default_sigint
 from tests.conftest import REPO
 
 NAN_STATE = next((Path(__file__).parent / "data" / "trl_grpo_nan").glob("checkpoint-*/trainer_state.json"))
@@ -40,7 +41,7 @@ def test_metrics_serve_scraped(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     proc = subprocess.Popen([sys.executable, "-m", "carl_tui", "--batch", "metrics", "serve", "--port", "0",
                              str(NAN_STATE)], cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+                            text=True, preexec_fn=default_sigint)  # CI runs in the background: SIGINT ignored
     try:
         head = json.loads(proc.stdout.readline())
         assert head["url"].startswith("http://127.0.0.1:") and head["sources"][0]["reader"] == "trainer_state"

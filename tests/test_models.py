@@ -15,17 +15,10 @@ from engine.errors import ConfigError, NetworkError, RunNotFound, ValidationErro
 from engine.models import resolve_name, stop_ids
 from tests._chat_fixture import build_chat_tokenizer
 from tests._tiny_fixture import tiny_cache, tiny_env  # noqa: F401
-from tests.test_infer import PROMPT, make_run, tiny_path
+from tests.test_infer import PROMPT, make_run, tiny  # noqa: F401  (tiny: the fixture)
 from tests.test_try_panel import runs  # noqa: F401  (a completed run, a LoRA run, a sharper one)
 
 RUN = "20250101-000000-abcd"
-
-
-@pytest.fixture
-def tiny(tiny_env):  # noqa: F811
-    infer.clear_cache()
-    yield tiny_path(tiny_env)
-    infer.clear_cache()
 
 
 @pytest.fixture
